@@ -1,0 +1,34 @@
+#!/usr/bin/env python
+"""Statistics and plots of the train/test split: label lengths, character frequencies, image sizes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from gemma_ocr.cli import run
+from gemma_ocr.data.records import load_records
+from gemma_ocr.data.stats import plot_splits, split_stats
+from gemma_ocr.io import atomic_write_json
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--train-file", default="data/input/ocr_non_test.json")
+    p.add_argument("--test-file", default="data/input/ocr_test.json")
+    p.add_argument("--output-dir", default="core/data_analysis/output")
+    args = p.parse_args()
+    stats = [split_stats("non_test", load_records(args.train_file)), split_stats("test", load_records(args.test_file))]
+    out = Path(args.output_dir)
+    summaries = [s.summary() for s in stats]
+    atomic_write_json(out / "data_statistics.json", summaries)
+    for s in summaries:
+        print(json.dumps({k: v for k, v in s.items() if k != "top_chars"}, ensure_ascii=False))
+    for path in plot_splits(stats, out):
+        print(f"plot -> {path}")
+    print(f"statistics -> {out / 'data_statistics.json'}")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,52 @@
+"""Real fonts for rendering synthetic text: Noto Sans and Noto Sans Khmer ship as PyPI packages (fontpkg)."""
+
+from __future__ import annotations
+
+import functools
+import glob
+from pathlib import Path
+
+from gemma_ocr.errors import GemmaOcrError
+
+# Where a CJK font usually lies when the system has one (Debian's fonts-noto-cjk, fonts-wqy-*, macOS).
+_CJK_GLOBS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/**/NotoSansCJK*.ttc",
+    "/usr/share/fonts/**/NotoSans*CJK*.otf",
+    "/usr/share/fonts/**/wqy-*.ttc",
+    "/System/Library/Fonts/PingFang.ttc",
+)
+
+
+def _fontpkg_path(family: str) -> Path:
+    try:
+        import fontpkg
+    except ImportError:
+        raise GemmaOcrError("the fontpkg package is missing: pip install -e . (it brings the project's fonts)") from None
+    try:
+        return Path(fontpkg.path(family))
+    except Exception:
+        slug = family.lower().replace(" ", "-")
+        raise GemmaOcrError(f"font {family!r} is not installed: pip install fontpkg-{slug}") from None
+
+
+@functools.cache
+def latin_font() -> Path:
+    """Noto Sans: Latin, digits, punctuation."""
+    return _fontpkg_path("Noto Sans")
+
+
+@functools.cache
+def khmer_font() -> Path:
+    """Noto Sans Khmer: Khmer script including the digits ០-៩."""
+    return _fontpkg_path("Noto Sans Khmer")
+
+
+@functools.cache
+def cjk_font() -> Path | None:
+    """A CJK font if the system has one installed, else None (Chinese lines are then skipped)."""
+    for pattern in _CJK_GLOBS:
+        hits = sorted(glob.glob(pattern, recursive=True))
+        if hits:
+            return Path(hits[0])
+    return None

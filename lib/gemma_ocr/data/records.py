@@ -1,0 +1,121 @@
+"""The OCR record format.
+
+Two JSON layouts, both lists of objects:
+
+* raw (``data/raw_data/ocr.json``): ``[{"img_path": ..., "ocr_results": ...}]``
+* input (``data/input/*.json``, what training and evaluation read): ``[{"image_path": ..., "ocr_text": ...}]``
+
+A relative image path is resolved against the folder of the JSON file that names it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json, read_json
+
+RAW_KEYS = ("img_path", "ocr_results")
+INPUT_KEYS = ("image_path", "ocr_text")
+
+
+@dataclass(frozen=True)
+class OcrRecord:
+    """One sample: an image file and its transcription. ``image_path`` is absolute once loaded."""
+
+    image_path: str
+    text: str
+
+
+def _resolve(image_path: str, base: Path) -> str:
+    p = Path(image_path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def _parse(path: Path, keys: tuple[str, str], fix_hint: str) -> list[OcrRecord]:
+    data = read_json(path, what="OCR data file")
+    if not isinstance(data, list):
+        raise GemmaOcrError(f"{path}: expected a JSON list of records, got {type(data).__name__} ({fix_hint})")
+    image_key, text_key = keys
+    base = path.parent.resolve()
+    records: list[OcrRecord] = []
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            raise GemmaOcrError(f"{path}: record {i} is {type(item).__name__}, not an object ({fix_hint})")
+        missing = [k for k in keys if k not in item]
+        if missing:
+            raise GemmaOcrError(f"{path}: record {i} lacks field {', '.join(repr(k) for k in missing)} ({fix_hint})")
+        image, text = item[image_key], item[text_key]
+        if not isinstance(image, str) or not image.strip():
+            raise GemmaOcrError(f"{path}: record {i} field {image_key!r} must be a non-empty path string")
+        if text is None:
+            text = ""
+        if not isinstance(text, str):
+            raise GemmaOcrError(f"{path}: record {i} field {text_key!r} must be a string, got {type(text).__name__}")
+        records.append(OcrRecord(_resolve(image, base), text))
+    return records
+
+
+def load_raw_records(path: str | os.PathLike[str]) -> list[OcrRecord]:
+    """Read the raw layout ``[{img_path, ocr_results}]``."""
+    return _parse(Path(path), RAW_KEYS, 'each record needs "img_path" and "ocr_results"')
+
+
+def load_records(path: str | os.PathLike[str]) -> list[OcrRecord]:
+    """Read the input layout ``[{image_path, ocr_text}]``; the raw layout is accepted too."""
+    path = Path(path)
+    data = read_json(path, what="OCR data file")
+    if isinstance(data, list) and data and isinstance(data[0], dict) and "img_path" in data[0]:
+        return load_raw_records(path)
+    return _parse(path, INPUT_KEYS, 'each record needs "image_path" and "ocr_text"')
+
+
+def _relative_to(image_path: str, folder: Path) -> str:
+    try:
+        return os.path.relpath(image_path, folder)
+    except ValueError:  # another drive on Windows
+        return image_path
+
+
+def records_to_json(records: list[OcrRecord], folder: Path, raw: bool = False) -> list[dict[str, Any]]:
+    """The JSON list for ``records``, image paths made relative to ``folder``."""
+    image_key, text_key = RAW_KEYS if raw else INPUT_KEYS
+    return [{image_key: _relative_to(r.image_path, folder), text_key: r.text} for r in records]
+
+
+def write_records(records: list[OcrRecord], path: str | os.PathLike[str], raw: bool = False) -> Path:
+    """Write records atomically, image paths relative to the file's folder so the data can move."""
+    path = Path(path)
+    folder = path.parent.resolve()
+    return atomic_write_json(path, records_to_json(records, folder, raw=raw))
+
+
+def check_images(records: list[OcrRecord], source: str | os.PathLike[str] = "") -> None:
+    """Fail with one line on the first image that is missing or cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+
+    for i, r in enumerate(records):
+        where = f"{source}: record {i}" if source else f"record {i}"
+        if not os.path.isfile(r.image_path):
+            raise GemmaOcrError(f"{where}: image not found: {r.image_path} (fix the path; relative paths resolve against the JSON file's folder)")
+        try:
+            with Image.open(r.image_path) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise GemmaOcrError(f"{where}: image cannot be read: {r.image_path} ({e}; replace or remove the file)") from None
+
+
+def open_image(path: str) -> "Image.Image":  # noqa: F821
+    """Open an image as RGB, with a clear error when it is missing or corrupt."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise GemmaOcrError(f"image not found: {path} (fix the path in the data file)") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise GemmaOcrError(f"image cannot be read: {path} ({e})") from None

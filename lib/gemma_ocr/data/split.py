@@ -1,0 +1,67 @@
+"""Reproducible non_test/test splitting of a raw OCR dataset (seed 42, 1/6 non_test by default)."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from gemma_ocr.errors import GemmaOcrError
+
+T = TypeVar("T")
+
+DEFAULT_SEED = 42
+DEFAULT_NON_TEST_RATIO = 1 / 6
+
+
+@dataclass(frozen=True)
+class Split:
+    non_test: list
+    test: list
+
+
+def split_non_test(items: Sequence[T], non_test_ratio: float = DEFAULT_NON_TEST_RATIO, seed: int = DEFAULT_SEED) -> Split:
+    """Shuffle with ``random.Random(seed)`` and cut: the first ``round(n * ratio)`` items are non_test."""
+    if not 0.0 < non_test_ratio < 1.0:
+        raise GemmaOcrError(f"--non-test-ratio must be between 0 and 1 (exclusive), got {non_test_ratio}")
+    shuffled = list(items)
+    random.Random(seed).shuffle(shuffled)
+    n_non_test = round(len(shuffled) * non_test_ratio)
+    return Split(non_test=shuffled[:n_non_test], test=shuffled[n_non_test:])
+
+
+def parse_ratio(text: str) -> float:
+    """Accept ``0.2``, ``1/6`` or ``1:5`` (non_test:test)."""
+    text = text.strip()
+    try:
+        if ":" in text:
+            a, b = (float(x) for x in text.split(":"))
+            return a / (a + b)
+        if "/" in text:
+            a, b = (float(x) for x in text.split("/"))
+            return a / b
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise GemmaOcrError(f"--non-test-ratio {text!r}: write a fraction such as 0.2, 1/6 or 1:5") from None
+
+
+def parse_split_spec(spec: str, n: int) -> slice:
+    """Translate datasets-style split syntax (``train``, ``train[:90%]``, ``train[90%:]``, ``train[10:50]``) to a slice."""
+    import re
+
+    m = re.fullmatch(r"\s*(\w+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*", spec)
+    if not m:
+        raise GemmaOcrError(f"split {spec!r}: write it as train, train[:90%] or train[90%:]")
+
+    def bound(text: str, default: int) -> int:
+        if not text:
+            return default
+        try:
+            if text.endswith("%"):
+                return int(round(n * float(text[:-1]) / 100.0))
+            return int(text)
+        except ValueError:
+            raise GemmaOcrError(f"split {spec!r}: bound {text!r} is not a number or percentage") from None
+
+    return slice(bound(m.group(2) or "", 0), bound(m.group(3) or "", n))
