@@ -23,12 +23,18 @@ class Split:
 
 def split_non_test(items: Sequence[T], non_test_ratio: float = DEFAULT_NON_TEST_RATIO, seed: int = DEFAULT_SEED) -> Split:
     """Shuffle with ``random.Random(seed)`` and cut: the first ``round(n * ratio)`` items are non_test."""
-    if not 0.0 < non_test_ratio < 1.0:
-        raise GemmaOcrError(f"--non-test-ratio must be between 0 and 1 (exclusive), got {non_test_ratio}")
+    check_ratio(non_test_ratio)
     shuffled = list(items)
     random.Random(seed).shuffle(shuffled)
     n_non_test = round(len(shuffled) * non_test_ratio)
     return Split(non_test=shuffled[:n_non_test], test=shuffled[n_non_test:])
+
+
+def check_ratio(ratio: float) -> float:
+    """The non_test share must leave both parts non-empty in principle: 0 < ratio < 1."""
+    if not 0.0 < ratio < 1.0:
+        raise GemmaOcrError(f"--non-test-ratio must be between 0 and 1 (exclusive), got {ratio:g}")
+    return ratio
 
 
 def parse_ratio(text: str) -> float:
@@ -37,13 +43,15 @@ def parse_ratio(text: str) -> float:
     try:
         if ":" in text:
             a, b = (float(x) for x in text.split(":"))
-            return a / (a + b)
-        if "/" in text:
+            ratio = a / (a + b)
+        elif "/" in text:
             a, b = (float(x) for x in text.split("/"))
-            return a / b
-        return float(text)
+            ratio = a / b
+        else:
+            ratio = float(text)
     except (ValueError, ZeroDivisionError):
         raise GemmaOcrError(f"--non-test-ratio {text!r}: write a fraction such as 0.2, 1/6 or 1:5") from None
+    return check_ratio(ratio)
 
 
 def parse_split_spec(spec: str, n: int) -> slice:

@@ -18,6 +18,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from gemma_ocr.data.fonts import cjk_font, khmer_font, latin_font
 from gemma_ocr.data.records import OcrRecord, write_records
+from gemma_ocr.errors import GemmaOcrError
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +75,23 @@ def _cjk_line(rng: random.Random) -> str:
 
 
 def iter_lines(config: SyntheticConfig) -> Iterator[tuple[str, str]]:
-    """Yield ``(script, text)`` pairs, deterministic for a given config."""
+    """Yield ``(script, text)`` pairs, deterministic for a given config.
+
+    Scripts are drawn with weights ``khmer_fraction``, ``cjk_fraction`` and the rest for Latin,
+    among the enabled scripts (CJK only when a CJK font is installed).
+    """
+    weights = {"khmer": config.khmer_fraction, "cjk": config.cjk_fraction,
+               "latin": max(0.0, 1.0 - config.khmer_fraction - config.cjk_fraction)}
+    enabled = [s for s in ("latin", "khmer", "cjk") if s in config.scripts and (s != "cjk" or cjk_font() is not None)]
+    if not enabled:
+        raise GemmaOcrError(f"no script to render: --scripts {' '.join(config.scripts)} (cjk needs an installed CJK font)")
+    if sum(weights[s] for s in enabled) <= 0:
+        weights = dict.fromkeys(enabled, 1.0)
+    makers = {"latin": _latin_line, "khmer": _khmer_line, "cjk": _cjk_line}
     rng = random.Random(config.seed)
-    has_cjk = "cjk" in config.scripts and cjk_font() is not None
     for _ in range(config.n_samples):
-        r = rng.random()
-        if "khmer" in config.scripts and r < config.khmer_fraction:
-            yield "khmer", _khmer_line(rng)
-        elif has_cjk and r < config.khmer_fraction + config.cjk_fraction:
-            yield "cjk", _cjk_line(rng)
-        else:
-            yield "latin", _latin_line(rng)
+        script = rng.choices(enabled, weights=[weights[s] for s in enabled])[0]
+        yield script, makers[script](rng)
 
 
 def _font_for(script: str, size: int) -> ImageFont.FreeTypeFont:

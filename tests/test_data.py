@@ -1,0 +1,130 @@
+"""The OCR record format, splitting and the synthetic generator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from gemma_ocr.data.records import check_images, load_raw_records, load_records, write_records
+from gemma_ocr.data.split import parse_ratio, parse_split_spec, split_non_test
+from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
+from gemma_ocr.errors import GemmaOcrError
+
+
+def _write(path: Path, data) -> Path:
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def test_relative_image_paths_resolve_against_the_json_folder(tmp_path):
+    (tmp_path / "sub" / "img").mkdir(parents=True)
+    Image.new("RGB", (10, 10)).save(tmp_path / "sub" / "img" / "a.png")
+    f = _write(tmp_path / "sub" / "ocr.json", [{"img_path": "img/a.png", "ocr_results": "abc"}])
+    (r,) = load_raw_records(f)
+    assert Path(r.image_path) == (tmp_path / "sub" / "img" / "a.png").resolve()
+    # Written elsewhere, the path is rewritten relative to the new file and still resolves.
+    out = write_records([r], tmp_path / "other" / "deeper" / "x.json")
+    assert json.loads(out.read_text())[0]["image_path"] == "../../sub/img/a.png"
+    assert load_records(out)[0] == r
+    check_images(load_records(out))
+
+
+def test_load_records_accepts_raw_layout_too(tmp_path):
+    f = _write(tmp_path / "raw.json", [{"img_path": "/abs/a.png", "ocr_results": "x"}])
+    assert load_records(f)[0].text == "x"
+
+
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("[{", "malformed JSON at line 1"),
+        ('{"a": 1}', "expected a JSON list"),
+        ('[{"img_path": "a.png"}]', "record 0 lacks field 'ocr_results'"),
+        ('[1]', "record 0 is int"),
+        ('[{"img_path": "", "ocr_results": "x"}]', "'img_path' must be a non-empty path"),
+        ('[{"img_path": "a.png", "ocr_results": 5}]', "'ocr_results' must be a string"),
+    ],
+)
+def test_bad_raw_files_name_file_and_record(tmp_path, content, fragment):
+    f = tmp_path / "ocr.json"
+    f.write_text(content)
+    with pytest.raises(GemmaOcrError) as e:
+        load_raw_records(f)
+    assert fragment in str(e.value) and str(f) in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GemmaOcrError, match="not found"):
+        load_records(tmp_path / "nope.json")
+
+
+def test_missing_and_corrupt_images_are_named(tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    f = _write(tmp_path / "d.json", [{"image_path": "bad.png", "ocr_text": "x"}])
+    with pytest.raises(GemmaOcrError, match="cannot be read.*bad.png"):
+        check_images(load_records(f), f)
+    f = _write(tmp_path / "d.json", [{"image_path": "missing.png", "ocr_text": "x"}])
+    with pytest.raises(GemmaOcrError, match="record 0: image not found"):
+        check_images(load_records(f), f)
+
+
+def test_split_is_reproducible_and_has_the_ratio():
+    items = list(range(600))
+    a, b = split_non_test(items), split_non_test(items)
+    assert a == b
+    assert len(a.non_test) == 100 and len(a.test) == 500
+    assert sorted(a.non_test + a.test) == items
+    assert a.non_test != items[:100]  # shuffled
+    assert split_non_test(items, seed=1).non_test != a.non_test
+    assert len(split_non_test(items, 0.5).non_test) == 300
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, -0.1, 1.5])
+def test_split_ratio_out_of_range(bad):
+    with pytest.raises(GemmaOcrError, match="between 0 and 1"):
+        split_non_test([1, 2, 3], bad)
+
+
+def test_parse_ratio_forms():
+    assert parse_ratio("1/6") == pytest.approx(1 / 6)
+    assert parse_ratio("1:5") == pytest.approx(1 / 6)
+    assert parse_ratio("0.25") == 0.25
+    with pytest.raises(GemmaOcrError, match="1/6 or 1:5"):
+        parse_ratio("a third")
+
+
+def test_parse_split_spec():
+    assert parse_split_spec("train", 50) == slice(0, 50)
+    assert parse_split_spec("train[:90%]", 50) == slice(0, 45)
+    assert parse_split_spec("train[90%:]", 50) == slice(45, 50)
+    assert parse_split_spec("train[10:20]", 50) == slice(10, 20)
+    with pytest.raises(GemmaOcrError, match="train\\[:90%\\]"):
+        parse_split_spec("train[::]]", 50)
+
+
+def test_generator_is_deterministic_and_images_open(tmp_path):
+    cfg = SyntheticConfig(n_samples=12, seed=3, blur=1.0, noise=10, rotation=3)
+    a = generate_dataset(tmp_path / "a", cfg)
+    b = generate_dataset(tmp_path / "b", cfg)
+    assert [r.text for r in a] == [r.text for r in b]
+    for ra, rb in zip(a, b):
+        assert Path(ra.image_path).read_bytes() == Path(rb.image_path).read_bytes()
+        with Image.open(ra.image_path) as im:
+            assert im.mode == "RGB" and im.width > im.height > 8
+    assert [r.text for r in generate_dataset(tmp_path / "c", SyntheticConfig(n_samples=12, seed=4))] != [r.text for r in a]
+    raw = load_raw_records(tmp_path / "a" / "ocr.json")
+    assert [r.text for r in raw] == [r.text for r in a]
+
+
+def test_generator_renders_khmer_digits_with_ink(tmp_path):
+    recs = generate_dataset(tmp_path, SyntheticConfig(n_samples=30, seed=0, khmer_fraction=1.0))
+    assert all(set(r.text) <= set("០១២៣៤៥៦៧៨៩") for r in recs)
+    import numpy as np
+
+    with Image.open(recs[0].image_path) as im:
+        arr = np.asarray(im.convert("L"))
+    assert arr.min() < 100 < arr.max()  # dark glyphs on a light background
