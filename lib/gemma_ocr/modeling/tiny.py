@@ -235,12 +235,35 @@ def build_tiny_gemma3(
         chat_template=CHAT_TEMPLATE,
         image_seq_length=mm_tokens_per_image,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    _save_atomically(out, model, processor)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny Gemma 3: %d parameters, vocabulary %d -> %s", n_params, len(tokenizer), out)
     return out
+
+
+def _save_atomically(out: Path, model, processor) -> None:
+    """Write into a temporary sibling folder, then rename: parallel builders (DDP ranks) never see half a checkpoint."""
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        if out.exists():
+            shutil.rmtree(out)  # rebuilding on purpose (make_tiny_model.py)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / "config.json").is_file():  # not a concurrent builder: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_tiny_model(model_name: str | os.PathLike[str]) -> None:
