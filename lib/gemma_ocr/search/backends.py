@@ -13,7 +13,6 @@ import dataclasses
 import difflib
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,17 +68,6 @@ def check_names(names: list[str], valid: set[str], what: str, source: str, hint:
             raise GemmaOcrError(f"{source}: unknown {what} {name!r}{maybe} ({hint})")
 
 
-def wandb_offline_without_key() -> None:
-    """W&B runs offline (kept locally, syncable later) when no API key is configured."""
-    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
-        return
-    netrc = Path.home() / ".netrc"
-    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
-        return
-    os.environ["WANDB_MODE"] = "offline"
-    log.info("no W&B API key: trial runs are logged offline (wandb sync later)")
-
-
 class GemmaBackend:
     """LoRA SFT of a Gemma 3 model; the objective is the final ``eval_loss`` (minimised)."""
 
@@ -117,10 +105,7 @@ class GemmaBackend:
 
         values = {**ctx.fixed, **ctx.params}
         values.update(output_dir=str(ctx.output_dir), run_name=ctx.run_name, wandb_group=ctx.study_name)
-        config = self._build(values, f"trial {ctx.trial_number}")
-        report_to = getattr(config, "report_to", None)
-        if report_to and "wandb" in (report_to if isinstance(report_to, (list, tuple)) else [report_to]):
-            wandb_offline_without_key()
+        config = self._build(values, f"trial {ctx.trial_number}")  # W&B: grouped by study, offline without a key
         result = tune(config, callbacks=[pruning_callback(ctx.reporter, self.metric)])
         ctx.reporter.raise_if_pruned()
         return dict(result)

@@ -91,11 +91,13 @@ def parse_search_config(data: Any, source: str) -> SearchFile:
     if not isinstance(data, dict):
         raise GemmaOcrError(f"{source}: expected a JSON object with a \"search_space\" and fixed parameters")
     data = dict(data)
-    if "search_space" in data:
+    explicit = "search_space" in data
+    if explicit:
         space = parse_search_space(data.pop("search_space"), f"{source}: search_space")
-    else:
+    else:  # a plain training config: its values of the searched parameters give way to the search
         log.info("%s has no search_space; using the default one (%s)", source, ", ".join(DEFAULT_SEARCH_SPACE))
         space = parse_search_space(DEFAULT_SEARCH_SPACE)
+        data = {k: v for k, v in data.items() if k not in space}
     settings: dict[str, Any] = {}
     for key, kind in SETTING_KEYS.items():
         if key in data:

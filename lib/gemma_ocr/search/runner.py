@@ -253,6 +253,7 @@ class _Search:
         self.budget_lock = threading.Lock()
         self.trials_run: list[int] = []
         self.stop = threading.Event()
+        self.fatal: GemmaOcrError | None = None
         self.bar: Any = None
         self.storage = open_storage(settings.storage)
         direction = backend.direction
@@ -304,6 +305,9 @@ class _Search:
         for point in self.points:
             taken.append(any(_matches(point, t.params or t.system_attrs.get("fixed_params", {})) for t in trials))
         return taken
+
+    def _any_success(self) -> bool:
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
     def remaining_grid(self) -> int:
         return sum(1 for t in self._taken_points() if not t) if self.grid else 0
@@ -375,6 +379,11 @@ class _Search:
             doc["error"] = describe_error(e)
             doc["traceback"] = traceback.format_exc(limit=20)
             log.error("trial %d failed: %s", number, doc["error"])
+            if isinstance(e, GemmaOcrError) and not self.trials_run and not self._any_success():
+                # a configuration error on the very first trial would repeat in every trial: stop here
+                self.fatal = GemmaOcrError(f"trial {number} failed and the search stopped (the error would repeat "
+                                           f"in every trial; it is recorded as FAIL): {e}")
+                self.stop.set()
         finally:
             release_memory()
         doc.update(state=state.name, value=value, finished=now(), duration_s=round(time.monotonic() - started, 3))
@@ -382,8 +391,8 @@ class _Search:
             trial.set_user_attr("output_dir", str(trial_dir))
             trial.set_user_attr("worker", doc["worker"])
             trial.set_user_attr("duration_s", doc["duration_s"])
-            if doc["metrics"]:
-                trial.set_user_attr("metrics", doc["metrics"])
+            if doc["metrics"]:  # the per-step history stays in the results file, out of the database
+                trial.set_user_attr("metrics", {k: v for k, v in doc["metrics"].items() if k != "history"})
             if doc["error"]:
                 trial.set_user_attr("error", doc["error"])
         if state == TrialState.COMPLETE:
@@ -500,6 +509,8 @@ def run_search(settings: SearchSettings, backend: Backend | None = None) -> Sear
         exported = None
         with contextlib.suppress(GemmaOcrError, OSError):
             exported = search.export()
+    if search.fatal is not None:
+        raise search.fatal
     best = best_trial(search.study)
     return SearchSummary(
         study_name=settings.study_name,
