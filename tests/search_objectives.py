@@ -22,7 +22,7 @@ import numpy as np
 from gemma_ocr.errors import GemmaOcrError
 
 PARAMS = {"learning_rate", "epochs", "l2", "batch_size", "optimizer"}
-HOOKS = {"fail_trials", "bad_trials", "barrier_dir", "barrier_n", "n_samples"}
+HOOKS = {"fail_trials", "bad_trials", "barrier_dir", "barrier_n", "n_samples", "seed"}
 _started = False
 
 
@@ -67,7 +67,7 @@ class LinearRegression:
             raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
         scale = 1e-6 if ctx.trial_number in p.get("bad_trials", []) else 1.0
         xt, yt, xv, yv = _data(int(p.get("n_samples", 200)))
-        rng = np.random.default_rng(ctx.trial_number)
+        rng = np.random.default_rng(int(p.get("seed", 0)))
         w, v = np.zeros(xt.shape[1]), np.zeros(xt.shape[1])
         mse = float("nan")
         for epoch in range(int(p["epochs"])):

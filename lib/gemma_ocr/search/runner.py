@@ -46,6 +46,10 @@ from gemma_ocr.search.storage import (
 )
 
 log = logging.getLogger(__name__)
+# Workers use ask/tell with storage heartbeats (a dead worker's trial is failed, not left RUNNING);
+# Optuna flags that combination although it works. Silence the flag, and the "experimental" notices.
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_N_TRIALS = 20
 DEFAULT_BASE_OUTPUT_DIR = Path("models/hyperparam_search")
@@ -255,7 +259,9 @@ class _Search:
         self.stop = threading.Event()
         self.fatal: GemmaOcrError | None = None
         self.bar: Any = None
-        self.storage = open_storage(settings.storage)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.storage = open_storage(settings.storage)
         direction = backend.direction
         self.study = optuna.create_study(
             study_name=settings.study_name,
@@ -280,7 +286,7 @@ class _Search:
         self.study.set_user_attr(CONFIG_ATTR, jsonable({
             "search_space": space_to_dict(settings.search_space),
             "fixed": settings.fixed,
-            "settings": {"search_mode": settings.search_mode, "backend": backend.name, "pruner": settings.pruner.to_dict(),
+            "settings": {"search_mode": settings.search_mode, "backend": settings.backend, "pruner": settings.pruner.to_dict(),
                          "base_output_dir": str(settings.base_output_dir)},
             "metric": backend.metric,
             "updated": now(),
@@ -290,12 +296,10 @@ class _Search:
     # ------------------------------------------------------------------ sampling
 
     def _sampler(self) -> optuna.samplers.BaseSampler:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            if self.s.search_mode == "bayesian":
-                return optuna.samplers.TPESampler(seed=self.s.seed, constant_liar=True)
-            # grid points are enqueued as fixed parameters; random mode samples uniformly
-            return optuna.samplers.RandomSampler(seed=self.s.seed)
+        if self.s.search_mode == "bayesian":
+            return optuna.samplers.TPESampler(seed=self.s.seed, constant_liar=True)
+        # grid points are enqueued as fixed parameters; random mode samples uniformly
+        return optuna.samplers.RandomSampler(seed=self.s.seed)
 
     def _taken_points(self) -> list[bool]:
         """Which grid points are done (complete/pruned) or being run."""
@@ -303,7 +307,7 @@ class _Search:
         trials = [t for t in self.study.get_trials(deepcopy=False, states=live)]
         taken = []
         for point in self.points:
-            taken.append(any(_matches(point, t.params or t.system_attrs.get("fixed_params", {})) for t in trials))
+            taken.append(any(_matches(point, {**t.system_attrs.get("fixed_params", {}), **t.params}) for t in trials))
         return taken
 
     def _any_success(self) -> bool:
@@ -321,8 +325,13 @@ class _Search:
                 return None
             if self.left is not None:
                 self.left -= 1
-        with contextlib.suppress(Exception):
-            optuna.storages.fail_stale_trials(self.study)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.suppress(Exception):
+                optuna.storages.fail_stale_trials(self.study)
+            return self._claim_locked()
+
+    def _claim_locked(self) -> Trial | None:
         with study_lock(self.s.storage, self.s.study_name):
             if self.s.max_total_trials is not None and len(self.study.get_trials(deepcopy=False)) >= self.s.max_total_trials:
                 return self._give_back()
@@ -388,11 +397,10 @@ class _Search:
             release_memory()
         doc.update(state=state.name, value=value, finished=now(), duration_s=round(time.monotonic() - started, 3))
         with contextlib.suppress(Exception):
-            trial.set_user_attr("output_dir", str(trial_dir))
-            trial.set_user_attr("worker", doc["worker"])
-            trial.set_user_attr("duration_s", doc["duration_s"])
+            info = {"output_dir": str(trial_dir), "worker": doc["worker"], "duration_s": doc["duration_s"]}
             if doc["metrics"]:  # the per-step history stays in the results file, out of the database
-                trial.set_user_attr("metrics", {k: v for k, v in doc["metrics"].items() if k != "history"})
+                info.update({k: v for k, v in doc["metrics"].items() if k != "history"})
+            trial.set_user_attr("metrics", info)
             if doc["error"]:
                 trial.set_user_attr("error", doc["error"])
         if state == TrialState.COMPLETE:

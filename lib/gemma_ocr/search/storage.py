@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
@@ -92,8 +93,11 @@ def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
         kwargs = {}
         if heartbeat:
             kwargs = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
-        engine_kwargs = {} if spath is not None else {"pool_pre_ping": True}
-        return RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        engine_kwargs = {"connect_args": {"timeout": 60}} if spath is not None else {"pool_pre_ping": True}
+        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        if spath is not None:
+            _sqlite_wal(storage)
+        return storage
     except GemmaOcrError:
         raise
     except ImportError as e:
@@ -104,6 +108,20 @@ def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
             f"cannot open study storage {mask(url)}: {first} (check the URL, that the server is running, "
             "credentials and file permissions)"
         ) from None
+
+
+def _sqlite_wal(storage: RDBStorage) -> None:
+    """Write-ahead logging for SQLite: commits without a sync each, readers never block the writer."""
+    import sqlalchemy
+
+    def pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(storage.engine, "connect", pragmas)
+    storage.engine.dispose()  # pooled connections were opened before the listener
 
 
 def study_exists(storage: BaseStorage, study_name: str) -> bool:
