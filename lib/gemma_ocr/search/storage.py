@@ -45,8 +45,19 @@ def default_storage(study_name: str, studies_dir: str | Path = DEFAULT_STUDIES_D
 
 
 def normalize_url(url: str) -> str:
-    """Spell ``postgres://`` the way SQLAlchemy expects (``postgresql://``); other URLs unchanged."""
-    return "postgresql://" + url[len("postgres://"):] if url.startswith("postgres://") else url
+    """A PostgreSQL URL without a driver gets the installed one; other URLs are unchanged.
+
+    ``postgres://`` becomes ``postgresql://``; SQLAlchemy 2.1 takes psycopg (3) for a bare
+    ``postgresql://``, so when only psycopg2 is installed the URL names it (``postgresql+psycopg2://``).
+    """
+    import importlib.util
+
+    if url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    return url
 
 
 def mask(url: str) -> str:
@@ -94,7 +105,8 @@ def open_storage(url: str, heartbeat: bool = True) -> BaseStorage:
         if heartbeat:
             kwargs = {"heartbeat_interval": HEARTBEAT_INTERVAL_S, "grace_period": GRACE_PERIOD_S}
         engine_kwargs = {"connect_args": {"timeout": 60}} if spath is not None else {"pool_pre_ping": True}
-        storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
+        with study_lock(url, "__tables__"):  # workers starting together would race to create the tables
+            storage = RDBStorage(url, engine_kwargs=engine_kwargs, **kwargs)
         if spath is not None:
             _sqlite_wal(storage)
         return storage
