@@ -9,6 +9,7 @@ loss covers the answer and its ``<end_of_turn>`` only; prompt, image tokens and 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,11 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     """
     from datasets import Dataset
 
+    if not Path(config.input_data).is_file():
+        raise GemmaOcrError(
+            f"OCR data file not found: {config.input_data} (pass --input-data, or create the default with "
+            "`python core/make_synthetic_data.py && python core/split_dataset.py`)"
+        )
     records = load_records(config.input_data)
     if not records:
         raise GemmaOcrError(f"{config.input_data}: no records (the training split would be empty)")

@@ -12,7 +12,8 @@ from typing import Any
 from gemma_ocr.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json
-from gemma_ocr.modeling.loading import compute_dtype, load_model
+from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, load_model
+from gemma_ocr.modeling.tiny import ensure_tiny_model
 from gemma_ocr.training.data import OcrCollator, load_data
 from gemma_ocr.training.tracking import finish_tracking, setup_tracking
 
@@ -83,6 +84,8 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         max_length=None,  # the collator truncates the answer to max_seq_length, never the image tokens
         dataloader_num_workers=0,
         ddp_find_unused_parameters=False,
+        # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
+        use_cpu=not torch.cuda.is_available(),
     )
 
 
@@ -141,6 +144,9 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     """
     config.validate()
     started = time.time()
+    ensure_tiny_model(config.model_name)
+    if config.backend == "transformers":
+        check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
     reporters = setup_tracking(config)
     train_ds, val_ds = load_data(config)
     resume = resolve_resume(config)
@@ -186,6 +192,7 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
             "resumed_from": resume,
             "train_samples": len(train_ds),
             "eval_samples": len(val_ds) if val_ds is not None else 0,
+            "world_size": trainer.args.world_size,
             "runtime_s": round(time.time() - started, 2),
             "history": history,
         }
@@ -194,8 +201,8 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
             processor.save_pretrained(config.output_dir)
             atomic_write_json(Path(config.output_dir) / CONFIG_FILE, config.to_dict())
             atomic_write_json(Path(config.output_dir) / METRICS_FILE, result)
-        log.info("done: %d steps, train_loss %.4f, eval_loss %s -> %s", state.global_step, train_loss,
-                 f"{eval_loss:.4f}" if eval_loss is not None else "n/a", config.output_dir)
+            log.info("done: %d steps, train_loss %.4f, eval_loss %s -> %s", state.global_step, train_loss,
+                     f"{eval_loss:.4f}" if eval_loss is not None else "n/a", config.output_dir)
         return result
     finally:
         del trainer, model, processor
