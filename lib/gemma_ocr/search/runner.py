@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.search.backends import Backend, TrialContext, get_backend
+from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE, SEARCH_MODES, PrunerSettings, SearchFile, load_search_config, parse_pruner
 from gemma_ocr.search.export import best_trial, export_best, jsonable, now, trial_counts, trial_results_path, write_trial_results
 from gemma_ocr.search.pruning import TrialReporter, make_pruner
@@ -154,7 +154,8 @@ def resolve_settings(
                 return layer[key]
         return default
 
-    if file is None and stored is None and default_config is not None and Path(default_config).is_file():
+    backend = pick("backend", "gemma")
+    if file is None and stored is None and backend == "gemma" and default_config and Path(default_config).is_file():
         file = load_search_config(default_config)
         log.info("no --config: fixed parameters from %s, default search space", default_config)
         file_settings = file.settings
@@ -165,7 +166,8 @@ def resolve_settings(
         fixed, source = dict(stored.get("fixed") or {}), f"study {name} (stored definition)"
         log.info("resuming %s with its stored search space (%s)", name, ", ".join(space))
     else:
-        space, fixed, source = parse_search_space(DEFAULT_SEARCH_SPACE), {}, "<default search space>"
+        space = parse_search_space(DEFAULT_SPACES.get(backend, DEFAULT_SEARCH_SPACE))
+        fixed, source = {}, f"<default search space of {backend}>"
     fixed.update(fixed_overrides)
     clash = sorted(set(fixed_overrides) & set(space))
     if clash:
@@ -193,7 +195,7 @@ def resolve_settings(
     return SearchSettings(
         study_name=name,
         storage=url,
-        backend=pick("backend", "gemma"),
+        backend=backend,
         search_mode=mode,
         search_space=space,
         fixed=fixed,
