@@ -1,0 +1,156 @@
+"""The Khmer-digits CNN as a backend of the suite: train one trial, predict, score an OCR data file.
+
+* :func:`train_trial` trains with a dict of hyperparameters (what a search trial samples) and
+  reports the validation character accuracy after each epoch to a callback that may prune.
+* :func:`predict` reads a checkpoint and turns image files into Khmer-digit strings.
+* :func:`evaluate_ocr_file` scores a checkpoint on an OCR input file (``[{image_path, ocr_text}]``)
+  with the same CER/F1 document as the served Gemma model (:func:`gemma_ocr.results.build_document`).
+* :func:`export_ocr_json` writes a generated split as such an OCR input file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gemma_ocr.khmer_digits.exceptions import ConfigurationError
+from gemma_ocr.khmer_digits.generator import export_ocr_json
+from gemma_ocr.khmer_digits.utils import TrainingConfig, describe_unknown
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_TRIAL_PARAMS", "train_trial", "predict", "evaluate_ocr_file", "export_ocr_json", "load_model"]
+
+# The default recipe: the lite CTC preset reaches >= 0.99 character / >= 0.95 sequence accuracy on
+# held-out synthetic data within minutes on two CPU cores (benchmarks/khmer_digits_accuracy.py).
+DEFAULT_TRIAL_PARAMS: dict[str, Any] = {
+    "model": "lite",
+    "learning_rate": 2e-3,
+    "batch_size": 64,
+    "weight_decay": 1e-4,
+    "label_smoothing": 0.0,
+    "epochs": 4,
+    "optimizer": "adamw",
+    "scheduler": "cosine",
+    "warmup_epochs": 0.3,
+    "gradient_clip_norm": 5.0,
+}
+
+# Trial-parameter aliases -> TrainingConfig fields.
+ALIASES = {
+    "model": "model_name", "preset": "model_name", "epochs": "num_epochs", "optimizer": "optimizer_type",
+    "scheduler": "scheduler_type", "lr": "learning_rate", "data": "metadata_path",
+}
+
+
+def trial_config(params: dict[str, Any], output_dir: str | os.PathLike[str]) -> TrainingConfig:
+    """A :class:`TrainingConfig` from the default recipe overlaid with ``params`` (aliases accepted)."""
+    merged: dict[str, Any] = {}
+    for key, value in {**DEFAULT_TRIAL_PARAMS, **params}.items():
+        merged[ALIASES.get(key, key)] = value
+    known = TrainingConfig.field_names()
+    unknown = sorted(set(merged) - set(known))
+    if unknown:
+        raise ConfigurationError(f"Khmer-digits trial: unknown hyperparameter(s) {describe_unknown(unknown, known + list(ALIASES))}")
+    out = Path(output_dir)
+    merged.setdefault("output_dir", str(out.parent))
+    merged.setdefault("experiment_name", out.name or "trial")
+    merged.setdefault("use_tensorboard", False)
+    merged.setdefault("save_every_n_epochs", 1000)
+    merged.setdefault("keep_n_checkpoints", 1)
+    merged.setdefault("early_stopping_patience", 1000)
+    if "loss_type" not in merged:
+        from gemma_ocr.khmer_digits.models import PRESETS
+
+        preset = PRESETS.get(str(merged.get("model_name")), {})
+        merged["loss_type"] = "ctc" if preset.get("head") == "ctc" else "crossentropy"
+    return TrainingConfig.from_dict(merged, source="Khmer-digits trial parameters")
+
+
+def train_trial(params: dict[str, Any], output_dir: str | os.PathLike[str],
+                report: Callable[[int, float], bool] | None = None) -> dict[str, Any]:
+    """Train one model with ``params`` into ``output_dir``.
+
+    ``params`` take :class:`TrainingConfig` field names or the aliases ``model``/``preset``,
+    ``epochs``, ``optimizer``, ``scheduler``, ``lr``, ``data`` (metadata path); missing ones come
+    from :data:`DEFAULT_TRIAL_PARAMS`. ``loss_type`` follows the preset's head unless given.
+    After each epoch ``report(epoch, val_char_accuracy)`` is called (higher is better); if it
+    returns True the run stops and the result has ``pruned: True``.
+
+    Returns ``val_loss``, ``char_accuracy``, ``seq_accuracy``, ``edit_distance`` (of the best epoch,
+    whose weights are in ``checkpoint``), ``best_epoch``, ``epochs``, ``pruned``, ``training_time``,
+    ``model_parameters``, ``history`` and ``checkpoint``.
+    """
+    config = trial_config(params, output_dir)
+    callback = None
+    if report is not None:
+        def callback(epoch: int, metrics: dict[str, float]) -> bool:
+            return bool(report(epoch, metrics["val_char_accuracy"]))
+
+    from gemma_ocr.khmer_digits.trainer import train_from_config
+
+    summary = train_from_config(config, epoch_callback=callback)
+    best = summary["best_metrics"]
+    return {
+        "val_loss": best.get("val_loss"),
+        "char_accuracy": best.get("val_char_accuracy"),
+        "seq_accuracy": best.get("val_seq_accuracy"),
+        "edit_distance": best.get("val_edit_distance"),
+        "best_epoch": summary["best_epoch"],
+        "epochs": summary["total_epochs"],
+        "pruned": summary["pruned"],
+        "training_time": summary["training_time"],
+        "model_parameters": summary["model_parameters"],
+        "checkpoint": summary["best_checkpoint"],
+        "history": summary["history"],
+        "config": config.to_dict(),
+    }
+
+
+def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> torch.nn.Module:
+    """The model stored in a checkpoint, in eval mode."""
+    from gemma_ocr.khmer_digits.exceptions import DataLoaderError
+    from gemma_ocr.khmer_digits.models import model_from_config
+    from gemma_ocr.khmer_digits.utils import CheckpointManager
+
+    state = CheckpointManager.load(checkpoint_path, map_location=device)
+    if not isinstance(state, dict) or "model_state" not in state or not state.get("model_config"):
+        raise DataLoaderError(f"{checkpoint_path}: not a Khmer-digits checkpoint (no model_state/model_config)")
+    model = model_from_config(state["model_config"])
+    model.load_state_dict(state["model_state"])
+    return model.to(device).eval()
+
+
+def predict(checkpoint_path: str | os.PathLike[str], image_paths: list[str], batch_size: int = 128,
+            device: str = "cpu") -> list[str]:
+    """Khmer-digit strings for ``image_paths`` (any size; each is fitted to the model's input)."""
+    from gemma_ocr.data.records import open_image
+    from gemma_ocr.khmer_digits.dataset import get_val_transforms
+
+    model = load_model(checkpoint_path, device)
+    transform = get_val_transforms(model.config["image_height"], model.config["image_width"])
+    out: list[str] = []
+    for start in range(0, len(image_paths), batch_size):
+        chunk = image_paths[start:start + batch_size]
+        batch = torch.stack([transform(open_image(p)) for p in chunk]).to(device)
+        out.extend(model.predict(batch))
+    return out
+
+
+def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | os.PathLike[str],
+                      model_name: str | None = None, nfkc: bool = False) -> dict[str, Any]:
+    """Score a checkpoint on an OCR input file; returns the results document of evaluate.py's layout."""
+    from gemma_ocr.data.records import load_records
+    from gemma_ocr.results import STATUS_EMPTY, STATUS_OK, build_document
+
+    records = load_records(data_file)
+    predictions = predict(checkpoint_path, [r.image_path for r in records])
+    samples = [{"image_path": r.image_path, "label": r.text, "prediction": p,
+                "status": STATUS_OK if p else STATUS_EMPTY} for r, p in zip(records, predictions)]
+    return build_document(samples, model_name or f"khmer-digits:{checkpoint_path}", nfkc=nfkc,
+                          backend="khmer_digits", data_file=str(data_file))

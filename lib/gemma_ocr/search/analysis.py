@@ -1,0 +1,479 @@
+"""Analysis of a finished (or running) study: importance, history, parallel coordinates, top trials.
+
+Every figure is written twice: a PNG (matplotlib) and an interactive HTML page (plotly, sharing one
+``plotly.min.js`` in the report folder, so it opens offline). ``report.md`` links them all with the
+statistical summary and the top-N table; ``summary.json`` holds the same figures for programs.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json, atomic_write_text
+from gemma_ocr.search.export import jsonable, now
+from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR, default_storage, journal_path, mask, open_storage, sqlite_path
+
+log = logging.getLogger(__name__)
+
+FIGURES = ("param_importances", "optimization_history", "parallel_coordinate", "intermediate_values")
+STATE_COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}
+
+
+@dataclass
+class StudyReport:
+    """Files written for one study (and the comparison, when asked)."""
+
+    study_name: str
+    output_dir: Path
+    files: dict[str, Path] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------- loading
+
+
+def load_study(study_name: str, storage: str | None = None, studies_dir: str | Path = DEFAULT_STUDIES_DIR) -> optuna.Study:
+    """Open an existing study; one clear line when its database or the study is missing."""
+    url = storage or default_storage(study_name, studies_dir)
+    for path in (sqlite_path(url), journal_path(url)):
+        if path is not None and not path.is_file():
+            raise GemmaOcrError(
+                f"no study database {path} (run core/hyperparameter_search.py --study-name {study_name} first, "
+                "or pass --storage)"
+            )
+    opened = open_storage(url, heartbeat=False)
+    names = optuna.get_all_study_names(opened)
+    if study_name not in names:
+        raise GemmaOcrError(f"study {study_name!r} not found in {mask(url)} (studies there: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=opened)
+
+
+def metric_name(study: optuna.Study) -> str:
+    return str(study.user_attrs.get("metric") or "objective")
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def _save_png(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _save_html(fig: Any, path: Path) -> Path:
+    fig.write_html(str(path), include_plotlyjs="directory", full_html=True)
+    return path
+
+
+def _placeholder(title: str, message: str) -> tuple[Any, Any]:
+    """A PNG and an HTML figure that say why a plot could not be drawn."""
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.axis("off")
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    pfig = go.Figure()
+    pfig.update_layout(title=title, annotations=[dict(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")])
+    return fig, pfig
+
+
+def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
+    """Parameter importances (fANOVA), or an empty dict and the reason they cannot be computed yet."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return {}, f"parameter importance needs at least 2 completed trials ({len(complete)} so far)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            values = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError, ZeroDivisionError) as e:
+        return {}, f"parameter importance not available: {e}"
+    if not values:
+        return {}, "parameter importance not available: no parameter varied across completed trials"
+    return {k: float(v) for k, v in values.items()}, None
+
+
+def _importance_figures(imp: dict[str, float], why: str | None) -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    if not imp:
+        return _placeholder("Parameter importance", why or "not available")
+    names = list(imp)[::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
+    ax.barh(names, [imp[n] for n in names], color="tab:blue")
+    ax.set_xlabel("importance (fANOVA)")
+    ax.set_title("Parameter importance")
+    pfig = go.Figure(go.Bar(x=[imp[n] for n in names], y=names, orientation="h"))
+    pfig.update_layout(title="Parameter importance", xaxis_title="importance (fANOVA)")
+    return fig, pfig
+
+
+def _history_png(study: optuna.Study, metric: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED and t.value is not None]
+    if complete:
+        ax.scatter([t.number for t in complete], [t.value for t in complete], label="complete", color="tab:blue")
+        best, xs, ys = None, [], []
+        better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        for t in complete:
+            best = t.value if best is None else better(best, t.value)
+            xs.append(t.number)
+            ys.append(best)
+        ax.step(xs, ys, where="post", color="tab:red", label="best so far")
+    if pruned:
+        ax.scatter([t.number for t in pruned], [t.value for t in pruned], marker="x", color="tab:orange",
+                   label="pruned (last reported)")
+    failed = [t.number for t in study.trials if t.state == TrialState.FAIL]
+    if failed:
+        for n in failed:
+            ax.axvline(n, color="tab:red", alpha=0.2)
+        ax.plot([], [], color="tab:red", alpha=0.3, label=f"failed ({len(failed)})")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Optimization history of {study.study_name}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    return fig
+
+
+def _parallel_png(study: optuna.Study, metric: str) -> Any:
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    names = sorted({n for t in complete for n in t.params})
+    if not complete or not names:
+        return _placeholder("Parallel coordinates", "no completed trials yet")[0]
+    columns: list[list[float]] = []
+    ticks: list[tuple[list[float], list[str]]] = []
+    for name in names:
+        dist = next(t.distributions[name] for t in complete if name in t.distributions)
+        raw = [t.params.get(name) for t in complete]
+        if isinstance(dist, optuna.distributions.CategoricalDistribution):
+            choices = list(dist.choices)
+            idx = [choices.index(v) if v in choices else np.nan for v in raw]
+            span = max(len(choices) - 1, 1)
+            columns.append([i / span for i in idx])
+            ticks.append(([i / span for i in range(len(choices))], [str(c) for c in choices]))
+        else:
+            log_scale = getattr(dist, "log", False)
+            vals = np.array([math.log10(v) if log_scale else v for v in raw], dtype=float)
+            lo, hi = np.nanmin(vals), np.nanmax(vals)
+            span = (hi - lo) or 1.0
+            columns.append(list((vals - lo) / span))
+            fmt = (lambda x: f"{10 ** x:.3g}") if log_scale else (lambda x: f"{x:.3g}")
+            ticks.append(([0.0, 1.0], [fmt(lo), fmt(hi)]))
+    values = np.array([t.value for t in complete])
+    norm = plt.Normalize(values.min(), values.max() if values.max() > values.min() else values.min() + 1)
+    cmap = plt.get_cmap("viridis_r" if study.direction == optuna.study.StudyDirection.MINIMIZE else "viridis")
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(names) + 2), 4.5))
+    xs = list(range(len(names)))
+    for row, value in enumerate(values):
+        ax.plot(xs, [col[row] for col in columns], color=cmap(norm(value)), alpha=0.8)
+    for x, (pos, labels) in zip(xs, ticks):
+        ax.axvline(x, color="black", linewidth=0.8)
+        for p, label in zip(pos, labels):
+            ax.text(x + 0.03, p, label, fontsize=7, va="center")
+    ax.set_xticks(xs, names, rotation=20)
+    ax.set_yticks([])
+    ax.set_title(f"Parallel coordinates (colour: {metric})")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
+    return fig
+
+
+def _intermediate_png(study: optuna.Study, metric: str) -> Any:
+    import matplotlib.pyplot as plt
+
+    trials = [t for t in study.trials if t.intermediate_values]
+    if not trials:
+        return _placeholder("Intermediate values", "no trial reported intermediate values")[0]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        ax.plot(steps, [t.intermediate_values[s] for s in steps], color=STATE_COLORS.get(t.state.name, "black"),
+                alpha=0.7, marker="." if len(steps) < 30 else None)
+    for state, color in STATE_COLORS.items():
+        if any(t.state.name == state for t in trials):
+            ax.plot([], [], color=color, label=state.lower())
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{metric} (intermediate)")
+    ax.set_title("Learning curves reported to the pruner")
+    ax.legend()
+    return fig
+
+
+def _plotly_or_placeholder(build: Any, study: optuna.Study, title: str) -> Any:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return build(study)
+    except (ValueError, RuntimeError, KeyError, ZeroDivisionError) as e:
+        return _placeholder(title, f"not available: {e}")[1]
+
+
+# ---------------------------------------------------------------------------- tables and summary
+
+
+def _duration(t: FrozenTrial) -> float | None:
+    if t.datetime_start and t.datetime_complete:
+        return (t.datetime_complete - t.datetime_start).total_seconds()
+    return None
+
+
+def top_trials(study: optuna.Study, n: int) -> list[dict[str, Any]]:
+    """The ``n`` best completed trials: number, value, params, duration."""
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    reverse = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows = []
+    for rank, t in enumerate(sorted(complete, key=lambda t: t.value, reverse=reverse)[:n], 1):
+        rows.append({"rank": rank, "trial": t.number, "value": t.value, **t.params, "duration_s": _duration(t)})
+    return rows
+
+
+def _stats(values: list[float]) -> dict[str, float | None]:
+    import numpy as np
+
+    if not values:
+        return {k: None for k in ("count", "mean", "std", "min", "q25", "median", "q75", "max")}
+    a = np.array(values, dtype=float)
+    return {"count": len(a), "mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
+            "min": float(a.min()), "q25": float(np.percentile(a, 25)), "median": float(np.median(a)),
+            "q75": float(np.percentile(a, 75)), "max": float(a.max())}
+
+
+def summarize(study: optuna.Study, imp: dict[str, float], top_n: int) -> dict[str, Any]:
+    """Counts per state, the objective's distribution, per-parameter ranges (all vs. top-N) and correlations."""
+    import numpy as np
+
+    trials = study.trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    best = study.best_trial if complete else None
+    top = top_trials(study, top_n)
+    params: dict[str, Any] = {}
+    for name in sorted({n for t in complete for n in t.params}):
+        vals = [t.params[name] for t in complete if name in t.params]
+        entry: dict[str, Any] = {"importance": imp.get(name)}
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            entry["all"] = _stats([float(v) for v in vals])
+            entry["top"] = _stats([float(r[name]) for r in top if name in r])
+            ys = [t.value for t in complete if name in t.params]
+            if len(set(vals)) > 1 and len(vals) > 2:
+                rx, ry = np.argsort(np.argsort(vals)), np.argsort(np.argsort(ys))
+                entry["spearman_with_objective"] = float(np.corrcoef(rx, ry)[0, 1])
+        else:
+            counts: dict[str, int] = {}
+            for v in vals:
+                counts[str(v)] = counts.get(str(v), 0) + 1
+            entry["counts"] = counts
+            entry["top_counts"] = {str(r[name]): sum(1 for x in top if x.get(name) == r[name]) for r in top if name in r}
+        params[name] = entry
+    durations = [d for d in (_duration(t) for t in trials) if d is not None]
+    by_state = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    return jsonable({
+        "study_name": study.study_name,
+        "metric": metric_name(study),
+        "direction": study.direction.name.lower(),
+        "n_trials": len(trials),
+        "states": by_state,
+        "best": {"trial": best.number, "value": best.value, "params": best.params} if best else None,
+        "objective": _stats([t.value for t in complete]),
+        "duration_s": {"total": sum(durations), **{k: v for k, v in _stats(durations).items() if k in ("mean", "median", "max")}},
+        "parameters": params,
+        "failures": [{"trial": t.number, "error": t.user_attrs.get("error")} for t in trials if t.state == TrialState.FAIL],
+        "generated": now(),
+    })
+
+
+def _markdown_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "_no completed trials_\n"
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    cols = list(dict.fromkeys(k for r in rows for k in r)) or ["rank", "trial", "value"]
+    writer = csv.DictWriter(buf, fieldnames=cols)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------------------- the report
+
+
+def analyze_study(study: optuna.Study, output_dir: str | Path, top_n: int = 10) -> StudyReport:
+    """Write every figure (PNG + HTML), the top-N table (CSV/Markdown), summary.json and report.md."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from optuna import visualization as vis
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    report = StudyReport(study.study_name, out)
+    metric = metric_name(study)
+    imp, why = importances(study)
+    if why:
+        report.notes.append(why)
+
+    png_imp, html_imp = _importance_figures(imp, why)
+    figures = {
+        "param_importances": (png_imp, html_imp),
+        "optimization_history": (_history_png(study, metric),
+                                 _plotly_or_placeholder(lambda s: vis.plot_optimization_history(s, target_name=metric), study, "Optimization history")),
+        "parallel_coordinate": (_parallel_png(study, metric),
+                                _plotly_or_placeholder(lambda s: vis.plot_parallel_coordinate(s, target_name=metric), study, "Parallel coordinates")),
+        "intermediate_values": (_intermediate_png(study, metric),
+                                _plotly_or_placeholder(vis.plot_intermediate_values, study, "Intermediate values")),
+    }
+    for name, (png, html) in figures.items():
+        report.files[f"{name}.png"] = _save_png(png, out / f"{name}.png")
+        report.files[f"{name}.html"] = _save_html(html, out / f"{name}.html")
+
+    rows = top_trials(study, top_n)
+    report.files["top_trials.csv"] = _write_csv(rows, out / "top_trials.csv")
+    report.summary = summarize(study, imp, top_n)
+    report.files["summary.json"] = atomic_write_json(out / "summary.json", report.summary)
+    report.files["report.md"] = atomic_write_text(out / "report.md", _report_markdown(report, rows, imp, top_n))
+    return report
+
+
+def _report_markdown(report: StudyReport, rows: list[dict[str, Any]], imp: dict[str, float], top_n: int) -> str:
+    s = report.summary
+    st = s["states"]
+    lines = [
+        f"# Hyperparameter search: {s['study_name']}",
+        "",
+        f"{s['n_trials']} trials: {st['complete']} complete, {st['pruned']} pruned, {st['fail']} failed"
+        + (f", {st['running']} running" if st["running"] else "") + f". Objective: {s['metric']} ({s['direction']}).",
+        "",
+    ]
+    if s["best"]:
+        lines += [f"**Best:** trial {s['best']['trial']}, {s['metric']} = {s['best']['value']:.6g}", ""]
+        lines += [f"- `{k}`: {v}" for k, v in s["best"]["params"].items()] + [""]
+    o = s["objective"]
+    if o["count"]:
+        lines += ["## Statistical summary", "",
+                  f"| {s['metric']} | count | mean | std | min | q25 | median | q75 | max |", "|---" * 9 + "|",
+                  "| completed | " + " | ".join(f"{o[k]:.4g}" if isinstance(o[k], float) else str(o[k])
+                                                for k in ("count", "mean", "std", "min", "q25", "median", "q75", "max")) + " |",
+                  ""]
+        if s["duration_s"].get("mean") is not None:
+            lines += [f"Trial duration: mean {s['duration_s']['mean']:.1f} s, total {s['duration_s']['total']:.0f} s.", ""]
+    lines += ["## Parameter importance", ""]
+    if imp:
+        lines += [f"- `{k}`: {v:.3f}" for k, v in imp.items()] + [""]
+    for note in report.notes:
+        lines += [f"_{note}_", ""]
+    titles = {"param_importances": "Parameter importance", "optimization_history": "Optimization history",
+              "parallel_coordinate": "Parallel coordinates", "intermediate_values": "Intermediate values (pruning)"}
+    lines += ["## Figures", ""]
+    for name in FIGURES:
+        lines += [f"### {titles[name]}", "", f"![{titles[name]}]({name}.png)", "",
+                  f"[interactive version]({name}.html)", ""]
+    lines += [f"## Top {top_n} trials", "", _markdown_table(rows), "[CSV](top_trials.csv) · [summary.json](summary.json)", ""]
+    if s["failures"]:
+        lines += ["## Failed trials", ""] + [f"- trial {f['trial']}: {f['error']}" for f in s["failures"]] + [""]
+    if "comparison.png" in report.files:
+        lines += ["## Study comparison", "", "![Study comparison](comparison.png)", "",
+                  "[interactive version](comparison.html) · [CSV](comparison.csv)", "",
+                  _markdown_table(report.summary.get("comparison", [])), ""]
+    return "\n".join(lines)
+
+
+def compare_studies(studies: list[optuna.Study], report: StudyReport) -> StudyReport:
+    """Best-so-far curves of several studies on one figure, and a table of their best results."""
+    import matplotlib.pyplot as plt
+    import plotly.graph_objects as go
+
+    out = report.output_dir
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    pfig = go.Figure()
+    rows = []
+    for study in studies:
+        complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+        better = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        best, xs, ys = None, [], []
+        for t in complete:
+            best = t.value if best is None else better(best, t.value)
+            xs.append(t.number)
+            ys.append(best)
+        if xs:
+            ax.step(xs, ys, where="post", label=study.study_name)
+            pfig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=study.study_name, line_shape="hv"))
+        states = {s.name: sum(1 for t in study.trials if t.state == s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        bt = study.best_trial if complete else None
+        rows.append({"study": study.study_name, "metric": metric_name(study), "trials": len(study.trials),
+                     "complete": states["COMPLETE"], "pruned": states["PRUNED"], "failed": states["FAIL"],
+                     "best_value": bt.value if bt else None, "best_trial": bt.number if bt else None,
+                     "best_params": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in (bt.params.items() if bt else []))})
+    ax.set_xlabel("trial")
+    ax.set_ylabel("best value so far")
+    ax.set_title("Study comparison")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    pfig.update_layout(title="Study comparison (best value so far)", xaxis_title="trial", yaxis_title="best value")
+    report.files["comparison.png"] = _save_png(fig, out / "comparison.png")
+    report.files["comparison.html"] = _save_html(pfig, out / "comparison.html")
+    report.files["comparison.csv"] = _write_csv(rows, out / "comparison.csv")
+    report.summary["comparison"] = jsonable(rows)
+    atomic_write_json(out / "summary.json", report.summary)
+    return report
+
+
+def analyze(
+    study_name: str,
+    output_dir: str | Path | None = None,
+    compare: list[str] | None = None,
+    storage: str | None = None,
+    top_n: int = 10,
+    studies_dir: str | Path = DEFAULT_STUDIES_DIR,
+) -> StudyReport:
+    """Analyse ``study_name`` (and compare it with ``compare``) into ``output_dir`` (default reports/{study})."""
+    if top_n < 1:
+        raise GemmaOcrError(f"--top-n must be at least 1, got {top_n}")
+    study = load_study(study_name, storage, studies_dir)
+    out = Path(output_dir) if output_dir else Path("reports") / study_name
+    others = [load_study(name, storage, studies_dir) for name in (compare or [])]
+    report = analyze_study(study, out, top_n)
+    if others:
+        compare_studies([study, *others], report)
+        rows = top_trials(study, top_n)
+        imp = {k: v["importance"] for k, v in report.summary["parameters"].items() if v.get("importance") is not None}
+        imp = dict(sorted(imp.items(), key=lambda kv: -kv[1]))
+        report.files["report.md"] = atomic_write_text(out / "report.md", _report_markdown(report, rows, imp, top_n))
+    return report

@@ -1,0 +1,187 @@
+"""What a trial trains: the backend registry (name -> objective builder).
+
+A backend validates the fixed parameters and the search space before the first trial, trains one
+trial from its parameters, and turns the best parameters into a configuration its trainer accepts.
+Built in: ``gemma`` (LoRA SFT of Gemma 3 via :func:`gemma_ocr.training.tune`) and ``khmer-cnn``
+(the Khmer-digits CRNN baseline). ``--backend package.module:attribute`` loads any other object
+with the same methods (a class or a zero-argument factory), which is how a project plugs in its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
+from gemma_ocr.search.pruning import TrialReporter
+from gemma_ocr.search.space import ParamSpec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrialContext:
+    """Everything a backend needs to train one trial."""
+
+    study_name: str
+    trial_number: int
+    params: dict[str, Any]
+    fixed: dict[str, Any]
+    output_dir: Path
+    reporter: TrialReporter
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.study_name}-trial-{self.trial_number}"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The objective of a search. ``metric`` is the value optimised in ``direction``."""
+
+    name: str
+    metric: str
+    direction: str
+
+    def validate(self, fixed: dict[str, Any], space: dict[str, ParamSpec], source: str) -> None:
+        """Raise GemmaOcrError for unknown or invalid parameters, before any trial runs."""
+
+    def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
+        """Train one trial; return its metrics (including ``metric``). Raise optuna.TrialPruned when pruned."""
+
+    def export_config(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """The configuration file that trains the given parameters for real."""
+
+
+def check_names(names: list[str], valid: set[str], what: str, source: str, hint: str) -> None:
+    """One clear error for the first unknown parameter name, with the closest valid one."""
+    for name in names:
+        if name not in valid:
+            close = difflib.get_close_matches(name, sorted(valid), n=1)
+            maybe = f"; did you mean {close[0]!r}?" if close else ""
+            raise GemmaOcrError(f"{source}: unknown {what} {name!r}{maybe} ({hint})")
+
+
+class GemmaBackend:
+    """LoRA SFT of a Gemma 3 model; the objective is the final ``eval_loss`` (minimised)."""
+
+    name = "gemma"
+    metric = "eval_loss"
+    direction = "minimize"
+    #: Set per trial by the search; a value for them in the config is replaced.
+    per_trial_fields = ("output_dir", "run_name", "wandb_group")
+
+    def __init__(self) -> None:
+        try:
+            from gemma_ocr import config as config_module
+        except ImportError as e:  # pragma: no cover - the training stage is part of the package
+            raise GemmaOcrError(f"the gemma backend needs gemma_ocr.config / gemma_ocr.training ({e})") from None
+        self._config = config_module
+
+    def _fields(self) -> set[str]:
+        return {f.name for f in dataclasses.fields(self._config.TrainConfig)}
+
+    def _build(self, values: dict[str, Any], source: str) -> Any:
+        return self._config.TrainConfig.from_dict(values, source=source)
+
+    def validate(self, fixed: dict[str, Any], space: dict[str, ParamSpec], source: str) -> None:
+        hint = "fixed parameters and search_space keys must be TrainConfig fields, see configs/hyperparm_configs/default.json"
+        check_names(list(fixed), self._fields(), "training parameter", source, hint)
+        check_names(list(space), self._fields(), "search parameter", source, hint)
+        for name in self.per_trial_fields:
+            if name in space:
+                raise GemmaOcrError(f"{source}: {name} is set per trial by the search and cannot be searched")
+        self._build({**fixed, **{n: s.representative() for n, s in space.items()}}, source)
+
+    def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
+        from gemma_ocr.search.pruning import pruning_callback
+        from gemma_ocr.training import tune
+
+        values = {**ctx.fixed, **ctx.params}
+        values.update(output_dir=str(ctx.output_dir), run_name=ctx.run_name, wandb_group=ctx.study_name)
+        config = self._build(values, f"trial {ctx.trial_number}")  # W&B: grouped by study, offline without a key
+        result = tune(config, callbacks=[pruning_callback(ctx.reporter, self.metric)])
+        ctx.reporter.raise_if_pruned()
+        return dict(result)
+
+    def export_config(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        values = {k: v for k, v in {**fixed, **params}.items() if k not in self.per_trial_fields}
+        config = self._build(values, "best configuration").to_dict()
+        for name in self.per_trial_fields:  # let sft_gemma.py choose these for the final run
+            config.pop(name, None)
+        return config
+
+
+class KhmerCnnBackend:
+    """The Khmer-digits CRNN baseline (trains on a CPU in minutes); maximises validation character accuracy.
+
+    Parameters are the baseline's ``TrainingConfig`` fields or its trial aliases (``model``, ``epochs``,
+    ``optimizer``, ``scheduler``, ``lr``, ``data``); each epoch's accuracy goes to the pruner.
+    """
+
+    name = "khmer-cnn"
+    metric = "char_accuracy"
+    direction = "maximize"
+
+    def __init__(self) -> None:
+        try:
+            self._backend = importlib.import_module("gemma_ocr.khmer_digits.backend")
+        except ImportError as e:
+            raise GemmaOcrError(f"--backend khmer-cnn needs gemma_ocr.khmer_digits.backend, which is missing ({e})") from None
+
+    def validate(self, fixed: dict[str, Any], space: dict[str, ParamSpec], source: str) -> None:
+        try:
+            self._backend.trial_config({**fixed, **{n: s.representative() for n, s in space.items()}}, "trial")
+        except GemmaOcrError as e:
+            raise GemmaOcrError(f"{source}: {e}") from None
+
+    def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
+        result = self._backend.train_trial(
+            {**ctx.fixed, **ctx.params}, ctx.output_dir, report=lambda epoch, value: ctx.reporter.report(value, epoch)
+        )
+        ctx.reporter.raise_if_pruned()
+        return {k: v for k, v in result.items() if k != "config"}
+
+    def export_config(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        config = self._backend.trial_config({**fixed, **params}, "models/khmer-digits-best").to_dict()
+        return config
+
+
+#: The search space used when neither a config file nor a stored study gives one.
+DEFAULT_SPACES: dict[str, dict[str, Any]] = {
+    "gemma": DEFAULT_SEARCH_SPACE,
+    "khmer-cnn": {
+        "learning_rate": {"type": "loguniform", "low": 3e-4, "high": 1e-2},
+        "batch_size": {"type": "categorical", "choices": [32, 64, 128]},
+        "weight_decay": {"type": "loguniform", "low": 1e-6, "high": 1e-3},
+    },
+}
+
+BACKENDS: dict[str, Callable[[], Backend]] = {
+    "gemma": GemmaBackend,
+    "khmer-cnn": KhmerCnnBackend,
+}
+
+
+def get_backend(name: str) -> Backend:
+    """Build the backend registered as ``name``, or load ``package.module:attribute``."""
+    if name in BACKENDS:
+        return BACKENDS[name]()
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
+        try:
+            obj = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as e:
+            raise GemmaOcrError(f"--backend {name}: cannot load it ({e}); check PYTHONPATH and the name") from None
+        backend = obj() if isinstance(obj, type) or (callable(obj) and not isinstance(obj, Backend)) else obj
+        if not isinstance(backend, Backend):
+            raise GemmaOcrError(f"--backend {name}: needs name, metric, direction, validate, run_trial, export_config")
+        return backend
+    raise GemmaOcrError(f"unknown --backend {name!r} (use {', '.join(BACKENDS)}, or package.module:attribute)")

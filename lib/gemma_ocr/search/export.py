@@ -1,0 +1,114 @@
+"""What a search writes: per-trial results, the best parameters with metadata, the best config.
+
+* ``models/hyperparam_search/trial_{n}/trial_{n}_results.json``: params, metrics, state, error;
+* ``optuna_studies/{study}_best_params.json``: best value and params, trial counts, search mode;
+* ``optuna_studies/{study}_best_config.json``: fixed + best parameters, a config the trainer accepts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from gemma_ocr.io import atomic_write_json
+
+
+def now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` with non-JSON leaves (paths, numpy scalars, NaN) turned into JSON-safe ones."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    if hasattr(value, "item"):
+        try:
+            return jsonable(value.item())
+        except (TypeError, ValueError):
+            pass
+    try:
+        json.dumps(value)
+        return value
+    except TypeError:
+        return str(value)
+
+
+def trial_counts(study: optuna.Study) -> dict[str, int]:
+    """Number of trials per state (complete, pruned, failed, running, waiting) and in total."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {"total": len(trials)}
+    for name, state in (("complete", TrialState.COMPLETE), ("pruned", TrialState.PRUNED), ("failed", TrialState.FAIL),
+                        ("running", TrialState.RUNNING), ("waiting", TrialState.WAITING)):
+        counts[name] = sum(1 for t in trials if t.state == state)
+    return counts
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial, or None when no trial has completed."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+def trial_results_path(base_output_dir: Path, number: int) -> Path:
+    return Path(base_output_dir) / f"trial_{number}" / f"trial_{number}_results.json"
+
+
+def write_trial_results(path: Path, document: dict[str, Any]) -> Path:
+    """Write one trial's results file atomically."""
+    return atomic_write_json(path, jsonable(document))
+
+
+def best_params_document(study: optuna.Study, trial: FrozenTrial, metric: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """``{study}_best_params.json``: the best parameters with the study's metadata."""
+    counts = trial_counts(study)
+    return jsonable({
+        "study_name": study.study_name,
+        "best_value": trial.value,
+        "metric": metric,
+        "direction": study.direction.name.lower(),
+        "best_trial_number": trial.number,
+        "best_params": trial.params,
+        "best_metrics": trial.user_attrs.get("metrics", {}),
+        "n_trials": counts["total"],
+        "n_complete": counts["complete"],
+        "n_pruned": counts["pruned"],
+        "n_failed": counts["failed"],
+        "n_running": counts["running"],
+        **meta,
+        "timestamp": now(),
+    })
+
+
+def export_best(
+    study: optuna.Study,
+    export_dir: Path,
+    metric: str,
+    config: dict[str, Any] | None,
+    meta: dict[str, Any],
+    trial: FrozenTrial | None = None,
+) -> tuple[Path, Path] | None:
+    """Write ``{study}_best_params.json`` and ``{study}_best_config.json``; None without a complete trial."""
+    trial = trial or best_trial(study)
+    if trial is None:
+        return None
+    export_dir = Path(export_dir)
+    params_path = atomic_write_json(
+        export_dir / f"{study.study_name}_best_params.json", best_params_document(study, trial, metric, meta)
+    )
+    config_path = export_dir / f"{study.study_name}_best_config.json"
+    atomic_write_json(config_path, jsonable(config if config is not None else trial.params))
+    return params_path, config_path

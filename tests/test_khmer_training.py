@@ -1,0 +1,134 @@
+"""Training utilities (config, checkpoints, early stopping, schedulers) and the backend round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from khmer_helpers import tiny_dataset
+from torch import nn
+
+from gemma_ocr.data.records import load_records
+from gemma_ocr.khmer_digits.backend import evaluate_ocr_file, export_ocr_json, predict, train_trial
+from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
+from gemma_ocr.khmer_digits.metrics import OCRMetrics
+from gemma_ocr.khmer_digits.trainer import create_optimizer, create_scheduler
+from gemma_ocr.khmer_digits.utils import CheckpointManager, EarlyStopping, TrainingConfig
+
+
+@pytest.fixture(scope="module")
+def meta(tmp_path_factory):
+    return tiny_dataset(tmp_path_factory.mktemp("khmer_train"), n_train=48, n_val=16)
+
+
+def test_training_config_yaml_round_trip_and_errors(tmp_path):
+    config = TrainingConfig(model_name="ctc", loss_type="ctc", learning_rate=3e-4, optimizer_betas=[0.8, 0.99])
+    path = config.save_yaml(tmp_path / "c.yaml")
+    again = TrainingConfig.from_yaml(path)
+    assert again == config
+    assert TrainingConfig.from_dict({"min_lr": "1e-6"}).min_lr == 1e-6  # YAML leaves 1e-6 a string
+    with pytest.raises(ConfigurationError, match="did you mean learning_rate"):
+        TrainingConfig.from_dict({"lerning_rate": 0.1})
+    with pytest.raises(ConfigurationError, match="scheduler_type='linear' is not one of"):
+        TrainingConfig.from_dict({"scheduler_type": "linear"})
+    with pytest.raises(ConfigurationError, match="batch_size"):
+        TrainingConfig.from_dict({"batch_size": 0})
+
+
+def test_checkpoint_manager_keeps_n_and_the_best(tmp_path):
+    manager = CheckpointManager(tmp_path / "ckpt", keep_n=2)
+    scores = [0.1, 0.5, 0.3, 0.2, 0.4]
+    best = None
+    for epoch, score in enumerate(scores, 1):
+        is_best = best is None or score > best
+        best = score if is_best else best
+        manager.save({"model_state": {"w": torch.tensor([float(epoch)])}}, epoch, {"val_char_accuracy": score}, is_best=is_best)
+    files = sorted(p.name for p in (tmp_path / "ckpt").glob("*.pt"))
+    assert files == ["best_model.pt", "checkpoint_epoch_004.pt", "checkpoint_epoch_005.pt"]
+    state = CheckpointManager.load(manager.best_path)
+    assert state["epoch"] == 2 and state["model_state"]["w"].item() == 2.0
+    index = json.loads((tmp_path / "ckpt" / "checkpoints.json").read_text())
+    assert [k["epoch"] for k in index["kept"]] == [4, 5] and index["best"]["epoch"] == 2
+    assert manager.latest().name == "checkpoint_epoch_005.pt"
+    with pytest.raises(DataLoaderError, match="checkpoint not found"):
+        CheckpointManager.load(tmp_path / "nope.pt")
+
+
+def test_early_stopping_max_and_min_with_restore():
+    model = nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=2, min_delta=0.01, mode="max")
+    values = [0.5, 0.7, 0.705, 0.69]  # 0.705 is not an improvement by min_delta
+    stops = []
+    for epoch, v in enumerate(values, 1):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        stops.append(stopper(v, model, epoch))
+    assert stops == [False, False, False, True]
+    assert stopper.best == 0.7 and stopper.best_epoch == 2
+    assert stopper.restore(model) and model.weight.eq(2.0).all()
+
+    low = EarlyStopping(patience=1, mode="min")
+    assert low(1.0) is False and low(0.5) is False and low(0.6) is True
+    assert low.best == 0.5
+    with pytest.raises(ConfigurationError):
+        EarlyStopping(mode="up")
+
+
+def test_optimizers_and_schedulers():
+    model = nn.Linear(4, 2)
+    cfg = TrainingConfig(optimizer_type="adamw", scheduler_type="cosine", num_epochs=4, warmup_epochs=1, learning_rate=1.0, min_lr=0.0)
+    opt = create_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.param_groups[1]["weight_decay"] == 0.0  # bias not decayed
+    sched = create_scheduler(opt, cfg, steps_per_epoch=10)
+    lrs = []
+    for _ in range(40):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] < lrs[5] < lrs[9]  # warmup
+    assert max(lrs) == pytest.approx(1.0, abs=0.02) and lrs[-1] < 0.01  # cosine to min_lr
+    step = create_scheduler(create_optimizer(model, TrainingConfig(scheduler_type="steplr", step_size=2, gamma=0.5)),
+                            TrainingConfig(scheduler_type="steplr", step_size=2, gamma=0.5))
+    assert isinstance(step, torch.optim.lr_scheduler.StepLR)
+    plateau = create_scheduler(opt, TrainingConfig(scheduler_type="plateau"))
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+@pytest.mark.slow
+def test_train_trial_predict_round_trip(meta, tmp_path):
+    reports = []
+    result = train_trial({"data": str(meta), "epochs": 2, "batch_size": 16, "num_threads": 2},
+                         tmp_path / "trial", report=lambda epoch, value: reports.append((epoch, value)) or False)
+    assert [e for e, _ in reports] == [1, 2] and result["epochs"] == 2 and not result["pruned"]
+    assert result["checkpoint"].endswith("best_model.pt")
+    for key in ("val_loss", "char_accuracy", "seq_accuracy", "edit_distance"):
+        assert isinstance(result[key], float)
+    best_value = max(v for _, v in reports)
+    assert result["char_accuracy"] == pytest.approx(best_value)
+
+    # predicting the val images from the saved checkpoint reproduces the trainer's figures
+    test_json = export_ocr_json(meta, tmp_path / "val.json", split="val")
+    records = load_records(test_json)
+    predictions = predict(result["checkpoint"], [r.image_path for r in records])
+    assert len(predictions) == len(records) and all(set(p) <= set("០១២៣៤៥៦៧៨៩") for p in predictions)
+    metrics = OCRMetrics()
+    metrics.update(predictions, [r.text for r in records])
+    assert metrics.compute()["char_accuracy"] == pytest.approx(result["char_accuracy"])
+
+    doc = evaluate_ocr_file(result["checkpoint"], test_json)
+    assert doc["total_samples"] == len(records) and doc["backend"] == "khmer_digits"
+    assert 0.0 <= doc["overall_f1"] <= 1.0 and doc["overall_cer"] >= 0.0
+    assert [s["prediction"] for s in doc["samples"]] == predictions
+
+
+@pytest.mark.slow
+def test_train_trial_pruned_by_report(meta, tmp_path):
+    result = train_trial({"data": str(meta), "epochs": 3, "batch_size": 16, "max_train_samples": 16, "num_threads": 2},
+                         tmp_path / "pruned", report=lambda epoch, value: True)
+    assert result["pruned"] and result["epochs"] == 1
+
+
+def test_train_trial_rejects_unknown_parameters(tmp_path):
+    with pytest.raises(ConfigurationError, match="unknown hyperparameter"):
+        train_trial({"lora_rank": 8}, tmp_path)

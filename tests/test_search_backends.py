@@ -1,0 +1,90 @@
+"""The real backends under the search: LoRA SFT of the tiny Gemma 3 via tune(), and the Khmer-digits CNN."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+
+from search_helpers import ROOT, run_cli
+from sft_fixtures import ocr_data, tiny_model_dir  # noqa: F401
+
+pytestmark = pytest.mark.slow
+
+
+def test_gemma_search_prunes_through_the_trainer_callback_and_exports_a_config_sft_accepts(
+        tmp_path, tiny_model_dir, ocr_data):  # noqa: F811
+    """Two real trials on the tiny model: a good learning rate completes, a planted useless one is pruned."""
+    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.search.storage import open_storage
+
+    config = json.loads((ROOT / "configs/hyperparm_configs/optuna/config.json").read_text())
+    config["search_space"] = {"learning_rate": {"type": "categorical", "choices": [0.01, 1e-9]}}
+    config.update(load_in_4bit=False, max_steps=3, eval_steps=1, logging_steps=1, save_steps=100, warmup_ratio=0.0,
+                  per_device_train_batch_size=2, per_device_eval_batch_size=4, gradient_accumulation_steps=1,
+                  max_seq_length=512, gradient_checkpointing=False, max_eval_samples=4, report_to=["none"])
+    (tmp_path / "search.json").write_text(json.dumps(config))
+    out = run_cli(
+        "hyperparameter_search.py", "--study-name", "gemma-tiny", "--search-mode", "grid",
+        "--config", str(tmp_path / "search.json"), "--model-name", str(tiny_model_dir), "--input-data", str(ocr_data),
+        "--pruner-startup-trials", "1", "--pruner-warmup-steps", "0",
+        "--studies-dir", str(tmp_path / "studies"), "--base-output-dir", str(tmp_path / "trials"), "--no-progress",
+    )
+    assert "2 trials, 1 complete, 1 pruned, 0 failed" in out.stdout, out.stdout
+
+    study = optuna.load_study(study_name="gemma-tiny", storage=open_storage(f"sqlite:///{tmp_path / 'studies' / 'gemma-tiny.db'}"))
+    good, bad = study.trials
+    assert good.state.name == "COMPLETE" and good.params == {"learning_rate": 0.01}
+    assert bad.state.name == "PRUNED" and bad.params == {"learning_rate": 1e-9}
+    assert 0 in good.intermediate_values and len(good.intermediate_values) >= 3  # eval_loss at every eval step
+    assert max(bad.intermediate_values) < 3  # stopped before its last step
+    assert good.value == pytest.approx(good.user_attrs["metrics"]["eval_loss"])
+
+    trial_dir = tmp_path / "trials" / "trial_0"
+    results = json.loads((trial_dir / "trial_0_results.json").read_text())
+    assert results["state"] == "COMPLETE" and results["metrics"]["global_step"] == 3
+    assert (trial_dir / "adapter_model.safetensors").is_file()
+    trained = json.loads((trial_dir / "train_config.json").read_text())  # what tune() actually ran
+    assert trained["wandb_group"] == "gemma-tiny" and trained["run_name"] == "gemma-tiny-trial-0"
+    assert trained["learning_rate"] == 0.01 and trained["model_name"] == str(tiny_model_dir)
+    assert json.loads((tmp_path / "trials" / "trial_1" / "trial_1_results.json").read_text())["state"] == "PRUNED"
+
+    best_params = json.loads((tmp_path / "studies" / "gemma-tiny_best_params.json").read_text())
+    assert best_params["best_trial_number"] == 0 and best_params["n_pruned"] == 1 and best_params["search_mode"] == "grid"
+    best_config_path = tmp_path / "studies" / "gemma-tiny_best_config.json"
+    best_config = json.loads(best_config_path.read_text())
+    cfg = TrainConfig.from_dict(best_config)
+    assert cfg.learning_rate == 0.01 and cfg.lora_r == 16 and cfg.max_steps == 3 and cfg.input_data == str(ocr_data)
+    assert "output_dir" not in best_config and "search_space" not in best_config
+    printed = run_cli("sft_gemma.py", "--config", str(best_config_path), "--lora-output-dir", str(tmp_path / "final"),
+                      "--print-config")
+    resolved = json.loads(printed.stdout)
+    assert resolved["learning_rate"] == 0.01 and resolved["output_dir"] == str(tmp_path / "final")
+    assert {k: v for k, v in resolved.items() if k != "output_dir"} == {
+        k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
+
+
+def test_khmer_cnn_backend_runs_a_trial(tmp_path):
+    from khmer_helpers import tiny_dataset
+
+    meta = tiny_dataset(tmp_path / "data", n_train=8, n_val=4)
+    (tmp_path / "search.json").write_text(json.dumps({
+        "search_space": {"learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+        "data": str(meta), "model": "lite", "epochs": 1, "batch_size": 8, "num_threads": 1,
+    }))
+    out = run_cli("hyperparameter_search.py", "--backend", "khmer-cnn", "--study-name", "khmer", "--n-trials", "1",
+                  "--config", str(tmp_path / "search.json"), "--studies-dir", str(tmp_path / "studies"),
+                  "--base-output-dir", str(tmp_path / "trials"), "--no-progress")
+    assert "1 trials, 1 complete" in out.stdout and "best char_accuracy" in out.stdout
+    results = json.loads((tmp_path / "trials" / "trial_0" / "trial_0_results.json").read_text())
+    assert results["backend"] == "khmer-cnn" and 0.0 <= results["value"] <= 1.0 and results["metrics"]["epochs"] == 1
+    best = json.loads((tmp_path / "studies" / "khmer_best_config.json").read_text())
+    assert best["model_name"] == "lite" and best["num_epochs"] == 1 and best["metadata_path"] == str(meta)
+
+    from gemma_ocr.errors import GemmaOcrError
+    from gemma_ocr.search.backends import get_backend
+    from gemma_ocr.search.space import parse_search_space
+
+    with pytest.raises(GemmaOcrError, match="s.json: .*unknown hyperparameter.*input_data"):
+        get_backend("khmer-cnn").validate({"input_data": "x.json"}, parse_search_space({"lr": {"type": "uniform", "low": 0.1, "high": 0.2}}), "s.json")

@@ -1,0 +1,164 @@
+"""Scale-out: worker processes share one study through a real PostgreSQL server or a journal file."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from search_helpers import LINREG, ROOT, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def _pg_bin() -> Path | None:
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(found).resolve().parent
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+    return versions[-1].parent if versions else None
+
+
+def _install_postgres() -> str:
+    """Install Debian's postgresql package when it is missing (as root); '' on success, else why not."""
+    if _pg_bin() is not None:
+        return ""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "PostgreSQL is not installed and cannot be installed here (needs root and apt-get)"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+        if proc.returncode != 0:
+            return f"apt-get could not install postgresql: {proc.stderr.strip()[-300:]}"
+    return "" if _pg_bin() is not None else "postgresql installed but pg_ctl not found"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL server on 127.0.0.1 (initdb + pg_ctl in a temp dir, as a non-root user)."""
+    pytest.importorskip("psycopg2", reason="psycopg2-binary (a dev dependency) is needed for PostgreSQL storage")
+    why = _install_postgres()
+    if why:
+        pytest.skip(why)
+    bin_dir = _pg_bin()
+    data = Path(tempfile.mkdtemp(prefix="gemma-ocr-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(data, "postgres", "postgres")
+    port = _free_port()
+    pgdata = data / "data"
+
+    def pg(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=timeout, cwd=data)
+
+    init = pg(str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust", "-N")
+    if init.returncode != 0:
+        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
+    start = pg(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-o", opts, "-l", str(data / "server.log"), "-w", "start")
+    assert start.returncode == 0, start.stderr + (data / "server.log").read_text(errors="ignore")
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _workers(n: int, args: list[str], timeout: float = 240) -> list[subprocess.CompletedProcess]:
+    """Start ``n`` search processes at once with the same arguments; wait for all of them."""
+    procs = [
+        subprocess.Popen([sys.executable, str(ROOT / "core" / "hyperparameter_search.py"), *args],
+                         cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(n)
+    ]
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, f"worker exited {p.returncode}\n{out}\n{err[-3000:]}"
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+def _ran(proc: subprocess.CompletedProcess) -> list[int]:
+    match = re.search(r"this run: \d+ trial\(s\) \[([\d, ]*)\]", proc.stdout)
+    assert match, proc.stdout
+    return [int(x) for x in match.group(1).split(",") if x.strip()]
+
+
+def _config(tmp: Path, space: dict, **fixed) -> Path:
+    path = tmp / "search.json"
+    path.write_text(json.dumps({"search_space": space, "barrier_dir": str(tmp / "barrier"), "barrier_n": 2, **fixed}))
+    return path
+
+
+def _check_shared_study(tmp: Path, url: str, name: str, procs, expected: int) -> list[optuna.trial.FrozenTrial]:
+    ran = [_ran(p) for p in procs]
+    assert all(ran), f"each worker should have run trials: {ran}"
+    assert not set(ran[0]) & set(ran[1]), f"a trial number was run twice: {ran}"
+    assert sorted(ran[0] + ran[1]) == list(range(expected))
+    from gemma_ocr.search.storage import open_storage
+
+    storage = open_storage(url) if isinstance(url, str) else url
+    trials = optuna.load_study(study_name=name, storage=storage).trials
+    assert sorted(t.number for t in trials) == list(range(expected))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    workers = set()
+    for t in trials:
+        r = json.loads((tmp / "trials" / f"trial_{t.number}" / f"trial_{t.number}_results.json").read_text())
+        assert r["state"] == "COMPLETE" and r["params"] == t.params and r["study_name"] == name
+        workers.add(r["worker"])
+    assert len(workers) == 2
+    return trials
+
+
+def test_two_workers_share_a_postgres_study_with_a_study_wide_cap(postgres_url, tmp_path):
+    space = {"learning_rate": {"type": "loguniform", "low": 1e-3, "high": 0.2},
+             "epochs": {"type": "int", "low": 2, "high": 4}}
+    args = ["--backend", LINREG, "--storage", postgres_url, "--study-name", "pg-random", "--resume",
+            "--search-mode", "random", "--n-trials", "10", "--max-total-trials", "6",
+            "--config", str(_config(tmp_path, space)), "--base-output-dir", str(tmp_path / "trials"),
+            "--studies-dir", str(tmp_path / "studies"), "--no-progress"]
+    procs = _workers(2, args)
+    _check_shared_study(tmp_path, postgres_url, "pg-random", procs, expected=6)
+    best = json.loads((tmp_path / "studies" / "pg-random_best_params.json").read_text())
+    assert best["n_complete"] == 6 and "postgres@127.0.0.1" in best["storage"]
+
+
+def test_two_workers_split_a_grid_on_postgres_each_point_once(postgres_url, tmp_path):
+    space = {"learning_rate": {"type": "categorical", "choices": [0.01, 0.03, 0.1]},
+             "epochs": {"type": "int", "low": 2, "high": 3}}
+    args = ["--backend", LINREG, "--storage", postgres_url, "--study-name", "pg-grid", "--resume",
+            "--search-mode", "grid", "--config", str(_config(tmp_path, space)),
+            "--base-output-dir", str(tmp_path / "trials"), "--studies-dir", str(tmp_path / "studies"), "--no-progress"]
+    trials = _check_shared_study(tmp_path, postgres_url, "pg-grid", _workers(2, args), expected=6)
+    assert {(t.params["learning_rate"], t.params["epochs"]) for t in trials} == {
+        (lr, ep) for lr in (0.01, 0.03, 0.1) for ep in (2, 3)}
+
+
+def test_two_workers_share_a_journal_file(tmp_path):
+    space = {"learning_rate": {"type": "loguniform", "low": 1e-3, "high": 0.2}}
+    journal = tmp_path / "shared" / "study.log"
+    args = ["--backend", LINREG, "--storage", f"journal:{journal}", "--study-name", "jr", "--resume",
+            "--search-mode", "bayesian", "--n-trials", "2", "--config", str(_config(tmp_path, space)),
+            "--base-output-dir", str(tmp_path / "trials"), "--studies-dir", str(tmp_path / "studies"), "--no-progress"]
+    started = time.monotonic()
+    procs = _workers(2, args)
+    _check_shared_study(tmp_path, f"journal:{journal}", "jr", procs, expected=4)
+    assert journal.is_file() and time.monotonic() - started < 240
