@@ -22,6 +22,15 @@ from sft_fixtures import ROOT, ocr_data, sft_env, tiny_model_dir  # noqa: F401
 pytestmark = pytest.mark.slow
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """The tiny model trains fastest on one thread; more only contend with other work on a small machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 class RecordingCallback(TrainerCallback):
     """Reads eval metrics in on_evaluate, like the search's pruning callback."""
 
@@ -43,8 +52,8 @@ class PruneAtFirstEval(TrainerCallback):
 
 def small_config(model_dir, data, out, **kw) -> TrainConfig:
     base = dict(model_name=str(model_dir), input_data=str(data), output_dir=str(out), learning_rate=5e-3,
-                max_steps=12, per_device_train_batch_size=4, per_device_eval_batch_size=4,
-                gradient_accumulation_steps=1, eval_steps=6, save_steps=6, logging_steps=2, warmup_ratio=0.0,
+                max_steps=8, per_device_train_batch_size=4, per_device_eval_batch_size=4,
+                gradient_accumulation_steps=1, eval_steps=4, save_steps=4, logging_steps=2, warmup_ratio=0.0,
                 train_split="train[:80%]", val_split="train[80%:]", seed=1)
     base.update(kw)
     return TrainConfig(**base)
@@ -62,12 +71,12 @@ def trained(tiny_model_dir, ocr_data, tmp_path_factory):  # noqa: F811
 
 def test_training_lowers_eval_loss(trained):
     _, result, _ = trained
-    assert result["global_step"] == 12
+    assert result["global_step"] == 8
     assert result["first_eval_loss"] is not None and result["eval_loss"] is not None
     assert result["eval_loss"] < result["first_eval_loss"] - 0.02, result
     assert result["train_loss"] > 0 and result["world_size"] == 1
     steps = [e["step"] for e in result["history"] if "eval_loss" in e]
-    assert steps == [0, 6, 12]
+    assert steps == [0, 4, 8]
 
 
 def test_outputs_saved(trained):
@@ -81,7 +90,7 @@ def test_outputs_saved(trained):
     assert metrics["eval_loss"] == pytest.approx(result["eval_loss"])
     adapter = json.loads((out / "adapter_config.json").read_text())
     assert adapter["r"] == config.lora_r and "language_model" in adapter["target_modules"]
-    assert (out / "checkpoint-12" / "trainer_state.json").is_file()
+    assert (out / "checkpoint-8" / "trainer_state.json").is_file()
 
 
 def test_adapter_loads_on_a_fresh_base_and_generates(trained):
@@ -105,7 +114,7 @@ def test_adapter_loads_on_a_fresh_base_and_generates(trained):
 
 def test_callbacks_read_eval_metrics(trained):
     _, result, recorder = trained
-    assert [s for s, _ in recorder.seen] == [0, 6, 12]
+    assert [s for s, _ in recorder.seen] == [0, 4, 8]
     assert recorder.seen[-1][1] == pytest.approx(result["eval_loss"])
 
 
@@ -115,7 +124,7 @@ def test_wandb_offline_run_holds_the_metrics(trained):
     assert len(runs) == 1
     rows = read_offline_wandb_history(runs[0])
     eval_rows = [r for r in rows if "eval/loss" in r]
-    assert [r["train/global_step"] for r in eval_rows] == [0, 6, 12]
+    assert [r["train/global_step"] for r in eval_rows] == [0, 4, 8]
     assert eval_rows[-1]["eval/loss"] == pytest.approx(result["eval_loss"])
     assert any("train/loss" in r for r in rows)
 
@@ -135,13 +144,13 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path):
     config, _, _ = trained
     out = tmp_path / "resumed"
     shutil.copytree(config.output_dir, out, ignore=shutil.ignore_patterns("wandb", "runs"))
-    shutil.rmtree(out / "checkpoint-12")  # as if interrupted after step 6
+    shutil.rmtree(out / "checkpoint-8")  # as if interrupted after step 4
     resumed = config.replace(output_dir=str(out), report_to=["none"], resume_from_checkpoint=True)
     result = tune(resumed)
-    assert Path(result["resumed_from"]).name == "checkpoint-6"
-    assert result["global_step"] == 12
+    assert Path(result["resumed_from"]).name == "checkpoint-4"
+    assert result["global_step"] == 8
     steps = [e["step"] for e in result["history"] if "loss" in e]
-    assert steps[0] < 6 and steps[-1] == 12  # history before the checkpoint was restored
+    assert steps[0] < 4 and steps[-1] == 8  # history before the checkpoint was restored
     assert result["first_eval_loss"] == pytest.approx(trained[1]["first_eval_loss"])
 
 
@@ -172,21 +181,29 @@ def test_bad_inputs_are_one_clear_line(tiny_model_dir, ocr_data, tmp_path):  # n
     fails(small_config(not_gemma, ocr_data, tmp_path / "a"), "is not a Gemma 3 vision-language model")
 
 
-def test_accelerate_two_cpu_processes(ocr_data, tmp_path):  # noqa: F811
-    """Data-parallel on 2 CPU processes (gloo) with no program change; the default tiny model is built on first use."""
+def test_default_model_is_built_by_the_entry_point(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(GemmaOcrError, match="OCR data file not found: data/input/ocr_non_test.json"):
+        tune(TrainConfig())  # the model check comes first: it builds models/tiny-gemma3, then the data is missing
+    assert (tmp_path / "models/tiny-gemma3/config.json").is_file()
+    assert (tmp_path / "models/tiny-gemma3/model.safetensors").is_file()
+
+
+def test_accelerate_two_cpu_processes(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811
+    """Data-parallel on 2 CPU processes (gloo DDP) with no program change."""
     records = load_records(ocr_data)[:12]
     data = tmp_path / "data.json"
     write_records(records, data)
     env = sft_env()
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           str(ROOT / "core/sft_gemma.py"), "--input-data", str(data), "--lora-output-dir", "out",
+           str(ROOT / "core/sft_gemma.py"), "--model-name", str(tiny_model_dir), "--input-data", str(data),
+           "--lora-output-dir", "out",
            "--max-steps", "2", "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1",
            "--eval-steps", "2", "--save-steps", "2", "--logging-steps", "1", "--train-split", "train[:10]",
            "--val-split", "train[10:]", "--learning-rate", "5e-3"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "models/tiny-gemma3/config.json").is_file()  # built by the entry point
     metrics = json.loads((tmp_path / "out" / METRICS_FILE).read_text())
     assert metrics["world_size"] == 2
     assert metrics["global_step"] == 2
