@@ -1,0 +1,251 @@
+"""A tiny, randomly initialised Gemma 3 vision-language checkpoint built locally.
+
+It has the real architecture (``Gemma3ForConditionalGeneration`` with a SigLIP vision tower),
+a real ``Gemma3Processor`` (``Gemma3ImageProcessor`` + ``GemmaTokenizer``) and Gemma 3's chat
+template, so every code path that loads a hub checkpoint loads it the same way. It is a few MB
+and trains on a CPU in seconds: the default model of the suite when no hub is reachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from gemma_ocr.errors import GemmaOcrError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TINY_MODEL_DIR = "models/tiny-gemma3"
+
+# Gemma's special tokens, in Gemma's order where it has one (pad 0, eos 1, bos 2, unk 3, mask 4).
+SPECIAL_TOKENS = [
+    "<pad>", "<eos>", "<bos>", "<unk>", "<mask>",
+    "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>",
+]
+BOI_TOKEN, EOI_TOKEN, IMAGE_TOKEN = "<start_of_image>", "<end_of_image>", "<image_soft_token>"
+END_OF_TURN = "<end_of_turn>"
+
+# Gemma 3's chat template (google/gemma-3-*-it), image parts included.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- if messages[0]['content'] is string -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'] + '\\n\\n' -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\\n\\n' -%}\n"
+    "    {%- endif -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {%- if message['content'] is string -%}\n"
+    "        {{ message['content'] | trim }}\n"
+    "    {%- elif message['content'] is iterable -%}\n"
+    "        {%- for item in message['content'] -%}\n"
+    "            {%- if item['type'] == 'image' -%}\n"
+    "                {{ '<start_of_image>' }}\n"
+    "            {%- elif item['type'] == 'text' -%}\n"
+    "                {{ item['text'] | trim }}\n"
+    "            {%- endif -%}\n"
+    "        {%- endfor -%}\n"
+    "    {%- else -%}\n"
+    "        {{ raise_exception(\"Invalid content type\") }}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<end_of_turn>\\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+KHMER_DIGITS = "០១២៣៤៥៦៧៨៩"
+# Frequent Chinese characters (traditional and simplified) plus full-width punctuation.
+COMMON_CJK = (
+    "的一是不了人我在有他這这中大來来上國国個个到說说們们為为子和你地出道也時时年得就那要下以生會会自著着去之過过"
+    "家學学對对可她裡里後后小麼么心多天而能好都然沒没日於于起還还發发成事只作當当想看文無无開开手十用主行方又如前所本見见"
+    "經经頭头面公同三已老從从動动兩两長长知民樣样現现分將将外但身些與与高意進进把法此實实回二理美點点月明其種种聲声全工己話话"
+    "兒儿者向情部正名定女問问力機机給给等幾几很業业最間间新什打便位因重被走電电四第門门相次東东政海口使教西再平真聽听世氣气"
+    "信北少關关并內内加化由卻却代軍军產产入先山五太水萬万市眼體体別别處处總总才場场師师書书比住員员九笑性通目華华報报立馬马"
+    "請请給给結结果辨識识資资料表模型號号碼码金額额期客戶户稱称址話收據据訂订編编台數数量單单價价計计稅税備备註注章字"
+    "，。！？；：、「」『』（）《》〈〉【】…—～·"
+)
+BASE_CHARS = (
+    "".join(chr(c) for c in range(0x20, 0x7F))  # printable ASCII
+    + "\n\t▁"
+    + KHMER_DIGITS
+    + "áàâäãåçéèêëíìîïñóòôöõúùûüýÿßæøœ€£¥°±×÷"
+)
+
+
+def _synthetic_alphabet() -> str:
+    """Every character the synthetic data generator can write, so none of it needs byte fallback."""
+    from gemma_ocr.data import synthetic
+
+    return "".join(synthetic.CJK_PHRASES) + "".join(synthetic.WORDS) + synthetic.KHMER_DIGITS
+
+
+def _vocabulary(chars: str | None) -> dict[str, int]:
+    """Specials, the 256 byte-fallback tokens, then one token per character."""
+    vocab: dict[str, int] = {}
+    for tok in SPECIAL_TOKENS:
+        vocab[tok] = len(vocab)
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    extra = (chars or "") + _synthetic_alphabet()
+    for ch in BASE_CHARS + COMMON_CJK + extra:
+        if ch == " ":  # Gemma's normaliser turns spaces into "▁"
+            continue
+        if ch not in vocab:
+            vocab[ch] = len(vocab)
+    return vocab
+
+
+def build_tokenizer(chars: str | None = None):
+    """A character-level ``GemmaTokenizer`` with Gemma 3's special tokens (byte fallback for the rest)."""
+    from transformers import GemmaTokenizer
+
+    vocab = _vocabulary(chars)
+    tok = GemmaTokenizer(
+        vocab=vocab,
+        merges=[],
+        extra_special_tokens={"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_TOKEN},
+        additional_special_tokens=None,
+        add_bos_token=True,
+        add_eos_token=False,
+        padding_side="left",
+        model_max_length=8192,
+    )
+    # Turn markers are special (never split, skipped when decoding with skip_special_tokens).
+    tok.add_special_tokens({"extra_special_tokens": ["<start_of_turn>", END_OF_TURN]}, replace_extra_special_tokens=False)
+    return tok
+
+
+def build_tiny_gemma3(
+    out_dir: str | os.PathLike[str] = DEFAULT_TINY_MODEL_DIR,
+    chars: str | None = None,
+    seed: int = 0,
+    image_size: int = 64,
+    patch_size: int = 8,
+    mm_tokens_per_image: int = 16,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+) -> Path:
+    """Write a tiny random Gemma 3 VLM (weights, config, processor, chat template) to ``out_dir``.
+
+    ``chars``: extra characters to give their own tokens (the training data's alphabet).
+    Loads back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained(out_dir)``.
+    """
+    import torch
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3ImageProcessor,
+        Gemma3Processor,
+        GenerationConfig,
+    )
+
+    if image_size % patch_size:
+        raise GemmaOcrError(f"tiny model: image_size {image_size} must be a multiple of patch_size {patch_size}")
+    side = int(round(mm_tokens_per_image**0.5))
+    if side * side != mm_tokens_per_image or (image_size // patch_size) % side:
+        raise GemmaOcrError(
+            f"tiny model: mm_tokens_per_image {mm_tokens_per_image} must be a square whose side divides "
+            f"{image_size // patch_size} patches per side"
+        )
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(chars)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    heads = 2
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": hidden_size,
+        "intermediate_size": hidden_size * 2,
+        "num_hidden_layers": num_layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": 1,
+        "head_dim": hidden_size // heads,
+        "query_pre_attn_scalar": hidden_size // heads,
+        "max_position_embeddings": 8192,
+        "sliding_window": 512,
+        "layer_types": ["sliding_attention"] * (num_layers - 1) + ["full_attention"],
+        "pad_token_id": ids["<pad>"],
+        "eos_token_id": ids["<eos>"],
+        "bos_token_id": ids["<bos>"],
+        "rope_parameters": {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+            "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+        },
+    }
+    vision_config = {
+        "model_type": "siglip_vision_model",
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "vision_use_head": False,
+        "layer_norm_eps": 1e-6,
+    }
+    config = Gemma3Config(
+        text_config=text_config,
+        vision_config=vision_config,
+        mm_tokens_per_image=mm_tokens_per_image,
+        boi_token_index=ids[BOI_TOKEN],
+        eoi_token_index=ids[EOI_TOKEN],
+        image_token_index=ids[IMAGE_TOKEN],
+        initializer_range=0.02,
+    )
+    config.architectures = ["Gemma3ForConditionalGeneration"]
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).to(torch.float32)
+    # The projector weight starts at zero in the constructor; give it a random start like a real checkpoint.
+    with torch.no_grad():
+        proj = model.model.multi_modal_projector.mm_input_projection_weight
+        proj.normal_(0.0, 0.02)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids["<bos>"],
+        eos_token_id=[ids["<eos>"], ids[END_OF_TURN]],
+        pad_token_id=ids["<pad>"],
+        do_sample=False,
+    )
+    image_processor = Gemma3ImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_rescale=True,
+        do_normalize=True,
+        do_convert_rgb=True,
+    )
+    processor = Gemma3Processor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        chat_template=CHAT_TEMPLATE,
+        image_seq_length=mm_tokens_per_image,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("tiny Gemma 3: %d parameters, vocabulary %d -> %s", n_params, len(tokenizer), out)
+    return out
+
+
+def ensure_tiny_model(model_name: str | os.PathLike[str]) -> None:
+    """Build the tiny checkpoint when ``model_name`` is the default tiny folder and it is missing."""
+    path = Path(model_name)
+    if path.name == Path(DEFAULT_TINY_MODEL_DIR).name and not (path / "config.json").is_file():
+        log.info("building the tiny Gemma 3 checkpoint at %s (first run)", path)
+        build_tiny_gemma3(path)

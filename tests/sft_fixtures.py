@@ -1,0 +1,41 @@
+"""Shared fixtures of the SFT tests: one tiny Gemma 3 checkpoint and one small synthetic dataset per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sft_env() -> dict[str, str]:
+    """Environment for subprocesses: the library importable, few threads, no network trackers."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT / "lib") + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["WANDB_MODE"] = "offline"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    env.pop("WANDB_API_KEY", None)
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from gemma_ocr.modeling.tiny import build_tiny_gemma3
+
+    return build_tiny_gemma3(tmp_path_factory.mktemp("tiny") / "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def ocr_data(tmp_path_factory) -> Path:
+    """40 synthetic lines written in the input layout (data/input/ocr_non_test.json style)."""
+    from gemma_ocr.data.records import write_records
+    from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
+
+    root = tmp_path_factory.mktemp("ocrdata")
+    records = generate_dataset(root / "raw", SyntheticConfig(n_samples=40, seed=7))
+    path = root / "input" / "ocr_non_test.json"
+    write_records(records, path)
+    return path
