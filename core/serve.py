@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import time
 
 from gemma_ocr.cli import run
@@ -22,7 +23,12 @@ def main() -> None:
     p.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN, help="vllm: context length")
     p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for the model to load")
     p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
-    args, extra = p.parse_known_args()
+    args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
+
+    def on_term(*_):  # `kill PID` stops the server like Ctrl-C does
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     with start_server(args.model_dir, engine=args.engine, port=args.port, host=args.host,
                       served_model_name=args.served_model_name, dtype=args.dtype, max_model_len=args.max_model_len,
                       startup_timeout=args.startup_timeout, log_file=args.log_file, extra_args=extra) as (url, name):
