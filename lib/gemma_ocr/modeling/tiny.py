@@ -141,10 +141,12 @@ def build_tiny_gemma3(
     mm_tokens_per_image: int = 16,
     hidden_size: int = 64,
     num_layers: int = 2,
+    overwrite: bool = True,
 ) -> Path:
     """Write a tiny random Gemma 3 VLM (weights, config, processor, chat template) to ``out_dir``.
 
     ``chars``: extra characters to give their own tokens (the training data's alphabet).
+    ``overwrite=False`` keeps a checkpoint another process finished first (parallel first runs).
     Loads back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained(out_dir)``.
     """
     import torch
@@ -235,12 +237,35 @@ def build_tiny_gemma3(
         chat_template=CHAT_TEMPLATE,
         image_seq_length=mm_tokens_per_image,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
+    _save_atomically(out, model, processor, overwrite)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("tiny Gemma 3: %d parameters, vocabulary %d -> %s", n_params, len(tokenizer), out)
     return out
+
+
+def _save_atomically(out: Path, model, processor, overwrite: bool) -> None:
+    """Write into a temporary sibling folder, then rename: parallel builders (DDP ranks) never see half a checkpoint."""
+    import shutil
+    import tempfile
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tmp.chmod(0o755)
+        for f in tmp.iterdir():
+            f.chmod(0o644)
+        if out.exists() and overwrite:
+            shutil.rmtree(out)  # rebuilding on purpose (make_tiny_model.py)
+        try:
+            os.replace(tmp, out)
+        except OSError:
+            if not (out / "config.json").is_file():  # not a concurrent builder: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def ensure_tiny_model(model_name: str | os.PathLike[str]) -> None:
@@ -248,4 +273,4 @@ def ensure_tiny_model(model_name: str | os.PathLike[str]) -> None:
     path = Path(model_name)
     if path.name == Path(DEFAULT_TINY_MODEL_DIR).name and not (path / "config.json").is_file():
         log.info("building the tiny Gemma 3 checkpoint at %s (first run)", path)
-        build_tiny_gemma3(path)
+        build_tiny_gemma3(path, overwrite=False)

@@ -1,0 +1,257 @@
+"""Loading a Gemma 3 VLM and its processor for training, and attaching LoRA adapters.
+
+* dtype: bf16 on a GPU that supports it, fp32 otherwise (CPU); never fp16 (Gemma 3 overflows to NaN).
+* ``load_in_4bit``: NF4 with double quantisation and bf16 compute (QLoRA); needs CUDA and bitsandbytes.
+* ``backend="unsloth"``: unsloth's ``FastVisionModel`` loads the model and attaches LoRA (GPU only).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling.tiny import ensure_tiny_model
+
+if TYPE_CHECKING:
+    import torch
+
+    from gemma_ocr.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+GEMMA3_ARCHITECTURE = "Gemma3ForConditionalGeneration"
+LANGUAGE_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+LANGUAGE_MLP = ("gate_proj", "up_proj", "down_proj")
+VISION_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
+VISION_MLP = ("fc1", "fc2")
+PROJECTOR_MODULE = "multi_modal_projector"
+
+
+def compute_dtype() -> torch.dtype:
+    """bf16 where CUDA supports it, fp32 elsewhere. fp16 is never used (Gemma 3 overflows in fp16)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def check_gemma3_vlm(model_name: str) -> dict[str, Any]:
+    """Read the model's config and make sure it is a Gemma 3 vision-language model; return the config dict.
+
+    A local folder is read directly; anything else goes through ``AutoConfig`` (hub id or cache).
+    """
+    path = Path(model_name).expanduser()
+    if path.is_dir():
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise GemmaOcrError(f"model folder {path} has no config.json (point --model-name at a Gemma 3 checkpoint folder)")
+        try:
+            config = json.loads(cfg_file.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise GemmaOcrError(f"{cfg_file}: unreadable config ({e}); the checkpoint is damaged") from None
+    elif path.exists():
+        raise GemmaOcrError(f"--model-name {model_name} is a file, not a checkpoint folder or hub id")
+    else:
+        try:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(model_name).to_dict()
+        except Exception as e:  # noqa: BLE001 - any failure here is "cannot find that model"
+            raise GemmaOcrError(
+                f"model {model_name!r} is neither a local folder nor a reachable hub id ({type(e).__name__}); "
+                "check --model-name (the default tiny model is built with core/make_tiny_model.py)"
+            ) from None
+    model_type = config.get("model_type")
+    archs = config.get("architectures") or []
+    if model_type != "gemma3" or ("vision_config" not in config):
+        what = f"model_type {model_type!r}" + (f", architectures {archs}" if archs else "")
+        raise GemmaOcrError(
+            f"{model_name} is not a Gemma 3 vision-language model ({what}); use a Gemma 3 *-it/-pt checkpoint "
+            "with a vision tower (model_type 'gemma3'), e.g. google/gemma-3-4b-it"
+        )
+    return config
+
+
+def _quantization_config(config: TrainConfig):
+    import torch
+
+    if not torch.cuda.is_available():
+        raise GemmaOcrError("load_in_4bit needs a CUDA GPU; none is visible (drop --load-in-4bit to train in fp32 on the CPU)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise GemmaOcrError("load_in_4bit needs bitsandbytes: pip install 'gemma-ocr[gpu]' (or drop --load-in-4bit)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        llm_int8_skip_modules=[PROJECTOR_MODULE, "lm_head"],
+    )
+
+
+def _device_map() -> dict[str, int] | None:
+    """One whole model per process: the local GPU under DDP, GPU 0 alone, nothing on the CPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return {"": int(os.environ.get("LOCAL_RANK", 0))}
+
+
+def load_processor(model_name: str):
+    """``AutoProcessor`` of the checkpoint, with a pad token set."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(model_name)
+    except Exception as e:  # noqa: BLE001
+        raise GemmaOcrError(f"cannot load the processor of {model_name} ({type(e).__name__}: {e})") from None
+    tok = getattr(processor, "tokenizer", None)
+    if tok is None or getattr(tok, "image_token_id", None) is None:
+        raise GemmaOcrError(f"{model_name}: the processor is not a Gemma 3 image-text processor (no image token)")
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return processor
+
+
+def load_base_model(config: TrainConfig):
+    """Load the Gemma 3 VLM (transformers backend) in the right dtype/quantisation; return ``(model, processor)``."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    ensure_tiny_model(config.model_name)
+    check_gemma3_vlm(config.model_name)
+    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
+    if config.load_in_4bit:
+        kwargs["quantization_config"] = _quantization_config(config)
+        kwargs["dtype"] = torch.bfloat16
+    else:
+        kwargs["dtype"] = compute_dtype()
+    device_map = _device_map()
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    processor = load_processor(config.model_name)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(config.model_name, **kwargs)
+    except (OSError, ValueError) as e:
+        raise GemmaOcrError(f"cannot load model {config.model_name} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if type(model).__name__ != GEMMA3_ARCHITECTURE:
+        raise GemmaOcrError(f"{config.model_name} loaded as {type(model).__name__}, not {GEMMA3_ARCHITECTURE}")
+    log.info("loaded %s (%s%s)", config.model_name, str(kwargs["dtype"]).replace("torch.", ""),
+             ", 4-bit nf4" if config.load_in_4bit else "")
+    return model, processor
+
+
+def lora_target_regex(config: TrainConfig) -> str:
+    """A PEFT ``target_modules`` regex over the towers and projections the config selects.
+
+    Language layers live under ``language_model``, SigLIP layers under ``vision_tower``; the
+    regex is matched against full module names, so it selects the same modules in any Gemma 3 size.
+    """
+    import re
+
+    if config.lora_target_modules:
+        names = "|".join(re.escape(n) for n in config.lora_target_modules)
+        return rf".*\.({names})"
+    parts = []
+    if config.finetune_language_layers:
+        names = (LANGUAGE_ATTENTION if config.finetune_attention_modules else ()) + (
+            LANGUAGE_MLP if config.finetune_mlp_modules else ())
+        if names:
+            parts.append(rf".*language_model.*\.({'|'.join(names)})")
+    if config.finetune_vision_layers:
+        names = (VISION_ATTENTION if config.finetune_attention_modules else ()) + (
+            VISION_MLP if config.finetune_mlp_modules else ())
+        if names:
+            parts.append(rf".*vision_tower.*\.({'|'.join(names)})")
+    if not parts:
+        raise GemmaOcrError("no LoRA target modules selected: enable finetune_language_layers or finetune_vision_layers")
+    return "|".join(f"(?:{p})" for p in parts)
+
+
+def lora_config(config: TrainConfig):
+    """The ``peft.LoraConfig`` for ``config`` (projector trained in full when finetune_multimodal_projector)."""
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        target_modules=lora_target_regex(config),
+        modules_to_save=[PROJECTOR_MODULE] if config.finetune_multimodal_projector else None,
+        task_type="CAUSAL_LM",
+    )
+
+
+def apply_lora(model, config: TrainConfig):
+    """Wrap ``model`` with LoRA adapters (preparing a 4-bit model for k-bit training first)."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if config.load_in_4bit:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+    peft_model = get_peft_model(model, lora_config(config))
+    trainable, total = peft_model.get_nb_trainable_parameters()
+    if trainable == 0:
+        raise GemmaOcrError("LoRA matched no module of the model: check the finetune_* switches / lora_target_modules")
+    log.info("LoRA r=%d alpha=%d: %d trainable of %d parameters (%.2f%%)",
+             config.lora_r, config.lora_alpha, trainable, total, 100.0 * trainable / total)
+    return peft_model
+
+
+def load_unsloth_model(config: TrainConfig):
+    """Load and LoRA-wrap the model with unsloth's ``FastVisionModel`` (GPU only); return ``(model, processor)``."""
+    import torch
+
+    if importlib.util.find_spec("unsloth") is None:
+        raise GemmaOcrError("backend 'unsloth' is not installed: pip install 'gemma-ocr[unsloth]' on a CUDA machine, "
+                            "or use --backend transformers")
+    if not torch.cuda.is_available():
+        raise GemmaOcrError("backend 'unsloth' needs a CUDA GPU; use --backend transformers on this machine")
+    if config.lora_target_modules:
+        raise GemmaOcrError("lora_target_modules is not supported with backend 'unsloth'; use the finetune_* switches")
+    check_gemma3_vlm(config.model_name)
+    from unsloth import FastVisionModel  # noqa: PLC0415 - optional, heavy, GPU only
+
+    model, processor = FastVisionModel.from_pretrained(
+        config.model_name,
+        load_in_4bit=config.load_in_4bit,
+        dtype=None if config.load_in_4bit else compute_dtype(),
+        max_seq_length=config.max_seq_length,
+        use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
+    )
+    model = FastVisionModel.get_peft_model(
+        model,
+        finetune_vision_layers=config.finetune_vision_layers,
+        finetune_language_layers=config.finetune_language_layers,
+        finetune_attention_modules=config.finetune_attention_modules,
+        finetune_mlp_modules=config.finetune_mlp_modules,
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=config.lora_dropout,
+        bias="none",
+        random_state=config.seed,
+        modules_to_save=[PROJECTOR_MODULE] if config.finetune_multimodal_projector else None,
+    )
+    FastVisionModel.for_training(model)
+    tok = getattr(processor, "tokenizer", processor)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return model, processor
+
+
+def load_model(config: TrainConfig):
+    """Base model + processor with LoRA attached, per ``config.backend``; return ``(peft_model, processor)``."""
+    if config.backend == "unsloth":
+        return load_unsloth_model(config)
+    model, processor = load_base_model(config)
+    model.config.use_cache = False
+    return apply_lora(model, config), processor

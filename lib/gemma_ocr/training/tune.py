@@ -1,0 +1,222 @@
+"""``tune(config)``: one LoRA fine-tuning run with TRL's SFTTrainer, the function the search calls."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from gemma_ocr.config import TrainConfig
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json
+from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, load_model
+from gemma_ocr.modeling.tiny import ensure_tiny_model
+from gemma_ocr.training.data import OcrCollator, load_data
+from gemma_ocr.training.tracking import finish_tracking, setup_tracking
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "train_config.json"
+METRICS_FILE = "train_metrics.json"
+
+
+def resolve_resume(config: TrainConfig) -> str | None:
+    """The checkpoint to resume from: ``True`` -> the last ``checkpoint-*`` in output_dir (None if there is none)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    resume = config.resume_from_checkpoint
+    if not resume:
+        return None
+    if resume is True:
+        out = Path(config.output_dir)
+        last = get_last_checkpoint(str(out)) if out.is_dir() else None
+        if last is None:
+            log.info("resume: no checkpoint in %s yet, starting from step 0", out)
+        return last
+    path = Path(str(resume))
+    if not (path / "trainer_state.json").is_file():
+        raise GemmaOcrError(f"resume_from_checkpoint {path}: not a training checkpoint (no trainer_state.json)")
+    return str(path)
+
+
+def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, resuming: bool):
+    """The ``trl.SFTConfig`` for a run (bf16 on a bf16 GPU or with 4-bit, fp32 on CPU, never fp16)."""
+    import torch
+    from trl import SFTConfig
+
+    bf16 = config.load_in_4bit or compute_dtype() == torch.bfloat16
+    return SFTConfig(
+        output_dir=config.output_dir,
+        run_name=config.run_name or Path(config.output_dir).name,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.num_train_epochs,
+        max_steps=config.max_steps,
+        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        weight_decay=config.weight_decay,
+        lr_scheduler_type=config.lr_scheduler_type,
+        optim=config.optim,
+        max_grad_norm=config.max_grad_norm,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_checkpointing=config.gradient_checkpointing and config.backend != "unsloth",
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        bf16=bf16,
+        fp16=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        eval_strategy="steps" if has_eval else "no",
+        eval_steps=config.eval_steps if has_eval else None,
+        eval_on_start=has_eval and not resuming,
+        prediction_loss_only=True,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_total_limit=config.save_total_limit,
+        logging_steps=config.logging_steps,
+        logging_first_step=True,
+        report_to=reporters,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        dataset_kwargs={"skip_prepare_dataset": True},
+        max_length=None,  # the collator truncates the answer to max_seq_length, never the image tokens
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,
+        # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _make_trainer_class():
+    """``SFTTrainer`` that falls back to the model's own loss where TRL's fused (Triton) LM head cannot run.
+
+    TRL's SFTTrainer computes the loss with a Triton kernel that only runs on CUDA/XPU; on a CPU the
+    plain ``Trainer`` loss (the model's cross-entropy on the same labels) is used instead, and the token
+    accuracy metric is computed from the logits.
+    """
+    import torch
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class OcrSFTTrainer(SFTTrainer):
+        def _fused_head_usable(self, model) -> bool:
+            from trl.trainer import utils as trl_utils
+
+            device = next(model.parameters()).device
+            return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and device.type in ("cuda", "xpu")
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self._fused_head_usable(model):
+                return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                            num_items_in_batch=num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            inputs["use_cache"] = False
+            loss, outputs = Trainer.compute_loss(self, model, inputs, return_outputs=True,
+                                                 num_items_in_batch=num_items_in_batch)
+            with torch.no_grad():
+                labels = inputs["labels"][:, 1:]
+                predicted = outputs.logits[:, :-1].argmax(-1)
+                mask = labels != -100
+                correct = self.accelerator.gather_for_metrics(((predicted == labels) & mask).sum()).sum()
+                valid = self.accelerator.gather_for_metrics(mask.sum()).sum()
+                self._metrics[mode]["mean_token_accuracy"].append((correct / valid).item() if valid > 0 else 0.0)
+            return (loss, outputs) if return_outputs else loss
+
+    return OcrSFTTrainer
+
+
+def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    keep = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy",
+            "eval_mean_token_accuracy", "train_loss")
+    return [{k: v for k, v in entry.items() if k in keep} for entry in log_history]
+
+
+def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
+    """Fine-tune LoRA adapters for ``config``; evaluate on the validation split during training.
+
+    ``callbacks``: extra ``transformers.TrainerCallback`` objects (e.g. a pruning callback reading
+    ``metrics["eval_loss"]`` in ``on_evaluate``); an exception they raise propagates to the caller.
+    Writes the adapter, the processor, ``train_config.json`` and ``train_metrics.json`` to
+    ``config.output_dir`` and returns ``{eval_loss, first_eval_loss, train_loss, global_step,
+    output_dir, history, ...}``. GPU/CPU memory is released before returning.
+    """
+    config.validate()
+    started = time.time()
+    ensure_tiny_model(config.model_name)
+    if config.backend == "transformers":
+        check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
+    reporters = setup_tracking(config)
+    train_ds, val_ds = load_data(config)
+    resume = resolve_resume(config)
+    model = processor = trainer = None
+    try:
+        model, processor = load_model(config)
+        collator = OcrCollator(processor, config.instruction, config.max_seq_length)
+        args = sft_arguments(config, reporters, has_eval=val_ds is not None, resuming=resume is not None)
+        trainer = _make_trainer_class()(
+            model=model,
+            args=args,
+            train_dataset=train_ds,
+            eval_dataset=val_ds,
+            data_collator=collator,
+            processing_class=processor,
+            callbacks=list(callbacks or []),
+        )
+        if resume:
+            log.info("resuming from %s", resume)
+        train_output = trainer.train(resume_from_checkpoint=resume)
+        state = trainer.state
+        history = _history(state.log_history)
+        evals = [e for e in history if "eval_loss" in e]
+        final_eval: dict[str, Any] = {}
+        if val_ds is not None:
+            if evals and evals[-1].get("step") == state.global_step:
+                final_eval = {"eval_loss": evals[-1]["eval_loss"]}
+            else:
+                final_eval = trainer.evaluate()
+                history = _history(state.log_history)
+                evals = [e for e in history if "eval_loss" in e]
+        eval_loss = final_eval.get("eval_loss")
+        train_loss = train_output.training_loss
+        if eval_loss is not None and not math.isfinite(eval_loss):
+            log.warning("eval_loss is %s: training diverged (lower the learning rate)", eval_loss)
+        result: dict[str, Any] = {
+            "eval_loss": eval_loss,
+            "first_eval_loss": evals[0]["eval_loss"] if evals else None,
+            "train_loss": train_loss,
+            "global_step": state.global_step,
+            "epoch": state.epoch,
+            "output_dir": str(config.output_dir),
+            "resumed_from": resume,
+            "train_samples": len(train_ds),
+            "eval_samples": len(val_ds) if val_ds is not None else 0,
+            "world_size": trainer.args.world_size,
+            "runtime_s": round(time.time() - started, 2),
+            "history": history,
+        }
+        trainer.save_model(config.output_dir)
+        if trainer.is_world_process_zero():
+            processor.save_pretrained(config.output_dir)
+            atomic_write_json(Path(config.output_dir) / CONFIG_FILE, config.to_dict())
+            atomic_write_json(Path(config.output_dir) / METRICS_FILE, result)
+            log.info("done: %d steps, train_loss %.4f, eval_loss %s -> %s", state.global_step, train_loss,
+                     f"{eval_loss:.4f}" if eval_loss is not None else "n/a", config.output_dir)
+        return result
+    finally:
+        del trainer, model, processor
+        finish_tracking()
+        release_memory()
+
+
+def release_memory() -> None:
+    """Collect garbage and return cached CUDA memory (the search runs many tune() calls in one process)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover
+        pass

@@ -1,0 +1,92 @@
+"""Model loading: Gemma 3 check, dtype, LoRA target selection, clear errors for 4-bit/unsloth without a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+
+from gemma_ocr.config import TrainConfig
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling.loading import check_gemma3_vlm, load_base_model, load_model, lora_target_regex
+from sft_fixtures import tiny_model_dir  # noqa: F401
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _lora_modules(model) -> set[str]:
+    return {n.rsplit(".lora_A", 1)[0] for n, _ in model.named_modules() if n.endswith("lora_A")}
+
+
+def test_default_targets_language_attention_and_mlp_only(tiny_model_dir):  # noqa: F811
+    model, processor = load_model(TrainConfig(model_name=str(tiny_model_dir)))
+    names = _lora_modules(model)
+    assert names and all(".language_model." in n for n in names)
+    assert {n.rsplit(".", 1)[1] for n in names} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                     "down_proj"}
+    assert next(model.parameters()).dtype == torch.float32  # CPU: fp32, never fp16
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert processor.tokenizer.pad_token is not None
+
+
+def test_vision_attention_only_and_projector(tiny_model_dir):  # noqa: F811
+    config = TrainConfig(model_name=str(tiny_model_dir), finetune_vision_layers=True, finetune_language_layers=False,
+                         finetune_mlp_modules=False, finetune_multimodal_projector=True)
+    model, _ = load_model(config)
+    names = _lora_modules(model)
+    assert names and all(".vision_tower." in n for n in names)
+    assert {n.rsplit(".", 1)[1] for n in names} == {"q_proj", "k_proj", "v_proj", "out_proj"}
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert any("multi_modal_projector" in n and "lora_" not in n for n in trainable)
+
+
+def test_explicit_target_modules_regex():
+    regex = lora_target_regex(TrainConfig(lora_target_modules=["q_proj", "v_proj"]))
+    import re
+
+    assert re.fullmatch(regex, "model.language_model.layers.0.self_attn.q_proj")
+    assert not re.fullmatch(regex, "model.language_model.layers.0.self_attn.o_proj")
+
+
+def test_not_a_gemma3_vlm_is_one_line(tmp_path):
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(GemmaOcrError, match="is not a Gemma 3 vision-language model") as err:
+        check_gemma3_vlm(str(folder))
+    assert "\n" not in str(err.value)
+    text_only = tmp_path / "gemma3-text"
+    text_only.mkdir()
+    (text_only / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}))
+    with pytest.raises(GemmaOcrError, match="not a Gemma 3 vision-language model"):
+        check_gemma3_vlm(str(text_only))
+    with pytest.raises(GemmaOcrError, match="has no config.json"):
+        check_gemma3_vlm(str(tmp_path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
+def test_4bit_without_cuda_is_a_clear_error(tiny_model_dir):  # noqa: F811
+    with pytest.raises(GemmaOcrError, match="load_in_4bit needs a CUDA GPU"):
+        load_base_model(TrainConfig(model_name=str(tiny_model_dir), load_in_4bit=True))
+
+
+@pytest.mark.skipif(torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None,
+                    reason="unsloth usable here")
+def test_unsloth_unavailable_is_a_clear_error(tiny_model_dir):  # noqa: F811
+    with pytest.raises(GemmaOcrError, match="backend 'unsloth'"):
+        load_model(TrainConfig(model_name=str(tiny_model_dir), backend="unsloth"))
+
+
+@pytest.mark.gpu
+@cuda
+def test_4bit_nf4_double_quant_bf16_compute(tiny_model_dir):  # noqa: F811
+    pytest.importorskip("bitsandbytes")
+    model, _ = load_model(TrainConfig(model_name=str(tiny_model_dir), load_in_4bit=True))
+    qc = model.base_model.model.config.quantization_config
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    assert qc["load_in_4bit"] and qc["bnb_4bit_quant_type"] == "nf4" and qc["bnb_4bit_use_double_quant"]
+    assert qc["bnb_4bit_compute_dtype"] in ("bfloat16", torch.bfloat16)
+    assert any(p.dtype == torch.uint8 for p in model.parameters())
