@@ -1,12 +1,12 @@
 #!/usr/bin/env python
-"""The main job on the embedded defaults: synthetic data -> split -> ... -> CER/F1 side by side."""
+"""The main job on the embedded defaults: synthetic data -> split -> LoRA SFT -> merge -> serve -> evaluate, CER/F1 side by side."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from gemma_ocr.cli import run
+from gemma_ocr.cli import none_or_int, run
 from gemma_ocr.pipeline import PipelineConfig, format_table, run_pipeline
 
 
@@ -16,8 +16,13 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=300, help="synthetic lines to render")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
+    p.add_argument("--train-config", type=Path, default=Path("configs/hyperparm_configs/default.json"))
+    p.add_argument("--eval-top-k", type=none_or_int, default=30, help="first test samples scored per model (None: all)")
+    p.add_argument("--eval-workers", type=int, default=2)
     args = p.parse_args()
-    results = run_pipeline(PipelineConfig(root=args.root, n_samples=args.n_samples, seed=args.seed, force=args.force))
+    cfg = PipelineConfig(root=args.root, n_samples=args.n_samples, seed=args.seed, force=args.force,
+                         train_config=args.train_config, eval_top_k=args.eval_top_k, eval_workers=args.eval_workers)
+    results = run_pipeline(cfg)
     print(format_table(results))
 
 

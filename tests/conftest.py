@@ -43,3 +43,7 @@ def synthetic_raw(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("raw_data")
     generate_dataset(out, SyntheticConfig(n_samples=40, seed=7))
     return out / "ocr.json"
+
+
+# Fixtures of the merge/serve/evaluate tests (tests/eval_fixtures.py), registered once per session.
+from eval_fixtures import *  # noqa: E402,F401,F403

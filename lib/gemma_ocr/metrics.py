@@ -107,7 +107,13 @@ class OverallScore:
 
 
 def score_pairs(predictions: Sequence[str], references: Sequence[str], normalize: bool = False, nfkc: bool = False) -> list[SampleScore]:
-    """Per-sample scores for aligned lists (batched edit distance, threads across cores)."""
+    """Per-sample scores for aligned lists, batched in rapidfuzz (C++, threads across cores).
+
+    The character overlap (multiset intersection) comes from the Indel distance of the sorted
+    strings: for sorted sequences the longest common subsequence is the multiset intersection,
+    so ``overlap = (len(p) + len(r) - indel(sorted(p), sorted(r))) / 2``.
+    """
+    from rapidfuzz.distance import Indel
     from rapidfuzz.process import cpdist
 
     if len(predictions) != len(references):
@@ -120,12 +126,16 @@ def score_pairs(predictions: Sequence[str], references: Sequence[str], normalize
         references = [r or "" for r in references]
     if not predictions:
         return []
-    edits = cpdist(predictions, references, scorer=Levenshtein.distance, workers=-1)
+    edits = cpdist(predictions, references, scorer=Levenshtein.distance, workers=-1).tolist()
+    indel = cpdist(["".join(sorted(p)) for p in predictions], ["".join(sorted(r)) for r in references],
+                   scorer=Indel.distance, workers=-1).tolist()
     scores = []
-    for p, r, e in zip(predictions, references, edits.tolist()):
-        c = (e / len(r)) if r else (0.0 if not p else 1.0)
-        scores.append(SampleScore(cer=c, f1=char_f1(p, r), edits=int(e), overlap=_overlap(p, r) if p and r else 0,
-                                  prediction_chars=len(p), reference_chars=len(r)))
+    for p, r, e, d in zip(predictions, references, edits, indel):
+        lp, lr = len(p), len(r)
+        tp = (lp + lr - d) // 2
+        c = (e / lr) if lr else (0.0 if not lp else 1.0)
+        f1 = 1.0 if not lp and not lr else (2 * tp / (lp + lr) if tp else 0.0)  # = 2PR/(P+R)
+        scores.append(SampleScore(cer=c, f1=f1, edits=int(e), overlap=tp, prediction_chars=lp, reference_chars=lr))
     return scores
 
 

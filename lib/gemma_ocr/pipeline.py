@@ -1,7 +1,9 @@
 """The main job on the embedded defaults: every stage in order, each skipped when its output exists.
 
-data (synthetic lines) -> split -> baseline metrics -> ... (training, merge, serve and evaluation
-stages are appended as they exist). Everything lands under one work folder so a run is self-contained.
+data (synthetic lines) -> split -> majority-label baseline -> LoRA SFT of the tiny Gemma 3
+(configs/hyperparm_configs/default.json) -> merge to bf16 -> serve (embedded server) -> evaluate
+the base model and the fine-tuned one on the same test samples. Everything lands under one work
+folder (``root``: data/, models/, results/) so a run is self-contained.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 from gemma_ocr.data.records import load_raw_records, load_records, write_records
 from gemma_ocr.data.split import split_non_test
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
-from gemma_ocr.io import atomic_write_json
+from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.results import build_document
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,23 @@ class PipelineConfig:
     n_samples: int = 300
     seed: int = 42
     force: bool = False
+    train_config: Path = Path("configs/hyperparm_configs/default.json")
+    eval_top_k: int | None = 30  # first test samples scored per model, baseline included (None: all)
+    eval_workers: int = 2
+    eval_max_tokens: int = 40
+    stages: tuple[str, ...] = ("data", "split", "baseline", "train", "merge", "evaluate")
+
+    @property
+    def base_model_dir(self) -> Path:
+        return self.root / "models/tiny-gemma3"
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.root / "models/gemma-ocr"
+
+    @property
+    def merged_dir(self) -> Path:
+        return self.root / "models/merged-gemma-ocr"
 
     @property
     def raw_json(self) -> Path:
@@ -63,17 +82,75 @@ def majority_baseline(cfg: PipelineConfig) -> dict:
     """Score the trivial model that answers every image with the most common training label."""
     train, test = load_records(cfg.non_test_json), load_records(cfg.test_json)
     guess = Counter(r.text for r in train).most_common(1)[0][0] if train else ""
-    samples = [{"image_path": r.image_path, "label": r.text, "prediction": guess, "status": "ok"} for r in test]
-    doc = build_document(samples, model_name="majority-label-baseline")
+    scored = test if cfg.eval_top_k is None else test[: cfg.eval_top_k]  # the samples the served models get
+    samples = [{"image_path": r.image_path, "label": r.text, "prediction": guess, "status": "ok"} for r in scored]
+    doc = build_document(samples, model_name="majority-label-baseline", dataset_samples=len(test), top_k=cfg.eval_top_k)
     atomic_write_json(cfg.results_dir / "baseline_majority.json", doc)
     return doc
 
 
+def train(cfg: PipelineConfig) -> Path:
+    """LoRA SFT of the tiny Gemma 3 with the default training config; kept when the adapter exists."""
+    from gemma_ocr.config import resolve_config
+    from gemma_ocr.training import tune
+
+    if (cfg.adapter_dir / "adapter_config.json").is_file() and not cfg.force:
+        log.info("train: %s exists, kept", cfg.adapter_dir)
+        return cfg.adapter_dir
+    config = resolve_config(cfg.train_config, {
+        "model_name": str(cfg.base_model_dir),
+        "input_data": str(cfg.non_test_json),
+        "output_dir": str(cfg.adapter_dir),
+        "seed": cfg.seed,
+    })
+    result = tune(config)
+    log.info("train: %d steps, train_loss %.4f, eval_loss %s -> %s", result["global_step"], result["train_loss"],
+             result.get("eval_loss"), cfg.adapter_dir)
+    return cfg.adapter_dir
+
+
+def merge(cfg: PipelineConfig) -> Path:
+    """Merge the adapter into the bf16 base (verified); kept when a verified merge exists."""
+    from gemma_ocr.merge import merge_adapter
+
+    report = cfg.merged_dir / "merge_report.json"
+    if report.is_file() and read_json(report).get("verified") and not cfg.force:
+        log.info("merge: %s exists, kept", cfg.merged_dir)
+        return cfg.merged_dir
+    r = merge_adapter(cfg.adapter_dir, cfg.merged_dir)
+    log.info("merge: max |merged - (base+adapter)| %.3g <= %.3g -> %s", r.max_abs_diff, r.tolerance, cfg.merged_dir)
+    return cfg.merged_dir
+
+
+def evaluate_served(cfg: PipelineConfig, model_dir: Path, output: Path) -> dict:
+    """Serve ``model_dir`` with the embedded server, evaluate the test set on it, stop the server."""
+    from gemma_ocr.evaluation import EvalConfig, evaluate
+    from gemma_ocr.serving import start_server
+
+    with start_server(model_dir, startup_timeout=300) as (url, name):
+        out = evaluate(EvalConfig(urls=[url], data_file=cfg.test_json, output_file=output, top_k=cfg.eval_top_k,
+                                  workers=cfg.eval_workers, model_name=name, save_interval=10,
+                                  max_tokens=cfg.eval_max_tokens, resume=not cfg.force))
+    log.info("evaluate: %s -> %s (%d requested, %d resumed)", name, output, out.requested, out.resumed)
+    return out.document
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
     """Run every stage; return the results documents by model name."""
-    make_data(cfg)
-    split_data(cfg)
-    results = {"majority-label-baseline": majority_baseline(cfg)}
+    if "data" in cfg.stages:
+        make_data(cfg)
+    if "split" in cfg.stages:
+        split_data(cfg)
+    results: dict[str, dict] = {}
+    if "baseline" in cfg.stages:
+        results["majority-label-baseline"] = majority_baseline(cfg)
+    if "train" in cfg.stages:
+        train(cfg)
+    if "merge" in cfg.stages:
+        merge(cfg)
+    if "evaluate" in cfg.stages:
+        results["base (tiny-gemma3)"] = evaluate_served(cfg, cfg.base_model_dir, cfg.results_dir / "eval_base.json")
+        results["fine-tuned (merged-gemma-ocr)"] = evaluate_served(cfg, cfg.merged_dir, cfg.results_dir / "gemma_evaluation.json")
     return results
 
 
@@ -86,4 +163,8 @@ def format_table(results: dict[str, dict]) -> str:
             f"{doc['normalized_overall_f1']:>8.4f} {doc['total_samples']:>8d} {doc['status_counts']['error']:>7d}"
         )
     lines.append("CER = total edits / total reference characters (micro); F1 over character multisets (micro).")
+    limited = {(d.get("total_samples"), d.get("dataset_samples")) for d in results.values()
+               if d.get("dataset_samples") and d["total_samples"] < d["dataset_samples"]}
+    for n, total in sorted(limited):
+        lines.append(f"Scored on the first {n} of {total} test samples (--eval-top-k None for all).")
     return "\n".join(lines)

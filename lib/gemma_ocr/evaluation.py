@@ -1,0 +1,473 @@
+"""Threaded evaluation client of an OpenAI-compatible chat-completions endpoint (vLLM, the embedded server).
+
+Each image goes as a base64 data URL with the instruction in one chat-completions request
+(temperature 0). Workers share one ``requests.Session`` (a connection pool per server); several
+server URLs share the load round-robin. A request is retried only on connection errors,
+timeouts and HTTP 408/429/5xx, with exponential backoff and jitter. Every sample ends with a
+status: ``ok``, ``empty`` (the model answered nothing: scored as an empty prediction) or
+``error`` (the request failed, or the image is missing/corrupt: recorded with its message,
+never scored, retried when the run is resumed).
+
+Results are written atomically every ``save_interval`` finished samples and at the end, in the
+layout of :mod:`gemma_ocr.results`. Rerunning the same command resumes: samples already ``ok``
+or ``empty`` are kept as they are, ``error`` and missing ones are requested again.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import itertools
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from gemma_ocr.data.records import OcrRecord, load_records
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json, read_json
+from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document, sample_status
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URL = "http://localhost:8000/v1/chat/completions"
+DEFAULT_DATA_FILE = "data/input/ocr_test.json"
+DEFAULT_OUTPUT_FILE = "results/gemma_evaluation.json"
+DEFAULT_INSTRUCTION = "請給我 OCR 結果"
+RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+# MIME types every OpenAI-compatible server decodes; other formats are re-encoded as PNG.
+_PASS_THROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate, against which server(s), and how hard to try."""
+
+    urls: Sequence[str] = (DEFAULT_URL,)
+    data_file: str | os.PathLike[str] = DEFAULT_DATA_FILE
+    output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE
+    top_k: int | None = 100
+    workers: int = 4
+    model_name: str | None = None  # None: the one model the server lists
+    save_interval: int = 50
+    instruction: str = DEFAULT_INSTRUCTION
+    timeout: float = 120.0  # seconds per request
+    max_retries: int = 3  # extra attempts after the first one
+    max_tokens: int = 512
+    resume: bool = True
+    wait_server: float = 10.0  # seconds to wait for /health before giving up
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    show_progress: bool = True
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One server: its base URL and the derived endpoints."""
+
+    base: str
+
+    @property
+    def chat(self) -> str:
+        return self.base + "/v1/chat/completions"
+
+    @property
+    def health(self) -> str:
+        return self.base + "/health"
+
+    @property
+    def models(self) -> str:
+        return self.base + "/v1/models"
+
+
+def parse_url(url: str) -> Endpoint:
+    """Accept ``http://host:port``, ``.../v1`` or the full ``.../v1/chat/completions`` URL."""
+    text = url.strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise GemmaOcrError(f"--vllm-url {url!r}: write it as http://host:port (optionally ending in /v1 or /v1/chat/completions)")
+    path = parts.path
+    for suffix in ("/chat/completions", "/v1"):
+        if path.endswith(suffix):
+            path = path[: -len(suffix)]
+    return Endpoint(f"{parts.scheme}://{parts.netloc}{path}")
+
+
+@dataclass
+class EvalOutcome:
+    """What a run did: the results document and how many samples it requested now."""
+
+    document: dict[str, Any]
+    output_file: Path
+    requested: int
+    resumed: int
+    elapsed_s: float
+    model_name: str
+    selected: int
+    dataset_size: int
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+class ServerGone(Exception):
+    """The servers stopped answering (connection refused/reset on every attempt)."""
+
+
+# ---------------------------------------------------------------- server checks
+
+
+def _get(session: requests.Session, url: str, timeout: float) -> requests.Response:
+    return session.get(url, timeout=timeout)
+
+
+def wait_for_server(session: requests.Session, endpoint: Endpoint, wait_s: float, timeout: float = 5.0) -> None:
+    """Poll ``/health`` until it answers 200 (a server without /health, 404, is accepted)."""
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    last = ""
+    while True:
+        try:
+            r = _get(session, endpoint.health, timeout)
+            if r.status_code == 200 or r.status_code == 404:
+                return
+            last = f"/health answered HTTP {r.status_code}"
+        except requests.RequestException as e:
+            last = f"{type(e).__name__}"
+        if time.monotonic() >= deadline:
+            raise GemmaOcrError(
+                f"server {endpoint.base} is not reachable ({last} after {wait_s:.0f}s); start it "
+                f"(python core/serve.py MODEL_DIR) or fix --vllm-url"
+            )
+        time.sleep(0.5)
+
+
+def served_models(session: requests.Session, endpoint: Endpoint, timeout: float = 10.0) -> list[str]:
+    """The model ids ``/v1/models`` lists."""
+    try:
+        r = _get(session, endpoint.models, timeout)
+    except requests.RequestException as e:
+        raise GemmaOcrError(f"server {endpoint.base}: /v1/models failed ({type(e).__name__}); check --vllm-url") from None
+    if r.status_code != 200:
+        raise GemmaOcrError(f"server {endpoint.base}: /v1/models answered HTTP {r.status_code}; is it an OpenAI-compatible server?")
+    try:
+        return [str(m["id"]) for m in r.json().get("data", [])]
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise GemmaOcrError(f"server {endpoint.base}: /v1/models did not return an OpenAI model list") from None
+
+
+def check_servers(session: requests.Session, endpoints: Sequence[Endpoint], model_name: str | None, wait_s: float) -> str:
+    """Wait for every server, then make sure each serves ``model_name`` (or pick the only model)."""
+    for ep in endpoints:
+        wait_for_server(session, ep, wait_s)
+    for ep in endpoints:
+        names = served_models(session, ep)
+        if model_name is None:
+            if len(names) != 1:
+                raise GemmaOcrError(
+                    f"server {ep.base} serves {len(names)} models ({', '.join(names) or 'none'}); pass --model-name"
+                )
+            model_name = names[0]
+        elif model_name not in names:
+            raise GemmaOcrError(
+                f"model {model_name!r} is not served at {ep.base}; served: {', '.join(names) or 'none'} "
+                f"(pass --model-name with one of them)"
+            )
+    assert model_name is not None
+    return model_name
+
+
+# ---------------------------------------------------------------- requests
+
+
+def encode_image(path: str) -> str:
+    """The image as a data URL; a missing or undecodable file raises :class:`GemmaOcrError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise GemmaOcrError(f"image not found: {path}") from None
+    except OSError as e:
+        raise GemmaOcrError(f"image cannot be read: {path} ({e.strerror or e})") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format
+            im.load()  # decode fully: truncated files fail here, not on the server
+            mime = _PASS_THROUGH.get(fmt or "")
+            if mime is None:
+                buf = io.BytesIO()
+                im.convert("RGB").save(buf, format="PNG")
+                data, mime = buf.getvalue(), "image/png"
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise GemmaOcrError(f"image cannot be decoded: {path} ({e})") from None
+    return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
+
+
+def build_request(model_name: str, image_url: str, instruction: str, max_tokens: int) -> dict[str, Any]:
+    """The chat-completions body: one user turn with the image then the instruction, greedy decoding."""
+    return {
+        "model": model_name,
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image_url", "image_url": {"url": image_url}},
+                    {"type": "text", "text": instruction},
+                ],
+            }
+        ],
+        "temperature": 0.0,
+        "max_tokens": max_tokens,
+    }
+
+
+class _Transient(Exception):
+    def __init__(self, message: str, connection: bool):
+        super().__init__(message)
+        self.connection = connection
+
+
+class Client:
+    """Sends requests with retries, round-robin over several servers."""
+
+    def __init__(self, session: requests.Session, endpoints: Sequence[Endpoint], cfg: EvalConfig):
+        self.session = session
+        self.endpoints = list(endpoints)
+        self.cfg = cfg
+        self._rr = itertools.count()
+        self._lock = threading.Lock()
+
+    def _next_endpoint(self) -> Endpoint:
+        with self._lock:
+            return self.endpoints[next(self._rr) % len(self.endpoints)]
+
+    def _post_once(self, body: dict[str, Any]) -> str:
+        ep = self._next_endpoint()
+        try:
+            r = self.session.post(ep.chat, json=body, timeout=self.cfg.timeout)
+        except requests.Timeout:
+            raise _Transient(f"timeout after {self.cfg.timeout:.0f}s ({ep.base})", connection=False) from None
+        except requests.ConnectionError as e:
+            raise _Transient(f"connection error ({ep.base}): {type(e).__name__}", connection=True) from None
+        if r.status_code in RETRY_STATUS:
+            raise _Transient(f"HTTP {r.status_code} from {ep.base}: {r.text[:200]}", connection=False)
+        if r.status_code != 200:
+            raise GemmaOcrError(f"HTTP {r.status_code} from {ep.base}: {r.text[:300]}")
+        try:
+            content = r.json()["choices"][0]["message"].get("content")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            raise GemmaOcrError(f"unexpected response from {ep.base}: {r.text[:300]}") from None
+        return content or ""
+
+    def complete(self, body: dict[str, Any]) -> str:
+        """The model's answer; raises :class:`_Transient` once the retries are spent, GemmaOcrError on a 4xx."""
+        attempt = 0
+        while True:
+            try:
+                return self._post_once(body)
+            except _Transient:
+                if attempt >= self.cfg.max_retries:
+                    raise
+                delay = min(self.cfg.backoff_max, self.cfg.backoff_base * (2**attempt))
+                time.sleep(delay + random.uniform(0, delay))  # full jitter on top of the exponential step
+                attempt += 1
+
+
+# ---------------------------------------------------------------- the run
+
+
+def _key(index: int, record: OcrRecord) -> tuple[int, str, str]:
+    return (index, record.image_path, record.text)
+
+
+def _load_previous(path: Path, model_name: str) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """Finished samples (ok/empty) of an earlier run of the same model, by (index, image, label)."""
+    if not path.is_file():
+        return {}
+    doc = read_json(path, "results file")
+    if not isinstance(doc, dict) or not isinstance(doc.get("samples"), list):
+        raise GemmaOcrError(f"{path}: not a results file of evaluate.py; choose another --output-file or pass --no-resume")
+    previous = doc.get("model_name")
+    if previous and previous != model_name:
+        raise GemmaOcrError(
+            f"{path} holds results of model {previous!r}, not {model_name!r}; choose another --output-file or pass --no-resume"
+        )
+    done: dict[tuple[int, str, str], dict[str, Any]] = {}
+    for s in doc["samples"]:
+        if not isinstance(s, dict) or "index" not in s:
+            continue
+        if sample_status(s) in (STATUS_OK, STATUS_EMPTY):
+            done[(int(s["index"]), str(s.get("image_path")), str(s.get("label") or ""))] = s
+    return done
+
+
+def _sample(index: int, record: OcrRecord, prediction: str | None, error: str | None, latency: float | None) -> dict[str, Any]:
+    s: dict[str, Any] = {"index": index, "image_path": record.image_path, "label": record.text}
+    if error is not None:
+        s.update(prediction=None, status=STATUS_ERROR, error=error)
+    else:
+        s.update(prediction=prediction, status=STATUS_OK if (prediction or "").strip() else STATUS_EMPTY)
+    if latency is not None:
+        s["latency_s"] = round(latency, 4)
+    return s
+
+
+def make_session(n_endpoints: int, workers: int) -> requests.Session:
+    """One session whose pool keeps a connection per worker to each server."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=max(n_endpoints, 1), pool_maxsize=max(workers, 1), max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None = None) -> EvalOutcome:
+    """Run (or resume) an evaluation and write its results file; return what happened."""
+    if cfg.workers < 1:
+        raise GemmaOcrError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.save_interval < 1:
+        raise GemmaOcrError(f"--save-interval must be at least 1, got {cfg.save_interval}")
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise GemmaOcrError(f"--top-k must be a positive number or None, got {cfg.top_k}")
+    if not cfg.urls:
+        raise GemmaOcrError("--vllm-url: give at least one server URL")
+    endpoints = [parse_url(u) for u in cfg.urls]
+    records = load_records(cfg.data_file)
+    selected = records if cfg.top_k is None else records[: cfg.top_k]
+    output = Path(cfg.output_file)
+
+    session = make_session(len(endpoints), cfg.workers)
+    try:
+        model_name = check_servers(session, endpoints, cfg.model_name, cfg.wait_server)
+        previous = _load_previous(output, model_name) if cfg.resume else {}
+        results: dict[int, dict[str, Any]] = {}
+        todo: list[tuple[int, OcrRecord]] = []
+        for i, rec in enumerate(selected):
+            old = previous.get(_key(i, rec))
+            if old is not None:
+                results[i] = old
+            else:
+                todo.append((i, rec))
+        resumed = len(results)
+        if resumed:
+            log.info("resuming %s: %d samples done, %d to request", output, resumed, len(todo))
+        extra = {
+            "data_file": str(cfg.data_file),
+            "dataset_samples": len(records),
+            "top_k": cfg.top_k,
+            "server_urls": [ep.base for ep in endpoints],
+            "instruction": cfg.instruction,
+            "generation": {"temperature": 0.0, "max_tokens": cfg.max_tokens},
+        }
+
+        def save(complete: bool) -> dict[str, Any]:
+            samples = [results[i] for i in sorted(results)]
+            doc = build_document(samples, model_name, **extra, complete=complete,
+                                 pending=len(selected) - len(samples))
+            atomic_write_json(output, doc)
+            return doc
+
+        client = Client(session, endpoints, cfg)
+        t0 = time.perf_counter()
+        try:
+            stats = _run_pool(client, cfg, model_name, todo, results, save, on_sample)
+        except KeyboardInterrupt:
+            save(False)
+            log.warning("interrupted: %d samples saved in %s; rerun the same command to resume", len(results), output)
+            raise
+        elapsed = time.perf_counter() - t0
+        doc = save(complete=len(results) == len(selected))
+        if stats.get("aborted"):
+            errors = doc["status_counts"][STATUS_ERROR]
+            raise GemmaOcrError(
+                f"the server stopped answering ({stats['aborted']}); {len(results) - errors} finished samples and "
+                f"{errors} failed ones are saved in {output}; rerun the same command to resume"
+            )
+        return EvalOutcome(document=doc, output_file=output, requested=stats["requested"], resumed=resumed,
+                           elapsed_s=elapsed, model_name=model_name, selected=len(selected),
+                           dataset_size=len(records), stats=stats)
+    finally:
+        session.close()
+
+
+def _run_pool(client: Client, cfg: EvalConfig, model_name: str, todo: list[tuple[int, OcrRecord]],
+              results: dict[int, dict[str, Any]], save: Callable[[bool], Any],
+              on_sample: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+    """Send ``todo`` through a pool of workers, filling ``results``; stop early if every server is gone."""
+    from tqdm.auto import tqdm
+
+    stop = threading.Event()
+
+    def work(index: int, record: OcrRecord) -> dict[str, Any]:
+        if stop.is_set():
+            raise ServerGone("stopped")
+        t = time.perf_counter()
+        try:
+            url = encode_image(record.image_path)
+        except GemmaOcrError as e:
+            return _sample(index, record, None, str(e), None)
+        body = build_request(model_name, url, cfg.instruction, cfg.max_tokens)
+        try:
+            text = client.complete(body)
+        except _Transient as e:
+            s = _sample(index, record, None, f"{e} (after {cfg.max_retries + 1} attempts)", time.perf_counter() - t)
+            s["_connection"] = e.connection
+            return s
+        except GemmaOcrError as e:
+            return _sample(index, record, None, str(e), time.perf_counter() - t)
+        return _sample(index, record, text, None, time.perf_counter() - t)
+
+    requested = since_save = consecutive_dead = 0
+    aborted = ""
+    dead_limit = max(3, cfg.workers)
+    bar = tqdm(total=len(todo) + len(results), initial=len(results), desc="evaluate", unit="img",
+               disable=not cfg.show_progress, dynamic_ncols=True)
+    pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="eval")
+    pending: set[Future] = set()
+    queue = iter(todo)
+    try:
+        # Keep at most 2x workers requests queued so an abort leaves the rest untouched.
+        def refill() -> None:
+            while len(pending) < 2 * cfg.workers and not stop.is_set():
+                item = next(queue, None)
+                if item is None:
+                    return
+                pending.add(pool.submit(work, *item))
+
+        refill()
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                pending.discard(fut)
+                try:
+                    s = fut.result()
+                except ServerGone:
+                    continue
+                requested += 1
+                dead = s.pop("_connection", False)
+                consecutive_dead = consecutive_dead + 1 if dead else 0
+                results[s["index"]] = s
+                if on_sample is not None:
+                    on_sample(s)
+                bar.update(1)
+                since_save += 1
+                if since_save >= cfg.save_interval:
+                    save(False)
+                    since_save = 0
+                if consecutive_dead >= dead_limit and not stop.is_set():
+                    aborted = s.get("error", "connection errors")
+                    stop.set()
+            refill()
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+    return {"requested": requested, "aborted": aborted}

@@ -1,0 +1,301 @@
+"""Start and stop an OpenAI-compatible server for a merged Gemma 3 checkpoint.
+
+Two engines behind the same API (``/health``, ``/v1/models``, ``/v1/chat/completions``):
+
+* ``transformers`` (default, runs on a CPU): the serving stack of ``transformers serve``
+  (its model manager, chat-completions handler with ``image_url`` data URLs, FastAPI app),
+  run in a child process by ``python -m gemma_ocr.serving``. Two things differ from the
+  ``transformers serve`` command: ``/v1/models`` lists the served model (the command lists
+  only models of the hub cache, so a local folder never appears there and the route fails
+  without a cache), and the model answers to ``--served-model-name`` (the command only
+  accepts the folder path as given).
+* ``vllm``: ``vllm serve`` with the flags a Gemma 3 VLM needs (bf16, vLLM's generation
+  defaults instead of the checkpoint's sampling ones, one image per prompt).
+
+The child runs in its own process group; stopping terminates the whole group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import requests
+
+from gemma_ocr.errors import GemmaOcrError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("transformers", "vllm")
+DEFAULT_PORT = 8000
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_MAX_MODEL_LEN = 8192
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def default_served_name(model_dir: str | os.PathLike[str]) -> str:
+    """The folder's name (``models/merged-gemma-ocr`` -> ``merged-gemma-ocr``)."""
+    return Path(model_dir).resolve().name
+
+
+def check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
+    """A local checkpoint folder with config.json, or a clear error."""
+    path = Path(model_dir)
+    if not path.is_dir():
+        raise GemmaOcrError(f"model folder not found: {path} (merge an adapter first: python core/gemma_adapter_merge.py)")
+    if not (path / "config.json").is_file():
+        raise GemmaOcrError(f"{path} has no config.json: not a model checkpoint (pass the merged model's folder)")
+    return path
+
+
+def server_command(
+    model_dir: str | os.PathLike[str],
+    engine: str = "transformers",
+    port: int = DEFAULT_PORT,
+    host: str = DEFAULT_HOST,
+    served_model_name: str | None = None,
+    dtype: str | None = None,
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    extra_args: Sequence[str] = (),
+) -> list[str]:
+    """The command line that serves ``model_dir``."""
+    name = served_model_name or default_served_name(model_dir)
+    if engine == "transformers":
+        cmd = [sys.executable, "-m", "gemma_ocr.serving", str(model_dir), "--host", host, "--port", str(port),
+               "--served-model-name", name]
+        if dtype:
+            cmd += ["--dtype", dtype]
+        return cmd + list(extra_args)
+    if engine == "vllm":
+        exe = shutil.which("vllm")
+        if exe is None:
+            raise GemmaOcrError("--engine vllm needs vLLM (pip install -e '.[vllm]' on a CUDA machine); or use --engine transformers")
+        return [
+            exe, "serve", str(model_dir),
+            "--dtype", dtype or "bfloat16",  # Gemma 3 overflows in float16
+            "--generation-config", "vllm",  # the checkpoint's generation_config turns sampling on
+            "--max-model-len", str(max_model_len),
+            "--limit-mm-per-prompt", '{"image": 1}',
+            "--host", host, "--port", str(port),
+            "--served-model-name", name,
+            *extra_args,
+        ]
+    raise GemmaOcrError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
+
+
+class ServerProcess:
+    """A server child process in its own process group."""
+
+    def __init__(self, cmd: list[str], base_url: str, model_name: str, log_file: str | os.PathLike[str] | None = None,
+                 env: dict[str, str] | None = None):
+        self.cmd, self.base_url, self.model_name = cmd, base_url, model_name
+        self.log_path = Path(log_file) if log_file else None
+        self._log: IO[Any] | None = None
+        self._own_log = False
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        if self.log_path is None:
+            fd, name = tempfile.mkstemp(prefix="gemma-ocr-server-", suffix=".log")
+            os.close(fd)
+            self.log_path, self._own_log = Path(name), True
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        env = dict(os.environ if self.env is None else self.env)
+        lib = str(Path(__file__).resolve().parent.parent)  # the child imports gemma_ocr from the same place
+        env["PYTHONPATH"] = lib + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        log.info("starting: %s (log: %s)", " ".join(self.cmd), self.log_path)
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env, start_new_session=True)
+
+    def log_tail(self, n: int = 15) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+    def wait_ready(self, timeout: float = 600.0) -> None:
+        """Poll ``/health`` then ``/v1/models`` until the model is listed; fail if the child dies."""
+        deadline = time.monotonic() + timeout
+        stage = "/health"
+        with requests.Session() as s:
+            while True:
+                assert self.proc is not None
+                code = self.proc.poll()
+                if code is not None:
+                    tail = self.log_tail()
+                    last = tail.splitlines()[-1] if tail else "no output"
+                    log.error("server output:\n%s", tail)
+                    raise GemmaOcrError(f"the server exited with code {code} before answering: {last} (log: {self.log_path})")
+                try:
+                    if stage == "/health":
+                        if s.get(self.base_url + "/health", timeout=5).status_code == 200:
+                            stage = "/v1/models"
+                    if stage == "/v1/models":
+                        r = s.get(self.base_url + "/v1/models", timeout=5)
+                        if r.status_code == 200 and self.model_name in [m.get("id") for m in r.json().get("data", [])]:
+                            return
+                except (requests.RequestException, ValueError):
+                    pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise GemmaOcrError(f"the server did not answer {stage} within {timeout:.0f}s (log: {self.log_path})")
+                time.sleep(0.3)
+
+    def stop(self, grace: float = 15.0) -> None:
+        """SIGTERM the child's process group, SIGKILL it after ``grace`` seconds."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._own_log and self.log_path is not None and proc is not None and proc.returncode in (0, -signal.SIGTERM):
+            self.log_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def start_server(
+    model_dir: str | os.PathLike[str],
+    engine: str = "transformers",
+    port: int | None = None,
+    host: str = DEFAULT_HOST,
+    served_model_name: str | None = None,
+    dtype: str | None = None,
+    max_model_len: int = DEFAULT_MAX_MODEL_LEN,
+    startup_timeout: float = 600.0,
+    log_file: str | os.PathLike[str] | None = None,
+    extra_args: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, str]]:
+    """Serve ``model_dir`` until the block ends; yield ``(base_url, model_name)`` once it answers.
+
+    ``port=None`` picks a free port. ``base_url`` is ``http://host:port`` (what evaluate.py's
+    ``--vllm-url`` accepts); ``model_name`` is the name to send in requests.
+    """
+    check_model_dir(model_dir)
+    port = port or free_port(host)
+    name = served_model_name or default_served_name(model_dir)
+    cmd = server_command(model_dir, engine, port, host, name, dtype, max_model_len, extra_args)
+    server = ServerProcess(cmd, f"http://{host}:{port}", name, log_file=log_file, env=env)
+    server.start()
+    try:
+        server.wait_ready(startup_timeout)
+        yield server.base_url, name
+    finally:
+        server.stop()
+
+
+# ---------------------------------------------------------------- the embedded server (child process)
+
+
+def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtype: str | None = None):  # -> FastAPI
+    """The FastAPI app of transformers' serving stack for one local model, answering to ``served_model_name``."""
+    import torch
+    from fastapi import HTTPException
+    from fastapi.responses import JSONResponse
+    from transformers.cli.serving.chat_completion import ChatCompletionHandler
+    from transformers.cli.serving.completion import CompletionHandler
+    from transformers.cli.serving.model_manager import ModelManager
+    from transformers.cli.serving.response import ResponseHandler
+    from transformers.cli.serving.server import build_server
+    from transformers.cli.serving.transcription import TranscriptionHandler
+    from transformers.cli.serving.utils import GenerationState
+
+    if dtype is None:  # bf16 on a GPU; fp32 on a CPU (exact and faster there); never fp16 for Gemma 3
+        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
+    if device == "auto" and not torch.cuda.is_available():
+        device = "cpu"
+    created = int(time.time())
+    manager = ModelManager(device=device, dtype=dtype, model_timeout=-1, force_model=model_dir)
+
+    class _ServedName:
+        """Accept the served name (or the folder path) in ``model`` and answer with the served name."""
+
+        def _resolve_model(self, body: dict):  # type: ignore[override]
+            requested = body.get("model")
+            if requested not in (None, served_model_name, model_dir):
+                raise HTTPException(status_code=404, detail=f"The model `{requested}` does not exist. Served: {served_model_name}")
+            body["model"] = model_dir
+            _, model, processor = super()._resolve_model(body)  # type: ignore[misc]
+            return served_model_name, model, processor
+
+    class Chat(_ServedName, ChatCompletionHandler):
+        pass
+
+    class Completion(_ServedName, CompletionHandler):
+        pass
+
+    class Response(_ServedName, ResponseHandler):
+        pass
+
+    state = GenerationState(continuous_batching=False, compile=False, cb_config=None)
+    app = build_server(
+        manager,
+        Chat(model_manager=manager, generation_state=state),
+        completion_handler=Completion(model_manager=manager, generation_state=state),
+        response_handler=Response(model_manager=manager, generation_state=state),
+        transcription_handler=TranscriptionHandler(manager, state),
+        generation_state=state,
+    )
+    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/models"]
+
+    @app.get("/v1/models")
+    def list_models():
+        return JSONResponse({"object": "list", "data": [
+            {"id": served_model_name, "object": "model", "created": created, "owned_by": "gemma-ocr", "root": model_dir}
+        ]})
+
+    return app
+
+
+def _child_main(argv: Sequence[str] | None = None) -> None:
+    """``python -m gemma_ocr.serving MODEL_DIR``: run the embedded server in the foreground."""
+    import uvicorn
+
+    p = argparse.ArgumentParser(description="embedded OpenAI-compatible server (transformers serving stack)")
+    p.add_argument("model_dir")
+    p.add_argument("--host", default=DEFAULT_HOST)
+    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--served-model-name", default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default=None, help="bfloat16 or float32 (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--log-level", default="warning")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    name = args.served_model_name or default_served_name(args.model_dir)
+    app = build_app(args.model_dir, name, device=args.device, dtype=args.dtype)
+    log.info("serving %s as %r on http://%s:%d", args.model_dir, name, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    _child_main()

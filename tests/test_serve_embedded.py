@@ -1,0 +1,90 @@
+"""The embedded OpenAI-compatible server on the merged tiny Gemma 3, really started."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import pytest
+import requests
+
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.evaluation import build_request, encode_image
+from gemma_ocr.serving import server_command, start_server
+
+
+def _png_data_url(text: str = "Total 42") -> str:
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (140, 36), "white")
+    ImageDraw.Draw(im).text((5, 10), text, fill="black")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_health_and_models_list_the_served_name(tiny_server):
+    url, name = tiny_server
+    assert requests.get(url + "/health", timeout=10).json() == {"status": "ok"}
+    ids = [m["id"] for m in requests.get(url + "/v1/models", timeout=10).json()["data"]]
+    assert ids == [name] == ["merged-gemma-ocr"]
+
+
+def test_openai_client_gets_the_same_answer_as_the_evaluator(tiny_server, eval_data):
+    """The official client and the evaluator's plain requests send the same thing and get the same greedy answer."""
+    import openai
+
+    from gemma_ocr.data.records import load_records
+
+    url, name = tiny_server
+    image_url = encode_image(load_records(eval_data)[0].image_path)
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=60)
+    resp = client.chat.completions.create(
+        model=name, temperature=0, max_tokens=12,
+        messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": image_url}},
+                                               {"type": "text", "text": "請給我 OCR 結果"}]}],
+    )
+    assert resp.model == name and resp.choices[0].message.role == "assistant"
+    text = resp.choices[0].message.content
+    assert isinstance(text, str) and text
+    plain = requests.post(url + "/v1/chat/completions", json=build_request(name, image_url, "請給我 OCR 結果", 12), timeout=60)
+    assert plain.status_code == 200 and plain.json()["choices"][0]["message"]["content"] == text
+
+
+def test_the_image_reaches_the_model(tiny_server):
+    """The data-URL image is decoded and expanded into image tokens: the prompt is longer than without it."""
+    url, name = tiny_server
+    with_image = requests.post(url + "/v1/chat/completions", timeout=60, json=build_request(name, _png_data_url(), "OCR", 4)).json()
+    no_image = requests.post(url + "/v1/chat/completions", timeout=60, json={
+        "model": name, "temperature": 0, "max_tokens": 4,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "OCR"}]}]}).json()
+    # Gemma 3 expands one image into <start_of_image> + mm_tokens_per_image soft tokens + <end_of_image> (+ newlines).
+    assert with_image["usage"]["prompt_tokens"] - no_image["usage"]["prompt_tokens"] >= 16
+
+
+def test_wrong_model_name_is_refused(tiny_server):
+    url, _ = tiny_server
+    r = requests.post(url + "/v1/chat/completions", timeout=30, json=build_request("nope", _png_data_url(), "OCR", 4))
+    assert r.status_code == 404 and "nope" in r.text
+
+
+def test_missing_model_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(GemmaOcrError, match="model folder not found"):
+        with start_server(tmp_path / "nothing"):
+            pass
+
+
+def test_vllm_command_has_the_flags_gemma3_needs(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: "/opt/bin/vllm" if name == "vllm" else None)
+    cmd = server_command(tmp_path / "merged-gemma-ocr", engine="vllm", port=8123, max_model_len=4096)
+    flat = " ".join(cmd)
+    assert cmd[:3] == ["/opt/bin/vllm", "serve", str(tmp_path / "merged-gemma-ocr")]
+    for flag in ("--dtype bfloat16", "--generation-config vllm", "--max-model-len 4096", "--port 8123",
+                 "--served-model-name merged-gemma-ocr"):
+        assert flag in flat
+    assert cmd[cmd.index("--limit-mm-per-prompt") + 1] == '{"image": 1}'
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(GemmaOcrError, match="needs vLLM"):
+        server_command(tmp_path, engine="vllm")
