@@ -1,0 +1,29 @@
+"""The main job end to end on the embedded defaults, scaled down: every stage really runs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO, run_cli
+
+
+@pytest.mark.slow
+def test_pipeline_runs_every_stage_and_prints_the_side_by_side_table(tmp_path):
+    config = json.loads((REPO / "configs/hyperparm_configs/default.json").read_text())
+    config.update({"max_steps": 4, "eval_steps": 2, "save_steps": 4, "report_to": ["none"]})
+    train_config = tmp_path / "train.json"
+    train_config.write_text(json.dumps(config))
+    proc = run_cli("pipeline.py", "--root", str(tmp_path), "--n-samples", "48", "--eval-top-k", "4",
+                   "--train-config", str(train_config), timeout=900)
+    out = proc.stdout
+    for row in ("majority-label-baseline", "base (tiny-gemma3)", "fine-tuned (merged-gemma-ocr)"):
+        assert row in out, out
+    assert "Scored on the first 4 of 40 test samples" in out
+    for name in ("baseline_majority.json", "eval_base.json", "gemma_evaluation.json"):
+        doc = json.loads((tmp_path / "results" / name).read_text())
+        assert doc["total_samples"] == 4 and doc["status_counts"]["error"] == 0
+        assert 0.0 <= doc["overall_f1"] <= 1.0 and doc["overall_cer"] >= 0.0
+    assert json.loads((tmp_path / "models/merged-gemma-ocr/merge_report.json").read_text())["verified"] is True
+    assert (tmp_path / "models/gemma-ocr/adapter_config.json").is_file()
