@@ -135,6 +135,7 @@ def _mode_config(spec: dict[str, Any], mode: str):
         report_to=["none"], lora_r=spec["lora_r"], lora_alpha=spec["lora_r"], seed=spec["seed"], check_images=False,
         load_in_4bit=m["nf4"], fast_path=m["loop"] == "trainer", activation_offloading=bool(m.get("offload")),
         backend="unsloth" if m.get("unsloth") else "transformers", gradient_checkpointing=True,
+        use_liger_kernel="auto" if spec.get("liger", True) else False,
     )
 
 
@@ -254,6 +255,9 @@ def worker(mode: str, spec_path: Path, result_path: Path) -> None:
     result = _plain_loop(spec, mode) if MODES[mode]["loop"] == "plain" else _trainer_loop(spec, mode)
     result.setdefault("steps_timed", spec["steps"])
     result["mode"] = mode
+    from gemma_ocr.modeling.loading import compute_dtype
+
+    result["weights"] = "nf4" if MODES[mode]["nf4"] else str(compute_dtype()).replace("torch.", "")
     result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     atomic_write_json(result_path, result)
 
@@ -335,7 +339,7 @@ def _prepare(args, work: Path) -> dict[str, Any]:
         print(f"built {args.arch} model in {time.time() - t0:.1f} s -> {model_dir}", flush=True)
     spec = {"model_dir": str(model_dir), "data_json": str(data_json), "work_dir": str(work), "arch": args.arch,
             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "lora_r": args.lora_r,
-            "seed": args.seed, "threads": args.threads}
+            "seed": args.seed, "threads": args.threads, "liger": not args.no_liger}
     spec["stats"] = json.loads((model_dir / STATS_FILE).read_text())
     return spec
 
@@ -381,18 +385,18 @@ def report(spec: dict[str, Any], results: dict[str, dict[str, Any]], peak: float
     tok = spec["token_stats"]
     fps = flops_per_sample(spec["stats"], tok["tokens"], tok["tokens_sq"], tok["labels"])
     gpu = any("peak_alloc_gb" in r for r in results.values() if "error" not in r)
-    mem_head = "peak alloc GB | peak reserved GB" if gpu else "peak host RSS GB | -"
-    lines = [f"| mode | path | samples/s | tokens/s | {mem_head} | MFU |", "|---|---|---|---|---|---|---|"]
+    mem_head = "peak alloc GB | peak reserved GB" if gpu else "peak host RSS GB | (GPU only)"
+    lines = [f"| mode | path | weights | samples/s | tokens/s | {mem_head} | MFU |", "|---|---|---|---|---|---|---|---|"]
     for mode, r in results.items():
         label = MODES[mode]["label"]
         if "skipped" in r or "error" in r:
-            lines.append(f"| {mode} | {label} | {r.get('skipped') or r.get('error')} | | | | |")
+            lines.append(f"| {mode} | {label} | | {r.get('skipped') or r.get('error')} | | | | |")
             continue
         sps = spec["batch_size"] * r["steps_timed"] / r["elapsed_s"]
         r["samples_per_s"], r["tokens_per_s"] = sps, sps * tok["tokens"]
         r["mfu"] = fps * sps / (peak * 1e12) if peak else None
         mem = (r.get("peak_alloc_gb"), r.get("peak_reserved_gb")) if gpu else (r.get("peak_rss_gb"), None)
-        lines.append(f"| {mode} | {label} | {sps:.2f} | {r['tokens_per_s']:.0f} | {_fmt(mem[0])} | {_fmt(mem[1])} "
+        lines.append(f"| {mode} | {label} | {r.get('weights', '-')} | {sps:.2f} | {r['tokens_per_s']:.0f} | {_fmt(mem[0])} | {_fmt(mem[1])} "
                      f"| {_fmt(r['mfu'] * 100 if r['mfu'] is not None else None, '.1f')}{'%' if r['mfu'] else ''} |")
     lines.append("")
     lines.append(f"FLOPs/sample {fps / 1e12:.3f} TFLOP (mean {tok['tokens']:.0f} tokens incl. image tokens, "
@@ -456,6 +460,7 @@ def main() -> int:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
+    p.add_argument("--no-liger", action="store_true", help="the project's modes without Liger kernels")
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the card (default: detected)")
     p.add_argument("--work-dir", default=None, help="model, data and runs (default: a temporary folder, removed)")
     p.add_argument("--model-dir", default=None, help="reuse a model folder built before (with its stats file)")

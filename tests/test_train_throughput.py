@@ -38,7 +38,7 @@ def test_benchmark_smoke_on_tiny_model(tmp_path):
         for mode in ("plain-nf4", "default-nf4", "lowmem-nf4", "unsloth"):
             assert "needs CUDA" in results[mode]["skipped"]
     table = proc.stdout
-    assert "| mode | path | samples/s | tokens/s |" in table
+    assert "| mode | path | weights | samples/s | tokens/s |" in table
     assert "loss default:" in table and "OK" in table
     assert "MFU = FLOPs/sample" in table
     assert report["spec"]["stats"]["patches_per_image"] == 64  # tiny: 64 px images, 8 px patches
