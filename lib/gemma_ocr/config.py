@@ -24,6 +24,7 @@ DEFAULT_MODEL_NAME = "models/tiny-gemma3"
 DEFAULT_INSTRUCTION = "請給我 OCR 結果"
 BACKENDS = ("transformers", "unsloth")
 REPORTERS = ("none", "wandb", "tensorboard", "all")
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 IGNORED_KEYS = frozenset({"search_space"})
 
 
@@ -64,6 +65,13 @@ class TrainConfig:
     gradient_accumulation_steps: int = 4
     gradient_checkpointing: bool = True
     seed: int = 42
+    # speed and memory (gemma_ocr.modeling.fast_path documents each switch)
+    fast_path: bool = True  # vision tower without gradients, lean 4-bit preparation, auto Liger kernels and workers
+    use_liger_kernel: bool | str = "auto"  # "auto": on with CUDA + liger-kernel (and fast_path)
+    attn_implementation: str = "sdpa"
+    activation_offloading: bool = False  # the memory-saving option: checkpointed activations in pinned host memory
+    torch_compile: bool = False
+    dataloader_num_workers: int | None = None  # None: auto (up to 4 on a GPU machine, 0 on a CPU)
     # evaluation, checkpoints, logging
     eval_steps: int | float = 50
     save_steps: int | float = 50
@@ -138,6 +146,13 @@ class TrainConfig:
                 raise bad(name, f"must be > 0, got {getattr(self, name)}")
         if self.backend not in BACKENDS:
             raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.use_liger_kernel not in ("auto", True, False):
+            raise bad("use_liger_kernel", f"must be true, false or \"auto\", got {self.use_liger_kernel!r}")
+        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
+            raise bad("attn_implementation", f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                                             f"got {self.attn_implementation!r}")
+        if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
+            raise bad("dataloader_num_workers", f"must be >= 0 (or null for auto), got {self.dataloader_num_workers}")
         for r in self.report_to:
             if r not in REPORTERS:
                 raise bad("report_to", f"entries must be among {', '.join(REPORTERS)}, got {r!r}")

@@ -29,6 +29,10 @@ HELP: dict[str, str] = {
     "resume_from_checkpoint": "resume from the last checkpoint in the output dir, or from the given checkpoint folder",
     "lora_target_modules": "explicit module names for LoRA (overrides the --finetune-* switches)",
     "eval_steps": "evaluate every N steps (a float < 1 is a fraction of the run)",
+    "fast_path": "vision tower without gradients, bf16 4-bit preparation, auto Liger kernels and dataloader workers",
+    "use_liger_kernel": "Liger's Triton kernels for Gemma 3 (auto: on with CUDA and liger-kernel installed)",
+    "activation_offloading": "memory-saving option: keep checkpointed activations in pinned host memory",
+    "dataloader_num_workers": "collator worker processes (None: auto, up to 4 on a GPU machine, 0 on a CPU)",
 }
 
 
@@ -54,6 +58,15 @@ def _bool_or_path(text: str) -> bool | str:
     return text
 
 
+def _bool_or_auto(text: str) -> bool | str:
+    low = text.strip().lower()
+    if low in {"true", "yes", "1", "on"}:
+        return True
+    if low in {"false", "no", "0", "off"}:
+        return False
+    return low  # "auto", or a wrong value that validation names
+
+
 def add_train_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
     """Add one flag per TrainConfig field (default: not given)."""
     hints = typing.get_type_hints(TrainConfig)
@@ -73,6 +86,8 @@ def add_train_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...
             parser.add_argument(*names, "--resume", nargs="?", const=True, type=_bool_or_path, **kw)
         elif args == {bool}:
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, **kw)
+        elif args == {bool, str}:
+            parser.add_argument(*names, type=_bool_or_auto, metavar="{auto,true,false}", **kw)
         elif typing.get_origin(next(iter(args))) is list:
             parser.add_argument(*names, nargs="+", **kw)
         else:

@@ -105,6 +105,14 @@ def _device_map() -> dict[str, int] | None:
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
+def _attn_implementation(config: TrainConfig) -> str:
+    """SDPA by default: it takes the bidirectional image-span mask Gemma 3 trains with; flash-attention on request."""
+    if config.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise GemmaOcrError("attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn), "
+                            "or use the default sdpa")
+    return config.attn_implementation
+
+
 def load_processor(model_name: str):
     """``AutoProcessor`` of the checkpoint, with a pad token set."""
     from transformers import AutoProcessor
@@ -128,7 +136,7 @@ def load_base_model(config: TrainConfig):
 
     ensure_tiny_model(config.model_name)
     check_gemma3_vlm(config.model_name)
-    kwargs: dict[str, Any] = {"attn_implementation": "sdpa"}
+    kwargs: dict[str, Any] = {"attn_implementation": _attn_implementation(config)}
     if config.load_in_4bit:
         kwargs["quantization_config"] = _quantization_config(config)
         kwargs["dtype"] = torch.bfloat16
@@ -192,13 +200,24 @@ def lora_config(config: TrainConfig):
 
 
 def apply_lora(model, config: TrainConfig):
-    """Wrap ``model`` with LoRA adapters (preparing a 4-bit model for k-bit training first)."""
+    """Wrap ``model`` with LoRA adapters (preparing a 4-bit model for k-bit training first).
+
+    With ``config.fast_path`` a 4-bit model keeps its bf16 weights (no fp32 upcast) and a vision tower without
+    LoRA runs without gradients (:mod:`gemma_ocr.modeling.fast_path`).
+    """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
+    from gemma_ocr.modeling import fast_path
+
     if config.load_in_4bit:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
-                                                gradient_checkpointing_kwargs={"use_reentrant": False})
+        if config.fast_path:
+            fast_path.prepare_kbit_lean(model)
+        else:
+            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
     peft_model = get_peft_model(model, lora_config(config))
+    if config.fast_path and fast_path.freeze_vision_tower(peft_model):
+        log.info("fast path: the frozen vision tower runs without gradients")
     trainable, total = peft_model.get_nb_trainable_parameters()
     if trainable == 0:
         raise GemmaOcrError("LoRA matched no module of the model: check the finetune_* switches / lora_target_modules")

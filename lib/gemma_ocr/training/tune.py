@@ -47,7 +47,14 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
     import torch
     from trl import SFTConfig
 
+    from gemma_ocr.modeling import fast_path
+
     bf16 = config.load_in_4bit or compute_dtype() == torch.bfloat16
+    workers = fast_path.dataloader_workers(config)
+    if fast_path.use_liger(config) and not fast_path.liger_available():
+        raise GemmaOcrError("use_liger_kernel is on but liger-kernel is not installed: pip install 'gemma-ocr[gpu]' "
+                            "(or set use_liger_kernel to auto/false)")
+    checkpointing = config.gradient_checkpointing and config.backend != "unsloth"
     return SFTConfig(
         output_dir=config.output_dir,
         run_name=config.run_name or Path(config.output_dir).name,
@@ -62,8 +69,12 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=config.gradient_checkpointing and config.backend != "unsloth",
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs=fast_path.gradient_checkpointing_kwargs(config),
+        # offloading without checkpointing: TRL moves every saved activation to the host
+        activation_offloading=config.activation_offloading and not checkpointing,
+        use_liger_kernel=fast_path.use_liger(config),
+        torch_compile=config.torch_compile,
         bf16=bf16,
         fp16=False,
         seed=config.seed,
@@ -82,7 +93,10 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         label_names=["labels"],
         dataset_kwargs={"skip_prepare_dataset": True},
         max_length=None,  # the collator truncates the answer to max_seq_length, never the image tokens
-        dataloader_num_workers=0,
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=workers > 0,
+        dataloader_prefetch_factor=2 if workers > 0 else None,
+        dataloader_pin_memory=torch.cuda.is_available(),
         ddp_find_unused_parameters=False,
         # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
         use_cpu=not torch.cuda.is_available(),
@@ -127,6 +141,27 @@ def _make_trainer_class():
     return OcrSFTTrainer
 
 
+def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[str] | None = None,
+                  resuming: bool = False, callbacks: list | None = None):
+    """Load the model (LoRA attached, fast path applied) and build the SFT trainer of ``tune()``; return ``(trainer, processor)``.
+
+    benchmarks/train_throughput.py times the project's training through this same function.
+    """
+    model, processor = load_model(config)
+    collator = OcrCollator(processor, config.instruction, config.max_seq_length)
+    args = sft_arguments(config, reporters or [], has_eval=val_ds is not None, resuming=resuming)
+    trainer = _make_trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=val_ds,
+        data_collator=collator,
+        processing_class=processor,
+        callbacks=list(callbacks or []),
+    )
+    return trainer, processor
+
+
 def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     keep = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy",
             "eval_mean_token_accuracy", "train_loss")
@@ -148,22 +183,16 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     if config.backend == "transformers":
         check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
     reporters = setup_tracking(config)
+    from gemma_ocr.modeling.fast_path import describe
+
+    log.info("speed and memory switches: %s", describe(config))
     train_ds, val_ds = load_data(config)
     resume = resolve_resume(config)
     model = processor = trainer = None
     try:
-        model, processor = load_model(config)
-        collator = OcrCollator(processor, config.instruction, config.max_seq_length)
-        args = sft_arguments(config, reporters, has_eval=val_ds is not None, resuming=resume is not None)
-        trainer = _make_trainer_class()(
-            model=model,
-            args=args,
-            train_dataset=train_ds,
-            eval_dataset=val_ds,
-            data_collator=collator,
-            processing_class=processor,
-            callbacks=list(callbacks or []),
-        )
+        trainer, processor = build_trainer(config, train_ds, val_ds, reporters=reporters, resuming=resume is not None,
+                                           callbacks=callbacks)
+        model = trainer.model
         if resume:
             log.info("resuming from %s", resume)
         train_output = trainer.train(resume_from_checkpoint=resume)

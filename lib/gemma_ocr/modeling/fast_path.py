@@ -1,0 +1,134 @@
+"""The default fast training path (``TrainConfig.fast_path``) and how each of its switches resolves.
+
+What it changes against plain transformers + PEFT, each change keeping the loss of a batch the same
+(checked by tests/test_fast_path.py on a CPU and by benchmarks/train_throughput.py on a GPU):
+
+* **No backward through a frozen vision tower.** transformers' ``enable_input_require_grads`` (called by
+  gradient checkpointing and PEFT) marks the SigLIP patch embeddings as requiring gradients, so a plain
+  run back-propagates through all vision layers at every image patch (4096 per 896 px image) although
+  nothing there trains. With ``finetune_vision_layers`` false the tower runs under ``torch.no_grad``:
+  its forward stays, its backward, recompute and saved activations go.
+* **Lean 4-bit preparation.** PEFT's ``prepare_model_for_kbit_training`` casts every non-quantised
+  weight (the 262k-row embedding, norms, the vision tower's non-linear parts) to fp32, which makes the
+  residual stream fp32 too; the fast path only freezes the base weights and keeps them in bf16.
+* **Fused LM head.** On CUDA, TRL's SFTTrainer computes the loss with its chunked log-prob kernel on the
+  labelled positions only, never building the ``(batch, seq, 262208)`` logits. It is part of every run
+  through :func:`gemma_ocr.training.tune` on a GPU; Liger's own fused linear cross-entropy is therefore
+  left off (TRL refuses both at once).
+* **Liger kernels** (``use_liger_kernel``): Gemma 3's RMSNorm, GeGLU MLP and RoPE, SigLIP's LayerNorm as
+  Triton kernels (liger-kernel >= 0.8, ``apply_liger_kernel_to_gemma3``), through TRL's ``use_liger_kernel``.
+  ``"auto"`` turns them on when CUDA and the package are there.
+* **Data off the training loop**: the collator (image decoding, resizing to 896 px, tokenising) runs in
+  dataloader worker processes on a GPU machine (``dataloader_num_workers``; auto = up to 4).
+* ``activation_offloading``: the memory-saving option; the activations gradient checkpointing keeps go to
+  pinned host memory (transformers' offloaded checkpointing), or, without checkpointing, every saved
+  activation (TRL's activation offloading).
+* ``torch_compile``: compile the model (off by default; only worth it for long runs, the first steps
+  pay the compile time).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gemma_ocr.config import TrainConfig
+
+log = logging.getLogger(__name__)
+
+LIGER_CHOICES = ("auto", True, False)
+MAX_AUTO_WORKERS = 4
+NO_GRAD_MARK = "_gemma_ocr_no_grad"
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def liger_available() -> bool:
+    """Whether liger-kernel (and the Triton it needs) is importable."""
+    return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
+
+
+def use_liger(config: TrainConfig) -> bool:
+    """``use_liger_kernel`` resolved: "auto" -> fast path on, CUDA visible, liger-kernel installed."""
+    choice = config.use_liger_kernel
+    if choice == "auto":
+        return bool(config.fast_path and config.backend == "transformers" and cuda_available() and liger_available())
+    return bool(choice)
+
+
+def dataloader_workers(config: TrainConfig) -> int:
+    """``dataloader_num_workers`` resolved: auto -> up to 4 workers (half the cores) on a GPU, 0 on a CPU."""
+    if config.dataloader_num_workers is not None:
+        return config.dataloader_num_workers
+    if not (config.fast_path and cuda_available()):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(MAX_AUTO_WORKERS, cores // 2))
+
+
+def gradient_checkpointing_kwargs(config: TrainConfig) -> dict[str, Any]:
+    """Keyword arguments of ``gradient_checkpointing_enable`` (non-reentrant; offloaded when asked)."""
+    kwargs: dict[str, Any] = {"use_reentrant": False}
+    if config.activation_offloading and config.gradient_checkpointing:
+        kwargs["offload"] = True
+    return kwargs
+
+
+def vision_tower_of(model):
+    """The SigLIP tower of a (PEFT-wrapped) Gemma 3 model, or None."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = getattr(base, "model", None)
+    return getattr(inner, "vision_tower", None)
+
+
+def freeze_vision_tower(model) -> bool:
+    """Run the vision tower under ``torch.no_grad`` when none of its parameters trains; True when applied."""
+    import torch
+
+    tower = vision_tower_of(model)
+    if tower is None:
+        return False
+    if any(p.requires_grad for p in tower.parameters()):
+        log.info("fast path: the vision tower has trainable parameters, it keeps its gradients")
+        return False
+    if getattr(tower, NO_GRAD_MARK, False):
+        return True
+    forward = tower.forward
+
+    @functools.wraps(forward)
+    def no_grad_forward(*args, **kwargs):
+        with torch.no_grad():
+            return forward(*args, **kwargs)
+
+    tower.forward = no_grad_forward
+    setattr(tower, NO_GRAD_MARK, True)
+    return True
+
+
+def prepare_kbit_lean(model) -> None:
+    """Freeze a 4-bit model's base weights for LoRA, keeping its non-quantised weights in bf16."""
+    for param in model.parameters():
+        param.requires_grad_(False)
+
+
+def describe(config: TrainConfig) -> dict[str, Any]:
+    """The resolved switches of a run (logged at start; the benchmark prints them)."""
+    return {
+        "fast_path": config.fast_path,
+        "vision_no_grad": config.fast_path and not config.finetune_vision_layers,
+        "lean_kbit": config.fast_path and config.load_in_4bit,
+        "liger_kernel": use_liger(config),
+        "fused_lm_head": cuda_available(),
+        "attn_implementation": config.attn_implementation,
+        "dataloader_num_workers": dataloader_workers(config),
+        "activation_offloading": config.activation_offloading,
+        "torch_compile": config.torch_compile,
+    }

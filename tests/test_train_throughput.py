@@ -1,0 +1,74 @@
+"""benchmarks/train_throughput.py as a CPU smoke test on the tiny model, and the real 4B/12B shapes on the meta device."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sft_fixtures import ROOT, sft_env
+
+SCRIPT = ROOT / "benchmarks" / "train_throughput.py"
+
+
+@pytest.mark.slow
+def test_benchmark_smoke_on_tiny_model(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--arch", "tiny", "--batch-size", "2", "--steps", "2", "--warmup", "1",
+         "--work-dir", str(tmp_path / "work"), "--json-out", str(out)],
+        capture_output=True, text=True, timeout=300, env=sft_env(),
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    results = report["results"]
+    assert list(results) == ["plain-bf16", "plain-nf4", "default", "default-nf4", "lowmem-nf4", "unsloth"]
+    for mode in ("plain-bf16", "default"):
+        r = results[mode]
+        assert r["samples_per_s"] > 0 and r["tokens_per_s"] > r["samples_per_s"], r
+        assert r["steps_timed"] == 2 and r["elapsed_s"] > 0
+        assert (r.get("peak_rss_gb") or r.get("peak_alloc_gb")) > 0
+    assert results["default"]["switches"]["fast_path"] is True
+    # the same function in fp32: the default path's loss on the fixed batch equals the baseline's
+    assert results["default"]["loss_ok"] is True and results["default"]["loss_rel_diff"] < 1e-4
+    if not torch.cuda.is_available():
+        for mode in ("plain-nf4", "default-nf4", "lowmem-nf4", "unsloth"):
+            assert "needs CUDA" in results[mode]["skipped"]
+    table = proc.stdout
+    assert "| mode | path | weights | samples/s | tokens/s |" in table
+    assert "loss default:" in table and "OK" in table
+    assert "MFU = FLOPs/sample" in table
+    assert report["spec"]["stats"]["patches_per_image"] == 64  # tiny: 64 px images, 8 px patches
+
+
+def test_bad_modes_is_one_clear_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--modes", "plain-bf16,turbo"], capture_output=True,
+                          text=True, timeout=120, env=sft_env())
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "unknown turbo" in proc.stderr
+
+
+def test_real_architectures_have_the_public_sizes():
+    from transformers import Gemma3ForConditionalGeneration
+
+    from gemma_ocr.modeling.architectures import gemma3_config, parameter_stats
+    from gemma_ocr.modeling.tiny import SPECIAL_TOKENS, build_tokenizer
+
+    tok = build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    expected = {"4b": (4.30e9, 34, 2560), "12b": (12.19e9, 48, 3840)}
+    for arch, (total, layers, hidden) in expected.items():
+        config = gemma3_config(arch, ids)
+        with torch.device("meta"):
+            model = Gemma3ForConditionalGeneration(config)
+        stats = parameter_stats(model)
+        assert stats["total_params"] == pytest.approx(total, rel=5e-3), (arch, stats["total_params"])
+        assert (stats["text_layers"], stats["text_hidden"]) == (layers, hidden)
+        assert stats["vision_params"] == pytest.approx(4.17e8, rel=5e-3)
+        assert stats["patches_per_image"] == 4096 and stats["mm_tokens_per_image"] == 256
+        types = config.text_config.layer_types
+        assert types[:6] == ["sliding_attention"] * 5 + ["full_attention"] and types.count("full_attention") == layers // 6
+        assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
