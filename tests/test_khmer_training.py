@@ -121,6 +121,14 @@ def test_train_trial_predict_round_trip(meta, tmp_path):
     assert 0.0 <= doc["overall_f1"] <= 1.0 and doc["overall_cer"] >= 0.0
     assert [s["prediction"] for s in doc["samples"]] == predictions
 
+    # a missing image is recorded as an error sample, not scored
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps([{"image_path": "nowhere.png", "ocr_text": "១"},
+                                  {"image_path": records[0].image_path, "ocr_text": records[0].text}]))
+    doc = evaluate_ocr_file(result["checkpoint"], broken)
+    assert [s["status"] for s in doc["samples"]][0] == "error" and doc["status_counts"]["error"] == 1
+    assert doc["samples"][1]["prediction"] == predictions[0]
+
 
 @pytest.mark.slow
 def test_train_trial_pruned_by_report(meta, tmp_path):

@@ -46,7 +46,7 @@ SPLITS = ("train", "val")
 class GeneratorConfig:
     """What to render. Degradation maxima are drawn uniformly per image."""
 
-    n_train: int = 20000
+    n_train: int = 10000
     n_val: int = 1000
     seed: int = 42
     image_height: int = 32

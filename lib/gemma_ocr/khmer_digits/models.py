@@ -5,7 +5,7 @@ Presets (input 32x128 grayscale; parameter counts as built here, seed figures in
 ==========  ==============================  ========  ============  ==============
 preset      backbone + sequence model       head      parameters    [seed]
 ==========  ==============================  ========  ============  ==============
-lite        VGG-style CNN + BiLSTM 128      CTC       1.08M         (CPU default)
+lite        VGG-style CNN + BiLSTM 96 (1)   CTC       0.35M         (CPU default)
 small       ResNet-18 + BiLSTM 128          attention 12.6M         [12.5M]
 medium      ResNet-18 + BiLSTM 256          attention 15.9M         [16.2M]
 large       EfficientNet-B0 + BiLSTM 512    attention 30.3M         [30M+]
@@ -36,7 +36,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "lite"
 PRESETS: dict[str, dict[str, Any]] = {
-    "lite": dict(backbone="lite", lstm_hidden=128, head="ctc"),
+    "lite": dict(backbone="lite", lstm_hidden=96, lstm_layers=1, head="ctc"),
     "small": dict(backbone="resnet18", lstm_hidden=128, head="attention", ffn_mult=1),
     "medium": dict(backbone="resnet18", lstm_hidden=256, head="attention", ffn_mult=1),
     "large": dict(backbone="efficientnet_b0", lstm_hidden=512, head="attention", ffn_mult=4),
@@ -52,7 +52,7 @@ def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
 
 
-def _lite_backbone(channels: tuple[int, int, int, int] = (32, 64, 96, 128)) -> tuple[nn.Module, int]:
+def _lite_backbone(channels: tuple[int, int, int, int] = (16, 32, 64, 96)) -> tuple[nn.Module, int]:
     a, b, c, d = channels
     layers = [
         *_conv_bn_relu(1, a), nn.MaxPool2d(2),

@@ -119,7 +119,7 @@ class BaseTrainer(ABC):
         metrics = self._create_metrics_calculator()
         total, n = 0.0, 0
         bar = tqdm(self.train_loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=None)
-        for images, targets in bar:
+        for batch_index, (images, targets) in enumerate(bar):
             images, targets = images.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
             with self._autocast():
                 logits = self.model(images)
@@ -137,6 +137,8 @@ class BaseTrainer(ABC):
             total += loss.item() * len(images)
             n += len(images)
             metrics.update(self._decode_predictions(logits.detach()), targets)
+            if bar.disable and (batch_index + 1) % max(1, len(self.train_loader) // 5) == 0:
+                log.info("epoch %d: %d/%d batches, loss %.4f", epoch, batch_index + 1, len(self.train_loader), loss.item())
             if self.global_step % self.config.log_every_n_steps == 0:
                 lr = self.optimizer.param_groups[0]["lr"]
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.2e}")
