@@ -10,6 +10,7 @@ from khmer_helpers import tiny_dataset
 from torch import nn
 
 from gemma_ocr.data.records import load_records
+from conftest import assert_one_line_error, run_cli
 from gemma_ocr.khmer_digits.backend import evaluate_ocr_file, export_ocr_json, predict, train_trial
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
 from gemma_ocr.khmer_digits.metrics import OCRMetrics
@@ -128,6 +129,17 @@ def test_train_trial_predict_round_trip(meta, tmp_path):
     doc = evaluate_ocr_file(result["checkpoint"], broken)
     assert [s["status"] for s in doc["samples"]][0] == "error" and doc["status_counts"]["error"] == 1
     assert doc["samples"][1]["prediction"] == predictions[0]
+
+    # the evaluate program scores the CNN the same way, --top-k included
+    out = tmp_path / "cnn_results.json"
+    proc = run_cli("evaluate.py", "--backend", "khmer-cnn", "--checkpoint", result["checkpoint"],
+                   "--data-file", str(test_json), "--output-file", str(out), "--top-k", "5")
+    cli_doc = json.loads(out.read_text())
+    assert cli_doc["total_samples"] == 5 and cli_doc["dataset_samples"] == len(records)
+    assert [s["prediction"] for s in cli_doc["samples"]] == predictions[:5]
+    assert "CER micro" in proc.stdout and f"first 5 of {len(records)}" in proc.stdout
+    proc = run_cli("evaluate.py", "--backend", "khmer-cnn", "--data-file", str(test_json), check=False)
+    assert_one_line_error(proc, "--checkpoint")
 
 
 @pytest.mark.slow

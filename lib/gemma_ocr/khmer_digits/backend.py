@@ -144,8 +144,8 @@ def predict(checkpoint_path: str | os.PathLike[str], image_paths: list[str], bat
 
 
 def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | os.PathLike[str],
-                      model_name: str | None = None, nfkc: bool = False) -> dict[str, Any]:
-    """Score a checkpoint on an OCR input file; returns the results document of evaluate.py's layout.
+                      model_name: str | None = None, nfkc: bool = False, top_k: int | None = None) -> dict[str, Any]:
+    """Score a checkpoint on (the first ``top_k`` samples of) an OCR input file; returns the results document of evaluate.py's layout.
 
     An image that is missing or unreadable becomes a sample with status ``error`` (and its message),
     never scored as a prediction.
@@ -154,7 +154,8 @@ def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | 
     from gemma_ocr.errors import GemmaOcrError
     from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document
 
-    records = load_records(data_file)
+    all_records = load_records(data_file)
+    records = all_records if top_k is None else all_records[:top_k]
     errors: dict[int, str] = {}
     for i, r in enumerate(records):
         try:
@@ -175,4 +176,4 @@ def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | 
     if errors:
         log.warning("%d of %d images could not be read (status error): first: %s", len(errors), len(records), next(iter(errors.values())))
     return build_document(samples, model_name or f"khmer-digits:{checkpoint_path}", nfkc=nfkc,
-                          backend="khmer_digits", data_file=str(data_file))
+                          backend="khmer_digits", data_file=str(data_file), dataset_samples=len(all_records), top_k=top_k)
