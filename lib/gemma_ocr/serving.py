@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import logging
 import os
 import shutil
@@ -258,14 +259,19 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
         pass
 
     state = GenerationState(continuous_batching=False, compile=False, cb_config=None)
-    app = build_server(
-        manager,
-        Chat(model_manager=manager, generation_state=state),
-        completion_handler=Completion(model_manager=manager, generation_state=state),
-        response_handler=Response(model_manager=manager, generation_state=state),
-        transcription_handler=TranscriptionHandler(manager, state),
-        generation_state=state,
-    )
+    handlers: dict[str, Any] = {
+        "completion_handler": Completion(model_manager=manager, generation_state=state),
+        "response_handler": Response(model_manager=manager, generation_state=state),
+        "transcription_handler": TranscriptionHandler(manager, state),
+        "generation_state": state,
+    }
+    accepted = inspect.signature(build_server).parameters
+    if "systemone_handler" in accepted:  # transformers >= 5.18 serves /v1/systemone too
+        from transformers.cli.serving.systemone import SystemOneHandler
+
+        handlers["systemone_handler"] = SystemOneHandler(model_manager=manager, generation_state=state)
+    app = build_server(manager, Chat(model_manager=manager, generation_state=state),
+                       **{k: v for k, v in handlers.items() if k in accepted})
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/models"]
 
     @app.get("/v1/models")
