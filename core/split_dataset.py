@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from gemma_ocr.cli import run
-from gemma_ocr.data.records import load_raw_records, write_records
+from gemma_ocr.data.records import check_images, load_raw_records, write_records
 from gemma_ocr.data.split import DEFAULT_SEED, parse_ratio, split_non_test
 
 
@@ -17,10 +17,13 @@ def main() -> None:
     p.add_argument("--output-dir", default="data/input", help="folder for ocr_non_test.json and ocr_test.json")
     p.add_argument("--non-test-ratio", default="1/6", help="share of non_test data: 0.2, 1/6 or 1:5 (non_test:test)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--check-images", action="store_true", help="open every image first; stop at the first missing or corrupt one")
     args = p.parse_args()
 
     ratio = parse_ratio(args.non_test_ratio)
     records = load_raw_records(args.input)
+    if args.check_images:
+        check_images(records, args.input)
     split = split_non_test(records, ratio, args.seed)
     out = Path(args.output_dir)
     write_records(split.non_test, out / "ocr_non_test.json")

@@ -37,6 +37,11 @@ def test_split_dataset_bad_inputs(tmp_path):
     assert not (tmp_path / "o").exists()  # nothing half-written
     proc = run_cli("split_dataset.py", "--input", str(bad), "--non-test-ratio", "7", check=False)
     assert_one_line_error(proc, "between 0 and 1")
+    gone = tmp_path / "gone.json"
+    gone.write_text('[{"img_path": "img/missing.png", "ocr_results": "x"}]')
+    proc = run_cli("split_dataset.py", "--input", str(gone), "--check-images", "--output-dir", str(tmp_path / "o"), check=False)
+    assert_one_line_error(proc, "gone.json", "record 0", "image not found", "missing.png")
+    assert not (tmp_path / "o").exists()
 
 
 def _results_file(tmp_path: Path) -> Path:
@@ -102,6 +107,13 @@ def test_train_test_data_writes_plots(tmp_path, synthetic_raw):
             assert im.width > 200
     stats = json.loads((out / "data_statistics.json").read_text())
     assert [s["samples"] for s in stats] == [7, 33]
+    # a missing image is counted and named, not a crash
+    records = json.loads((inp / "ocr_test.json").read_text())
+    records[0]["image_path"] = "nowhere.png"
+    (inp / "ocr_test.json").write_text(json.dumps(records))
+    proc = run_cli("data_analysis/train_test_data.py", "--train-file", str(inp / "ocr_non_test.json"),
+                   "--test-file", str(inp / "ocr_test.json"), "--output-dir", str(out))
+    assert "warning: 1 test image(s) missing or unreadable" in proc.stdout and "nowhere.png" in proc.stdout
 
 
 def test_make_synthetic_data_cli(tmp_path):

@@ -24,7 +24,10 @@ def main() -> None:
     summaries = [s.summary() for s in stats]
     atomic_write_json(out / "data_statistics.json", summaries)
     for s in summaries:
-        print(json.dumps({k: v for k, v in s.items() if k != "top_chars"}, ensure_ascii=False))
+        print(json.dumps({k: v for k, v in s.items() if k not in ("top_chars", "unreadable_images")}, ensure_ascii=False))
+        if s["unreadable_images"]:
+            print(f"warning: {len(s['unreadable_images'])} {s['split']} image(s) missing or unreadable, "
+                  f"e.g. {s['unreadable_images'][0]} (fix the paths or remove the records)")
     for path in plot_splits(stats, out):
         print(f"plot -> {path}")
     print(f"statistics -> {out / 'data_statistics.json'}")
