@@ -39,3 +39,14 @@ def ocr_data(tmp_path_factory) -> Path:
     path = root / "input" / "ocr_non_test.json"
     write_records(records, path)
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """The tiny model trains fastest on one thread; more only contend with other work on a small machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -18,20 +18,15 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.modeling import fast_path
 from gemma_ocr.modeling.loading import load_model
 from gemma_ocr.training.data import OcrCollator
-from sft_fixtures import ROOT, ocr_data, tiny_model_dir  # noqa: F401
+from sft_fixtures import ROOT, ocr_data, tiny_model_dir, one_torch_thread  # noqa: F401
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from train_throughput import seed_lora  # noqa: E402
 
 LOSS_RTOL, GRAD_RTOL = 1e-5, 1e-4
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -17,18 +17,11 @@ from gemma_ocr.data.records import load_records, write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.training import CONFIG_FILE, METRICS_FILE, tune
 from gemma_ocr.training.tracking import read_offline_wandb_history
-from sft_fixtures import ROOT, ocr_data, sft_env, tiny_model_dir  # noqa: F401
+from sft_fixtures import ROOT, ocr_data, sft_env, tiny_model_dir, one_torch_thread  # noqa: F401
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The tiny model trains fastest on one thread; more only contend with other work on a small machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class RecordingCallback(TrainerCallback):
