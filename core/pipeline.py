@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The main job on the embedded defaults: synthetic data -> split -> LoRA SFT -> merge -> serve -> evaluate, CER/F1 side by side."""
+"""The main job on the embedded defaults: synthetic data -> split -> search -> LoRA SFT -> merge -> serve -> evaluate, CER/F1 side by side."""
 
 from __future__ import annotations
 
@@ -19,9 +19,11 @@ def main() -> None:
     p.add_argument("--train-config", type=Path, default=Path("configs/hyperparm_configs/default.json"))
     p.add_argument("--eval-top-k", type=none_or_int, default=30, help="first test samples scored per model (None: all)")
     p.add_argument("--eval-workers", type=int, default=2)
+    p.add_argument("--search-trials", type=int, default=3, help="Optuna trials before the final training (0: none)")
     args = p.parse_args()
     cfg = PipelineConfig(root=args.root, n_samples=args.n_samples, seed=args.seed, force=args.force,
-                         train_config=args.train_config, eval_top_k=args.eval_top_k, eval_workers=args.eval_workers)
+                         train_config=args.train_config, eval_top_k=args.eval_top_k, eval_workers=args.eval_workers,
+                         search_trials=args.search_trials)
     results = run_pipeline(cfg)
     print(format_table(results))
 

@@ -16,7 +16,7 @@ def test_pipeline_runs_every_stage_and_prints_the_side_by_side_table(tmp_path):
     train_config = tmp_path / "train.json"
     train_config.write_text(json.dumps(config))
     proc = run_cli("pipeline.py", "--root", str(tmp_path), "--n-samples", "48", "--eval-top-k", "4",
-                   "--train-config", str(train_config), timeout=900)
+                   "--train-config", str(train_config), "--search-trials", "2", timeout=900)
     out = proc.stdout
     for row in ("majority-label-baseline", "base (tiny-gemma3)", "fine-tuned (merged-gemma-ocr)"):
         assert row in out, out
@@ -27,3 +27,8 @@ def test_pipeline_runs_every_stage_and_prints_the_side_by_side_table(tmp_path):
         assert 0.0 <= doc["overall_f1"] <= 1.0 and doc["overall_cer"] >= 0.0
     assert json.loads((tmp_path / "models/merged-gemma-ocr/merge_report.json").read_text())["verified"] is True
     assert (tmp_path / "models/gemma-ocr/adapter_config.json").is_file()
+    # the final training ran with the search's best configuration
+    best = json.loads((tmp_path / "optuna_studies/pipeline_best_params.json").read_text())
+    used = json.loads((tmp_path / "models/gemma-ocr/train_config.json").read_text())
+    assert best["best_params"]["learning_rate"] == used["learning_rate"]
+    assert (tmp_path / "models/hyperparam_search/trial_1/trial_1_results.json").is_file()

@@ -1,7 +1,8 @@
 """The main job on the embedded defaults: every stage in order, each skipped when its output exists.
 
-data (synthetic lines) -> split -> majority-label baseline -> LoRA SFT of the tiny Gemma 3
-(configs/hyperparm_configs/default.json) -> merge to bf16 -> serve (embedded server) -> evaluate
+data (synthetic lines) -> split -> majority-label baseline -> a short Optuna search of the LoRA
+hyperparameters on the tiny Gemma 3 (fixed parameters from configs/hyperparm_configs/default.json)
+-> LoRA SFT with the best configuration -> merge to bf16 -> serve (embedded server) -> evaluate
 the base model and the fine-tuned one on the same test samples. Everything lands under one work
 folder (``root``: data/, models/, results/) so a run is self-contained.
 """
@@ -21,6 +22,8 @@ from gemma_ocr.results import build_document
 
 log = logging.getLogger(__name__)
 
+SEARCH_STUDY = "pipeline"
+
 
 @dataclass
 class PipelineConfig:
@@ -32,7 +35,8 @@ class PipelineConfig:
     eval_top_k: int | None = 30  # first test samples scored per model, baseline included (None: all)
     eval_workers: int = 2
     eval_max_tokens: int = 40
-    stages: tuple[str, ...] = ("data", "split", "baseline", "train", "merge", "evaluate")
+    search_trials: int = 3  # 0: no search, train with train_config as it is
+    stages: tuple[str, ...] = ("data", "split", "baseline", "search", "train", "merge", "evaluate")
 
     @property
     def base_model_dir(self) -> Path:
@@ -45,6 +49,14 @@ class PipelineConfig:
     @property
     def merged_dir(self) -> Path:
         return self.root / "models/merged-gemma-ocr"
+
+    @property
+    def studies_dir(self) -> Path:
+        return self.root / "optuna_studies"
+
+    @property
+    def best_config(self) -> Path:
+        return self.studies_dir / f"{SEARCH_STUDY}_best_config.json"
 
     @property
     def raw_json(self) -> Path:
@@ -89,15 +101,40 @@ def majority_baseline(cfg: PipelineConfig) -> dict:
     return doc
 
 
-def train(cfg: PipelineConfig) -> Path:
-    """LoRA SFT of the tiny Gemma 3 with the default training config; kept when the adapter exists."""
+def search(cfg: PipelineConfig) -> Path | None:
+    """A short TPE search of the default space on the tiny model; returns the best config file (kept when it exists)."""
+    from gemma_ocr.search.runner import resolve_settings, run_search
+
+    if cfg.search_trials <= 0:
+        return None
+    if cfg.best_config.is_file() and not cfg.force:
+        log.info("search: %s exists, kept", cfg.best_config)
+        return cfg.best_config
+    if cfg.force:
+        (cfg.studies_dir / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)
+    settings = resolve_settings(
+        None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.studies_dir, default_config=cfg.train_config,
+        overrides={"n_trials": cfg.search_trials, "seed": cfg.seed, "base_output_dir": cfg.root / "models/hyperparam_search"},
+        fixed_overrides={"model_name": str(cfg.base_model_dir), "input_data": str(cfg.non_test_json)},
+    )
+    summary = run_search(settings)
+    if summary.best_config_path is None:
+        log.warning("search: no trial completed; training with %s", cfg.train_config)
+        return None
+    log.info("search: best %s %.4g (trial %s) %s -> %s", summary.metric, summary.best_value, summary.best_trial,
+             summary.best_params, summary.best_config_path)
+    return summary.best_config_path
+
+
+def train(cfg: PipelineConfig, config_file: Path | None = None) -> Path:
+    """LoRA SFT of the tiny Gemma 3 (the search's best config, else the default one); kept when the adapter exists."""
     from gemma_ocr.config import resolve_config
     from gemma_ocr.training import tune
 
     if (cfg.adapter_dir / "adapter_config.json").is_file() and not cfg.force:
         log.info("train: %s exists, kept", cfg.adapter_dir)
         return cfg.adapter_dir
-    config = resolve_config(cfg.train_config, {
+    config = resolve_config(config_file or cfg.train_config, {
         "model_name": str(cfg.base_model_dir),
         "input_data": str(cfg.non_test_json),
         "output_dir": str(cfg.adapter_dir),
@@ -144,8 +181,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
     results: dict[str, dict] = {}
     if "baseline" in cfg.stages:
         results["majority-label-baseline"] = majority_baseline(cfg)
+    best_config = search(cfg) if "search" in cfg.stages else None
     if "train" in cfg.stages:
-        train(cfg)
+        train(cfg, best_config)
     if "merge" in cfg.stages:
         merge(cfg)
     if "evaluate" in cfg.stages:
