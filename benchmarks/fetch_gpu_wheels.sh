@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# Download the wheels the lent GPU machine lacks (Python 3.12, manylinux x86_64) into .whl/a and .whl/b.
-# Each set stays under the 64 MiB a device call carries; install set a in one call, set b in the next
-# (a warm machine keeps /tmp/site in between). See benchmarks/README.md.
+# Download the wheels an offline GPU host with torch/transformers/peft/accelerate lacks (Python 3.12, manylinux x86_64) into .whl/a and .whl/b.
+# Two sets of under 64 MiB each, so each can be copied over on its own. See benchmarks/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dl() {
