@@ -9,7 +9,7 @@ from pathlib import Path
 from gemma_ocr.cli import run
 from gemma_ocr.data.stats import empty_predictions
 from gemma_ocr.io import atomic_write_json, read_json
-from gemma_ocr.results import rescore_normalized
+from gemma_ocr.results import check_results_document
 
 
 def main() -> None:
@@ -19,7 +19,7 @@ def main() -> None:
     p.add_argument("--show", type=int, default=20, help="how many to print")
     args = p.parse_args()
     doc = read_json(args.input, "results file")
-    rescore_normalized(doc, source=args.input)  # validates the layout
+    check_results_document(doc, args.input)
     empty = empty_predictions(doc)
     total = len(doc["samples"])
     print(f"{len(empty)} of {total} samples have an empty prediction ({len(empty) / max(total, 1):.1%})")

@@ -76,6 +76,16 @@ def build_document(samples: list[dict[str, Any]], model_name: str, nfkc: bool = 
     }
 
 
+def check_results_document(document: Any, source: str = "results file") -> dict[str, Any]:
+    """Fail with one line unless ``document`` has a ``samples`` list whose items carry label and prediction."""
+    if not isinstance(document, dict) or not isinstance(document.get("samples"), list):
+        raise GemmaOcrError(f"{source}: expected an object with a \"samples\" list (a results file written by evaluate.py)")
+    for i, s in enumerate(document["samples"]):
+        if not isinstance(s, dict) or "label" not in s or "prediction" not in s:
+            raise GemmaOcrError(f"{source}: sample {i} needs \"label\" and \"prediction\" fields")
+    return document
+
+
 def rescore_normalized(document: Any, source: str = "results file", nfkc: bool = False) -> dict[str, Any]:
     """What count_score.py writes: normalized text and scores, with the original ones kept.
 
@@ -83,12 +93,7 @@ def rescore_normalized(document: Any, source: str = "results file", nfkc: bool =
     the normalized scores and the previous values move to ``original_cer_score``/``original_f1_score``.
     The top level gets normalized ``overall_cer``/``overall_f1`` and keeps the old as ``original_*``.
     """
-    if not isinstance(document, dict) or not isinstance(document.get("samples"), list):
-        raise GemmaOcrError(f"{source}: expected an object with a \"samples\" list (a results file written by evaluate.py)")
-    samples = document["samples"]
-    for i, s in enumerate(samples):
-        if not isinstance(s, dict) or "label" not in s or "prediction" not in s:
-            raise GemmaOcrError(f"{source}: sample {i} needs \"label\" and \"prediction\" fields")
+    samples = check_results_document(document, source)["samples"]
     out_samples = [dict(s) for s in samples]
     done = [i for i, s in enumerate(samples) if sample_status(s) != STATUS_ERROR]
     preds = [normalize_text(samples[i].get("prediction"), nfkc) for i in done]

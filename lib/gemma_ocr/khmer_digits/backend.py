@@ -127,20 +127,39 @@ def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.devi
     return model.to(device).eval()
 
 
+def predict_paths(model: torch.nn.Module, image_paths: list[str], batch_size: int = 128,
+                  device: str = "cpu") -> tuple[list[str | None], dict[int, str]]:
+    """Read each image once and predict in batches: (prediction or None per path, {index: error} of unreadable ones)."""
+    from gemma_ocr.data.records import open_image
+    from gemma_ocr.errors import GemmaOcrError
+    from gemma_ocr.khmer_digits.dataset import get_val_transforms
+
+    transform = get_val_transforms(model.config["image_height"], model.config["image_width"])
+    out: list[str | None] = [None] * len(image_paths)
+    errors: dict[int, str] = {}
+    for start in range(0, len(image_paths), batch_size):
+        tensors, indices = [], []
+        for i in range(start, min(start + batch_size, len(image_paths))):
+            try:
+                tensors.append(transform(open_image(image_paths[i])))
+                indices.append(i)
+            except GemmaOcrError as e:
+                errors[i] = str(e)
+        if tensors:
+            for i, text in zip(indices, model.predict(torch.stack(tensors).to(device))):
+                out[i] = text
+    return out, errors
+
+
 def predict(checkpoint_path: str | os.PathLike[str], image_paths: list[str], batch_size: int = 128,
             device: str = "cpu") -> list[str]:
     """Khmer-digit strings for ``image_paths`` (any size; each is fitted to the model's input)."""
-    from gemma_ocr.data.records import open_image
-    from gemma_ocr.khmer_digits.dataset import get_val_transforms
+    from gemma_ocr.errors import GemmaOcrError
 
-    model = load_model(checkpoint_path, device)
-    transform = get_val_transforms(model.config["image_height"], model.config["image_width"])
-    out: list[str] = []
-    for start in range(0, len(image_paths), batch_size):
-        chunk = image_paths[start:start + batch_size]
-        batch = torch.stack([transform(open_image(p)) for p in chunk]).to(device)
-        out.extend(model.predict(batch))
-    return out
+    predictions, errors = predict_paths(load_model(checkpoint_path, device), image_paths, batch_size, device)
+    if errors:
+        raise GemmaOcrError(next(iter(errors.values())))
+    return predictions  # type: ignore[return-value]
 
 
 def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | os.PathLike[str],
@@ -150,20 +169,12 @@ def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | 
     An image that is missing or unreadable becomes a sample with status ``error`` (and its message),
     never scored as a prediction.
     """
-    from gemma_ocr.data.records import load_records, open_image
-    from gemma_ocr.errors import GemmaOcrError
+    from gemma_ocr.data.records import load_records
     from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document
 
     all_records = load_records(data_file)
     records = all_records if top_k is None else all_records[:top_k]
-    errors: dict[int, str] = {}
-    for i, r in enumerate(records):
-        try:
-            open_image(r.image_path)
-        except GemmaOcrError as e:
-            errors[i] = str(e)
-    readable = [i for i in range(len(records)) if i not in errors]
-    predictions = dict(zip(readable, predict(checkpoint_path, [records[i].image_path for i in readable]))) if readable else {}
+    predictions, errors = predict_paths(load_model(checkpoint_path), [r.image_path for r in records])
     samples = []
     for i, r in enumerate(records):
         if i in errors:
