@@ -6,7 +6,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,6 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from gemma_ocr.serving import free_port
 from search_helpers import LINREG, ROOT, cli_env
 
 pytestmark = pytest.mark.slow
@@ -43,12 +43,6 @@ def _install_postgres() -> str:
     return "" if _pg_bin() is not None else "postgresql installed but pg_ctl not found"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throw-away PostgreSQL server on 127.0.0.1 (initdb + pg_ctl in a temp dir, as a non-root user)."""
@@ -62,7 +56,7 @@ def postgres_url():
     if os.geteuid() == 0:  # the server refuses to run as root
         as_user = ["runuser", "-u", "postgres", "--"]
         shutil.chown(data, "postgres", "postgres")
-    port = _free_port()
+    port = free_port()
     pgdata = data / "data"
 
     def pg(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -33,6 +33,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
@@ -43,7 +44,6 @@ log = logging.getLogger(__name__)
 DEFAULT_URL = "http://localhost:8000/v1/chat/completions"
 DEFAULT_DATA_FILE = "data/input/ocr_test.json"
 DEFAULT_OUTPUT_FILE = "results/gemma_evaluation.json"
-DEFAULT_INSTRUCTION = "請給我 OCR 結果"
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 # MIME types every OpenAI-compatible server decodes; other formats are re-encoded as PNG.
 _PASS_THROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}

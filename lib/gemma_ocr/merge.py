@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
 
@@ -256,7 +257,7 @@ def lora_keys(output_dir: str | os.PathLike[str]) -> list[str]:
     return bad
 
 
-def sample_inputs(processor, instruction: str = "請給我 OCR 結果", text: str = "Total: 1234"):
+def sample_inputs(processor, instruction: str = DEFAULT_INSTRUCTION, text: str = "Total: 1234"):
     """A rendered text line + instruction through the chat template: the inputs of the logit check."""
     from PIL import Image, ImageDraw
 
