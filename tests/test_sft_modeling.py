@@ -1,4 +1,4 @@
-"""Model loading: Gemma 3 check, dtype, LoRA target selection, clear errors for 4-bit/unsloth without a GPU."""
+"""Model loading: Gemma 3 check, dtype, 4-bit nf4, LoRA target selection, clear errors for 4-bit/unsloth."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ import torch
 
 from gemma_ocr.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling import loading
 from gemma_ocr.modeling.loading import check_gemma3_vlm, load_base_model, load_model, lora_target_regex
-from sft_fixtures import tiny_model_dir  # noqa: F401
-
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+from sft_fixtures import needs_4bit, tiny_model_dir  # noqa: F401
 
 
 def _lora_modules(model) -> set[str]:
@@ -67,10 +66,15 @@ def test_not_a_gemma3_vlm_is_one_line(tmp_path):
         check_gemma3_vlm(str(tmp_path))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
-def test_4bit_without_cuda_is_a_clear_error(tiny_model_dir):  # noqa: F811
-    with pytest.raises(GemmaOcrError, match="load_in_4bit needs a CUDA GPU"):
-        load_base_model(TrainConfig(model_name=str(tiny_model_dir), load_in_4bit=True))
+def test_4bit_unavailable_is_one_clear_line(tiny_model_dir, monkeypatch):  # noqa: F811
+    config = TrainConfig(model_name=str(tiny_model_dir), load_in_4bit=True)
+    monkeypatch.setattr(loading, "_bitsandbytes_version", lambda: None)
+    with pytest.raises(GemmaOcrError, match=r"load_in_4bit needs bitsandbytes: pip install 'gemma-ocr\[gpu\]'"):
+        load_base_model(config)
+    if not torch.cuda.is_available():
+        monkeypatch.setattr(loading, "_bitsandbytes_version", lambda: "0.45.5")
+        with pytest.raises(GemmaOcrError, match=r"without a CUDA GPU needs bitsandbytes >= 0.48 \(found 0.45.5\)"):
+            load_base_model(config)
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and importlib.util.find_spec("unsloth") is not None,
@@ -80,13 +84,30 @@ def test_unsloth_unavailable_is_a_clear_error(tiny_model_dir):  # noqa: F811
         load_model(TrainConfig(model_name=str(tiny_model_dir), backend="unsloth"))
 
 
-@pytest.mark.gpu
-@cuda
+@needs_4bit
 def test_4bit_nf4_double_quant_bf16_compute(tiny_model_dir):  # noqa: F811
-    pytest.importorskip("bitsandbytes")
     model, _ = load_model(TrainConfig(model_name=str(tiny_model_dir), load_in_4bit=True))
     qc = model.base_model.model.config.quantization_config
     qc = qc if isinstance(qc, dict) else qc.to_dict()
     assert qc["load_in_4bit"] and qc["bnb_4bit_quant_type"] == "nf4" and qc["bnb_4bit_use_double_quant"]
     assert qc["bnb_4bit_compute_dtype"] in ("bfloat16", torch.bfloat16)
     assert any(p.dtype == torch.uint8 for p in model.parameters())
+
+
+@needs_4bit
+def test_lean_4bit_keeps_bf16_where_plain_peft_upcasts_to_fp32(tiny_model_dir):  # noqa: F811
+    from bitsandbytes.nn import Linear4bit
+
+    def dtypes(model, part: str) -> set[torch.dtype]:
+        return {p.dtype for n, p in model.named_parameters() if part in n and "lora_" not in n}
+
+    lean, _ = load_model(TrainConfig(model_name=str(tiny_model_dir), load_in_4bit=True))
+    plain, _ = load_model(TrainConfig(model_name=str(tiny_model_dir), load_in_4bit=True, fast_path=False))
+    for part in ("embed_tokens", "input_layernorm", "multi_modal_projector", "post_layernorm"):
+        assert dtypes(lean, part) == {torch.bfloat16}, part  # no fp32 copy of the 262k-row embedding on a 4B model
+        assert dtypes(plain, part) == {torch.float32}, part  # prepare_model_for_kbit_training's upcast
+    for model in (lean, plain):
+        q_proj = next(m for n, m in model.named_modules() if n.endswith("language_model.layers.0.self_attn.q_proj"))
+        assert isinstance(q_proj.base_layer, Linear4bit) and q_proj.base_layer.weight.dtype == torch.uint8
+        assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+        assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)

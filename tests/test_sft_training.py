@@ -17,7 +17,7 @@ from gemma_ocr.data.records import load_records, write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.training import CONFIG_FILE, METRICS_FILE, tune
 from gemma_ocr.training.tracking import read_offline_wandb_history
-from sft_fixtures import ROOT, ocr_data, sft_env, tiny_model_dir, one_torch_thread  # noqa: F401
+from sft_fixtures import ROOT, needs_4bit, ocr_data, sft_env, tiny_model_dir, one_torch_thread  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -206,12 +206,18 @@ def test_accelerate_two_cpu_processes(tiny_model_dir, ocr_data, tmp_path):  # no
     assert "eval_loss:" in proc.stdout
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_qlora_4bit_training_on_gpu(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811
-    pytest.importorskip("bitsandbytes")
-    result = tune(small_config(tiny_model_dir, ocr_data, tmp_path / "q", load_in_4bit=True))
+@needs_4bit
+def test_qlora_4bit_training_then_merge(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811
+    """nf4 QLoRA (CUDA, or bitsandbytes' CPU kernels) learns; its adapter merges into the 16-bit base and verifies."""
+    from gemma_ocr.merge import lora_keys, merge_adapter
+
+    out = tmp_path / "q"
+    result = tune(small_config(tiny_model_dir, ocr_data, out, load_in_4bit=True))
     assert result["eval_loss"] < result["first_eval_loss"]
+    assert json.loads((out / CONFIG_FILE).read_text())["load_in_4bit"] is True
+    report = merge_adapter(out, tmp_path / "merged")
+    assert report.verified and report.max_abs_diff <= report.tolerance and lora_keys(tmp_path / "merged") == []
+    assert "quantization_config" not in json.loads((tmp_path / "merged" / "config.json").read_text())
 
 
 @pytest.mark.gpu

@@ -25,6 +25,7 @@ HELP: dict[str, str] = {
     "train_split": "training slice of the data file, e.g. train[:90%%]",
     "val_split": "validation slice, e.g. train[90%%:]; empty for no validation",
     "report_to": "trackers: none, wandb, tensorboard (W&B logs offline without WANDB_API_KEY)",
+    "load_in_4bit": "nf4 QLoRA through bitsandbytes (GPU; a CPU needs bitsandbytes >= 0.48 and is slow)",
     "backend": "transformers (any machine) or unsloth (CUDA, unsloth installed)",
     "resume_from_checkpoint": "resume from the last checkpoint in the output dir, or from the given checkpoint folder",
     "lora_target_modules": "explicit module names for LoRA (overrides the --finetune-* switches)",

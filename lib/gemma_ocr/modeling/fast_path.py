@@ -19,7 +19,12 @@ What it changes against plain transformers + PEFT, each change keeping the loss 
   Triton kernels (liger-kernel >= 0.8, ``apply_liger_kernel_to_gemma3``), through TRL's ``use_liger_kernel``.
   ``"auto"`` turns them on when CUDA and the package are there.
 * **Data off the training loop**: the collator (image decoding, resizing to 896 px, tokenising) runs in
-  dataloader worker processes on a GPU machine (``dataloader_num_workers``; auto = up to 4).
+  dataloader worker processes on a GPU machine (``dataloader_num_workers``; auto = up to 4). transformers 5's
+  ``Gemma3ImageProcessor`` is already its torchvision ("fast") backend.
+* **No padding-free batches**: TRL's SFTTrainer refuses ``padding_free`` for vision datasets, and packing
+  several samples into one row would need Gemma 3's bidirectional image-span mask per sample, which only the
+  padded SDPA path builds. Every OCR sample carries 256 image tokens, so padding is a small share of a batch
+  (the benchmark prints it).
 * ``activation_offloading``: the memory-saving option; the activations gradient checkpointing keeps go to
   pinned host memory (transformers' offloaded checkpointing), or, without checkpointing, every saved
   activation (TRL's activation offloading).

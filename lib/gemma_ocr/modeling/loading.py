@@ -1,7 +1,8 @@
 """Loading a Gemma 3 VLM and its processor for training, and attaching LoRA adapters.
 
 * dtype: bf16 on a GPU that supports it, fp32 otherwise (CPU); never fp16 (Gemma 3 overflows to NaN).
-* ``load_in_4bit``: NF4 with double quantisation and bf16 compute (QLoRA); needs CUDA and bitsandbytes.
+* ``load_in_4bit``: NF4 with double quantisation and bf16 compute (QLoRA) through bitsandbytes; on a GPU, or on a
+  CPU with bitsandbytes >= 0.48 (slow there: meant for checks and tiny models).
 * ``backend="unsloth"``: unsloth's ``FastVisionModel`` loads the model and attaches LoRA (GPU only).
 """
 
@@ -78,13 +79,40 @@ def check_gemma3_vlm(model_name: str) -> dict[str, Any]:
     return config
 
 
+BNB_CPU_MIN_VERSION = "0.48"
+
+
+def _bitsandbytes_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("bitsandbytes")
+    except PackageNotFoundError:
+        return None
+
+
+def four_bit_unavailable_reason() -> str | None:
+    """Why ``load_in_4bit`` cannot run here (one line naming the fix), or None when it can."""
+    import torch
+    from packaging.version import Version
+
+    bnb_version = _bitsandbytes_version()
+    if bnb_version is None:
+        return "load_in_4bit needs bitsandbytes: pip install 'gemma-ocr[gpu]' (or drop --load-in-4bit)"
+    if not torch.cuda.is_available() and Version(bnb_version) < Version(BNB_CPU_MIN_VERSION):
+        return (f"load_in_4bit without a CUDA GPU needs bitsandbytes >= {BNB_CPU_MIN_VERSION} (found {bnb_version}): "
+                "pip install -U bitsandbytes, or drop --load-in-4bit")
+    return None
+
+
 def _quantization_config(config: TrainConfig):
     import torch
 
+    reason = four_bit_unavailable_reason()
+    if reason:
+        raise GemmaOcrError(reason)
     if not torch.cuda.is_available():
-        raise GemmaOcrError("load_in_4bit needs a CUDA GPU; none is visible (drop --load-in-4bit to train in fp32 on the CPU)")
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise GemmaOcrError("load_in_4bit needs bitsandbytes: pip install 'gemma-ocr[gpu]' (or drop --load-in-4bit)")
+        log.warning("load_in_4bit on the CPU: bitsandbytes' CPU kernels are slow; use a GPU for real training")
     from transformers import BitsAndBytesConfig
 
     return BitsAndBytesConfig(
