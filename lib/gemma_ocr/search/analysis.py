@@ -68,8 +68,10 @@ def metric_name(study: optuna.Study) -> str:
 def _save_png(fig: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with warnings.catch_warnings():  # a crowded figure cannot be tightened; bbox_inches="tight" still keeps all labels
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 
