@@ -29,7 +29,9 @@ What it changes against plain transformers + PEFT, each change keeping the loss 
   pinned host memory (transformers' offloaded checkpointing), or, without checkpointing, every saved
   activation (TRL's activation offloading).
 * ``torch_compile``: compile the model (off by default; only worth it for long runs, the first steps
-  pay the compile time).
+  pay the compile time). Batches vary in length, so it compiles twice (static shapes, then dynamic ones):
+  on the tiny model on one CPU thread that took about 170 s, and 8 steps then ended within 0.3% of the
+  eager run's validation loss.
 """
 
 from __future__ import annotations
