@@ -8,10 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from gemma_ocr.data import fonts, synthetic
 from gemma_ocr.data.records import check_images, load_raw_records, load_records, write_records
 from gemma_ocr.data.split import parse_ratio, parse_split_spec, split_non_test
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
 from gemma_ocr.errors import GemmaOcrError
+from system_packages import apt_install
 
 
 def _write(path: Path, data) -> Path:
@@ -120,8 +122,47 @@ def test_generator_is_deterministic_and_images_open(tmp_path):
     assert [r.text for r in raw] == [r.text for r in a]
 
 
+@pytest.fixture(scope="module")
+def cjk_font_path() -> Path:
+    """A system CJK font; Debian's small fonts-wqy-microhei is installed when there is none (as root)."""
+
+    def found() -> bool:
+        fonts.cjk_font.cache_clear()
+        return fonts.cjk_font() is not None
+
+    why = apt_install("fonts-wqy-microhei", found)
+    if why:
+        pytest.skip(why)
+    return fonts.cjk_font()
+
+
+def test_generator_renders_chinese_lines_as_distinct_glyphs(tmp_path, cjk_font_path):
+    import numpy as np
+    from PIL import ImageFont
+
+    recs = generate_dataset(tmp_path, SyntheticConfig(n_samples=20, seed=0, scripts=("cjk",)))
+    assert all(any("\u4e00" <= c <= "\u9fff" for c in r.text) for r in recs)
+    assert fonts.missing_glyphs(cjk_font_path, "".join(synthetic.CJK_PHRASES) + "：0123456789") == ""
+    font = ImageFont.truetype(str(cjk_font_path), 32)
+    glyphs = {bytes(font.getmask(ch)) for ch in "請給結果"}
+    assert len(glyphs) == 4  # a font without these characters draws one and the same empty box
+    with Image.open(recs[0].image_path) as im:
+        arr = np.asarray(im.convert("L"))
+    assert arr.min() < 100 < arr.max()
+
+
+def test_a_font_without_the_lines_glyphs_is_one_clear_error(tmp_path, monkeypatch):
+    assert fonts.missing_glyphs(fonts.latin_font(), "Total ០១ 12០") == "០១"
+    assert fonts.missing_glyphs(fonts.khmer_font(), "០១២") == ""
+    monkeypatch.setattr(synthetic, "khmer_font", fonts.latin_font)  # Noto Sans has no Khmer digits
+    with pytest.raises(GemmaOcrError, match=r"NotoSans.*has no glyph for '[០-៩]+'.*empty boxes") as err:
+        generate_dataset(tmp_path, SyntheticConfig(n_samples=3, scripts=("khmer",)))
+    assert "\n" not in str(err.value)
+    assert not list((tmp_path / "images").glob("*.png"))  # refused before anything is rendered
+
+
 def test_generator_renders_khmer_digits_with_ink(tmp_path):
-    recs = generate_dataset(tmp_path, SyntheticConfig(n_samples=30, seed=0, khmer_fraction=1.0))
+    recs = generate_dataset(tmp_path, SyntheticConfig(n_samples=30, seed=0, scripts=("khmer",)))
     assert all(set(r.text) <= set("០១២៣៤៥៦៧៨៩") for r in recs)
     import numpy as np
 

@@ -17,6 +17,7 @@ import pytest
 
 from gemma_ocr.serving import free_port
 from search_helpers import LINREG, ROOT, cli_env
+from system_packages import apt_install
 
 pytestmark = pytest.mark.slow
 
@@ -29,25 +30,11 @@ def _pg_bin() -> Path | None:
     return versions[-1].parent if versions else None
 
 
-def _install_postgres() -> str:
-    """Install Debian's postgresql package when it is missing (as root); '' on success, else why not."""
-    if _pg_bin() is not None:
-        return ""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "PostgreSQL is not installed and cannot be installed here (needs root and apt-get)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "postgresql"]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if proc.returncode != 0:
-            return f"apt-get could not install postgresql: {proc.stderr.strip()[-300:]}"
-    return "" if _pg_bin() is not None else "postgresql installed but pg_ctl not found"
-
-
 @pytest.fixture(scope="module")
 def postgres_url():
     """A throw-away PostgreSQL server on 127.0.0.1 (initdb + pg_ctl in a temp dir, as a non-root user)."""
     pytest.importorskip("psycopg2", reason="psycopg2-binary (a dev dependency) is needed for PostgreSQL storage")
-    why = _install_postgres()
+    why = apt_install("postgresql", lambda: _pg_bin() is not None)
     if why:
         pytest.skip(why)
     bin_dir = _pg_bin()

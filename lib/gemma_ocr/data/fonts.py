@@ -50,3 +50,23 @@ def cjk_font() -> Path | None:
         if hits:
             return Path(hits[0])
     return None
+
+
+@functools.cache
+def _codepoints(path: Path) -> frozenset[int]:
+    from fontTools.ttLib import TTFont
+
+    try:
+        font = TTFont(str(path), fontNumber=0, lazy=True)  # a .ttc collection: its first face, as PIL loads it
+    except Exception as e:  # noqa: BLE001 - any unreadable font file is the same problem to the user
+        raise GemmaOcrError(f"{path}: not a readable TrueType/OpenType font ({type(e).__name__})") from None
+    try:
+        return frozenset(font.getBestCmap() or {})
+    finally:
+        font.close()
+
+
+def missing_glyphs(path: Path, text: str) -> str:
+    """The characters of ``text`` (white space aside) that the font at ``path`` has no glyph for, in order."""
+    have = _codepoints(path)
+    return "".join(dict.fromkeys(c for c in text if not c.isspace() and ord(c) not in have))

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from gemma_ocr.data.fonts import cjk_font, khmer_font, latin_font
+from gemma_ocr.data.fonts import cjk_font, khmer_font, latin_font, missing_glyphs
 from gemma_ocr.data.records import OcrRecord, write_records
 from gemma_ocr.errors import GemmaOcrError
 
@@ -94,9 +94,17 @@ def iter_lines(config: SyntheticConfig) -> Iterator[tuple[str, str]]:
         yield script, makers[script](rng)
 
 
-def _font_for(script: str, size: int) -> ImageFont.FreeTypeFont:
-    path = {"latin": latin_font, "khmer": khmer_font, "cjk": cjk_font}[script]()
-    return ImageFont.truetype(str(path), size=size)
+def _font_path(script: str) -> Path:
+    return {"latin": latin_font, "khmer": khmer_font, "cjk": cjk_font}[script]()
+
+
+def check_glyphs(script: str, text: str) -> None:
+    """Refuse a line that the script's font cannot draw: it would become empty boxes labelled with real text."""
+    path = _font_path(script)
+    missing = missing_glyphs(path, text)
+    if missing:
+        raise GemmaOcrError(f"font {path} has no glyph for {missing!r} (line {text!r}): the image would show empty "
+                            f"boxes; install a font that covers the {script} lines or leave '{script}' out of --scripts")
 
 
 def render_line(text: str, font: ImageFont.FreeTypeFont, rng: random.Random, config: SyntheticConfig) -> Image.Image:
@@ -132,9 +140,13 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
     records: list[OcrRecord] = []
     fonts: dict[tuple[str, int], ImageFont.FreeTypeFont] = {}
     lines = list(iter_lines(config))
+    for script, text in lines:  # before anything is written
+        check_glyphs(script, text)
     for i, (script, text) in enumerate(tqdm(lines, desc="rendering", unit="line", disable=len(lines) < 500)):
         size = rng.randint(*config.font_size)
-        font = fonts.setdefault((script, size), _font_for(script, size))
+        if (script, size) not in fonts:
+            fonts[script, size] = ImageFont.truetype(str(_font_path(script)), size=size)
+        font = fonts[script, size]
         image = render_line(text, font, rng, config)
         path = image_dir / f"{i:06d}.png"
         image.save(path, optimize=False)
