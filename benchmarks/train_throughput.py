@@ -152,6 +152,7 @@ def _plain_loop(spec: dict[str, Any], mode: str) -> dict[str, Any]:
     """transformers + PEFT (or unsloth) and a plain forward/backward/AdamW loop over pre-collated batches."""
     import torch
 
+    from gemma_ocr.modeling import fast_path
     from gemma_ocr.modeling.loading import apply_lora, load_base_model, load_unsloth_model
     from gemma_ocr.training.data import OcrCollator
 
@@ -162,7 +163,7 @@ def _plain_loop(spec: dict[str, Any], mode: str) -> dict[str, Any]:
         model, processor = load_base_model(config)
         model.config.use_cache = False
         model = apply_lora(model, config)  # fast_path off: plain PEFT (prepare_model_for_kbit_training for nf4)
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        fast_path.enable_checkpointing(model, config)  # non-reentrant, as plain PEFT recipes do
     device = next(p for p in model.parameters()).device
     records = _records(Path(spec["data_json"]))
     collator = OcrCollator(processor, config.instruction, config.max_seq_length)

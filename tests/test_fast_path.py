@@ -46,9 +46,7 @@ def loss_and_grads(model_dir, batch, **changes):
     config = TrainConfig(model_name=str(model_dir), **changes)
     torch.manual_seed(0)
     model, _ = load_model(config)
-    kwargs = fast_path.gradient_checkpointing_kwargs(config)
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False},
-                                        offload=kwargs.get("offload", False))
+    fast_path.enable_checkpointing(model, config)
     model.enable_input_require_grads()  # as TRL's SFTTrainer does for PEFT + checkpointing
     seed_lora(model)
     seen = {}
@@ -163,7 +161,7 @@ def _gpu_step(model_dir, batch, **changes):
     torch.manual_seed(0)
     trainer, _ = build_trainer(config, Dataset.from_list([{"image_path": "", "text": ""}]))
     model = trainer.model
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=fast_path.gradient_checkpointing_kwargs(config))
+    fast_path.enable_checkpointing(model, config)
     seed_lora(model)
     model.train()
     with trainer.compute_loss_context_manager():

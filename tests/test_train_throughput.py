@@ -52,6 +52,9 @@ def test_benchmark_smoke_on_tiny_model(tmp_path):
     assert "loss default:" in table and "OK" in table
     assert "MFU = FLOPs/sample" in table
     assert report["spec"]["stats"]["patches_per_image"] == 64  # tiny: 64 px images, 8 px patches
+    tok = report["spec"]["token_stats"]
+    assert tok["tokens"] > tok["labels"] > 0 and 0.0 <= tok["pad_share"] < 0.5
+    assert f"padding {100 * tok['pad_share']:.1f}% of batch positions" in table
 
 
 def test_bad_modes_is_one_clear_line(tmp_path):

@@ -82,11 +82,37 @@ def dataloader_workers(config: TrainConfig) -> int:
 
 
 def gradient_checkpointing_kwargs(config: TrainConfig) -> dict[str, Any]:
-    """Keyword arguments of ``gradient_checkpointing_enable`` (non-reentrant; offloaded when asked)."""
+    """The trainer's checkpointing kwargs (non-reentrant; ``offload`` when asked, which the trainer pops)."""
     kwargs: dict[str, Any] = {"use_reentrant": False}
     if config.activation_offloading and config.gradient_checkpointing:
         kwargs["offload"] = True
     return kwargs
+
+
+def _renamed_checkpointing() -> bool:
+    """Whether transformers names it ``activation_checkpointing`` (5.2x; ``gradient_checkpointing`` is deprecated)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return any(f.name == "activation_checkpointing" for f in dataclasses.fields(TrainingArguments))
+
+
+def checkpointing_arguments(config: TrainConfig, enabled: bool) -> dict[str, Any]:
+    """The trainer arguments that switch activation checkpointing, under the installed transformers' names."""
+    prefix = "activation_checkpointing" if _renamed_checkpointing() else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": gradient_checkpointing_kwargs(config)}
+
+
+def enable_checkpointing(model, config: TrainConfig) -> None:
+    """Turn on activation checkpointing of ``model`` outside a trainer (offloaded when asked), as the trainer does."""
+    kwargs = gradient_checkpointing_kwargs(config)
+    offload = kwargs.pop("offload", False)
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs, offload=offload)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs, offload=offload)
 
 
 def vision_tower_of(model):

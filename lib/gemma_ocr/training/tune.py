@@ -69,8 +69,7 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        gradient_checkpointing=checkpointing,
-        gradient_checkpointing_kwargs=fast_path.gradient_checkpointing_kwargs(config),
+        **fast_path.checkpointing_arguments(config, checkpointing),
         # offloading without checkpointing: TRL moves every saved activation to the host
         activation_offloading=config.activation_offloading and not checkpointing,
         use_liger_kernel=fast_path.use_liger(config),
