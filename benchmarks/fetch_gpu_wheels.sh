@@ -14,6 +14,9 @@ dl() {
 dl .whl/a bitsandbytes==0.50.2 trl==1.15.0 datasets==4.8.4 dill multiprocess xxhash liger-kernel==0.8.5 \
   fontpkg fontpkg-noto-sans fontpkg-noto-sans-khmer pillow \
   pytest pluggy iniconfig
+# fontTools for the synthetic data's glyph check: its pure-Python build (1 MB, not 5)
+python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp --platform any \
+  -d .whl/a fonttools
 # b: unsloth and what it imports besides set a
 dl .whl/b unsloth==2026.10.9 unsloth-zoo==2026.10.9 tyro docstring-parser shtab typeguard cut_cross_entropy \
   torchao msgspec hf_transfer diffusers json5 nest_asyncio structlog
