@@ -7,16 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from gemma_ocr.modeling.loading import four_bit_unavailable_reason
+
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _four_bit_reason() -> str | None:
-    from gemma_ocr.modeling.loading import four_bit_unavailable_reason
-
-    return four_bit_unavailable_reason()
-
-
-needs_4bit = pytest.mark.skipif(_four_bit_reason() is not None, reason="4-bit nf4 needs bitsandbytes (>= 0.48 on a CPU)")
+needs_4bit = pytest.mark.skipif(four_bit_unavailable_reason() is not None,
+                                reason="4-bit nf4 needs bitsandbytes (>= 0.48 on a CPU)")
 
 
 def sft_env() -> dict[str, str]:
