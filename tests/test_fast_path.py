@@ -3,7 +3,8 @@
 On a CPU in fp32 the switches that run there (frozen vision tower without gradients, offloaded
 checkpointing) must match the plain path to rounding. The lean 4-bit preparation keeps bf16 where plain
 PEFT upcasts to fp32, so nf4 QLoRA (bitsandbytes' CPU kernels here) matches within bf16 tolerances. The
-CUDA-only switches (Liger kernels, TRL's fused LM head) are compared on a GPU (marked ``gpu``) and by the
+CUDA switches (Liger kernels, TRL's fused LM head) are compared in Triton's CPU interpreter
+(tests/test_triton_kernels.py, fp32), on a GPU (marked ``gpu``) and by the
 benchmark's loss line.
 """
 
@@ -133,10 +134,8 @@ def test_auto_switches_with_cuda(monkeypatch):
 
 @pytest.mark.skipif(importlib.util.find_spec("liger_kernel") is not None, reason="liger-kernel is installed here")
 def test_liger_on_without_the_package_is_one_clear_error(tiny_model_dir):  # noqa: F811
-    from gemma_ocr.training.tune import sft_arguments
-
     with pytest.raises(GemmaOcrError, match="liger-kernel is not installed"):
-        sft_arguments(TrainConfig(model_name=str(tiny_model_dir), use_liger_kernel=True), [], False, False)
+        load_model(TrainConfig(model_name=str(tiny_model_dir), use_liger_kernel=True))
 
 
 def test_bad_switch_values_are_one_clear_line():
@@ -150,35 +149,26 @@ def test_bad_switch_values_are_one_clear_line():
 
 # ------------------------------------------------------------------------------------------ GPU
 
-def _gpu_step(model_dir, batch, **changes):
-    """One step through the project's trainer on CUDA (fused LM head, Liger when installed): loss and LoRA grads."""
-    from datasets import Dataset
+def _gpu_step(model_dir, data, out, batch, **changes):
+    """One step through the project's trainer on CUDA (fused LM head; Liger, applied by ``train()``, when installed),
+    then the fixed batch's loss and LoRA gradients."""
+    from interpreted_kernels import trainer_step
 
-    from gemma_ocr.training.tune import build_trainer
-
-    config = TrainConfig(model_name=str(model_dir), output_dir="/tmp/gemma-ocr-gpu-test", report_to=["none"],
-                         max_steps=1, **changes)
-    torch.manual_seed(0)
-    trainer, _ = build_trainer(config, Dataset.from_list([{"image_path": "", "text": ""}]))
-    model = trainer.model
-    fast_path.enable_checkpointing(model, config)
-    seed_lora(model)
-    model.train()
-    with trainer.compute_loss_context_manager():
-        loss = trainer.compute_loss(model, trainer._prepare_inputs(dict(batch)))
-    loss.backward()
-    grads = {n: p.grad.float().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return loss.item(), grads
+    config = TrainConfig(model_name=str(model_dir), input_data=str(data), output_dir=str(out), report_to=["none"],
+                         max_steps=1, per_device_train_batch_size=1, train_split="train[:4]", val_split=None,
+                         **changes)
+    loss, grads, _ = trainer_step(config, batch)
+    return loss, grads
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("nf4", [False, True])
-def test_gpu_fast_path_matches_plain(tiny_model_dir, batch, nf4):  # noqa: F811
+def test_gpu_fast_path_matches_plain(tiny_model_dir, ocr_data, tmp_path, batch, nf4):  # noqa: F811
     if nf4 and importlib.util.find_spec("bitsandbytes") is None:
         pytest.skip("bitsandbytes not installed")
-    loss_p, grads_p = _gpu_step(tiny_model_dir, batch, fast_path=False, load_in_4bit=nf4)
-    loss_f, grads_f = _gpu_step(tiny_model_dir, batch, fast_path=True, load_in_4bit=nf4)
+    loss_p, grads_p = _gpu_step(tiny_model_dir, ocr_data, tmp_path / "p", batch, fast_path=False, load_in_4bit=nf4)
+    loss_f, grads_f = _gpu_step(tiny_model_dir, ocr_data, tmp_path / "f", batch, fast_path=True, load_in_4bit=nf4)
     assert loss_f == pytest.approx(loss_p, rel=2e-2)
     for name, g in grads_p.items():
         rel = ((grads_f[name] - g).norm() / g.norm().clamp(min=1e-12)).item()

@@ -14,10 +14,13 @@ What it changes against plain transformers + PEFT, each change keeping the loss 
 * **Fused LM head.** On CUDA, TRL's SFTTrainer computes the loss with its chunked log-prob kernel on the
   labelled positions only, never building the ``(batch, seq, 262208)`` logits. It is part of every run
   through :func:`gemma_ocr.training.tune` on a GPU; Liger's own fused linear cross-entropy is therefore
-  left off (TRL refuses both at once).
+  left off (TRL refuses both at once). On a CPU the model's own loss is used, unless Triton's interpreter
+  is on (``TRITON_INTERPRET=1``: the same kernels on CPU tensors, slowly; tests/test_triton_kernels.py
+  checks both Triton halves of the fast path that way).
 * **Liger kernels** (``use_liger_kernel``): Gemma 3's RMSNorm, GeGLU MLP and RoPE, SigLIP's LayerNorm as
-  Triton kernels (liger-kernel >= 0.8, ``apply_liger_kernel_to_gemma3``), through TRL's ``use_liger_kernel``.
-  ``"auto"`` turns them on when CUDA and the package are there.
+  Triton kernels (liger-kernel >= 0.8.5, its public ``apply_liger_kernel_to_gemma3``), swapped in when the
+  model is loaded (:func:`apply_liger`) rather than through TRL's ``use_liger_kernel``, which TRL 1.x
+  deprecates. ``"auto"`` turns them on when CUDA and the package are there.
 * **Data off the training loop**: the collator (image decoding, resizing to 896 px, tokenising) runs in
   dataloader worker processes on a GPU machine (``dataloader_num_workers``; auto = up to 4). transformers 5's
   ``Gemma3ImageProcessor`` is already its torchvision ("fast") backend.
@@ -58,6 +61,21 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+def triton_interpreted() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``): slow, for checking them without a GPU."""
+    try:
+        import triton
+
+        return bool(triton.knobs.runtime.interpret)
+    except (ImportError, AttributeError):
+        return os.environ.get("TRITON_INTERPRET", "").lower() in ("1", "true", "on", "yes")
+
+
+def triton_kernels_run_on(device_type: str) -> bool:
+    """Whether Triton kernels (TRL's fused LM head, Liger) can run on tensors of ``device_type``."""
+    return device_type in ("cuda", "xpu") or (device_type == "cpu" and triton_interpreted())
+
+
 def liger_available() -> bool:
     """Whether liger-kernel (and the Triton it needs) is importable."""
     return importlib.util.find_spec("liger_kernel") is not None and importlib.util.find_spec("triton") is not None
@@ -69,6 +87,33 @@ def use_liger(config: TrainConfig) -> bool:
     if choice == "auto":
         return bool(config.fast_path and config.backend == "transformers" and cuda_available() and liger_available())
     return bool(choice)
+
+
+def check_liger(config: TrainConfig) -> None:
+    """One clear error when Liger is asked for (``use_liger_kernel: true``) and cannot run here."""
+    from gemma_ocr.errors import GemmaOcrError
+
+    if not use_liger(config):
+        return
+    if not liger_available():
+        raise GemmaOcrError("use_liger_kernel is on but liger-kernel is not installed: pip install 'gemma-ocr[gpu]' "
+                            "(or set use_liger_kernel to auto/false)")
+    if not triton_kernels_run_on("cuda" if cuda_available() else "cpu"):
+        raise GemmaOcrError("use_liger_kernel is on but no CUDA GPU is visible: Liger's Triton kernels need one "
+                            "(set use_liger_kernel to auto or false)")
+
+
+def apply_liger(model) -> list[str]:
+    """Swap Liger's Gemma 3 kernels into a (PEFT-wrapped) model; return the Liger module kinds now in it.
+
+    Liger's fused linear cross-entropy stays off: TRL's fused LM head computes the loss (they exclude each
+    other). Liger also patches transformers' Gemma 3 RoPE function for the whole process.
+    """
+    from liger_kernel.transformers import apply_liger_kernel_to_gemma3
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    apply_liger_kernel_to_gemma3(model=base, fused_linear_cross_entropy=False)
+    return sorted({m._get_name() for m in base.modules() if m._get_name().startswith("Liger")})
 
 
 def dataloader_workers(config: TrainConfig) -> int:
@@ -159,7 +204,7 @@ def describe(config: TrainConfig) -> dict[str, Any]:
         "vision_no_grad": config.fast_path and not config.finetune_vision_layers,
         "lean_kbit": config.fast_path and config.load_in_4bit,
         "liger_kernel": use_liger(config),
-        "fused_lm_head": cuda_available(),
+        "fused_lm_head": cuda_available() or triton_interpreted(),
         "attn_implementation": config.attn_implementation,
         "dataloader_num_workers": dataloader_workers(config),
         "activation_offloading": config.activation_offloading,

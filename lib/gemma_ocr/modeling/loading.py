@@ -246,6 +246,8 @@ def apply_lora(model, config: TrainConfig):
     peft_model = get_peft_model(model, lora_config(config))
     if config.fast_path and fast_path.freeze_vision_tower(peft_model):
         log.info("fast path: the frozen vision tower runs without gradients")
+    if fast_path.use_liger(config):
+        log.info("fast path: Liger kernels %s", ", ".join(fast_path.apply_liger(peft_model)))
     trainable, total = peft_model.get_nb_trainable_parameters()
     if trainable == 0:
         raise GemmaOcrError("LoRA matched no module of the model: check the finetune_* switches / lora_target_modules")
@@ -297,8 +299,11 @@ def load_unsloth_model(config: TrainConfig):
 
 def load_model(config: TrainConfig):
     """Base model + processor with LoRA attached, per ``config.backend``; return ``(peft_model, processor)``."""
+    from gemma_ocr.modeling import fast_path
+
     if config.backend == "unsloth":
         return load_unsloth_model(config)
+    fast_path.check_liger(config)  # before loading gigabytes of weights
     model, processor = load_base_model(config)
     model.config.use_cache = False
     return apply_lora(model, config), processor

@@ -51,9 +51,6 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
 
     bf16 = config.load_in_4bit or compute_dtype() == torch.bfloat16
     workers = fast_path.dataloader_workers(config)
-    if fast_path.use_liger(config) and not fast_path.liger_available():
-        raise GemmaOcrError("use_liger_kernel is on but liger-kernel is not installed: pip install 'gemma-ocr[gpu]' "
-                            "(or set use_liger_kernel to auto/false)")
     checkpointing = config.gradient_checkpointing and config.backend != "unsloth"
     return SFTConfig(
         output_dir=config.output_dir,
@@ -72,7 +69,7 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         **fast_path.checkpointing_arguments(config, checkpointing),
         # offloading without checkpointing: TRL moves every saved activation to the host
         activation_offloading=config.activation_offloading and not checkpointing,
-        use_liger_kernel=fast_path.use_liger(config),
+        use_liger_kernel=False,  # the loaded model already has Liger's kernels when asked (fast_path.apply_liger)
         torch_compile=config.torch_compile,
         bf16=bf16,
         fp16=False,
@@ -105,8 +102,8 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
 def _make_trainer_class():
     """``SFTTrainer`` that falls back to the model's own loss where TRL's fused (Triton) LM head cannot run.
 
-    TRL's SFTTrainer computes the loss with a Triton kernel that only runs on CUDA/XPU; on a CPU the
-    plain ``Trainer`` loss (the model's cross-entropy on the same labels) is used instead, and the token
+    TRL's SFTTrainer computes the loss with a Triton kernel that only runs on CUDA/XPU (or in Triton's CPU
+    interpreter); on a CPU the plain ``Trainer`` loss (the model's cross-entropy on the same labels) is used instead, and the token
     accuracy metric is computed from the logits.
     """
     import torch
@@ -117,8 +114,10 @@ def _make_trainer_class():
         def _fused_head_usable(self, model) -> bool:
             from trl.trainer import utils as trl_utils
 
+            from gemma_ocr.modeling.fast_path import triton_kernels_run_on
+
             device = next(model.parameters()).device
-            return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and device.type in ("cuda", "xpu")
+            return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and triton_kernels_run_on(device.type)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self._fused_head_usable(model):
