@@ -82,6 +82,11 @@ def test_4bit_unavailable_is_one_clear_line(tiny_model_dir, monkeypatch):  # noq
 def test_unsloth_unavailable_is_a_clear_error(tiny_model_dir):  # noqa: F811
     with pytest.raises(GemmaOcrError, match="backend 'unsloth'"):
         load_model(TrainConfig(model_name=str(tiny_model_dir), backend="unsloth"))
+    # tune() checks (and imports) unsloth first, before reading any data
+    from gemma_ocr.training import tune
+
+    with pytest.raises(GemmaOcrError, match="backend 'unsloth'"):
+        tune(TrainConfig(model_name=str(tiny_model_dir), backend="unsloth", input_data="/nonexistent/data.json"))
 
 
 @needs_4bit

@@ -256,8 +256,12 @@ def apply_lora(model, config: TrainConfig):
     return peft_model
 
 
-def load_unsloth_model(config: TrainConfig):
-    """Load and LoRA-wrap the model with unsloth's ``FastVisionModel`` (GPU only); return ``(model, processor)``."""
+def import_unsloth() -> None:
+    """Import unsloth, with one clear error where it cannot run.
+
+    Call it before transformers, peft and trl are imported: unsloth patches them on import, and code
+    imported earlier runs unpatched (slower, more memory; unsloth warns).
+    """
     import torch
 
     if importlib.util.find_spec("unsloth") is None:
@@ -265,6 +269,12 @@ def load_unsloth_model(config: TrainConfig):
                             "or use --backend transformers")
     if not torch.cuda.is_available():
         raise GemmaOcrError("backend 'unsloth' needs a CUDA GPU; use --backend transformers on this machine")
+    import unsloth  # noqa: F401, PLC0415 - optional, heavy, GPU only
+
+
+def load_unsloth_model(config: TrainConfig):
+    """Load and LoRA-wrap the model with unsloth's ``FastVisionModel`` (GPU only); return ``(model, processor)``."""
+    import_unsloth()
     if config.lora_target_modules:
         raise GemmaOcrError("lora_target_modules is not supported with backend 'unsloth'; use the finetune_* switches")
     check_gemma3_vlm(config.model_name)
@@ -288,6 +298,7 @@ def load_unsloth_model(config: TrainConfig):
         lora_dropout=config.lora_dropout,
         bias="none",
         random_state=config.seed,
+        use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
         modules_to_save=[PROJECTOR_MODULE] if config.finetune_multimodal_projector else None,
     )
     FastVisionModel.for_training(model)

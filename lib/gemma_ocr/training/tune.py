@@ -12,7 +12,7 @@ from typing import Any
 from gemma_ocr.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json
-from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, load_model
+from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
 from gemma_ocr.modeling.tiny import ensure_tiny_model
 from gemma_ocr.training.data import OcrCollator, load_data
 from gemma_ocr.training.tracking import finish_tracking, setup_tracking
@@ -177,6 +177,8 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     """
     config.validate()
     started = time.time()
+    if config.backend == "unsloth":
+        import_unsloth()  # first: unsloth patches transformers, peft and trl when it is imported
     ensure_tiny_model(config.model_name)
     if config.backend == "transformers":
         check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
