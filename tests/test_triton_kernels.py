@@ -32,7 +32,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def interpreted(tiny_model_dir, ocr_data, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("interpreted")
-    env = sft_env() | {"TRITON_INTERPRET": "1"}
+    env = sft_env() | {"TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}  # the CPU path, on a GPU machine too
     proc = subprocess.run([sys.executable, str(ROOT / "tests" / "interpreted_kernels.py"), str(tiny_model_dir),
                            str(ocr_data), str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
