@@ -122,7 +122,7 @@ def trainer_step(config, batch) -> tuple[float, dict, dict]:
     grads = {n: p.grad.detach().float().clone() for n, p in model.named_parameters() if p.requires_grad}
     from transformers.models.gemma3 import modeling_gemma3
 
-    liger_modules = sorted({m._get_name() for m in model.modules() if m._get_name().startswith("Liger")})
+    liger_modules = fast_path.liger_modules(model)
     if "liger" in modeling_gemma3.apply_rotary_pos_emb.__module__:
         liger_modules.append("liger_rotary_pos_emb")
     logged = [e["loss"] for e in trainer.state.log_history if "loss" in e]

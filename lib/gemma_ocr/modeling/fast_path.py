@@ -50,7 +50,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LIGER_CHOICES = ("auto", True, False)
 MAX_AUTO_WORKERS = 4
 NO_GRAD_MARK = "_gemma_ocr_no_grad"
 
@@ -113,7 +112,12 @@ def apply_liger(model) -> list[str]:
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     apply_liger_kernel_to_gemma3(model=base, fused_linear_cross_entropy=False)
-    return sorted({m._get_name() for m in base.modules() if m._get_name().startswith("Liger")})
+    return liger_modules(base)
+
+
+def liger_modules(model) -> list[str]:
+    """The kinds of Liger modules in ``model`` (Liger names the modules it patches ``Liger*``)."""
+    return sorted({m._get_name() for m in model.modules() if m._get_name().startswith("Liger")})
 
 
 def dataloader_workers(config: TrainConfig) -> int:

@@ -103,19 +103,18 @@ def _make_trainer_class():
     """``SFTTrainer`` that falls back to the model's own loss where TRL's fused (Triton) LM head cannot run.
 
     TRL's SFTTrainer computes the loss with a Triton kernel that only runs on CUDA/XPU (or in Triton's CPU
-    interpreter); on a CPU the plain ``Trainer`` loss (the model's cross-entropy on the same labels) is used instead, and the token
-    accuracy metric is computed from the logits.
+    interpreter); on a CPU the plain ``Trainer`` loss (the model's cross-entropy on the same labels) is used
+    instead, and the token accuracy metric is computed from the logits.
     """
     import torch
     from transformers import Trainer
     from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
+    from gemma_ocr.modeling.fast_path import triton_kernels_run_on
 
     class OcrSFTTrainer(SFTTrainer):
         def _fused_head_usable(self, model) -> bool:
-            from trl.trainer import utils as trl_utils
-
-            from gemma_ocr.modeling.fast_path import triton_kernels_run_on
-
             device = next(model.parameters()).device
             return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and triton_kernels_run_on(device.type)
 
