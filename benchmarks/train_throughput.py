@@ -330,7 +330,8 @@ def _prepare(args, work: Path) -> dict[str, Any]:
     records = generate_dataset(work / "data", SyntheticConfig(n_samples=max(n, args.batch_size), seed=args.seed))
     data_json = work / "data" / "input.json"
     write_records(records, data_json)
-    model_dir = Path(args.model_dir) if args.model_dir else work / f"gemma3-{args.arch}"
+    name = f"gemma3-{args.arch}" + (f"-{args.layers}layers" if args.layers else "")
+    model_dir = Path(args.model_dir) if args.model_dir else work / name
     if not (model_dir / STATS_FILE).is_file():
         t0 = time.time()
         if args.arch == "tiny":
@@ -344,7 +345,8 @@ def _prepare(args, work: Path) -> dict[str, Any]:
             atomic_write_json(model_dir / STATS_FILE, {"arch": "tiny", **parameter_stats(model)})
             del model
         else:  # in its own process, so that this one holds no GPU memory while the modes run
-            _run([sys.executable, __file__, "--build", args.arch, "--model-dir", str(model_dir)], "build", args.timeout)
+            cmd = [sys.executable, __file__, "--build", args.arch, "--model-dir", str(model_dir)]
+            _run(cmd + (["--layers", str(args.layers)] if args.layers else []), "build", args.timeout)
         print(f"built {args.arch} model in {time.time() - t0:.1f} s -> {model_dir}", flush=True)
     spec = {"model_dir": str(model_dir), "data_json": str(data_json), "work_dir": str(work), "arch": args.arch,
             "batch_size": args.batch_size, "steps": args.steps, "warmup": args.warmup, "lora_r": args.lora_r,
@@ -470,6 +472,9 @@ def main() -> int:
     p.add_argument("--lora-r", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
+    p.add_argument("--layers", type=int, default=None,
+                   help="4b/12b: keep only this many layers per tower (real widths, 896 px images, 262k vocabulary): "
+                        "a quick check of the real shapes, on a CPU too; its speed says nothing of the full model")
     p.add_argument("--no-liger", action="store_true", help="the project's modes without Liger kernels")
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the card (default: detected)")
     p.add_argument("--work-dir", default=None, help="model, data and runs (default: a temporary folder, removed)")
@@ -492,7 +497,7 @@ def main() -> int:
     if args.build:
         from gemma_ocr.modeling.architectures import build_random_gemma3
 
-        build_random_gemma3(args.model_dir, args.build, seed=args.seed)
+        build_random_gemma3(args.model_dir, args.build, seed=args.seed, layers=args.layers)
         return 0
 
     from gemma_ocr.errors import GemmaOcrError
@@ -503,6 +508,8 @@ def main() -> int:
         raise GemmaOcrError(f"--modes: unknown {', '.join(unknown)}; choose among {', '.join(MODES)}")
     if args.steps < 2 or args.warmup < 0 or args.batch_size < 1:
         raise GemmaOcrError("--steps must be >= 2, --warmup >= 0, --batch-size >= 1")
+    if args.layers is not None and (args.arch == "tiny" or args.layers < 1):
+        raise GemmaOcrError("--layers takes a number >= 1 and goes with --arch 4b or 12b")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gemma-ocr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -513,6 +520,10 @@ def main() -> int:
         if fork:  # children share these imports instead of paying for them again
             import peft  # noqa: F401
             import trl  # noqa: F401
+
+            # An OpenMP thread pool does not survive a fork (the child hangs in its first parallel op), so
+            # this process never starts one: it only prepares data, each child sets its own threads.
+            torch.set_num_threads(1)
         spec = _prepare(args, work)
         spec["token_stats"] = _token_stats(spec)
         spec_path = work / "spec.json"
@@ -540,7 +551,9 @@ def main() -> int:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({args.threads} thread(s))"
         n = spec["stats"]["total_params"]
         size = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
-        header = (f"Gemma 3 {args.arch} ({size} params), LoRA r{args.lora_r} "
+        shallow = spec["stats"].get("layers")
+        arch = f"{args.arch}, {shallow} layers per tower" if shallow else args.arch
+        header = (f"Gemma 3 {arch} ({size} params), LoRA r{args.lora_r} "
                   f"attention+MLP of the language tower, batch {args.batch_size}, {spec['stats']['image_size']} px "
                   f"images, {args.steps} timed steps after {args.warmup}; {device}; torch {torch.__version__}, "
                   f"transformers {transformers.__version__}")

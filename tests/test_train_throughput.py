@@ -20,6 +20,7 @@ def test_benchmark_smoke_on_tiny_model(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--arch", "tiny", "--batch-size", "2", "--steps", "2", "--warmup", "1",
+         "--threads", "2",  # each forked mode starts its own OpenMP threads
          "--work-dir", str(tmp_path / "work"), "--json-out", str(out)],
         capture_output=True, text=True, timeout=300, env=sft_env(),
     )
@@ -57,11 +58,16 @@ def test_benchmark_smoke_on_tiny_model(tmp_path):
     assert f"padding {100 * tok['pad_share']:.1f}% of batch positions" in table
 
 
-def test_bad_modes_is_one_clear_line(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--modes", "plain-bf16,turbo"], capture_output=True,
-                          text=True, timeout=120, env=sft_env())
+@pytest.mark.parametrize("args, message", [
+    (["--modes", "plain-bf16,turbo"], "unknown turbo"),
+    (["--arch", "tiny", "--layers", "2"], "--layers takes a number >= 1 and goes with --arch 4b or 12b"),
+    (["--arch", "4b", "--layers", "0"], "--layers takes a number >= 1"),
+])
+def test_bad_arguments_are_one_clear_line(args, message):
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120,
+                          env=sft_env())
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert "unknown turbo" in proc.stderr
+    assert message in proc.stderr
 
 
 def test_real_architectures_have_the_public_sizes():
@@ -85,3 +91,33 @@ def test_real_architectures_have_the_public_sizes():
         types = config.text_config.layer_types
         assert types[:6] == ["sliding_attention"] * 5 + ["full_attention"] and types.count("full_attention") == layers // 6
         assert model.lm_head.weight is model.model.language_model.embed_tokens.weight
+
+
+def test_shallow_architecture_keeps_the_real_widths():
+    from gemma_ocr.errors import GemmaOcrError
+    from gemma_ocr.modeling.architectures import gemma3_config
+    from gemma_ocr.modeling.tiny import SPECIAL_TOKENS, build_tokenizer
+
+    tok = build_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    full = gemma3_config("4b", ids)
+    config = gemma3_config("4b", ids, layers=6)
+    stats = meta_stats(config)
+    assert (stats["text_layers"], stats["vision_layers"]) == (6, 6)
+    assert config.text_config.layer_types == ["sliding_attention"] * 5 + ["full_attention"]
+    full_stats = meta_stats(full)
+    for key in ("text_hidden", "vision_hidden", "vocab_size", "patches_per_image", "mm_tokens_per_image"):
+        assert stats[key] == full_stats[key], key
+    assert gemma3_config("12b", ids, layers=100).text_config.num_hidden_layers == 48  # never more than the real
+    with pytest.raises(GemmaOcrError, match="layers must be >= 1"):
+        gemma3_config("4b", ids, layers=0)
+
+
+def meta_stats(config) -> dict:
+    """parameter_stats of a model built on the meta device (no memory)."""
+    from transformers import Gemma3ForConditionalGeneration
+
+    from gemma_ocr.modeling.architectures import parameter_stats
+
+    with torch.device("meta"):
+        return parameter_stats(Gemma3ForConditionalGeneration(config))

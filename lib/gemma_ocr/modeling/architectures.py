@@ -44,14 +44,24 @@ SLIDING_WINDOW = 1024
 SLIDING_WINDOW_PATTERN = 6  # layers 6, 12, ... are global; the 5 before each are sliding-window
 
 
-def gemma3_config(arch: str, token_ids: dict[str, int]):
-    """``Gemma3Config`` of the public ``arch`` ("4b" or "12b"); ``token_ids`` maps special tokens to ids."""
+def gemma3_config(arch: str, token_ids: dict[str, int], layers: int | None = None):
+    """``Gemma3Config`` of the public ``arch`` ("4b" or "12b"); ``token_ids`` maps special tokens to ids.
+
+    ``layers`` keeps only that many layers in each tower (every width, the 896 px images, the 256 image
+    tokens and the vocabulary stay real): a shallow model that checks the real shapes quickly, on a CPU too.
+    """
     from transformers import Gemma3Config
 
     if arch not in GEMMA3_TEXT:
         raise GemmaOcrError(f"unknown Gemma 3 architecture {arch!r}; choose one of {', '.join(GEMMA3_TEXT)}")
+    if layers is not None and layers < 1:
+        raise GemmaOcrError(f"layers must be >= 1 (got {layers})")
     text = dict(GEMMA3_TEXT[arch])
-    layers = text["num_hidden_layers"]
+    vision = dict(SIGLIP_896)
+    if layers is not None:
+        text["num_hidden_layers"] = min(layers, text["num_hidden_layers"])
+        vision["num_hidden_layers"] = min(layers, vision["num_hidden_layers"])
+    n_layers = text["num_hidden_layers"]
     text.update(
         vocab_size=VOCAB_SIZE,
         head_dim=256,
@@ -59,7 +69,7 @@ def gemma3_config(arch: str, token_ids: dict[str, int]):
         max_position_embeddings=131072,
         sliding_window=SLIDING_WINDOW,
         layer_types=["full_attention" if (i + 1) % SLIDING_WINDOW_PATTERN == 0 else "sliding_attention"
-                     for i in range(layers)],
+                     for i in range(n_layers)],
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
             "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
@@ -74,7 +84,7 @@ def gemma3_config(arch: str, token_ids: dict[str, int]):
     )
     config = Gemma3Config(
         text_config=text,
-        vision_config=dict(SIGLIP_896),
+        vision_config=vision,
         mm_tokens_per_image=MM_TOKENS_PER_IMAGE,
         boi_token_index=token_ids["<start_of_image>"],
         eoi_token_index=token_ids["<end_of_image>"],
@@ -133,8 +143,10 @@ def _processor(tokenizer, image_size: int, image_tokens: int):
 
 
 def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", device: str | None = None,
-                        seed: int = 0) -> Path:
+                        seed: int = 0, layers: int | None = None) -> Path:
     """Write a random-weight Gemma 3 ``arch`` checkpoint (bf16 safetensors, processor, stats) to ``out_dir``.
+
+    ``layers``: a shallow model of the real widths (see :func:`gemma3_config`).
 
     The model is created on ``device`` (default: CUDA when visible) directly in bf16, so a 4B model takes
     seconds on a GPU; on a CPU it takes minutes and ~2 bytes per parameter of memory.
@@ -148,7 +160,7 @@ def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", devic
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    config = gemma3_config(arch, ids)
+    config = gemma3_config(arch, ids, layers)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
@@ -165,7 +177,8 @@ def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", devic
     out = Path(out_dir)
     stats = parameter_stats(model)
     _save_atomically(out, model, processor, overwrite=True)
-    atomic_write_json(out / STATS_FILE, {"arch": arch, **stats})
-    log.info("random Gemma 3 %s: %.2fB parameters -> %s", arch, stats["total_params"] / 1e9, out)
+    atomic_write_json(out / STATS_FILE, {"arch": arch, "layers": layers, **stats})
+    log.info("random Gemma 3 %s%s: %.2fB parameters -> %s", arch, f" ({layers} layers)" if layers else "",
+             stats["total_params"] / 1e9, out)
     del model
     return out
