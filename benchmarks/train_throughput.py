@@ -551,8 +551,9 @@ def main() -> int:
         device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({args.threads} thread(s))"
         n = spec["stats"]["total_params"]
         size = f"{n / 1e9:.2f}B" if n >= 1e8 else f"{n / 1e6:.2f}M"
-        shallow = spec["stats"].get("layers")
-        arch = f"{args.arch}, {shallow} layers per tower" if shallow else args.arch
+        stats = spec["stats"]
+        arch = (f"{args.arch}, shallow: {stats['text_layers']} text and {stats['vision_layers']} vision layers"
+                if stats.get("layers") else args.arch)
         header = (f"Gemma 3 {arch} ({size} params), LoRA r{args.lora_r} "
                   f"attention+MLP of the language tower, batch {args.batch_size}, {spec['stats']['image_size']} px "
                   f"images, {args.steps} timed steps after {args.warmup}; {device}; torch {torch.__version__}, "

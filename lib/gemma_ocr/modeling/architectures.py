@@ -178,7 +178,7 @@ def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", devic
     stats = parameter_stats(model)
     _save_atomically(out, model, processor, overwrite=True)
     atomic_write_json(out / STATS_FILE, {"arch": arch, "layers": layers, **stats})
-    log.info("random Gemma 3 %s%s: %.2fB parameters -> %s", arch, f" ({layers} layers)" if layers else "",
-             stats["total_params"] / 1e9, out)
+    log.info("random Gemma 3 %s (%d text, %d vision layers): %.2fB parameters -> %s", arch, stats["text_layers"],
+             stats["vision_layers"], stats["total_params"] / 1e9, out)
     del model
     return out

@@ -110,9 +110,14 @@ def apply_liger(model) -> list[str]:
     """
     from liger_kernel.transformers import apply_liger_kernel_to_gemma3
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base = _base_model(model)
     apply_liger_kernel_to_gemma3(model=base, fused_linear_cross_entropy=False)
     return liger_modules(base)
+
+
+def _base_model(model):
+    """The transformers model inside a PEFT wrapper (``model`` itself when unwrapped)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def liger_modules(model) -> list[str]:
@@ -166,8 +171,7 @@ def enable_checkpointing(model, config: TrainConfig) -> None:
 
 def vision_tower_of(model):
     """The SigLIP tower of a (PEFT-wrapped) Gemma 3 model, or None."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    inner = getattr(base, "model", None)
+    inner = getattr(_base_model(model), "model", None)
     return getattr(inner, "vision_tower", None)
 
 
