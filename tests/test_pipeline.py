@@ -32,3 +32,23 @@ def test_pipeline_runs_every_stage_and_prints_the_side_by_side_table(tmp_path):
     used = json.loads((tmp_path / "models/gemma-ocr/train_config.json").read_text())
     assert best["best_params"]["learning_rate"] == used["learning_rate"]
     assert (tmp_path / "models/hyperparam_search/trial_1/trial_1_results.json").is_file()
+
+
+def test_force_re_renders_synthetic_data_but_never_replaces_your_own(tmp_path):
+    from gemma_ocr.data.records import load_raw_records, write_records
+    from gemma_ocr.data.synthetic import is_synthetic
+    from gemma_ocr.pipeline import PipelineConfig, make_data
+
+    cfg = PipelineConfig(root=tmp_path, n_samples=6)
+    make_data(cfg)
+    assert is_synthetic(cfg.raw_json) and len(load_raw_records(cfg.raw_json)) == 6
+    make_data(PipelineConfig(root=tmp_path, n_samples=9))  # kept without --force
+    assert len(load_raw_records(cfg.raw_json)) == 6
+    make_data(PipelineConfig(root=tmp_path, n_samples=9, force=True))  # synthetic: re-rendered
+    assert len(load_raw_records(cfg.raw_json)) == 9
+
+    own = load_raw_records(cfg.raw_json)[:2]  # e.g. written by core/import_ocr_data.py --force
+    write_records(own, cfg.raw_json, raw=True)
+    assert not is_synthetic(cfg.raw_json)
+    make_data(PipelineConfig(root=tmp_path, n_samples=9, force=True))
+    assert load_raw_records(cfg.raw_json) == own

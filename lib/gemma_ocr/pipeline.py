@@ -16,7 +16,7 @@ from pathlib import Path
 
 from gemma_ocr.data.records import load_raw_records, load_records, write_records
 from gemma_ocr.data.split import split_non_test
-from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
+from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.results import build_document
 
@@ -81,9 +81,15 @@ class PipelineConfig:
 
 
 def make_data(cfg: PipelineConfig) -> None:
-    if cfg.raw_json.exists() and not cfg.force:
-        log.info("data: %s exists, kept", cfg.raw_json)
-        return
+    """Render synthetic lines into data/raw_data/ unless data is there; ``--force`` re-renders only synthetic data."""
+    if cfg.raw_json.exists():
+        if not cfg.force:
+            log.info("data: %s exists, kept", cfg.raw_json)
+            return
+        if not is_synthetic(cfg.raw_json):
+            log.info("data: %s is not synthetic data rendered here: kept (--force never replaces your own data)",
+                     cfg.raw_json)
+            return
     generate_dataset(cfg.raw_json.parent, SyntheticConfig(n_samples=cfg.n_samples, seed=cfg.seed))
     log.info("data: %d synthetic lines -> %s", cfg.n_samples, cfg.raw_json)
 

@@ -7,6 +7,8 @@ when a CJK font is installed.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
 import random
 from collections.abc import Iterator
@@ -19,6 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from gemma_ocr.data.fonts import cjk_font, khmer_font, latin_font, missing_glyphs
 from gemma_ocr.data.records import OcrRecord, write_records
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -151,5 +154,26 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
         path = image_dir / f"{i:06d}.png"
         image.save(path, optimize=False)
         records.append(OcrRecord(str(path.resolve()), text))
-    write_records(records, out_dir / json_name, raw=True)
+    written = write_records(records, out_dir / json_name, raw=True)
+    atomic_write_json(_stamp_path(written), {"config": dataclasses.asdict(config), "sha256": _sha256(written)})
     return records
+
+
+def _stamp_path(json_path: Path) -> Path:
+    return json_path.with_name(json_path.stem + ".synthetic.json")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def is_synthetic(json_path: str | Path) -> bool:
+    """Whether ``json_path`` is, unchanged, a file :func:`generate_dataset` wrote (its stamp beside it matches)."""
+    json_path = Path(json_path)
+    stamp = _stamp_path(json_path)
+    if not (json_path.is_file() and stamp.is_file()):
+        return False
+    try:
+        return read_json(stamp).get("sha256") == _sha256(json_path)
+    except (GemmaOcrError, AttributeError):
+        return False
