@@ -5,7 +5,8 @@ Two JSON layouts, both lists of objects:
 * raw (``data/raw_data/ocr.json``): ``[{"img_path": ..., "ocr_results": ...}]``
 * input (``data/input/*.json``, what training and evaluation read): ``[{"image_path": ..., "ocr_text": ...}]``
 
-A relative image path is resolved against the folder of the JSON file that names it.
+A relative image path is resolved against the folder of the JSON file that names it. Other sources (a folder
+of images with transcriptions, .tsv/.csv/.jsonl labels files) come in through :mod:`gemma_ocr.data.importing`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from gemma_ocr.io import atomic_write_json, read_json
 
 RAW_KEYS = ("img_path", "ocr_results")
 INPUT_KEYS = ("image_path", "ocr_text")
+LABELS_FILE_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")  # read by gemma_ocr.data.importing
 
 
 @dataclass(frozen=True)
@@ -30,13 +32,23 @@ class OcrRecord:
     text: str
 
 
-def _resolve(image_path: str, base: Path) -> str:
+def resolve_image_path(image_path: str, base: Path) -> str:
+    """``image_path`` made absolute: a relative path resolves against ``base`` (the folder of the file naming it)."""
     p = Path(image_path).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _read_data(path: Path) -> Any:
+    """The JSON of an OCR data file; a folder or a labels file gets pointed to the importer."""
+    if path.is_dir() or (path.is_file() and path.suffix.lower() in LABELS_FILE_SUFFIXES):
+        kind = "a folder" if path.is_dir() else f"a {path.suffix.lower()} file"
+        raise GemmaOcrError(f"{path} is {kind}, not an OCR JSON file: convert it first with "
+                            f"python core/import_ocr_data.py {path}")
+    return read_json(path, what="OCR data file")
+
+
 def _parse(path: Path, keys: tuple[str, str], fix_hint: str) -> list[OcrRecord]:
-    data = read_json(path, what="OCR data file")
+    data = _read_data(path)
     if not isinstance(data, list):
         raise GemmaOcrError(f"{path}: expected a JSON list of records, got {type(data).__name__} ({fix_hint})")
     image_key, text_key = keys
@@ -55,7 +67,7 @@ def _parse(path: Path, keys: tuple[str, str], fix_hint: str) -> list[OcrRecord]:
             text = ""
         if not isinstance(text, str):
             raise GemmaOcrError(f"{path}: record {i} field {text_key!r} must be a string, got {type(text).__name__}")
-        records.append(OcrRecord(_resolve(image, base), text))
+        records.append(OcrRecord(resolve_image_path(image, base), text))
     return records
 
 
@@ -67,7 +79,7 @@ def load_raw_records(path: str | os.PathLike[str]) -> list[OcrRecord]:
 def load_records(path: str | os.PathLike[str]) -> list[OcrRecord]:
     """Read the input layout ``[{image_path, ocr_text}]``; the raw layout is accepted too."""
     path = Path(path)
-    data = read_json(path, what="OCR data file")
+    data = _read_data(path)
     if isinstance(data, list) and data and isinstance(data[0], dict) and "img_path" in data[0]:
         return load_raw_records(path)
     return _parse(path, INPUT_KEYS, 'each record needs "image_path" and "ocr_text"')

@@ -1,0 +1,51 @@
+#!/usr/bin/env python
+"""Turn a folder of images with .gt.txt/.txt transcriptions, or a .tsv/.csv/.jsonl labels file, into data/raw_data/ocr.json."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gemma_ocr.cli import run
+from gemma_ocr.data.importing import import_records
+from gemma_ocr.data.records import check_images, write_records
+from gemma_ocr.errors import GemmaOcrError
+
+SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "
+               "NAME.txt; or a labels file: .tsv/.txt (path<TAB>text per line), .csv (header with image and text "
+               "columns), .jsonl (one object per line), .json (either of the project's layouts)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("source", help=SOURCE_HELP)
+    p.add_argument("--output", default="data/raw_data/ocr.json", help="raw OCR file to write [{img_path, ocr_results}]")
+    p.add_argument("--image-root", help="folder the labels file's image paths are relative to (default: the labels file's folder)")
+    p.add_argument("--image-key", help="image column (.csv) or key (.jsonl) when not one of the usual names")
+    p.add_argument("--text-key", help="text column (.csv) or key (.jsonl) when not one of the usual names")
+    p.add_argument("--skip-unlabeled", action="store_true", help="leave out folder images without a transcription instead of stopping")
+    p.add_argument("--check-images", action="store_true", help="open every image first; stop at the first corrupt one")
+    p.add_argument("--force", action="store_true", help="overwrite --output when it exists")
+    args = p.parse_args()
+
+    output = Path(args.output)
+    if output.exists() and not args.force:
+        raise GemmaOcrError(f"{output} exists: pass --force to overwrite it, or --output another file")
+    result = import_records(args.source, image_root=args.image_root, image_key=args.image_key,
+                            text_key=args.text_key, skip_unlabeled=args.skip_unlabeled)
+    if args.check_images:
+        check_images(result.records, args.source)
+    write_records(result.records, output, raw=True)
+    print(f"Imported {len(result.records)} samples from {args.source} ({result.source_kind}) -> {output}")
+    if result.unlabeled:
+        print(f"skipped {len(result.unlabeled)} images without a transcription, e.g. {result.unlabeled[0]}")
+    if result.empty_texts:
+        print(f"note: {result.empty_texts} samples have an empty transcription (they teach the model to answer nothing)")
+    if output == Path("data/raw_data/ocr.json"):
+        print("next: python core/split_dataset.py")
+    else:
+        print(f"next: python core/split_dataset.py --input {output}")
+
+
+if __name__ == "__main__":
+    run(main)
