@@ -108,8 +108,9 @@ def write_records(records: list[OcrRecord], path: str | os.PathLike[str], raw: b
 def check_images(records: list[OcrRecord], source: str | os.PathLike[str] = "") -> None:
     """Fail with one line on the first image that is missing or cannot be decoded."""
     from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
 
-    for i, r in enumerate(records):
+    for i, r in enumerate(tqdm(records, desc="checking images", unit="img", disable=len(records) < 2000, leave=False)):
         where = f"{source}: record {i}" if source else f"record {i}"
         if not os.path.isfile(r.image_path):
             raise GemmaOcrError(f"{where}: image not found: {r.image_path} (fix the path; relative paths resolve against the JSON file's folder)")
