@@ -309,7 +309,7 @@ def _token_stats(spec: dict[str, Any]) -> dict[str, float]:
     n = (spec["warmup"] + spec["steps"]) * spec["batch_size"]
     tokens, labels = [], []
     for rec in _records(Path(spec["data_json"]))[:n]:
-        from gemma_ocr.data.records import open_image
+        from gemma_ocr.data.images import open_image
 
         enc = collator.encode(open_image(rec["image_path"]), rec["text"])
         tokens.append(len(enc["input_ids"]))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from gemma_ocr.cli import run
 from gemma_ocr.data.importing import import_records
-from gemma_ocr.data.records import check_images, write_records
+from gemma_ocr.data.images import check_images
+from gemma_ocr.data.records import write_records
 from gemma_ocr.errors import GemmaOcrError
 
 SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "

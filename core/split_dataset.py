@@ -7,7 +7,8 @@ import argparse
 from pathlib import Path
 
 from gemma_ocr.cli import run
-from gemma_ocr.data.records import check_images, load_raw_records, write_records
+from gemma_ocr.data.images import check_images
+from gemma_ocr.data.records import load_raw_records, write_records
 from gemma_ocr.data.split import DEFAULT_SEED, parse_ratio, split_non_test
 
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from gemma_ocr.data import fonts, synthetic
-from gemma_ocr.data.records import check_images, load_raw_records, load_records, write_records
+from gemma_ocr.data.images import check_images
+from gemma_ocr.data.records import load_raw_records, load_records, write_records
 from gemma_ocr.data.split import parse_ratio, parse_split_spec, split_non_test
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
 from gemma_ocr.errors import GemmaOcrError

@@ -95,7 +95,7 @@ def test_adapter_loads_on_a_fresh_base_and_generates(trained):
     base = AutoModelForImageTextToText.from_pretrained(config.model_name, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, result["output_dir"]).eval()
     record = load_records(config.input_data)[0]
-    from gemma_ocr.data.records import open_image
+    from gemma_ocr.data.images import open_image
     from gemma_ocr.training.data import build_conversation
 
     inputs = processor.apply_chat_template(build_conversation(open_image(record.image_path), None, config.instruction),

@@ -103,32 +103,3 @@ def write_records(records: list[OcrRecord], path: str | os.PathLike[str], raw: b
     path = Path(path)
     folder = path.parent.resolve()
     return atomic_write_json(path, records_to_json(records, folder, raw=raw))
-
-
-def check_images(records: list[OcrRecord], source: str | os.PathLike[str] = "") -> None:
-    """Fail with one line on the first image that is missing or cannot be decoded."""
-    from PIL import Image, UnidentifiedImageError
-    from tqdm import tqdm
-
-    for i, r in enumerate(tqdm(records, desc="checking images", unit="img", disable=len(records) < 2000, leave=False)):
-        where = f"{source}: record {i}" if source else f"record {i}"
-        if not os.path.isfile(r.image_path):
-            raise GemmaOcrError(f"{where}: image not found: {r.image_path} (fix the path; relative paths resolve against the JSON file's folder)")
-        try:
-            with Image.open(r.image_path) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise GemmaOcrError(f"{where}: image cannot be read: {r.image_path} ({e}; replace or remove the file)") from None
-
-
-def open_image(path: str) -> "Image.Image":  # noqa: F821
-    """Open an image as RGB, with a clear error when it is missing or corrupt."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise GemmaOcrError(f"image not found: {path} (fix the path in the data file)") from None
-    except (UnidentifiedImageError, OSError) as e:
-        raise GemmaOcrError(f"image cannot be read: {path} ({e})") from None

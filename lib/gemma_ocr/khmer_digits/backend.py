@@ -130,7 +130,7 @@ def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.devi
 def predict_paths(model: torch.nn.Module, image_paths: list[str], batch_size: int = 128,
                   device: str = "cpu") -> tuple[list[str | None], dict[int, str]]:
     """Read each image once and predict in batches: (prediction or None per path, {index: error} of unreadable ones)."""
-    from gemma_ocr.data.records import open_image
+    from gemma_ocr.data.images import open_image
     from gemma_ocr.errors import GemmaOcrError
     from gemma_ocr.khmer_digits.dataset import get_val_transforms
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from gemma_ocr.data.records import OcrRecord, check_images, load_records, open_image
+from gemma_ocr.data.images import check_images, open_image
+from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.data.split import parse_split_spec
 from gemma_ocr.errors import GemmaOcrError
 

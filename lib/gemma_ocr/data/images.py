@@ -1,0 +1,79 @@
+"""Opening OCR images: one decoding rule for training, evaluation and the CNN baseline.
+
+:func:`to_rgb` is the rule. Transparency is composited onto white, as transformers' image processors and
+vLLM do on the serving side, so a model is trained on what it is served. 16-bit and 32-bit greyscale images
+(scanners and TIFF archives write them) are stretched to 8 bits. A plain ``convert("RGB")`` gets both wrong:
+transparent backgrounds turn black and 16-bit scans turn almost entirely white.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from gemma_ocr.errors import GemmaOcrError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from gemma_ocr.data.records import OcrRecord
+
+HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+SERVER_READY_MODES = frozenset({"RGB", "L"})  # what a server's own RGB conversion turns into the same pixels
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether ``image`` has an alpha band or a transparent palette/colour entry (transformers' test)."""
+    return "A" in image.getbands() or image.info.get("transparency") is not None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """``image`` in RGB as the model sees it: transparency on white, high bit depths stretched to 0-255."""
+    from PIL import Image
+
+    if image.mode in HIGH_BIT_DEPTH_MODES:
+        import numpy as np
+
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if hi > lo:
+            scaled = np.nan_to_num((values - lo) * (255.0 / (hi - lo)), nan=255.0, posinf=255.0, neginf=0.0)
+        else:
+            scaled = np.full(values.shape, 255.0)  # a constant (blank) page
+        return Image.fromarray(np.clip(scaled.round(), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if has_alpha(image):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def open_image(path: str) -> Image.Image:
+    """Open an image as RGB by :func:`to_rgb`, with a clear error when it is missing or corrupt."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            return to_rgb(im)
+    except FileNotFoundError:
+        raise GemmaOcrError(f"image not found: {path} (fix the path in the data file)") from None
+    except (UnidentifiedImageError, OSError) as e:
+        raise GemmaOcrError(f"image cannot be read: {path} ({e})") from None
+
+
+def check_images(records: Sequence[OcrRecord], source: str | os.PathLike[str] = "") -> None:
+    """Fail with one line on the first image that is missing or cannot be decoded."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm import tqdm
+
+    for i, r in enumerate(tqdm(records, desc="checking images", unit="img", disable=len(records) < 2000, leave=False)):
+        where = f"{source}: record {i}" if source else f"record {i}"
+        if not os.path.isfile(r.image_path):
+            raise GemmaOcrError(f"{where}: image not found: {r.image_path} (fix the path; relative paths resolve against the JSON file's folder)")
+        try:
+            with Image.open(r.image_path) as im:
+                im.verify()
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise GemmaOcrError(f"{where}: image cannot be read: {r.image_path} ({e}; replace or remove the file)") from None

@@ -1,0 +1,106 @@
+"""Image decoding: training, evaluation and the server see the same pixels, whatever the file's mode."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from gemma_ocr.data.fonts import latin_font
+from gemma_ocr.data.images import open_image, to_rgb
+from gemma_ocr.evaluation import encode_image
+
+
+def _text_mask(size: tuple[int, int] = (160, 40)) -> np.ndarray:
+    """Where a rendered word's ink is (True), drawn with a real font."""
+    canvas = Image.new("L", size, 0)
+    ImageDraw.Draw(canvas).text((6, 4), "Invoice 42", fill=255, font=ImageFont.truetype(str(latin_font()), 26))
+    mask = np.asarray(canvas) > 128
+    assert 0.02 < mask.mean() < 0.5
+    return mask
+
+
+def _transparent_line(mode: str) -> Image.Image:
+    """Black text on a fully transparent background, as exported by many annotation and design tools."""
+    mask = _text_mask()
+    rgba = np.zeros((*mask.shape, 4), np.uint8)  # transparent black background
+    rgba[mask, 3] = 255  # opaque black ink
+    image = Image.fromarray(rgba, "RGBA")
+    if mode == "LA":
+        return image.convert("LA")
+    if mode == "P":  # a palette image whose background entry (black) is marked transparent, through a PNG file
+        palette = Image.fromarray(np.where(mask, 0, 1).astype(np.uint8), "P")
+        palette.putpalette([0, 0, 0] * 2)
+        buf = io.BytesIO()
+        palette.save(buf, format="PNG", transparency=1)
+        return Image.open(buf)
+    return image
+
+
+def _sixteen_bit_scan(ink: int = 4000, paper: int = 52000) -> Image.Image:
+    mask = _text_mask()
+    return Image.fromarray(np.where(mask, ink, paper).astype(np.uint16))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_transparent_backgrounds_become_white_not_black(mode):
+    image = _transparent_line(mode)
+    assert image.mode == mode
+    plain = np.asarray(image.convert("RGB"))
+    assert plain.max() < 10  # a plain conversion loses the text: all black
+    ours = np.asarray(to_rgb(image))
+    mask = _text_mask()
+    assert ours[~mask].min() == 255 and ours[mask].max() < 10  # white paper, black ink
+
+
+@pytest.mark.parametrize("make", [lambda: _transparent_line("RGBA"), lambda: _transparent_line("LA"),
+                                  lambda: _transparent_line("P"), lambda: Image.fromarray(_text_mask()),
+                                  lambda: Image.fromarray(_text_mask()).convert("L"),
+                                  lambda: Image.new("RGB", (20, 10), (10, 200, 30))])
+def test_same_pixels_as_transformers_image_processors(make):
+    """What a served model's processor does to the same image (transformers' own conversion)."""
+    from transformers.image_transforms import convert_to_rgb
+
+    image = make()
+    np.testing.assert_array_equal(np.asarray(to_rgb(image)), convert_to_rgb(image, return_numpy=True))
+
+
+@pytest.mark.parametrize("ink, paper", [(4000, 52000), (300, 3900)])  # 16-bit range, and 12-bit data in 16 bits
+def test_sixteen_bit_scans_keep_their_text(tmp_path, ink, paper):
+    path = tmp_path / "scan.tif"
+    _sixteen_bit_scan(ink, paper).save(path)
+    with Image.open(path) as raw:
+        assert raw.mode.startswith("I;16")
+        assert (np.asarray(raw.convert("RGB")) == 255).mean() > 0.95  # a plain conversion: a white page
+    rgb = np.asarray(open_image(str(path)))
+    mask = _text_mask()
+    assert rgb.shape == (*mask.shape, 3)
+    assert rgb[mask].max() == 0 and rgb[~mask].min() == 255
+
+
+def test_a_blank_sixteen_bit_page_stays_blank():
+    assert np.asarray(to_rgb(Image.fromarray(np.full((8, 8), 1234, np.uint16)))).min() == 255
+
+
+def _decoded(data_url: str) -> tuple[str, Image.Image]:
+    header, payload = data_url.split(",", 1)
+    image = Image.open(io.BytesIO(base64.b64decode(payload)))
+    image.load()
+    return header, image
+
+
+def test_evaluation_sends_the_pixels_training_sees(tmp_path):
+    rgb_png = tmp_path / "rgb.png"
+    Image.fromarray(_text_mask()).convert("RGB").save(rgb_png)
+    assert encode_image(str(rgb_png)) == "data:image/png;base64," + base64.b64encode(rgb_png.read_bytes()).decode()
+
+    for name, image in (("scan16.png", _sixteen_bit_scan()), ("alpha.png", _transparent_line("RGBA")),
+                        ("bilevel.tif", Image.fromarray(~_text_mask()))):
+        path = tmp_path / name
+        image.save(path)
+        header, sent = _decoded(encode_image(str(path)))
+        assert header == "data:image/png;base64" and sent.mode == "RGB", name
+        np.testing.assert_array_equal(np.asarray(sent), np.asarray(open_image(str(path))), err_msg=name)
