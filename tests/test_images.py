@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from gemma_ocr.data.fonts import latin_font
-from gemma_ocr.data.images import open_image, to_rgb
+from gemma_ocr.data.images import open_image, orientation, to_rgb
 from gemma_ocr.evaluation import encode_image
 
 
@@ -104,3 +104,36 @@ def test_evaluation_sends_the_pixels_training_sees(tmp_path):
         header, sent = _decoded(encode_image(str(path)))
         assert header == "data:image/png;base64" and sent.mode == "RGB", name
         np.testing.assert_array_equal(np.asarray(sent), np.asarray(open_image(str(path))), err_msg=name)
+
+
+def _sideways_photo(path, tag: int = 6) -> np.ndarray:
+    """A JPEG stored sideways with an EXIF orientation tag, as phone cameras write them; returns what a viewer shows."""
+    from PIL import ImageOps
+
+    upright = Image.fromarray(~_text_mask()).convert("RGB")  # black text on white, wider than tall
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # tag 6 = rotate 90 degrees clockwise to display
+    exif = stored.getexif()
+    exif[0x0112] = tag
+    stored.save(path, format="JPEG", quality=95, exif=exif)
+    with Image.open(path) as im:
+        assert orientation(im) == tag
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def test_exif_rotated_photos_are_read_upright_as_transformers_loads_them(tmp_path):
+    from transformers.image_utils import load_image
+
+    path = tmp_path / "receipt.jpg"
+    shown = _sideways_photo(path)
+    ours = np.asarray(open_image(str(path)))
+    assert ours.shape == shown.shape == (*_text_mask().shape, 3)  # upright: wider than tall, as a viewer shows it
+    np.testing.assert_array_equal(ours, shown)
+    np.testing.assert_array_equal(ours, np.asarray(load_image(str(path))))  # transformers' serving loader
+
+    header, sent = _decoded(encode_image(str(path)))  # sent upright, whatever the server does with EXIF
+    assert header == "data:image/png;base64" and orientation(sent) == 1
+    np.testing.assert_array_equal(np.asarray(sent), ours)
+
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(~_text_mask()).convert("RGB").save(plain, format="JPEG")
+    assert encode_image(str(plain)).startswith("data:image/jpeg;base64,")  # upright JPEGs go as they are

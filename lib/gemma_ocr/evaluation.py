@@ -34,7 +34,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from gemma_ocr.config import DEFAULT_INSTRUCTION
-from gemma_ocr.data.images import SERVER_READY_MODES, to_rgb
+from gemma_ocr.data.images import server_ready, upright_rgb
 from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
@@ -191,9 +191,9 @@ def check_servers(session: requests.Session, endpoints: Sequence[Endpoint], mode
 def encode_image(path: str) -> str:
     """The image as a data URL; a missing or undecodable file raises :class:`GemmaOcrError`.
 
-    PNG/JPEG/WebP/GIF files in RGB or greyscale go as they are; any other file or mode (TIFF, BMP, palette,
-    bilevel, transparent, 16-bit) is decoded by training's rule (:func:`gemma_ocr.data.images.to_rgb`) and sent
-    as PNG, so the server never applies a conversion of its own.
+    Upright PNG/JPEG/WebP/GIF files in RGB or greyscale go as they are; any other file (TIFF, BMP, palette,
+    bilevel, transparent, 16-bit, an EXIF-rotated photo) is decoded by training's rule
+    (:func:`gemma_ocr.data.images.upright_rgb`) and sent as PNG, so the server never applies a conversion of its own.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -208,9 +208,9 @@ def encode_image(path: str) -> str:
             fmt = im.format
             im.load()  # decode fully: truncated files fail here, not on the server
             mime = _PASS_THROUGH.get(fmt or "")
-            if mime is None or im.mode not in SERVER_READY_MODES:  # the server then sees what training saw
+            if mime is None or not server_ready(im):  # the server then sees what training saw
                 buf = io.BytesIO()
-                to_rgb(im).save(buf, format="PNG")
+                upright_rgb(im).save(buf, format="PNG")
                 data, mime = buf.getvalue(), "image/png"
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise GemmaOcrError(f"image cannot be decoded: {path} ({e})") from None

@@ -1,9 +1,12 @@
 """Opening OCR images: one decoding rule for training, evaluation and the CNN baseline.
 
-:func:`to_rgb` is the rule. Transparency is composited onto white, as transformers' image processors and
-vLLM do on the serving side, so a model is trained on what it is served. 16-bit and 32-bit greyscale images
-(scanners and TIFF archives write them) are stretched to 8 bits. A plain ``convert("RGB")`` gets both wrong:
-transparent backgrounds turn black and 16-bit scans turn almost entirely white.
+:func:`upright_rgb` is the rule: the EXIF orientation applied (phone photos are stored sideways with a tag
+saying so), then :func:`to_rgb`. Transparency is composited onto white, as transformers' image processors
+and vLLM do, so a model is trained on what it is served. 16-bit and 32-bit greyscale images (scanners and
+TIFF archives write them) are stretched to 8 bits. A plain ``convert("RGB")`` gets these wrong: transparent
+backgrounds turn black, 16-bit scans turn almost entirely white, and tagged photos stay sideways.
+The evaluator sends any image that the rule would change as the PNG the rule makes (:func:`server_ready`),
+so a server's own decoding never matters.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 
 HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 SERVER_READY_MODES = frozenset({"RGB", "L"})  # what a server's own RGB conversion turns into the same pixels
+EXIF_ORIENTATION = 0x0112
 
 
 def has_alpha(image: Image.Image) -> bool:
@@ -50,13 +54,35 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 = upright, also when there is none)."""
+    try:
+        return int(image.getexif().get(EXIF_ORIENTATION, 1) or 1)
+    except (ValueError, TypeError, OSError, SyntaxError):  # malformed EXIF: shown as stored
+        return 1
+
+
+def upright_rgb(image: Image.Image) -> Image.Image:
+    """``image`` as the model sees it: turned by its EXIF orientation, then :func:`to_rgb`."""
+    from PIL import ImageOps
+
+    if orientation(image) != 1:
+        image = ImageOps.exif_transpose(image)
+    return to_rgb(image)
+
+
+def server_ready(image: Image.Image) -> bool:
+    """Whether any server decodes ``image``'s file to the pixels :func:`upright_rgb` gives (else send a PNG)."""
+    return image.mode in SERVER_READY_MODES and orientation(image) == 1
+
+
 def open_image(path: str) -> Image.Image:
-    """Open an image as RGB by :func:`to_rgb`, with a clear error when it is missing or corrupt."""
+    """Open an image by :func:`upright_rgb`, with a clear error when it is missing or corrupt."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            return to_rgb(im)
+            return upright_rgb(im)
     except FileNotFoundError:
         raise GemmaOcrError(f"image not found: {path} (fix the path in the data file)") from None
     except (UnidentifiedImageError, OSError) as e:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
-from gemma_ocr.data.images import to_rgb
+from gemma_ocr.data.images import upright_rgb
 from gemma_ocr.khmer_digits.exceptions import DataLoaderError
 from gemma_ocr.khmer_digits.generator import split_records
 from gemma_ocr.khmer_digits.vocab import MAX_SEQUENCE_LENGTH, encode
@@ -149,7 +149,7 @@ class KhmerDigitsDataset(Dataset):
             path = self.image_paths[index]
             try:
                 with Image.open(path) as im:
-                    image = to_rgb(im).convert("L")  # the rule prediction uses (gemma_ocr.data.images)
+                    image = upright_rgb(im).convert("L")  # the rule prediction uses (gemma_ocr.data.images)
             except FileNotFoundError:
                 raise DataLoaderError(f"{self.metadata_path}: image not found: {path} (regenerate the data)") from None
             except OSError as e:
