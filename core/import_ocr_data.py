@@ -15,12 +15,13 @@ from gemma_ocr.errors import GemmaOcrError
 SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "
                "NAME.txt; or a labels file: .tsv/.txt (path<TAB>text per line), .csv (header with image and text "
                "columns), .jsonl (one object per line), .json (either of the project's layouts)")
+DEFAULT_OUTPUT = "data/raw_data/ocr.json"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("source", help=SOURCE_HELP)
-    p.add_argument("--output", default="data/raw_data/ocr.json", help="raw OCR file to write [{img_path, ocr_results}]")
+    p.add_argument("--output", default=DEFAULT_OUTPUT, help="raw OCR file to write [{img_path, ocr_results}]")
     p.add_argument("--image-root", help="folder the labels file's image paths are relative to (default: the labels file's folder)")
     p.add_argument("--image-key", help="image column (.csv) or key (.jsonl) when not one of the usual names")
     p.add_argument("--text-key", help="text column (.csv) or key (.jsonl) when not one of the usual names")
@@ -42,7 +43,7 @@ def main() -> None:
         print(f"skipped {len(result.unlabeled)} images without a transcription, e.g. {result.unlabeled[0]}")
     if result.empty_texts:
         print(f"note: {result.empty_texts} samples have an empty transcription (they teach the model to answer nothing)")
-    if output == Path("data/raw_data/ocr.json"):
+    if output == Path(DEFAULT_OUTPUT):
         print("next: python core/split_dataset.py")
     else:
         print(f"next: python core/split_dataset.py --input {output}")

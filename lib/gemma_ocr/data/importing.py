@@ -19,6 +19,7 @@ Transcriptions keep their inner line breaks; line breaks around them and a UTF-8
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -52,8 +53,9 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
                    skip_unlabeled: bool = False) -> ImportResult:
     """Read OCR records (absolute image paths, texts) from a folder or a labels file; see the module doc."""
     source = Path(source).expanduser()
+    labels_options = image_root is not None or bool(image_key or text_key)
     if source.is_dir():
-        if image_root is not None or image_key or text_key:
+        if labels_options:
             raise GemmaOcrError(f"{source}: --image-root, --image-key and --text-key go with a labels file, not a folder")
         return _from_folder(source, skip_unlabeled)
     if not source.is_file():
@@ -64,7 +66,7 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
         raise GemmaOcrError(f"{source}: unknown labels file type {suffix or '(none)'!r} "
                             f"(use one of {', '.join(LABELS_FILE_SUFFIXES)}, .json, or give the folder of images)")
     if suffix == ".json":
-        if image_root is not None or image_key or text_key:
+        if labels_options:
             raise GemmaOcrError(f"{source}: a .json file uses the project's own keys; --image-root, --image-key "
                                 f"and --text-key go with .tsv/.csv/.jsonl files")
         return ImportResult(load_records(source), "json")
@@ -121,21 +123,18 @@ def _clean(text: str) -> str:
 
 
 def _read_text(path: Path) -> str:
+    """A transcription or labels file as text (line breaks as ``\\n``, no byte-order mark), or one clear error."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
-        raise GemmaOcrError(f"{path}: not UTF-8 text (save the transcription as UTF-8)") from None
+        raise GemmaOcrError(f"{path}: not UTF-8 text (save it as UTF-8)") from None
 
 
 # ------------------------------------------------------------------------------------------------ labels files
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            for number, line in enumerate(f, start=1):
-                yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError:
-        raise GemmaOcrError(f"{path}: not UTF-8 text (save the labels file as UTF-8)") from None
+    """``(line number, line)`` of a labels file."""
+    return enumerate(_read_text(path).split("\n"), start=1)
 
 
 def _tsv_rows(path: Path) -> list[tuple[str, str]]:
@@ -169,16 +168,13 @@ def _pick(names: Iterable[str], wanted: str | None, known: tuple[str, ...], what
 
 
 def _csv_rows(path: Path, image_key: str | None, text_key: str | None) -> list[tuple[str, str]]:
+    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
     try:
-        with path.open(encoding="utf-8-sig", newline="") as f:
-            reader = csv.DictReader(f)
-            names = reader.fieldnames or []
-            image_col = _pick(names, image_key, IMAGE_KEYS, "image", path)
-            text_col = _pick(names, text_key, TEXT_KEYS, "text", path)
-            rows = [(_image_field(row.get(image_col), path, f"row {reader.line_num}"), row.get(text_col) or "")
-                    for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
-    except UnicodeDecodeError:
-        raise GemmaOcrError(f"{path}: not UTF-8 text (save the labels file as UTF-8)") from None
+        names = reader.fieldnames or []
+        image_col = _pick(names, image_key, IMAGE_KEYS, "image", path)
+        text_col = _pick(names, text_key, TEXT_KEYS, "text", path)
+        rows = [(_image_field(row.get(image_col), path, f"row {reader.line_num}"), row.get(text_col) or "")
+                for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
     except csv.Error as e:
         raise GemmaOcrError(f"{path}: malformed CSV ({e}; fix the file's quoting)") from None
     return _nonempty(rows, path)
