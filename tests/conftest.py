@@ -10,6 +10,21 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+REPORTED_LIBRARIES = ("torch", "transformers", "trl", "peft", "datasets", "accelerate", "bitsandbytes",
+                      "liger-kernel", "optuna", "pillow", "numpy")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """End the run with the versions it ran against: results move with transformers/TRL/PEFT releases."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            return f"{name} -"
+
+    terminalreporter.write_line("versions: " + ", ".join(installed(n) for n in REPORTED_LIBRARIES))
 
 
 def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: float = 600, check: bool = True,

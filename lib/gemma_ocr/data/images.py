@@ -1,10 +1,11 @@
 """Opening OCR images: one decoding rule for training, evaluation and the CNN baseline.
 
 :func:`upright_rgb` is the rule: the EXIF orientation applied (phone photos are stored sideways with a tag
-saying so), then :func:`to_rgb`. Transparency is composited onto white, as transformers' image processors
-and vLLM do, so a model is trained on what it is served. 16-bit and 32-bit greyscale images (scanners and
-TIFF archives write them) are stretched to 8 bits. A plain ``convert("RGB")`` gets these wrong: transparent
-backgrounds turn black, 16-bit scans turn almost entirely white, and tagged photos stay sideways.
+saying so), then :func:`to_rgb`. Transparency is composited onto white, as vLLM and recent transformers
+image processors do, so a model is trained on what it is served. 16-bit and 32-bit greyscale images
+(scanners and TIFF archives write them) are stretched to 8 bits. A plain ``convert("RGB")`` gets these
+wrong: transparent backgrounds turn black, 16-bit scans turn almost entirely white, and tagged photos
+stay sideways.
 The evaluator sends any image that the rule would change as the PNG the rule makes (:func:`server_ready`),
 so a server's own decoding never matters.
 """
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from gemma_ocr.data.records import OcrRecord
 
 HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
-SERVER_READY_MODES = frozenset({"RGB", "L"})  # what a server's own RGB conversion turns into the same pixels
+SERVER_READY_MODES = frozenset({"RGB", "L"})  # without transparency: a server's own RGB conversion gives the same pixels
 EXIF_ORIENTATION = 0x0112
 
 
@@ -73,7 +74,7 @@ def upright_rgb(image: Image.Image) -> Image.Image:
 
 def server_ready(image: Image.Image) -> bool:
     """Whether any server decodes ``image``'s file to the pixels :func:`upright_rgb` gives (else send a PNG)."""
-    return image.mode in SERVER_READY_MODES and orientation(image) == 1
+    return image.mode in SERVER_READY_MODES and not has_alpha(image) and orientation(image) == 1
 
 
 def open_image(path: str) -> Image.Image:
