@@ -109,6 +109,80 @@ def test_labels_files_tsv_csv_jsonl(tmp_path, scans):
     assert [r.text for r in load_raw_records(out)] == [truth[n] for n in names]
 
 
+def _hf_dataset(images: list, texts: list[str]):
+    """A Hugging Face ``datasets`` dataset with an Image feature, as OCR datasets on the Hub are published."""
+    import datasets
+    from datasets.table import embed_table_storage
+
+    features = datasets.Features({"image": datasets.Image(), "text": datasets.Value("string")})
+    dataset = datasets.Dataset.from_dict({"image": images, "text": texts}, features=features)
+    return dataset.with_format("arrow").map(embed_table_storage, batched=True)  # the bytes in the file, as push_to_hub does
+
+
+def test_parquet_shards_with_embedded_images_round_trip(tmp_path, scans):
+    """Two shards of a Hub-style dataset: the image bytes are saved as files, pixels and texts unchanged."""
+    from PIL import Image
+
+    folder, truth = scans
+    names = sorted(truth)
+    pictures = [Image.open(next(folder.rglob(n))) for n in names]
+    pictures[0].save(tmp_path / "photo.jpg", quality=90)  # a JPEG keeps its format
+    pictures[0] = Image.open(tmp_path / "photo.jpg")
+    for shard, part in (("train-00000-of-00002", slice(0, 7)), ("train-00001-of-00002", slice(7, None))):
+        _hf_dataset(pictures[part], [truth[n] for n in names[part]]).to_parquet(tmp_path / f"{shard}.parquet")
+    import pyarrow.parquet as pq
+    first = pq.read_table(tmp_path / "train-00000-of-00002.parquet").column("image")[0].as_py()
+    assert first["bytes"] == (tmp_path / "photo.jpg").read_bytes() and first["path"] == "photo.jpg"
+
+    out = tmp_path / "data/raw_data/ocr.json"
+    proc = run_cli("import_ocr_data.py", str(tmp_path / "train-00000-of-00002.parquet"),
+                   str(tmp_path / "train-00001-of-00002.parquet"), "--output", str(out), "--check-images")
+    assert f"Imported {len(names)} samples from 2 sources (parquet)" in proc.stdout
+    records = load_raw_records(out)
+    assert [r.text for r in records] == [truth[n] for n in names]
+    assert Path(records[0].image_path) == out.parent / "images/train-00000-of-00002/000000_photo.jpg"
+    assert Path(records[0].image_path).read_bytes() == (tmp_path / "photo.jpg").read_bytes()  # saved as they were
+    for record, picture in zip(records[1:], pictures[1:]):
+        assert Path(record.image_path).parent.parent == out.parent / "images"  # images/<shard>/<row>_<name>.png
+        with Image.open(record.image_path) as saved:
+            assert saved.format == "PNG" and list(saved.getdata()) == list(picture.getdata())
+    assert len({r.image_path for r in records}) == len(records)  # two shards never overwrite each other's files
+
+
+def test_parquet_with_image_paths_and_custom_columns(tmp_path, scans):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder, truth = scans
+    names = sorted(truth)[:4]
+    paths = [str(next(folder.rglob(n)).relative_to(folder)) for n in names]
+    pq.write_table(pa.table({"id": list(range(4)), "scan": paths, "gt": [truth[n] for n in names]}), tmp_path / "l.parquet")
+    with pytest.raises(GemmaOcrError, match="no image column.*--image-key"):
+        import_records(tmp_path / "l.parquet", images_dir=tmp_path / "img")
+    result = import_records(tmp_path / "l.parquet", image_root=folder, image_key="scan", text_key="gt",
+                            images_dir=tmp_path / "img")
+    assert [(Path(r.image_path).name, r.text) for r in result.records] == [(n, truth[n]) for n in names]
+    assert not (tmp_path / "img").exists()  # nothing to extract: the rows name files
+
+
+def test_bad_parquet_files_are_one_clear_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"image": [b"\x89PNG not really"], "text": ["x"]}), tmp_path / "bytes.parquet")
+    pq.write_table(pa.table({"image": [b""], "label": [3]}), tmp_path / "ints.parquet")
+    pq.write_table(pa.table({"image": [None], "text": ["x"]}, schema=pa.schema([("image", pa.string()), ("text", pa.string())])),
+                   tmp_path / "none.parquet")
+    (tmp_path / "fake.parquet").write_text("image,text\n")
+    for name, fragments in (("bytes.parquet", ["bytes.parquet", "row 0", "not a readable image"]),
+                            ("ints.parquet", ["ints.parquet", "text column 'label'", "not strings", "--text-key"]),
+                            ("none.parquet", ["none.parquet", "row 0 has no image"]),
+                            ("fake.parquet", ["fake.parquet", "not a readable Parquet file"])):
+        proc = run_cli("import_ocr_data.py", str(tmp_path / name), "--output", str(tmp_path / "o.json"), check=False)
+        assert_one_line_error(proc, *fragments)
+        assert not (tmp_path / "o.json").exists()
+
+
 @pytest.mark.parametrize("name, content, fragments", [
     ("l.tsv", "a.png hello\n", ["l.tsv", "line 1", "no tab", "path<TAB>text"]),
     ("l.tsv", "", ["l.tsv", "no entries"]),

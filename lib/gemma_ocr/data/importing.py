@@ -10,6 +10,8 @@ Sources that :func:`import_records` reads:
   - ``.tsv`` / ``.txt``: one ``path<TAB>text`` per line (PaddleOCR's recognition layout), an optional header;
   - ``.csv``: a header row with an image column and a text column;
   - ``.jsonl``: one object per line with an image key and a text key;
+  - ``.parquet``: an image column and a text column, as Hugging Face ``datasets`` write them (an ``Image``
+    feature holds each image's bytes, which are saved as files under ``images_dir``, or its path);
   - ``.json``: either of the project's own layouts (:mod:`gemma_ocr.data.records`).
 
 Column and key names are recognised from :data:`IMAGE_KEYS` / :data:`TEXT_KEYS` (any case), or given.
@@ -22,16 +24,17 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gemma_ocr.data.records import LABELS_FILE_SUFFIXES, OcrRecord, load_records, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 TRANSCRIPTION_SUFFIXES = (".gt.txt", ".txt")  # tried in this order
-IMAGE_KEYS = ("image_path", "img_path", "image", "file_name", "filename", "file", "path")
+IMAGE_KEYS = ("image_path", "img_path", "image", "img", "file_name", "filename", "file", "path")
 TEXT_KEYS = ("ocr_text", "ocr_results", "text", "transcription", "label", "gt")
 
 
@@ -50,8 +53,11 @@ class ImportResult:
 
 def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike[str] | None = None,
                    image_key: str | None = None, text_key: str | None = None,
-                   skip_unlabeled: bool = False) -> ImportResult:
-    """Read OCR records (absolute image paths, texts) from a folder or a labels file; see the module doc."""
+                   skip_unlabeled: bool = False, images_dir: str | os.PathLike[str] | None = None) -> ImportResult:
+    """Read OCR records (absolute image paths, texts) from a folder or a labels file; see the module doc.
+
+    ``images_dir`` is where a ``.parquet`` file's embedded image bytes are written (required for those).
+    """
     source = Path(source).expanduser()
     labels_options = image_root is not None or bool(image_key or text_key)
     if source.is_dir():
@@ -60,7 +66,7 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
         return _from_folder(source, skip_unlabeled)
     if not source.is_file():
         raise GemmaOcrError(f"{source}: no such folder or labels file (give a folder of images with .gt.txt/.txt "
-                            f"transcriptions, or a .tsv/.csv/.jsonl/.json labels file)")
+                            f"transcriptions, or a .tsv/.csv/.jsonl/.parquet/.json labels file)")
     suffix = source.suffix.lower()
     if suffix not in (*LABELS_FILE_SUFFIXES, ".json"):
         raise GemmaOcrError(f"{source}: unknown labels file type {suffix or '(none)'!r} "
@@ -68,20 +74,49 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
     if suffix == ".json":
         if labels_options:
             raise GemmaOcrError(f"{source}: a .json file uses the project's own keys; --image-root, --image-key "
-                                f"and --text-key go with .tsv/.csv/.jsonl files")
+                                f"and --text-key go with .tsv/.csv/.jsonl/.parquet files")
         return ImportResult(load_records(source), "json")
     base = Path(image_root).expanduser().resolve() if image_root is not None else source.parent.resolve()
+    if suffix == ".parquet":
+        if images_dir is None:
+            raise GemmaOcrError(f"{source}: give the folder to write its embedded images to (images_dir)")
+        records = _parquet_records(source, image_key, text_key, base, Path(images_dir))
+        _check_listed_images_exist(records, source, image_root)
+        return ImportResult(records, "parquet")
     if suffix == ".csv":
         rows, kind = _csv_rows(source, image_key, text_key), "csv"
     elif suffix == ".jsonl":
         rows, kind = _jsonl_rows(source, image_key, text_key), "jsonl"
     else:
         if image_key or text_key:
-            raise GemmaOcrError(f"{source}: a tab-separated file has no keys; --image-key and --text-key go with .csv/.jsonl")
+            raise GemmaOcrError(f"{source}: a tab-separated file has no keys; --image-key and --text-key go with "
+                                f".csv/.jsonl/.parquet")
         rows, kind = _tsv_rows(source), "tsv"
     records = [OcrRecord(resolve_image_path(image, base), _clean(text)) for image, text in rows]
     _check_listed_images_exist(records, source, image_root)
     return ImportResult(records, kind)
+
+
+def import_sources(sources: Sequence[str | os.PathLike[str]], images_root: str | os.PathLike[str],
+                   **options: Any) -> ImportResult:
+    """Several sources' records joined in order; a ``.parquet`` source's images go to ``images_root/<its name>``.
+
+    ``options`` are :func:`import_records`' (``image_root``, ``image_key``, ``text_key``, ``skip_unlabeled``).
+    """
+    results: list[ImportResult] = []
+    used: set[str] = set()
+    for source in sources:
+        name = Path(source).stem or "source"
+        unique, n = name, 2
+        while unique in used:
+            unique, n = f"{name}-{n}", n + 1
+        used.add(unique)
+        results.append(import_records(source, images_dir=Path(images_root) / unique, **options))
+    if len(results) == 1:
+        return results[0]
+    return ImportResult([r for res in results for r in res.records],
+                        "+".join(dict.fromkeys(res.source_kind for res in results)),
+                        [u for res in results for u in res.unlabeled])
 
 
 # ------------------------------------------------------------------------------------------------ folder
@@ -202,6 +237,84 @@ def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None) -> list
             raise GemmaOcrError(f"{path}: line {number} key {keys[1]!r} must be a string, got {type(text).__name__}")
         rows.append((_image_field(item[keys[0]], path, f"line {number}"), text or ""))
     return _nonempty(rows, path)
+
+
+PARQUET_BATCH_ROWS = 256
+IMAGE_FORMAT_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
+
+
+def _parquet_records(path: Path, image_key: str | None, text_key: str | None, base: Path,
+                     images_dir: Path) -> list[OcrRecord]:
+    """Records of a Parquet file, read in batches; embedded image bytes are written to ``images_dir``."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise GemmaOcrError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    from tqdm import tqdm
+
+    try:
+        table = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise GemmaOcrError(f"{path}: not a readable Parquet file ({e})") from None
+    schema = table.schema_arrow
+    image_columns = _image_columns(schema)
+    image_col = image_columns[0] if image_key is None and len(image_columns) == 1 else \
+        _pick(schema.names, image_key, IMAGE_KEYS, "image", path)
+    text_col = _pick(schema.names, text_key, TEXT_KEYS, "text", path)
+    if not (pa.types.is_string(schema.field(text_col).type) or pa.types.is_large_string(schema.field(text_col).type)):
+        raise GemmaOcrError(f"{path}: text column {text_col!r} holds {schema.field(text_col).type}, not strings "
+                            f"(pass --text-key with the column of transcriptions)")
+    total = table.metadata.num_rows
+    if total == 0:
+        raise GemmaOcrError(f"{path}: no rows (the Parquet file is empty)")
+    records: list[OcrRecord] = []
+    with tqdm(total=total, desc=f"importing {path.name}", unit="row", disable=total < 2000, leave=False) as bar:
+        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[image_col, text_col]):
+            for image, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
+                row = len(records)
+                records.append(OcrRecord(_parquet_image(image, row, path, base, images_dir), _clean(text or "")))
+            bar.update(batch.num_rows)
+    return records
+
+
+def _image_columns(schema) -> list[str]:
+    """Columns holding images: a ``datasets`` Image feature (a struct of bytes and path) or raw bytes."""
+    import pyarrow as pa
+
+    def is_image(t) -> bool:
+        return (pa.types.is_struct(t) and {"bytes", "path"} <= {t.field(i).name for i in range(t.num_fields)}) \
+            or pa.types.is_binary(t) or pa.types.is_large_binary(t)
+
+    return [n for n in schema.names if is_image(schema.field(n).type)]
+
+
+def _parquet_image(value: object, row: int, path: Path, base: Path, images_dir: Path) -> str:
+    """The image file of one Parquet row: its embedded bytes saved under ``images_dir``, or its path resolved."""
+    data, name = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (value, None)
+    if isinstance(data, (bytes, bytearray)) and data:
+        return str(_save_image_bytes(bytes(data), row, name, path, images_dir))
+    if isinstance(data, str):
+        name = data
+    if isinstance(name, str) and name.strip():
+        return resolve_image_path(name.strip(), base)
+    raise GemmaOcrError(f"{path}: row {row} has no image (neither bytes nor a path; every row needs one)")
+
+
+def _save_image_bytes(data: bytes, row: int, name: str | None, path: Path, images_dir: Path) -> Path:
+    """Write one embedded image as ``<row>[_<original stem>].<format>`` (the bytes as they are)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            fmt = im.format or ""
+    except (UnidentifiedImageError, OSError) as e:
+        raise GemmaOcrError(f"{path}: row {row}: the image bytes are not a readable image ({e})") from None
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] if name else ""
+    target = images_dir / (f"{row:06d}" + (f"_{stem}" if stem else "") + IMAGE_FORMAT_SUFFIXES.get(fmt, f".{fmt.lower() or 'img'}"))
+    images_dir.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    return target.resolve()
 
 
 def _image_field(value: object, path: Path, where: str) -> str:

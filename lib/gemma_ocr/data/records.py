@@ -6,7 +6,7 @@ Two JSON layouts, both lists of objects:
 * input (``data/input/*.json``, what training and evaluation read): ``[{"image_path": ..., "ocr_text": ...}]``
 
 A relative image path is resolved against the folder of the JSON file that names it. Other sources (a folder
-of images with transcriptions, .tsv/.csv/.jsonl labels files) come in through :mod:`gemma_ocr.data.importing`.
+of images with transcriptions, .tsv/.csv/.jsonl/.parquet labels files) come in through :mod:`gemma_ocr.data.importing`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from gemma_ocr.io import atomic_write_json, read_json
 
 RAW_KEYS = ("img_path", "ocr_results")
 INPUT_KEYS = ("image_path", "ocr_text")
-LABELS_FILE_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl")  # read by gemma_ocr.data.importing
+LABELS_FILE_SUFFIXES = (".tsv", ".txt", ".csv", ".jsonl", ".parquet")  # read by gemma_ocr.data.importing
 
 
 @dataclass(frozen=True)
