@@ -6,19 +6,30 @@ from collections.abc import Iterable
 from typing import Any
 
 
+def _is_khmer(ch: str) -> bool:
+    return "\u1780" <= ch <= "\u17ff"
+
+
+def _is_cjk(ch: str) -> bool:
+    return "\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef"
+
+
 def use_font_for(text: str, artists: Iterable[Any]) -> None:
-    """Give text artists a font that has glyphs for ``text`` (Khmer or CJK) when one is installed."""
-    from matplotlib.font_manager import FontProperties
+    """Let text artists draw ``text``'s Khmer and CJK characters (with the fonts that are installed).
+
+    Each script's font is tried in turn, then matplotlib's own DejaVu Sans, so Latin letters and symbols
+    (arrows, ∅) that a script's font lacks still have glyphs.
+    """
+    from matplotlib import font_manager
 
     from gemma_ocr.data.fonts import cjk_font, khmer_font
 
-    path = None
-    if any("\u1780" <= ch <= "\u17ff" for ch in text):
-        path = khmer_font()
-    elif any("\u3000" <= ch <= "\u9fff" or "\uff00" <= ch <= "\uffef" for ch in text):
-        path = cjk_font()
-    if path is None:
+    paths = [find() for wanted, find in ((_is_khmer, khmer_font), (_is_cjk, cjk_font)) if any(map(wanted, text))]
+    families = []
+    for path in filter(None, paths):
+        font_manager.fontManager.addfont(str(path))
+        families.append(font_manager.FontProperties(fname=str(path)).get_name())
+    if not families:
         return
-    prop = FontProperties(fname=str(path))
     for artist in artists:
-        artist.set_fontproperties(prop)
+        artist.set_fontfamily([*families, "DejaVu Sans"])  # DejaVu Sans ships with matplotlib
