@@ -26,6 +26,9 @@ def main() -> None:
                          search_trials=args.search_trials)
     results = run_pipeline(cfg)
     print(format_table(results))
+    report = cfg.error_report_dir / "report.html"
+    if "evaluate" in cfg.stages and report.is_file():
+        print(f"Where the fine-tuned model errs, against the base model: {report} (python core/error_analysis.py)")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,10 @@ def test_pipeline_runs_every_stage_and_prints_the_side_by_side_table(tmp_path):
     for row in ("majority-label-baseline", "base (tiny-gemma3)", "fine-tuned (merged-gemma-ocr)"):
         assert row in out, out
     assert "Scored on the first 4 of 40 test samples" in out
+    errors = json.loads((tmp_path / "results/errors/summary.json").read_text(encoding="utf-8"))
+    tuned = json.loads((tmp_path / "results/gemma_evaluation.json").read_text())
+    assert errors["cer_micro"] == pytest.approx(tuned["overall_cer"]) and errors["baseline"]["matched"] == 4
+    assert str(tmp_path / "results/errors/report.html") in out
     for name in ("baseline_majority.json", "eval_base.json", "gemma_evaluation.json"):
         doc = json.loads((tmp_path / "results" / name).read_text())
         assert doc["total_samples"] == 4 and doc["status_counts"]["error"] == 0

@@ -76,6 +76,10 @@ class PipelineConfig:
         return self.root / "data/input/ocr_test.json"
 
     @property
+    def error_report_dir(self) -> Path:
+        return self.results_dir / "errors"
+
+    @property
     def results_dir(self) -> Path:
         return self.root / "results"
 
@@ -202,7 +206,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
     if "evaluate" in cfg.stages:
         results["base (tiny-gemma3)"] = evaluate_served(cfg, cfg.base_model_dir, cfg.results_dir / "eval_base.json")
         results["fine-tuned (merged-gemma-ocr)"] = evaluate_served(cfg, cfg.merged_dir, cfg.results_dir / "gemma_evaluation.json")
+        error_report(cfg)
     return results
+
+
+def error_report(cfg: PipelineConfig) -> Path:
+    """Where the fine-tuned model's character errors are, against the base model's: ``results/errors/``."""
+    from gemma_ocr.error_analysis import analyze_file, compare
+    from gemma_ocr.error_report import write_report
+
+    tuned = analyze_file(cfg.results_dir / "gemma_evaluation.json")
+    comparison = compare(tuned, analyze_file(cfg.results_dir / "eval_base.json"))
+    report = write_report(tuned, cfg.error_report_dir, comparison=comparison)
+    log.info("errors: %s", report.html)
+    return report.html
 
 
 def format_table(results: dict[str, dict]) -> str:

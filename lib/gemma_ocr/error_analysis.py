@@ -1,0 +1,199 @@
+"""Error analysis of an evaluation: which characters the model misreads, on which samples, compared with what.
+
+From a results file of ``evaluate.py`` (and optionally a baseline's, on the same data):
+
+* **edits**: every step of each sample's Levenshtein alignment (rapidfuzz), counted as substitutions
+  (reference character read as another), deletions (reference character missed) and insertions (extra
+  predicted character). Over the non-empty references they add up to exactly the edits behind the micro
+  CER, so ``edits / reference characters`` is the file's ``overall_cer`` (normalized text: its normalized one).
+* **characters**: for each reference character, how often it was missed or misread.
+* **CER by reference length**, and the **worst samples** with their image and the edits highlighted.
+* **against a baseline**: the samples matched by image and label, how many got better or worse, the largest
+  regressions.
+
+:func:`gemma_ocr.error_report.write_report` writes ``report.html`` (self-contained: plots and thumbnails embedded), ``summary.json``
+and the plots as PNG files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from rapidfuzz.distance import Levenshtein
+
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import read_json
+from gemma_ocr.metrics import cer as sample_cer
+from gemma_ocr.metrics import normalize_text
+from gemma_ocr.results import STATUS_ERROR, check_results_document, sample_status
+
+LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 20), (21, 50), (51, None))  # reference characters, inclusive
+MISSING = "∅"  # the empty side of an insertion or a deletion, as shown
+
+
+@dataclass
+class SampleErrors:
+    """One scored sample: its texts as compared, and its edits."""
+
+    index: int
+    image_path: str
+    reference: str
+    prediction: str
+    edits: int
+    substitutions: Counter = field(default_factory=Counter)  # (reference char, predicted char) -> count
+    deletions: Counter = field(default_factory=Counter)  # reference char -> count
+    insertions: Counter = field(default_factory=Counter)  # predicted char -> count
+
+    @property
+    def cer(self) -> float:
+        return sample_cer(self.prediction, self.reference)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.image_path, self.reference)
+
+
+@dataclass
+class ErrorAnalysis:
+    """The errors of one results file."""
+
+    model_name: str
+    source: str
+    text: str  # "raw" or a description of the normalization
+    samples: list[SampleErrors]
+    failed: list[dict[str, Any]]  # samples whose request failed (never scored)
+
+    @property
+    def scored(self) -> list[SampleErrors]:
+        """Samples with a non-empty reference: those the CER counts."""
+        return [s for s in self.samples if s.reference]
+
+    @property
+    def reference_chars(self) -> int:
+        return sum(len(s.reference) for s in self.scored)
+
+    @property
+    def total_edits(self) -> int:
+        return sum(s.edits for s in self.scored)
+
+    @property
+    def cer_micro(self) -> float:
+        return self.total_edits / self.reference_chars if self.reference_chars else 0.0
+
+    def totals(self) -> dict[str, int]:
+        subs, dels, ins = (sum(sum(getattr(s, k).values()) for s in self.scored)
+                           for k in ("substitutions", "deletions", "insertions"))
+        return {"substitutions": subs, "deletions": dels, "insertions": ins, "edits": subs + dels + ins,
+                "reference_chars": self.reference_chars}
+
+    def confusions(self, top: int | None = None) -> list[dict[str, Any]]:
+        """The most frequent edits: ``{reference, prediction, kind, count}`` (an empty side is '')."""
+        counts: Counter = Counter()
+        for s in self.scored:
+            counts.update({("substitution", r, p): n for (r, p), n in s.substitutions.items()})
+            counts.update({("deletion", r, ""): n for r, n in s.deletions.items()})
+            counts.update({("insertion", "", p): n for p, n in s.insertions.items()})
+        return [{"reference": r, "prediction": p, "kind": kind, "count": n}
+                for (kind, r, p), n in counts.most_common(top)]
+
+    def characters(self, top: int | None = None) -> list[dict[str, Any]]:
+        """Reference characters by how often they were missed or misread: ``{char, occurrences, errors, error_rate}``."""
+        seen: Counter = Counter()
+        wrong: Counter = Counter()
+        for s in self.scored:
+            seen.update(s.reference)
+            wrong.update(s.deletions)
+            for (r, _), n in s.substitutions.items():
+                wrong[r] += n
+        rows = [{"char": c, "occurrences": seen[c], "errors": wrong[c], "error_rate": wrong[c] / seen[c]}
+                for c in seen if wrong[c]]
+        rows.sort(key=lambda row: (-row["errors"], -row["error_rate"], row["char"]))
+        return rows[:top] if top is not None else rows
+
+    def by_length(self) -> list[dict[str, Any]]:
+        """Micro CER per bucket of reference length."""
+        rows = []
+        for lo, hi in LENGTH_BUCKETS:
+            bucket = [s for s in self.scored if len(s.reference) >= lo and (hi is None or len(s.reference) <= hi)]
+            chars = sum(len(s.reference) for s in bucket)
+            rows.append({"length": f"{lo}-{hi}" if hi else f"{lo}+", "samples": len(bucket),
+                         "cer_micro": sum(s.edits for s in bucket) / chars if chars else None})
+        return rows
+
+    def worst(self, n: int) -> list[SampleErrors]:
+        """The ``n`` samples with the highest CER (most edits first among equals)."""
+        return sorted(self.samples, key=lambda s: (-s.cer, -s.edits, s.index))[:n]
+
+
+def analyze_document(document: Any, source: str = "results file", normalized: bool = False,
+                     nfkc: bool = False) -> ErrorAnalysis:
+    """Align every scored sample of a results document; ``normalized`` compares texts as the normalized CER does."""
+    samples = check_results_document(document, source)["samples"]
+    analysed, failed = [], []
+    for position, s in enumerate(samples):
+        if sample_status(s) == STATUS_ERROR:
+            failed.append(s)
+            continue
+        reference, prediction = s.get("label") or "", s.get("prediction") or ""
+        if normalized:
+            reference, prediction = normalize_text(reference, nfkc), normalize_text(prediction, nfkc)
+        analysed.append(align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction))
+    text = "raw"
+    if normalized:
+        text = "normalized: whitespace, ASCII and CJK punctuation removed" + (", Unicode NFKC" if nfkc else "")
+    return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed)
+
+
+def analyze_file(path: str | os.PathLike[str], normalized: bool = False, nfkc: bool = False) -> ErrorAnalysis:
+    return analyze_document(read_json(path, "results file"), str(path), normalized, nfkc)
+
+
+def align(index: int, image_path: str, reference: str, prediction: str) -> SampleErrors:
+    """One sample's edits, from the Levenshtein alignment of reference to prediction."""
+    sample = SampleErrors(index, image_path, reference, prediction, 0)
+    for op in Levenshtein.editops(reference, prediction):
+        if op.tag == "replace":
+            sample.substitutions[(reference[op.src_pos], prediction[op.dest_pos])] += 1
+        elif op.tag == "delete":
+            sample.deletions[reference[op.src_pos]] += 1
+        else:
+            sample.insertions[prediction[op.dest_pos]] += 1
+        sample.edits += 1
+    return sample
+
+
+# ------------------------------------------------------------------------------------------------ comparison
+
+@dataclass
+class Comparison:
+    """Per-sample CER of a model against a baseline on the samples both scored."""
+
+    baseline: ErrorAnalysis
+    pairs: list[tuple[SampleErrors, SampleErrors]]  # (model, baseline)
+    unmatched: int  # model samples the baseline did not score
+
+    def counts(self) -> dict[str, int]:
+        better = sum(1 for m, b in self.pairs if m.cer < b.cer)
+        worse = sum(1 for m, b in self.pairs if m.cer > b.cer)
+        return {"matched": len(self.pairs), "better": better, "worse": worse,
+                "same": len(self.pairs) - better - worse, "unmatched": self.unmatched}
+
+    def regressions(self, n: int) -> list[tuple[SampleErrors, SampleErrors]]:
+        """The ``n`` samples whose CER rose most over the baseline's."""
+        worse = [(m, b) for m, b in self.pairs if m.cer > b.cer]
+        return sorted(worse, key=lambda pair: (pair[1].cer - pair[0].cer, pair[0].index))[:n]
+
+
+def compare(model: ErrorAnalysis, baseline: ErrorAnalysis) -> Comparison:
+    """Match the two analyses' samples by image and reference text; fail when none match."""
+    by_key: dict[tuple[str, str], SampleErrors] = {}
+    for s in baseline.samples:
+        by_key.setdefault(s.key, s)
+    pairs = [(s, by_key[s.key]) for s in model.samples if s.key in by_key]
+    if model.samples and not pairs:
+        raise GemmaOcrError(f"{baseline.source}: no sample matches {model.source} by image and label "
+                            f"(compare results of the same data file)")
+    return Comparison(baseline, pairs, len(model.samples) - len(pairs))

@@ -1,0 +1,297 @@
+"""The error report of an evaluation: ``report.html`` (self-contained), ``summary.json`` and PNG plots.
+
+Built from :mod:`gemma_ocr.error_analysis`; see there for what each figure means.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors
+from gemma_ocr.io import atomic_write_json, atomic_write_text
+
+THUMBNAIL_SIZE = (720, 96)  # a text line's thumbnail fits in this box
+MODEL_COLOUR, BASELINE_COLOUR = "tab:blue", "tab:gray"
+TOP_CONFUSIONS = 20
+TOP_CHARACTERS = 20
+
+
+@dataclass
+class ErrorReport:
+    """What :func:`write_report` wrote."""
+
+    output_dir: Path
+    html: Path
+    summary: Path
+    plots: list[Path]
+    summary_data: dict[str, Any]
+
+
+def write_report(analysis: ErrorAnalysis, output_dir: str | os.PathLike[str], worst: int = 30,
+                 comparison: Comparison | None = None) -> ErrorReport:
+    """Write the report of ``analysis`` (and its ``comparison`` with a baseline) into ``output_dir``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarize(analysis, worst, comparison)
+    plots = [p for p in (_cer_histogram(analysis, comparison, out / "cer_histogram.png"),
+                         _cer_by_length(analysis, comparison, out / "cer_by_length.png"),
+                         _confusions_plot(analysis, out / "confusions.png"),
+                         _scatter(comparison, out / "cer_vs_baseline.png") if comparison else None) if p]
+    summary_path = atomic_write_json(out / "summary.json", summary)
+    page = atomic_write_text(out / "report.html", _html(analysis, summary, plots, worst, comparison))
+    return ErrorReport(out, page, summary_path, plots, summary)
+
+
+def summarize(analysis: ErrorAnalysis, worst: int, comparison: Comparison | None = None) -> dict[str, Any]:
+    """The report's figures as JSON-ready data."""
+    data: dict[str, Any] = {
+        "model_name": analysis.model_name,
+        "results_file": analysis.source,
+        "text": analysis.text,
+        "samples": len(analysis.samples) + len(analysis.failed),
+        "scored_samples": len(analysis.samples),
+        "empty_references": len(analysis.samples) - len(analysis.scored),
+        "failed_samples": len(analysis.failed),
+        "cer_micro": analysis.cer_micro,
+        "totals": analysis.totals(),
+        "confusions": analysis.confusions(100),
+        "characters": analysis.characters(100),
+        "cer_by_length": analysis.by_length(),
+        "worst": [_sample_row(s) for s in analysis.worst(worst)],
+    }
+    if comparison is not None:
+        data["baseline"] = {"model_name": comparison.baseline.model_name, "results_file": comparison.baseline.source,
+                            "cer_micro": comparison.baseline.cer_micro, **comparison.counts(),
+                            "regressions": [{**_sample_row(m), "baseline_cer": b.cer, "baseline_prediction": b.prediction}
+                                            for m, b in comparison.regressions(worst)]}
+    return data
+
+
+def _sample_row(s: SampleErrors) -> dict[str, Any]:
+    return {"index": s.index, "image_path": s.image_path, "reference": s.reference, "prediction": s.prediction,
+            "cer": s.cer, "edits": s.edits}
+
+
+# ------------------------------------------------------------------------------------------------ plots
+
+def _save(fig: Any, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _cer_histogram(analysis: ErrorAnalysis, comparison: Comparison | None, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    if not analysis.scored:
+        return None
+    bins = [i / 20 for i in range(21)]
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    series = [(analysis.model_name, [min(s.cer, 1.05) for s in analysis.scored], MODEL_COLOUR)]
+    if comparison is not None:
+        series.insert(0, (f"baseline: {comparison.baseline.model_name}", [min(b.cer, 1.05) for _, b in comparison.pairs],
+                          BASELINE_COLOUR))
+    for label, values, colour in series:
+        ax.hist(values, bins=bins + [1.1], alpha=0.6, label=label, color=colour)
+    ax.set_xlabel("CER per sample (above 1.0 shown at 1.05)")
+    ax.set_ylabel("samples")
+    ax.set_title("Distribution of sample CER")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _cer_by_length(analysis: ErrorAnalysis, comparison: Comparison | None, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in analysis.by_length() if r["samples"]]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = range(len(rows))
+    width = 0.4 if comparison else 0.8
+    ax.bar([i + (width / 2 if comparison else 0) for i in x], [r["cer_micro"] for r in rows], width,
+           label=analysis.model_name, color=MODEL_COLOUR)
+    if comparison is not None:
+        base = {r["length"]: r["cer_micro"] for r in comparison.baseline.by_length()}
+        ax.bar([i - width / 2 for i in x], [base.get(r["length"]) or 0.0 for r in rows], width,
+               label=f"baseline: {comparison.baseline.model_name}", color=BASELINE_COLOUR)
+        ax.legend(fontsize=8)
+    ax.set_xticks(list(x), [f"{r['length']}\n({r['samples']})" for r in rows])
+    ax.set_xlabel("reference length in characters (samples)")
+    ax.set_ylabel("CER (micro)")
+    ax.set_title("CER by line length")
+    return _save(fig, path)
+
+
+def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    from gemma_ocr.plotting import use_font_for
+
+    top = analysis.confusions(15)
+    if not top:
+        return None
+    labels = [f"{_shown(c['reference'])} → {_shown(c['prediction'])}" for c in reversed(top)]
+    fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1.2))
+    colours = {"substitution": "tab:red", "deletion": "tab:blue", "insertion": "tab:orange"}
+    ax.barh(labels, [c["count"] for c in reversed(top)], color=[colours[c["kind"]] for c in reversed(top)])
+    use_font_for("".join(labels), ax.get_yticklabels())
+    ax.set_xlabel("count (red: misread, blue: missed, orange: extra)")
+    ax.set_title("Most frequent character errors (reference → prediction)")
+    return _save(fig, path)
+
+
+def _scatter(comparison: Comparison, path: Path) -> Path | None:
+    import matplotlib.pyplot as plt
+
+    if not comparison.pairs:
+        return None
+    fig, ax = plt.subplots(figsize=(4.8, 4.8))
+    xs = [min(b.cer, 1.5) for _, b in comparison.pairs]
+    ys = [min(m.cer, 1.5) for m, _ in comparison.pairs]
+    ax.scatter(xs, ys, s=12, alpha=0.6, color=MODEL_COLOUR)
+    top = max([*xs, *ys, 0.05]) * 1.05
+    ax.plot([0, top], [0, top], color="grey", linewidth=1)
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel(f"baseline CER ({comparison.baseline.model_name})")
+    ax.set_ylabel("model CER")
+    ax.set_title("Per sample: below the line is better")
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------------------------------ html
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;
+vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
+.text{font-family:ui-monospace,monospace;white-space:pre-wrap}.bad{background:#ffc9c9}.extra{background:#ffe3a3}
+img.line{max-width:720px;max-height:96px;border:1px solid #eee}.muted{color:#777}
+.plots{display:flex;flex-wrap:wrap;gap:12px}.plots img{width:calc(50% - 6px);min-width:420px}
+"""
+
+
+def _shown(ch: str) -> str:
+    """A character as a label: the empty side as ∅, whitespace by name."""
+    return {"": MISSING, " ": "␣", "\n": "⏎", "\t": "⇥"}.get(ch, ch)
+
+
+def _marked(reference: str, prediction: str) -> tuple[str, str]:
+    """HTML of both texts, the characters in an edit highlighted (misread/missed in red, extra in amber)."""
+    from rapidfuzz.distance import Levenshtein
+
+    ref, pred = [], []
+    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(reference, prediction):
+        r, p = html.escape(reference[i1:i2]), html.escape(prediction[j1:j2])
+        if tag == "equal":
+            ref.append(r)
+            pred.append(p)
+        elif tag == "replace":
+            ref.append(f'<span class="bad">{r}</span>')
+            pred.append(f'<span class="bad">{p}</span>')
+        elif tag == "delete":
+            ref.append(f'<span class="bad">{r}</span>')
+        else:
+            pred.append(f'<span class="extra">{p}</span>')
+    return "".join(ref), "".join(pred)
+
+
+def _thumbnail(path: str) -> str:
+    """The image as an embedded PNG thumbnail, or a note when it cannot be read."""
+    from gemma_ocr.data.images import open_image
+    from gemma_ocr.errors import GemmaOcrError
+
+    try:
+        image = open_image(path)
+    except GemmaOcrError as e:
+        return f'<span class="muted">{html.escape(str(e))}</span>'
+    image.thumbnail(THUMBNAIL_SIZE)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return f'<img class="line" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f'<td class="num">{c}</td>' if i in numeric else f"<td>{c}</td>"
+                                    for i, c in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _sample_rows(samples: list[tuple[SampleErrors, SampleErrors | None]]) -> list[list[str]]:
+    rows = []
+    for s, base in samples:
+        ref, pred = _marked(s.reference, s.prediction)
+        texts = f'<div class="text">{ref or MISSING}</div><div class="text">{pred or MISSING}</div>'
+        if base is not None:
+            texts += f'<div class="text muted">baseline: {html.escape(base.prediction) or MISSING}</div>'
+        cer = f"{s.cer:.3f}" + (f"<br><span class=muted>was {base.cer:.3f}</span>" if base is not None else "")
+        rows.append([str(s.index), _thumbnail(s.image_path) + f'<div class="muted">{html.escape(s.image_path)}</div>',
+                     texts, cer])
+    return rows
+
+
+def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], worst: int,
+          comparison: Comparison | None) -> str:
+    e = html.escape
+    totals = summary["totals"]
+    parts = [f"<!doctype html><meta charset=utf-8><title>Errors of {e(analysis.model_name)}</title><style>{STYLE}</style>",
+             f"<h1>Errors of {e(analysis.model_name)}</h1>",
+             f"<p class=muted>{e(analysis.source)} · text compared: {e(analysis.text)}</p>",
+             _table(["samples", "scored", "empty references", "failed requests", "reference chars", "edits",
+                     "CER (micro)", "misread", "missed", "extra"],
+                    [[str(summary["samples"]), str(summary["scored_samples"]), str(summary["empty_references"]),
+                      str(summary["failed_samples"]), str(totals["reference_chars"]), str(totals["edits"]),
+                      f"{summary['cer_micro']:.4f}", str(totals["substitutions"]), str(totals["deletions"]),
+                      str(totals["insertions"])]], numeric=set(range(10)))]
+    if comparison is not None:
+        c = summary["baseline"]
+        parts.append(f"<h2>Against the baseline {e(c['model_name'])}</h2>")
+        parts.append(_table(["matched samples", "better", "worse", "same", "not in baseline", "baseline CER", "CER"],
+                            [[str(c["matched"]), str(c["better"]), str(c["worse"]), str(c["same"]), str(c["unmatched"]),
+                              f"{c['cer_micro']:.4f}", f"{summary['cer_micro']:.4f}"]], numeric=set(range(7))))
+    parts.append('<div class="plots">' + "".join(
+        f'<img alt="{e(plot.stem)}" src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">'
+        for plot in plots) + "</div>")
+    parts.append("<h2>Most frequent character errors</h2>")
+    parts.append(_table(["reference", "prediction", "kind", "count"],
+                        [[f'<span class="text">{e(_shown(c["reference"]))}</span>',
+                          f'<span class="text">{e(_shown(c["prediction"]))}</span>', c["kind"], str(c["count"])]
+                         for c in summary["confusions"][:TOP_CONFUSIONS]], numeric={3}))
+    parts.append("<h2>Characters most often missed or misread</h2>")
+    parts.append(_table(["character", "U+", "in references", "errors", "error rate"],
+                        [[f'<span class="text">{e(_shown(r["char"]))}</span>', f"{ord(r['char']):04X}",
+                          str(r["occurrences"]), str(r["errors"]), f"{r['error_rate']:.3f}"]
+                         for r in summary["characters"][:TOP_CHARACTERS]], numeric={2, 3, 4}))
+    parts.append("<h2>CER by reference length</h2>")
+    parts.append(_table(["length", "samples", "CER (micro)"],
+                        [[r["length"], str(r["samples"]), "" if r["cer_micro"] is None else f"{r['cer_micro']:.4f}"]
+                         for r in summary["cer_by_length"]], numeric={1, 2}))
+    base_of = {m.index: b for m, b in comparison.pairs} if comparison else {}
+    worst_samples = analysis.worst(worst)
+    parts.append(f"<h2>The {len(worst_samples)} worst samples</h2><p class=muted>reference above, prediction below; "
+                 f"<span class=bad>misread or missed</span>, <span class=extra>extra</span></p>")
+    parts.append(_table(["#", "image", "reference / prediction", "CER"],
+                        _sample_rows([(s, base_of.get(s.index)) for s in worst_samples]), numeric={0, 3}))
+    if comparison is not None:
+        regressions = comparison.regressions(worst)
+        parts.append(f"<h2>Largest regressions against the baseline ({len(regressions)} shown)</h2>")
+        parts.append(_table(["#", "image", "reference / prediction", "CER"], _sample_rows(regressions), numeric={0, 3}))
+    if analysis.failed:
+        parts.append(f"<h2>Failed requests ({len(analysis.failed)}, not scored)</h2>")
+        parts.append(_table(["#", "image", "error"], [[str(s.get("index", "")), e(str(s.get("image_path", ""))),
+                                                       e(str(s.get("error", "")))] for s in analysis.failed[:worst]]))
+    return "\n".join(parts) + "\n"

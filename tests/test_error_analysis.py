@@ -1,0 +1,153 @@
+"""Error analysis of evaluation results: the edits add up to the file's CER, and the report shows them."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rapidfuzz.distance import Levenshtein
+
+from conftest import assert_one_line_error, run_cli
+from gemma_ocr.data.records import load_raw_records
+from gemma_ocr.error_analysis import align, analyze_document, compare
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json
+from gemma_ocr.results import build_document
+
+
+def _results(records, predictions, model: str, failed: frozenset[int] = frozenset()) -> dict:
+    """A results document as evaluate.py writes it (the same scoring code)."""
+    samples = []
+    for i, (r, p) in enumerate(zip(records, predictions)):
+        s = {"index": i, "image_path": r.image_path, "label": r.text, "prediction": p}
+        if i in failed:
+            s.update(prediction=None, status="error", error="HTTP 500 from http://127.0.0.1:1: boom")
+        else:
+            s["status"] = "ok" if p.strip() else "empty"
+        samples.append(s)
+    return build_document(samples, model)
+
+
+def _misread(text: str, every: int) -> str:
+    """Every ``every``-th character replaced, and an extra '#' at the end: a model with a known error pattern."""
+    return "".join("~" if i % every == 0 else c for i, c in enumerate(text)) + "#"
+
+
+@given(st.text(max_size=30), st.text(max_size=30))
+@settings(max_examples=200, deadline=None)
+def test_alignment_counts_exactly_the_levenshtein_edits(reference, prediction):
+    s = align(0, "x.png", reference, prediction)
+    assert s.edits == Levenshtein.distance(reference, prediction)
+    assert sum(s.substitutions.values()) + sum(s.deletions.values()) + sum(s.insertions.values()) == s.edits
+    assert all(r != p for r, p in s.substitutions)  # a substitution changes the character
+
+
+def test_known_errors_are_counted_by_kind():
+    s = align(0, "x.png", "Invoice 42", "lnvoice 4")
+    assert dict(s.substitutions) == {("I", "l"): 1} and dict(s.deletions) == {"2": 1} and not s.insertions
+    s = align(0, "x.png", "៥៩", "៥៩៩")
+    assert dict(s.insertions) == {"៩": 1} and s.edits == 1
+
+
+def test_edits_add_up_to_the_results_files_cer(synthetic_raw):
+    records = load_raw_records(synthetic_raw)
+    predictions = [_misread(r.text, 4) for r in records]
+    predictions[5] = ""  # the model answered nothing
+    doc = _results(records, predictions, "ft", failed=frozenset({2}))
+    analysis = analyze_document(doc)
+    assert analysis.cer_micro == pytest.approx(doc["overall_cer"], abs=1e-12)
+    assert len(analysis.failed) == 1 and len(analysis.samples) == len(records) - 1
+    totals = analysis.totals()
+    assert totals["insertions"] >= len(records) - 2  # the '#' at the end of each non-empty answer
+    assert totals["deletions"] >= len(records[5].text)  # everything of the empty answer was missed
+    top = analysis.confusions(1)[0]
+    assert (top["kind"], top["prediction"]) in (("insertion", "#"), ("substitution", "~"))
+    assert sum(row["samples"] for row in analysis.by_length()) == len(analysis.scored)
+
+    normalized = analyze_document(doc, normalized=True)
+    assert normalized.cer_micro == pytest.approx(doc["normalized_overall_cer"], abs=1e-12)
+
+
+def test_characters_most_often_missed():
+    doc = build_document([{"index": 0, "image_path": "a.png", "label": "0101", "prediction": "O1O1", "status": "ok"},
+                          {"index": 1, "image_path": "b.png", "label": "00", "prediction": "00", "status": "ok"}], "m")
+    rows = analyze_document(doc).characters()
+    assert rows == [{"char": "0", "occurrences": 4, "errors": 2, "error_rate": 0.5}]
+
+
+def test_comparison_with_a_baseline(synthetic_raw):
+    records = load_raw_records(synthetic_raw)
+    base = analyze_document(_results(records, [_misread(r.text, 2) for r in records], "base"))
+    tuned_predictions = [r.text for r in records]
+    tuned_predictions[0] = "completely wrong and longer than the line"
+    tuned = analyze_document(_results(records, tuned_predictions, "tuned"))
+    comparison = compare(tuned, base)
+    counts = comparison.counts()
+    assert counts["matched"] == len(records) and counts["unmatched"] == 0
+    assert counts["better"] == len(records) - 1 and counts["worse"] == 1
+    (model, baseline), = comparison.regressions(5)
+    assert model.index == 0 and model.cer > baseline.cer
+
+    other = analyze_document(build_document([{"index": 0, "image_path": "zz.png", "label": "x", "prediction": "x",
+                                              "status": "ok"}], "other"))
+    with pytest.raises(GemmaOcrError, match="no sample matches"):
+        compare(tuned, other)
+
+
+def test_cli_writes_a_self_contained_report(tmp_path, synthetic_raw):
+    records = load_raw_records(synthetic_raw)
+    atomic_write_json(tmp_path / "base.json", _results(records, [_misread(r.text, 2) for r in records], "base"))
+    tuned = [_misread(r.text, 6) for r in records]
+    tuned_doc = _results(records, tuned, "tuned", failed=frozenset({1}))
+    tuned_doc["samples"][3]["image_path"] = str(tmp_path / "moved-away.png")  # an image no longer there
+    atomic_write_json(tmp_path / "tuned.json", tuned_doc)
+
+    proc = run_cli("error_analysis.py", str(tmp_path / "tuned.json"), "--baseline", str(tmp_path / "base.json"),
+                   "--output-dir", str(tmp_path / "report"), "--worst", "5")
+    assert f"tuned: CER {tuned_doc['overall_cer']:.4f} (raw)" in proc.stdout
+    assert "better" in proc.stdout and "report.html" in proc.stdout
+    page = (tmp_path / "report/report.html").read_text(encoding="utf-8")
+    plots = sorted(p.name for p in (tmp_path / "report").glob("*.png"))
+    assert plots == ["cer_by_length.png", "cer_histogram.png", "cer_vs_baseline.png", "confusions.png"]
+    embedded = re.findall(r'src="data:image/png;base64,', page)
+    assert len(embedded) >= len(plots) + 4  # the plots and the worst samples' thumbnails travel in the page
+    assert "The 5 worst samples" in page and "Failed requests (1" in page and "boom" in page
+    assert 'class="bad"' in page and 'class="extra"' in page
+    summary = json.loads((tmp_path / "report/summary.json").read_text(encoding="utf-8"))
+    assert summary["failed_samples"] == 1 and summary["baseline"]["matched"] == len(records) - 2  # moved, failed
+    assert summary["baseline"]["unmatched"] == 1
+    assert summary["totals"]["edits"] == round(summary["cer_micro"] * summary["totals"]["reference_chars"])
+
+
+def test_cli_bad_input_is_one_line(tmp_path):
+    (tmp_path / "x.json").write_text('{"samples": [{"label": "a"}]}')
+    proc = run_cli("error_analysis.py", str(tmp_path / "x.json"), "--output-dir", str(tmp_path / "r"), check=False)
+    assert_one_line_error(proc, "x.json", "sample 0", "prediction")
+    proc = run_cli("error_analysis.py", str(tmp_path / "missing.json"), check=False)
+    assert_one_line_error(proc, "missing.json")
+
+
+def test_plot_labels_draw_khmer_cjk_and_symbols_together(tmp_path):
+    """A label mixing scripts and symbols gets a glyph for every character (matplotlib warns on a missing one)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gemma_ocr.data.fonts import cjk_font
+    from gemma_ocr.plotting import use_font_for
+
+    labels = ["៥ → ∅", "∅ → e", "a → ␣"] + (["日 → 目"] if cjk_font() else [])
+    fig, ax = plt.subplots()
+    ax.barh(labels, range(1, len(labels) + 1))
+    use_font_for("".join(labels), ax.get_yticklabels())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fig.savefig(tmp_path / "labels.png")
+    plt.close(fig)
+    assert not [str(w.message) for w in caught if "missing from font" in str(w.message)]
