@@ -145,10 +145,10 @@ def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
         return None
     labels = [f"{_shown(c['reference'])} → {_shown(c['prediction'])}" for c in reversed(top)]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1.2))
-    colours = {"substitution": "tab:red", "deletion": "tab:blue", "insertion": "tab:orange"}
+    colours = {"substitution": "tab:red", "deletion": "tab:purple", "insertion": "tab:orange"}
     ax.barh(labels, [c["count"] for c in reversed(top)], color=[colours[c["kind"]] for c in reversed(top)])
     use_font_for("".join(labels), ax.get_yticklabels())
-    ax.set_xlabel("count (red: misread, blue: missed, orange: extra)")
+    ax.set_xlabel("count (red: misread, purple: missed, orange: extra)")
     ax.set_title("Most frequent character errors (reference → prediction)")
     return _save(fig, path)
 
