@@ -151,3 +151,11 @@ def test_plot_labels_draw_khmer_cjk_and_symbols_together(tmp_path):
         fig.savefig(tmp_path / "labels.png")
     plt.close(fig)
     assert not [str(w.message) for w in caught if "missing from font" in str(w.message)]
+
+
+@given(st.text(max_size=20), st.text(max_size=20))
+@settings(max_examples=100, deadline=None)
+def test_sample_cer_is_the_metrics_cer(reference, prediction):
+    from gemma_ocr.metrics import cer
+
+    assert align(0, "x.png", reference, prediction).cer == cer(prediction, reference)

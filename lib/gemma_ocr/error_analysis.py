@@ -49,7 +49,10 @@ class SampleErrors:
 
     @property
     def cer(self) -> float:
-        return sample_cer(self.prediction, self.reference)
+        """The sample's CER (:func:`gemma_ocr.metrics.cer`, from the edits counted here)."""
+        if not self.reference:
+            return sample_cer(self.prediction, self.reference)  # the empty-reference rule
+        return self.edits / len(self.reference)
 
     @property
     def key(self) -> tuple[str, str]:
