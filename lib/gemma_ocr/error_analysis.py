@@ -27,7 +27,7 @@ from rapidfuzz.distance import Levenshtein
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json
 from gemma_ocr.metrics import cer as sample_cer
-from gemma_ocr.metrics import normalize_text
+from gemma_ocr.metrics import normalization_description, normalize_text
 from gemma_ocr.results import STATUS_ERROR, check_results_document, sample_status
 
 LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 20), (21, 50), (51, None))  # reference characters, inclusive
@@ -89,7 +89,7 @@ class ErrorAnalysis:
     def totals(self) -> dict[str, int]:
         subs, dels, ins = (sum(sum(getattr(s, k).values()) for s in self.scored)
                            for k in ("substitutions", "deletions", "insertions"))
-        return {"substitutions": subs, "deletions": dels, "insertions": ins, "edits": subs + dels + ins,
+        return {"substitutions": subs, "deletions": dels, "insertions": ins, "edits": self.total_edits,
                 "reference_chars": self.reference_chars}
 
     def confusions(self, top: int | None = None) -> list[dict[str, Any]]:
@@ -144,9 +144,7 @@ def analyze_document(document: Any, source: str = "results file", normalized: bo
         if normalized:
             reference, prediction = normalize_text(reference, nfkc), normalize_text(prediction, nfkc)
         analysed.append(align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction))
-    text = "raw"
-    if normalized:
-        text = "normalized: whitespace, ASCII and CJK punctuation removed" + (", Unicode NFKC" if nfkc else "")
+    text = f"normalized: {normalization_description(nfkc)}" if normalized else "raw"
     return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed)
 
 

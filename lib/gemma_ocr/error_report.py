@@ -15,6 +15,7 @@ from typing import Any
 
 from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors
 from gemma_ocr.io import atomic_write_json, atomic_write_text
+from gemma_ocr.plotting import save_png, use_font_for
 
 THUMBNAIL_SIZE = (720, 96)  # a text line's thumbnail fits in this box
 MODEL_COLOUR, BASELINE_COLOUR = "tab:blue", "tab:gray"
@@ -83,15 +84,6 @@ def _sample_row(s: SampleErrors) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------------------------ plots
 
-def _save(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
 def _cer_histogram(analysis: ErrorAnalysis, comparison: Comparison | None, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
 
@@ -109,7 +101,7 @@ def _cer_histogram(analysis: ErrorAnalysis, comparison: Comparison | None, path:
     ax.set_ylabel("samples")
     ax.set_title("Distribution of sample CER")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _cer_by_length(analysis: ErrorAnalysis, comparison: Comparison | None, path: Path) -> Path | None:
@@ -132,13 +124,11 @@ def _cer_by_length(analysis: ErrorAnalysis, comparison: Comparison | None, path:
     ax.set_xlabel("reference length in characters (samples)")
     ax.set_ylabel("CER (micro)")
     ax.set_title("CER by line length")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
-
-    from gemma_ocr.plotting import use_font_for
 
     top = analysis.confusions(15)
     if not top:
@@ -150,7 +140,7 @@ def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
     use_font_for("".join(labels), ax.get_yticklabels())
     ax.set_xlabel("count (red: misread, purple: missed, orange: extra)")
     ax.set_title("Most frequent character errors (reference → prediction)")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _scatter(comparison: Comparison, path: Path) -> Path | None:
@@ -169,7 +159,7 @@ def _scatter(comparison: Comparison, path: Path) -> Path | None:
     ax.set_xlabel(f"baseline CER ({comparison.baseline.model_name})")
     ax.set_ylabel("model CER")
     ax.set_title("Per sample: below the line is better")
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 # ------------------------------------------------------------------------------------------------ html

@@ -47,6 +47,11 @@ def normalize_text(text: str | None, nfkc: bool = False) -> str:
     return _REMOVE.sub("", text)
 
 
+def normalization_description(nfkc: bool = False) -> str:
+    """What :func:`normalize_text` does, in words (written into results files and reports)."""
+    return "whitespace, ASCII and CJK punctuation removed" + (", Unicode NFKC" if nfkc else "")
+
+
 def edit_distance(a: str, b: str) -> int:
     """Levenshtein distance (insert, delete, substitute each cost 1) on code points."""
     return Levenshtein.distance(a, b)

@@ -1,9 +1,23 @@
-"""Small matplotlib helpers shared by the reports: fonts that can draw the data's scripts."""
+"""Small matplotlib helpers shared by the reports: saving a figure, fonts that can draw the data's scripts."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Write ``fig`` as a PNG (110 dpi, tight bounding box) and close it."""
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():  # a crowded figure cannot be tightened; bbox_inches="tight" still keeps all labels
+        warnings.filterwarnings("ignore", message="Tight layout not applied")
+        fig.tight_layout()
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _is_khmer(ch: str) -> bool:

@@ -18,7 +18,7 @@ from collections import Counter
 from typing import Any
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.metrics import aggregate, normalize_text, score_pairs
+from gemma_ocr.metrics import aggregate, normalization_description, normalize_text, score_pairs
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 
@@ -53,7 +53,7 @@ def score_samples(samples: list[dict[str, Any]], nfkc: bool = False) -> dict[str
     return {
         "raw": aggregate(raw).to_dict(),
         "normalized": aggregate(norm).to_dict(),
-        "normalization": "whitespace, ASCII and CJK punctuation removed" + (", Unicode NFKC" if nfkc else ""),
+        "normalization": normalization_description(nfkc),
     }
 
 
@@ -111,7 +111,7 @@ def rescore_normalized(document: Any, source: str = "results file", nfkc: bool =
     out["overall_cer"], out["overall_f1"] = overall.overall_cer, overall.overall_f1
     out["total_samples"] = len(samples)
     out["normalized"] = True
-    out["normalization"] = "whitespace, ASCII and CJK punctuation removed" + (", Unicode NFKC" if nfkc else "")
+    out["normalization"] = normalization_description(nfkc)
     out["normalized_metrics"] = overall.to_dict()
     out["samples"] = out_samples
     return out

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.plotting import save_png
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.search.export import jsonable, now
 from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR, default_storage, journal_path, mask, open_storage, sqlite_path
@@ -63,17 +64,6 @@ def metric_name(study: optuna.Study) -> str:
 
 
 # ---------------------------------------------------------------------------- figures
-
-
-def _save_png(fig: Any, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    with warnings.catch_warnings():  # a crowded figure cannot be tightened; bbox_inches="tight" still keeps all labels
-        warnings.filterwarnings("ignore", message="Tight layout not applied")
-        fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
 
 
 def _save_html(fig: Any, path: Path) -> Path:
@@ -362,7 +352,7 @@ def analyze_study(study: optuna.Study, output_dir: str | Path, top_n: int = 10) 
                                 _plotly_or_placeholder(vis.plot_intermediate_values, study, "Intermediate values")),
     }
     for name, (png, html) in figures.items():
-        report.files[f"{name}.png"] = _save_png(png, out / f"{name}.png")
+        report.files[f"{name}.png"] = save_png(png, out / f"{name}.png")
         report.files[f"{name}.html"] = _save_html(html, out / f"{name}.html")
 
     rows = top_trials(study, top_n)
@@ -449,7 +439,7 @@ def compare_studies(studies: list[optuna.Study], report: StudyReport) -> StudyRe
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
     pfig.update_layout(title="Study comparison (best value so far)", xaxis_title="trial", yaxis_title="best value")
-    report.files["comparison.png"] = _save_png(fig, out / "comparison.png")
+    report.files["comparison.png"] = save_png(fig, out / "comparison.png")
     report.files["comparison.html"] = _save_html(pfig, out / "comparison.html")
     report.files["comparison.csv"] = _write_csv(rows, out / "comparison.csv")
     report.summary["comparison"] = jsonable(rows)
