@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from gemma_ocr.cli import none_or_int, run
-from gemma_ocr.evaluation import DEFAULT_DATA_FILE, DEFAULT_INSTRUCTION, DEFAULT_OUTPUT_FILE, DEFAULT_URL, EvalConfig, evaluate
+from gemma_ocr.cli import add_request_arguments, none_or_int, request_options, run
+from gemma_ocr.evaluation import DEFAULT_DATA_FILE, DEFAULT_OUTPUT_FILE, EvalConfig, evaluate
 
 
 def main() -> None:
@@ -19,29 +19,13 @@ def main() -> None:
     p.add_argument("--backend", choices=["server", "khmer-cnn"], default="server",
                    help="server: a served Gemma model (default); khmer-cnn: a Khmer-digits CNN checkpoint")
     p.add_argument("--checkpoint", default=None, help="with --backend khmer-cnn: the .pt checkpoint to score")
-    p.add_argument("--vllm-url", nargs="+", default=[DEFAULT_URL], metavar="URL",
-                   help="server URL(s): http://host:port, .../v1 or .../v1/chat/completions; several share the load")
     p.add_argument("--data-file", default=DEFAULT_DATA_FILE, help="[{image_path, ocr_text}] JSON")
-    p.add_argument("--output-file", default=DEFAULT_OUTPUT_FILE, help="results JSON (resumed if it exists)")
     p.add_argument("--top-k", type=none_or_int, default=100, help="evaluate the first K samples; None for all (default 100)")
-    p.add_argument("--workers", type=int, default=4, help="parallel requests")
-    p.add_argument("--model-name", default=None, help="served model name (default: the one model the server lists)")
-    p.add_argument("--save-interval", type=int, default=50, help="save the results file every N finished samples")
-    p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="text sent with each image")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=3, help="retries of a request on connection errors, timeouts, 408/429/5xx")
-    p.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens")
-    p.add_argument("--wait-server", type=float, default=10.0, help="seconds to wait for the server's /health")
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming an existing results file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_request_arguments(p, DEFAULT_OUTPUT_FILE, "results JSON (resumed if it exists)")
     args = p.parse_args()
     if args.backend == "khmer-cnn":
         return evaluate_khmer_cnn(args)
-    cfg = EvalConfig(urls=args.vllm_url, data_file=args.data_file, output_file=args.output_file, top_k=args.top_k,
-                     workers=args.workers, model_name=args.model_name, save_interval=args.save_interval,
-                     instruction=args.instruction, timeout=args.timeout, max_retries=args.max_retries,
-                     max_tokens=args.max_tokens, wait_server=args.wait_server, resume=not args.no_resume,
-                     show_progress=not args.no_progress)
+    cfg = EvalConfig(data_file=args.data_file, top_k=args.top_k, **request_options(args))
     out = evaluate(cfg)
     limit = "" if out.selected == out.dataset_size else f" (first {out.selected} of {out.dataset_size}: --top-k None for all)"
     return print_summary(out.document, limit, f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s",

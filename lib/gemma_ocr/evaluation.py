@@ -11,6 +11,9 @@ never scored, retried when the run is resumed).
 Results are written atomically every ``save_interval`` finished samples and at the end, in the
 layout of :mod:`gemma_ocr.results`. Rerunning the same command resumes: samples already ``ok``
 or ``empty`` are kept as they are, ``error`` and missing ones are requested again.
+
+:mod:`gemma_ocr.transcription` sends unlabelled images through the same client (:func:`connect`,
+:func:`request_all`).
 """
 
 from __future__ import annotations
@@ -51,13 +54,10 @@ _PASS_THROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp",
 
 
 @dataclass
-class EvalConfig:
-    """What to evaluate, against which server(s), and how hard to try."""
+class RequestConfig:
+    """Which server(s) to ask, and how hard to try (evaluation and transcription alike)."""
 
     urls: Sequence[str] = (DEFAULT_URL,)
-    data_file: str | os.PathLike[str] = DEFAULT_DATA_FILE
-    output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE
-    top_k: int | None = 100
     workers: int = 4
     model_name: str | None = None  # None: the one model the server lists
     save_interval: int = 50
@@ -70,6 +70,15 @@ class EvalConfig:
     backoff_base: float = 0.5
     backoff_max: float = 30.0
     show_progress: bool = True
+
+
+@dataclass
+class EvalConfig(RequestConfig):
+    """What to evaluate, where the results go, and the server settings."""
+
+    data_file: str | os.PathLike[str] = DEFAULT_DATA_FILE
+    output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE
+    top_k: int | None = 100
 
 
 @dataclass(frozen=True)
@@ -244,7 +253,7 @@ class _Transient(Exception):
 class Client:
     """Sends requests with retries, round-robin over several servers."""
 
-    def __init__(self, session: requests.Session, endpoints: Sequence[Endpoint], cfg: EvalConfig):
+    def __init__(self, session: requests.Session, endpoints: Sequence[Endpoint], cfg: RequestConfig):
         self.session = session
         self.endpoints = list(endpoints)
         self.cfg = cfg
@@ -335,24 +344,60 @@ def make_session(n_endpoints: int, workers: int) -> requests.Session:
     return session
 
 
-def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None = None) -> EvalOutcome:
-    """Run (or resume) an evaluation and write its results file; return what happened."""
+def connect(cfg: RequestConfig) -> tuple[requests.Session, list[Endpoint], str]:
+    """Check the request settings and wait for the servers: (session, endpoints, model name).
+
+    The caller closes the session.
+    """
     if cfg.workers < 1:
         raise GemmaOcrError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.save_interval < 1:
         raise GemmaOcrError(f"--save-interval must be at least 1, got {cfg.save_interval}")
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise GemmaOcrError(f"--top-k must be a positive number or None, got {cfg.top_k}")
     if not cfg.urls:
         raise GemmaOcrError("--vllm-url: give at least one server URL")
     endpoints = [parse_url(u) for u in cfg.urls]
+    session = make_session(len(endpoints), cfg.workers)
+    try:
+        return session, endpoints, check_servers(session, endpoints, cfg.model_name, cfg.wait_server)
+    except BaseException:
+        session.close()
+        raise
+
+
+def request_all(session: requests.Session, endpoints: Sequence[Endpoint], cfg: RequestConfig, model_name: str,
+                todo: list[tuple[int, OcrRecord]], results: dict[int, dict[str, Any]], save: Callable[[bool], Any],
+                output: Path, on_sample: Callable[[dict[str, Any]], None] | None = None,
+                desc: str = "evaluate") -> dict[str, Any]:
+    """Send ``todo`` through the worker pool into ``results`` (by index), calling ``save`` as it goes.
+
+    Interrupted (Ctrl-C), what finished is saved before the interrupt goes on. Returns the pool's stats;
+    ``stats["aborted"]`` says why it stopped early when every server went away.
+    """
+    client = Client(session, endpoints, cfg)
+    try:
+        return _run_pool(client, cfg, model_name, todo, results, save, on_sample, desc)
+    except KeyboardInterrupt:
+        save(False)
+        log.warning("interrupted: %d samples saved in %s; rerun the same command to resume", len(results), output)
+        raise
+
+
+def server_gone_error(reason: str, output: Path, finished: int, failed: int) -> GemmaOcrError:
+    """The error of a run cut short because the servers stopped answering."""
+    return GemmaOcrError(f"the server stopped answering ({reason}); {finished} finished samples and {failed} failed "
+                         f"ones are saved in {output}; rerun the same command to resume")
+
+
+def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None = None) -> EvalOutcome:
+    """Run (or resume) an evaluation and write its results file; return what happened."""
+    if cfg.top_k is not None and cfg.top_k < 1:
+        raise GemmaOcrError(f"--top-k must be a positive number or None, got {cfg.top_k}")
     records = load_records(cfg.data_file)
     selected = records if cfg.top_k is None else records[: cfg.top_k]
     output = Path(cfg.output_file)
 
-    session = make_session(len(endpoints), cfg.workers)
+    session, endpoints, model_name = connect(cfg)
     try:
-        model_name = check_servers(session, endpoints, cfg.model_name, cfg.wait_server)
         previous = _load_previous(output, model_name) if cfg.resume else {}
         results: dict[int, dict[str, Any]] = {}
         todo: list[tuple[int, OcrRecord]] = []
@@ -381,22 +426,13 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
             atomic_write_json(output, doc)
             return doc
 
-        client = Client(session, endpoints, cfg)
         t0 = time.perf_counter()
-        try:
-            stats = _run_pool(client, cfg, model_name, todo, results, save, on_sample)
-        except KeyboardInterrupt:
-            save(False)
-            log.warning("interrupted: %d samples saved in %s; rerun the same command to resume", len(results), output)
-            raise
+        stats = request_all(session, endpoints, cfg, model_name, todo, results, save, output, on_sample)
         elapsed = time.perf_counter() - t0
         doc = save(complete=len(results) == len(selected))
         if stats.get("aborted"):
             errors = doc["status_counts"][STATUS_ERROR]
-            raise GemmaOcrError(
-                f"the server stopped answering ({stats['aborted']}); {len(results) - errors} finished samples and "
-                f"{errors} failed ones are saved in {output}; rerun the same command to resume"
-            )
+            raise server_gone_error(stats["aborted"], output, len(results) - errors, errors)
         return EvalOutcome(document=doc, output_file=output, requested=stats["requested"], resumed=resumed,
                            elapsed_s=elapsed, model_name=model_name, selected=len(selected),
                            dataset_size=len(records), stats=stats)
@@ -404,9 +440,9 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
         session.close()
 
 
-def _run_pool(client: Client, cfg: EvalConfig, model_name: str, todo: list[tuple[int, OcrRecord]],
+def _run_pool(client: Client, cfg: RequestConfig, model_name: str, todo: list[tuple[int, OcrRecord]],
               results: dict[int, dict[str, Any]], save: Callable[[bool], Any],
-              on_sample: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
+              on_sample: Callable[[dict[str, Any]], None] | None, desc: str) -> dict[str, Any]:
     """Send ``todo`` through a pool of workers, filling ``results``; stop early if every server is gone."""
     from tqdm.auto import tqdm
 
@@ -434,7 +470,7 @@ def _run_pool(client: Client, cfg: EvalConfig, model_name: str, todo: list[tuple
     requested = since_save = consecutive_dead = 0
     aborted = ""
     dead_limit = max(3, cfg.workers)
-    bar = tqdm(total=len(todo) + len(results), initial=len(results), desc="evaluate", unit="img",
+    bar = tqdm(total=len(todo) + len(results), initial=len(results), desc=desc, unit="img",
                disable=not cfg.show_progress, dynamic_ncols=True)
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="eval")
     pending: set[Future] = set()
