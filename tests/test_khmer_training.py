@@ -141,6 +141,14 @@ def test_train_trial_predict_round_trip(meta, tmp_path):
     proc = run_cli("evaluate.py", "--backend", "khmer-cnn", "--data-file", str(test_json), check=False)
     assert_one_line_error(proc, "--checkpoint")
 
+    # transcribe.py with the CNN: the same predictions, one row per image
+    out = tmp_path / "cnn.jsonl"
+    proc = run_cli("transcribe.py", str(test_json), "--backend", "khmer-cnn", "--checkpoint", result["checkpoint"],
+                   "--output-file", str(out))
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["text"] for r in rows] == predictions and {r["model"] for r in rows} == {"best_model"}
+    assert f"images: {len(records)}" in proc.stdout
+
 
 @pytest.mark.slow
 def test_train_trial_pruned_by_report(meta, tmp_path):

@@ -9,7 +9,8 @@ Sources that :func:`import_records` reads:
 
   - ``.tsv`` / ``.txt``: one ``path<TAB>text`` per line (PaddleOCR's recognition layout), an optional header;
   - ``.csv``: a header row with an image column and a text column;
-  - ``.jsonl``: one object per line with an image key and a text key;
+  - ``.jsonl``: one object per line with an image key and a text key (a transcriptions file of
+    ``core/transcribe.py`` too: its rows with ``"status": "error"`` count as images without a transcription);
   - ``.parquet``: an image column and a text column, as Hugging Face ``datasets`` write them (an ``Image``
     feature holds each image's bytes, which are saved as files under ``images_dir``, or its path);
   - ``.json``: either of the project's own layouts (:mod:`gemma_ocr.data.records`).
@@ -36,6 +37,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 TRANSCRIPTION_SUFFIXES = (".gt.txt", ".txt")  # tried in this order
 IMAGE_KEYS = ("image_path", "img_path", "image", "img", "file_name", "filename", "file", "path")
 TEXT_KEYS = ("ocr_text", "ocr_results", "text", "transcription", "label", "gt")
+FAILED_STATUS = "error"  # a transcriptions file's row whose request failed (gemma_ocr.results.STATUS_ERROR)
 
 
 @dataclass
@@ -44,7 +46,7 @@ class ImportResult:
 
     records: list[OcrRecord]
     source_kind: str
-    unlabeled: list[str] = field(default_factory=list)  # folder images without a transcription (skipped)
+    unlabeled: list[str] = field(default_factory=list)  # images without a transcription (skipped)
 
     @property
     def empty_texts(self) -> int:
@@ -83,10 +85,14 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
         records = _parquet_records(source, image_key, text_key, base, Path(images_dir))
         _check_listed_images_exist(records, source, image_root)
         return ImportResult(records, "parquet")
+    failed: list[str] = []
     if suffix == ".csv":
         rows, kind = _csv_rows(source, image_key, text_key), "csv"
     elif suffix == ".jsonl":
-        rows, kind = _jsonl_rows(source, image_key, text_key), "jsonl"
+        (rows, failed), kind = _jsonl_rows(source, image_key, text_key), "jsonl"
+        if failed and not skip_unlabeled:
+            raise GemmaOcrError(f"{source}: {len(failed)} rows are failed transcriptions (status error), e.g. "
+                                f"{failed[0]} (rerun core/transcribe.py to retry them, or pass --skip-unlabeled)")
     else:
         if image_key or text_key:
             raise GemmaOcrError(f"{source}: a tab-separated file has no keys; --image-key and --text-key go with "
@@ -94,7 +100,7 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
         rows, kind = _tsv_rows(source), "tsv"
     records = [OcrRecord(resolve_image_path(image, base), _clean(text)) for image, text in rows]
     _check_listed_images_exist(records, source, image_root)
-    return ImportResult(records, kind)
+    return ImportResult(records, kind, failed)
 
 
 def import_sources(sources: Sequence[str | os.PathLike[str]], images_root: str | os.PathLike[str],
@@ -130,9 +136,14 @@ def transcription_of(image: Path) -> Path | None:
     return None
 
 
+def find_images(folder: Path) -> list[Path]:
+    """The image files in ``folder`` and its sub-folders, sorted; hidden files and folders are left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                    and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    images = find_images(folder)
     if not images:
         raise GemmaOcrError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
     records: list[OcrRecord] = []
@@ -215,8 +226,10 @@ def _csv_rows(path: Path, image_key: str | None, text_key: str | None) -> list[t
     return _nonempty(rows, path)
 
 
-def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None) -> list[tuple[str, str]]:
+def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (image, text) rows, and the images of failed transcription rows (``"status": "error"``)."""
     rows: list[tuple[str, str]] = []
+    failed: list[str] = []
     keys: tuple[str, str] | None = None
     for number, line in _lines(path):
         if not line.strip():
@@ -232,11 +245,18 @@ def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None) -> list
         missing = [k for k in keys if k not in item]
         if missing:
             raise GemmaOcrError(f"{path}: line {number} lacks key {', '.join(repr(k) for k in missing)}")
+        image = _image_field(item[keys[0]], path, f"line {number}")
+        if item.get("status") == FAILED_STATUS:
+            failed.append(image)
+            continue
         text = item[keys[1]]
         if text is not None and not isinstance(text, str):
             raise GemmaOcrError(f"{path}: line {number} key {keys[1]!r} must be a string, got {type(text).__name__}")
-        rows.append((_image_field(item[keys[0]], path, f"line {number}"), text or ""))
-    return _nonempty(rows, path)
+        rows.append((image, text or ""))
+    if not rows and failed:
+        raise GemmaOcrError(f"{path}: all {len(failed)} rows are failed transcriptions (status error); "
+                            f"rerun core/transcribe.py to retry them")
+    return _nonempty(rows, path), failed
 
 
 PARQUET_BATCH_ROWS = 256

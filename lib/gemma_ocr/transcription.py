@@ -1,0 +1,223 @@
+"""Transcribe images that have no transcription yet with a served model (or a Khmer-digits CNN).
+
+The inputs are image files, folders (searched recursively for images) and OCR data files (the image
+paths of a ``.json``/``.tsv``/``.csv``/``.jsonl`` file; their texts are ignored). Requests go through
+the evaluation client (:mod:`gemma_ocr.evaluation`: threads, retries, several servers, the same
+image encoding and instruction as evaluation).
+
+The output is a JSON Lines file, one object per image in input order::
+
+    {"image_path": "scans/p1.png", "text": "...", "status": "ok", "model": "gemma-ocr", "latency_s": 0.41}
+
+``status`` is ``ok``, ``empty`` (the model answered nothing) or ``error`` (with ``error``: the request
+failed or the image is unreadable; ``text`` is null). Image paths are relative to the output file's
+folder. The file is written atomically every ``save_interval`` images; rerunning the same command
+resumes: ``ok``/``empty`` images are kept, failed and missing ones are requested again.
+
+The file is also a labels file: after correcting the texts, ``python core/import_ocr_data.py FILE``
+turns it into training data (its failed rows are left out).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, import_records
+from gemma_ocr.data.records import OcrRecord, resolve_image_path
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.evaluation import RequestConfig, connect, request_all, server_gone_error
+from gemma_ocr.io import atomic_write_text
+from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_FILE = "results/transcriptions.jsonl"
+DATA_FILE_SUFFIXES = (".json", ".tsv", ".csv", ".jsonl")
+STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
+
+
+@dataclass
+class TranscribeConfig(RequestConfig):
+    """Which images to transcribe, where the transcriptions go, and the server settings."""
+
+    inputs: Sequence[str | os.PathLike[str]] = ()
+    output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE
+
+
+@dataclass
+class TranscribeOutcome:
+    """What a run did: one row per image (input order) and how many were requested now."""
+
+    rows: list[dict[str, Any]]
+    output_file: Path
+    model_name: str
+    requested: int
+    resumed: int
+    elapsed_s: float
+
+    def count(self, status: str) -> int:
+        return sum(r["status"] == status for r in self.rows)
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """Absolute image paths named by ``inputs`` (files, folders searched recursively, OCR data files), each once, in order."""
+    if not inputs:
+        raise GemmaOcrError("give at least one image, folder of images or OCR data file to transcribe")
+    found: dict[str, None] = {}
+    for given in inputs:
+        path = Path(given).expanduser()
+        if path.is_dir():
+            images = find_images(path)
+            if not images:
+                raise GemmaOcrError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
+            paths = [str(p.resolve()) for p in images]
+        elif not path.is_file():
+            raise GemmaOcrError(f"{path}: no such image, folder or OCR data file")
+        elif is_image_file(path):
+            paths = [str(path.resolve())]
+        elif path.suffix.lower() in DATA_FILE_SUFFIXES:
+            paths = [r.image_path for r in import_records(path, skip_unlabeled=True).records]
+        else:
+            kinds = ", ".join(IMAGE_SUFFIXES + DATA_FILE_SUFFIXES)
+            hint = " (import a .parquet file first: python core/import_ocr_data.py)" if path.suffix.lower() in LABELS_FILE_SUFFIXES else ""
+            raise GemmaOcrError(f"{path}: not an image or OCR data file (use one of {kinds}){hint}")
+        found.update(dict.fromkeys(paths))
+    return list(found)
+
+
+# ---------------------------------------------------------------- the file
+
+
+def _row(sample: dict[str, Any], model_name: str, folder: Path) -> dict[str, Any]:
+    """The output row of a finished request (a sample of the evaluation client)."""
+    row: dict[str, Any] = {"image_path": os.path.relpath(sample["image_path"], folder), "text": sample["prediction"],
+                           "status": sample["status"], "model": model_name}
+    for key in ("error", "latency_s"):
+        if key in sample:
+            row[key] = sample[key]
+    return row
+
+
+def write_transcriptions(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write ``rows`` as JSON Lines, atomically."""
+    return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def read_transcriptions(path: Path) -> list[dict[str, Any]]:
+    """The rows of a transcriptions file, image paths made absolute."""
+    rows = []
+    folder = path.parent.resolve()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GemmaOcrError(f"{path}: line {number} is not JSON ({e.msg}); choose another --output-file "
+                                f"or pass --no-resume") from None
+        if not isinstance(row, dict) or not isinstance(row.get("image_path"), str) or row.get("status") not in STATUSES:
+            raise GemmaOcrError(f"{path}: line {number} is not a transcription row (image_path, text, status); "
+                                f"choose another --output-file or pass --no-resume")
+        rows.append({**row, "image_path": resolve_image_path(row["image_path"], folder)})
+    return rows
+
+
+def _finished(path: Path, model_name: str) -> dict[str, dict[str, Any]]:
+    """The ok/empty rows of an earlier run of the same model, by absolute image path."""
+    if not path.is_file():
+        return {}
+    done = {}
+    for row in read_transcriptions(path):
+        if row.get("model") not in (None, model_name):
+            raise GemmaOcrError(f"{path} holds transcriptions of model {row['model']!r}, not {model_name!r}; "
+                                f"choose another --output-file or pass --no-resume")
+        if row["status"] in (STATUS_OK, STATUS_EMPTY):
+            done[row["image_path"]] = row
+    return done
+
+
+# ---------------------------------------------------------------- the run
+
+
+def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] | None = None) -> TranscribeOutcome:
+    """Transcribe (or resume transcribing) the images of ``cfg.inputs`` with the served model."""
+    images = collect_images(cfg.inputs)
+    output = Path(cfg.output_file)
+    if output.suffix.lower() != ".jsonl":
+        raise GemmaOcrError(f"--output-file {output}: transcriptions are written as JSON Lines; end its name in .jsonl")
+    folder = output.parent.resolve()
+    session, endpoints, model_name = connect(cfg)
+    try:
+        previous = _finished(output, model_name) if cfg.resume else {}
+        rows: dict[int, dict[str, Any]] = {}
+        todo: list[tuple[int, OcrRecord]] = []
+        for i, image in enumerate(images):
+            old = previous.get(image)
+            if old is not None:
+                rows[i] = {**old, "image_path": os.path.relpath(image, folder)}
+            else:
+                todo.append((i, OcrRecord(image, "")))
+        resumed = len(rows)
+        if resumed:
+            log.info("resuming %s: %d images done, %d to request", output, resumed, len(todo))
+        samples: dict[int, dict[str, Any]] = {}
+
+        def finished(sample: dict[str, Any]) -> None:
+            row = _row(sample, model_name, folder)
+            rows[sample["index"]] = row
+            if on_row is not None:
+                on_row(row)
+
+        def save(complete: bool) -> None:
+            write_transcriptions(output, [rows[i] for i in sorted(rows)])
+
+        t0 = time.perf_counter()
+        stats = request_all(session, endpoints, cfg, model_name, todo, samples, save, output, finished,
+                            desc="transcribe")
+        elapsed = time.perf_counter() - t0
+        save(True)
+        ordered = [rows[i] for i in sorted(rows)]
+        if stats.get("aborted"):
+            failed = sum(r["status"] == STATUS_ERROR for r in ordered)
+            raise server_gone_error(stats["aborted"], output, len(ordered) - failed, failed)
+        return TranscribeOutcome(ordered, output, model_name, stats["requested"], resumed, elapsed)
+    finally:
+        session.close()
+
+
+def transcribe_with_khmer_cnn(checkpoint: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]],
+                              output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE,
+                              model_name: str | None = None) -> TranscribeOutcome:
+    """Transcribe with a Khmer-digits CNN checkpoint (no server) into the same file layout."""
+    from gemma_ocr.khmer_digits.backend import load_model, predict_paths
+
+    images = collect_images(inputs)
+    output = Path(output_file)
+    folder = output.parent.resolve()
+    name = model_name or Path(checkpoint).stem
+    t0 = time.perf_counter()
+    predictions, errors = predict_paths(load_model(checkpoint), images)
+    rows = []
+    for i, (image, text) in enumerate(zip(images, predictions)):
+        sample = {"image_path": image, "prediction": text}
+        if i in errors:
+            sample.update(status=STATUS_ERROR, error=errors[i])
+        else:
+            sample["status"] = STATUS_OK if (text or "").strip() else STATUS_EMPTY
+        rows.append(_row(sample, name, folder))
+    write_transcriptions(output, rows)
+    return TranscribeOutcome(rows, output, name, len(images), 0, time.perf_counter() - t0)
