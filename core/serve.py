@@ -34,6 +34,7 @@ def main() -> None:
                       startup_timeout=args.startup_timeout, log_file=args.log_file, extra_args=extra) as (url, name):
         print(f"serving {args.model_dir} ({args.engine}) at {url}  model name: {name}", flush=True)
         print(f"evaluate: python core/evaluate.py --vllm-url {url}/v1/chat/completions --model-name {name}", flush=True)
+        print(f"transcribe: python core/transcribe.py IMAGES... --vllm-url {url} --model-name {name}", flush=True)
         print("Ctrl-C stops the server", flush=True)
         try:
             while True:

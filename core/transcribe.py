@@ -9,9 +9,11 @@ Correct the texts, then `python core/import_ocr_data.py FILE.jsonl` makes traini
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from gemma_ocr.cli import add_request_arguments, request_options, run
+from gemma_ocr.data.records import resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 from gemma_ocr.transcription import DEFAULT_OUTPUT_FILE, TranscribeConfig, TranscribeOutcome, transcribe, transcribe_with_khmer_cnn
@@ -43,11 +45,16 @@ def print_summary(out: TranscribeOutcome, show: int) -> int:
     print(f"model: {out.model_name}   images: {len(out.rows)}   ok {out.count(STATUS_OK)}, "
           f"empty {out.count(STATUS_EMPTY)}, error {out.count(STATUS_ERROR)}   "
           f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s")
+    folder = out.output_file.parent.resolve()
+
+    def shown(row: dict) -> str:  # the path from here, not from the output file's folder
+        return os.path.relpath(resolve_image_path(row["image_path"], folder))
+
     for row in [r for r in out.rows if r["status"] != STATUS_ERROR][:max(show, 0)]:
-        print(f"  {row['image_path']}: {row['text']!r}")
+        print(f"  {shown(row)}: {row['text']!r}")
     failed = [r for r in out.rows if r["status"] == STATUS_ERROR]
     for row in failed[:3]:
-        print(f"  failed {row['image_path']}: {row['error']}")
+        print(f"  failed {shown(row)}: {row['error']}")
     if failed:
         print(f"{len(failed)} images failed; rerun the same command to retry them")
     print(f"-> {out.output_file}")

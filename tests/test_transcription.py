@@ -76,7 +76,7 @@ def test_failed_images_are_recorded_retried_and_kept_out_of_imports(tiny_server,
     (scans / "p0.png").write_bytes(b"not an image at all")
     out = tmp_path / "t.jsonl"
     proc = run_cli("transcribe.py", str(scans), "--vllm-url", url, "--output-file", str(out), "--max-tokens", "8",
-                   "--no-progress", check=False, env=eval_env())
+                   "--no-progress", check=False, env=eval_env(), cwd=tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert "images: 5" in proc.stdout and "error 1" in proc.stdout and "failed scans/p0.png: image cannot be decoded" in proc.stdout
     rows = read_transcriptions(out)
@@ -105,6 +105,14 @@ def test_retries_and_model_check(scans, tmp_path):
     with ScriptedServer([503]) as s:
         result = transcribe(_cfg(s.url, [scans / "p1.png"], out, backoff_base=0.01))
         assert s.requests == 2 and result.rows[0]["text"] == "hello" and result.rows[0]["status"] == "ok"
+        # a second run on other images into the same file keeps the first one's rows
+        result = transcribe(_cfg(s.url, [scans / "p2.png", scans / "p1.png"], out))
+        assert s.requests == 3 and (result.requested, result.resumed) == (1, 1)
+        assert [r["image_path"] for r in read_transcriptions(out)] == [str(scans / "p2.png"), str(scans / "p1.png")]
+        transcribe(_cfg(s.url, [scans / "p0.png"], out))
+        assert [Path(r["image_path"]).name for r in read_transcriptions(out)] == ["p2.png", "p1.png", "p0.png"]
+        transcribe(_cfg(s.url, [scans / "p0.png"], out, resume=False))
+        assert [Path(r["image_path"]).name for r in read_transcriptions(out)] == ["p0.png"]
     with ScriptedServer([], model="other") as s, pytest.raises(GemmaOcrError, match="holds transcriptions of model 'm'"):
         transcribe(_cfg(s.url, [scans / "p1.png"], out))
     with ScriptedServer([]) as s, pytest.raises(GemmaOcrError, match="end its name in .jsonl"):

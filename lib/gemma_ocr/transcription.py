@@ -12,7 +12,9 @@ The output is a JSON Lines file, one object per image in input order::
 ``status`` is ``ok``, ``empty`` (the model answered nothing) or ``error`` (with ``error``: the request
 failed or the image is unreadable; ``text`` is null). Image paths are relative to the output file's
 folder. The file is written atomically every ``save_interval`` images; rerunning the same command
-resumes: ``ok``/``empty`` images are kept, failed and missing ones are requested again.
+resumes: ``ok``/``empty`` images are kept, failed and missing ones are requested again. Rows of other
+images already in the file stay (before this run's), so several runs can fill one file; ``resume=False``
+(``--no-resume``) starts it over.
 
 The file is also a labels file: after correcting the texts, ``python core/import_ocr_data.py FILE``
 turns it into training data (its failed rows are left out).
@@ -53,7 +55,7 @@ class TranscribeConfig(RequestConfig):
 
 @dataclass
 class TranscribeOutcome:
-    """What a run did: one row per image (input order) and how many were requested now."""
+    """What a run did: one row per input image (input order) and how many were requested now."""
 
     rows: list[dict[str, Any]]
     output_file: Path
@@ -136,18 +138,16 @@ def read_transcriptions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _finished(path: Path, model_name: str) -> dict[str, dict[str, Any]]:
-    """The ok/empty rows of an earlier run of the same model, by absolute image path."""
+def _earlier_rows(path: Path, model_name: str) -> list[dict[str, Any]]:
+    """The rows of an earlier run of the same model into ``path`` (none when there is no such file)."""
     if not path.is_file():
-        return {}
-    done = {}
-    for row in read_transcriptions(path):
+        return []
+    rows = read_transcriptions(path)
+    for row in rows:
         if row.get("model") not in (None, model_name):
             raise GemmaOcrError(f"{path} holds transcriptions of model {row['model']!r}, not {model_name!r}; "
                                 f"choose another --output-file or pass --no-resume")
-        if row["status"] in (STATUS_OK, STATUS_EMPTY):
-            done[row["image_path"]] = row
-    return done
+    return rows
 
 
 # ---------------------------------------------------------------- the run
@@ -162,11 +162,15 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
     folder = output.parent.resolve()
     session, endpoints, model_name = connect(cfg)
     try:
-        previous = _finished(output, model_name) if cfg.resume else {}
+        earlier = _earlier_rows(output, model_name) if cfg.resume else []
+        wanted = set(images)
+        others = [{**r, "image_path": os.path.relpath(r["image_path"], folder)}  # kept in the file as they are
+                  for r in earlier if r["image_path"] not in wanted]
+        done = {r["image_path"]: r for r in earlier if r["status"] in (STATUS_OK, STATUS_EMPTY)}
         rows: dict[int, dict[str, Any]] = {}
         todo: list[tuple[int, OcrRecord]] = []
         for i, image in enumerate(images):
-            old = previous.get(image)
+            old = done.get(image)
             if old is not None:
                 rows[i] = {**old, "image_path": os.path.relpath(image, folder)}
             else:
@@ -174,19 +178,18 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
         resumed = len(rows)
         if resumed:
             log.info("resuming %s: %d images done, %d to request", output, resumed, len(todo))
-        samples: dict[int, dict[str, Any]] = {}
 
-        def finished(sample: dict[str, Any]) -> None:
+        def finished(sample: dict[str, Any]) -> None:  # the pool has just put ``sample`` into ``rows``
             row = _row(sample, model_name, folder)
             rows[sample["index"]] = row
             if on_row is not None:
                 on_row(row)
 
         def save(complete: bool) -> None:
-            write_transcriptions(output, [rows[i] for i in sorted(rows)])
+            write_transcriptions(output, others + [rows[i] for i in sorted(rows)])
 
         t0 = time.perf_counter()
-        stats = request_all(session, endpoints, cfg, model_name, todo, samples, save, output, finished,
+        stats = request_all(session, endpoints, cfg, model_name, todo, rows, save, output, finished,
                             desc="transcribe")
         elapsed = time.perf_counter() - t0
         save(True)
