@@ -196,7 +196,7 @@ def metric_benchmark(n: int) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=200, help="images per stub run")
     p.add_argument("--latency", type=float, default=0.05, help="stub latency per request (s)")
     p.add_argument("--real-images", type=int, default=40, help="images per embedded-server run")

@@ -45,7 +45,7 @@ def main() -> int:
     from gemma_ocr.khmer_digits.generator import GeneratorConfig, generate_dataset, split_records
     from gemma_ocr.khmer_digits.metrics import OCRMetrics
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default="experiments/khmer_digits_benchmark")
     p.add_argument("--n-train", type=int, default=10000)
     p.add_argument("--n-val", type=int, default=1000)

@@ -15,7 +15,7 @@ from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study-name", required=True, help="the study to analyse")
     p.add_argument("--output-dir", help="where the report goes (default reports/{study_name})")
     p.add_argument("--compare", nargs="+", metavar="STUDY", help="other studies to compare with")

@@ -11,7 +11,7 @@ from gemma_ocr.results import rescore_normalized
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--input", required=True, help="results JSON written by evaluate.py")
     p.add_argument("--output", required=True, help="where to write the normalized results")
     p.add_argument("--nfkc", action="store_true", help="also apply Unicode NFKC (full-width -> ASCII, ligatures ...)")

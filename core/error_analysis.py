@@ -18,7 +18,7 @@ from gemma_ocr.evaluation import DEFAULT_OUTPUT_FILE
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="?", default=DEFAULT_OUTPUT_FILE, help=f"results JSON of evaluate.py (default {DEFAULT_OUTPUT_FILE})")
     p.add_argument("--baseline", help="results JSON of another model on the same data (e.g. the base model) to compare with")
     p.add_argument("--output-dir", help="where to write the report (default: reports/errors/<results file name>)")

@@ -15,7 +15,7 @@ from gemma_ocr.evaluation import DEFAULT_DATA_FILE, DEFAULT_OUTPUT_FILE, EvalCon
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--backend", choices=["server", "khmer-cnn"], default="server",
                    help="server: a served Gemma model (default); khmer-cnn: a Khmer-digits CNN checkpoint")
     p.add_argument("--checkpoint", default=None, help="with --backend khmer-cnn: the .pt checkpoint to score")

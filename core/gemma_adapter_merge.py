@@ -10,7 +10,7 @@ from gemma_ocr.merge import ATOL, DEFAULT_LORA_DIR, DEFAULT_OUTPUT_DIR, RTOL, me
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--lora_dir", "--lora-dir", default=DEFAULT_LORA_DIR, help="adapter folder written by sft_gemma.py")
     p.add_argument("--output_dir", "--output-dir", default=DEFAULT_OUTPUT_DIR, help="merged checkpoint folder")
     p.add_argument("--base-model", default=None,

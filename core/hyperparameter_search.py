@@ -21,7 +21,7 @@ DEFAULT_CONFIG = "configs/hyperparm_configs/default.json"
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--study-name", help="name of the Optuna study (default: hpsearch-<timestamp>)")
     p.add_argument("--search-mode", choices=SEARCH_MODES, help="bayesian (TPE, default), random, or grid")
     p.add_argument("--n-trials", type=int,

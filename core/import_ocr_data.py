@@ -20,7 +20,7 @@ DEFAULT_OUTPUT = "data/raw_data/ocr.json"
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("source", nargs="+", help=SOURCE_HELP)
     p.add_argument("--output", default=DEFAULT_OUTPUT, help="raw OCR file to write [{img_path, ocr_results}]")
     p.add_argument("--image-root", help="folder the labels file's image paths are relative to (default: the labels file's folder)")

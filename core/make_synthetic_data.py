@@ -10,7 +10,7 @@ from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--output-dir", default="data/raw_data")
     p.add_argument("--n-samples", type=int, default=300)
     p.add_argument("--seed", type=int, default=42)

@@ -10,7 +10,7 @@ from gemma_ocr.modeling.tiny import DEFAULT_TINY_MODEL_DIR, build_tiny_gemma3
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--output-dir", default=DEFAULT_TINY_MODEL_DIR, help="folder for the checkpoint")
     p.add_argument("--chars", default=None, help="extra characters to give their own tokens")
     p.add_argument("--chars-from", default=None, help="an OCR data JSON file whose transcriptions add characters")

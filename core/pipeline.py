@@ -11,7 +11,7 @@ from gemma_ocr.pipeline import PipelineConfig, format_table, run_pipeline
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--root", type=Path, default=Path("."), help="folder that holds data/, models/, results/")
     p.add_argument("--n-samples", type=int, default=300, help="synthetic lines to render")
     p.add_argument("--seed", type=int, default=42)

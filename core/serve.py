@@ -12,7 +12,7 @@ from gemma_ocr.serving import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("model_dir", help="merged checkpoint folder (e.g. models/merged-gemma-ocr)")
     p.add_argument("--engine", choices=ENGINES, default="transformers",
                    help="transformers: embedded, CPU or GPU; vllm: production (CUDA)")

@@ -16,7 +16,7 @@ from gemma_ocr.config_cli import add_train_config_flags, flag_overrides
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="JSON/YAML config, e.g. configs/hyperparm_configs/default.json")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     add_train_config_flags(p)

@@ -13,7 +13,7 @@ from gemma_ocr.data.split import DEFAULT_SEED, parse_ratio, split_non_test
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--input", default="data/raw_data/ocr.json", help="raw file [{img_path, ocr_results}]")
     p.add_argument("--output-dir", default="data/input", help="folder for ocr_non_test.json and ocr_test.json")
     p.add_argument("--non-test-ratio", default="1/6", help="share of non_test data: 0.2, 1/6 or 1:5 (non_test:test)")

@@ -20,7 +20,7 @@ from gemma_ocr.transcription import DEFAULT_OUTPUT_FILE, TranscribeConfig, Trans
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or OCR data files "
                                                                 "(.json/.tsv/.csv/.jsonl: their image paths)")
     p.add_argument("--backend", choices=["server", "khmer-cnn"], default="server",

@@ -13,7 +13,7 @@ from gemma_ocr.results import check_results_document
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--input", default="results/gemma_evaluation.json", help="results file written by evaluate.py")
     p.add_argument("--output", default=None, help="JSON list of the empty samples (default: core/data_analysis/output/<name>_empty.json)")
     p.add_argument("--show", type=int, default=20, help="how many to print")

@@ -14,7 +14,7 @@ from gemma_ocr.io import atomic_write_json
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--train-file", default="data/input/ocr_non_test.json")
     p.add_argument("--test-file", default="data/input/ocr_test.json")
     p.add_argument("--output-dir", default="core/data_analysis/output")

@@ -12,7 +12,7 @@ def main() -> None:
     from gemma_ocr.khmer_digits.generator import GeneratorConfig, export_ocr_json, generate_dataset
 
     d = GeneratorConfig()
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--output-dir", default="generated_data")
     p.add_argument("--n-train", type=int, default=d.n_train)
     p.add_argument("--n-val", type=int, default=d.n_val)

@@ -9,7 +9,7 @@ from gemma_ocr.cli import run
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("--config", default="configs/khmer_digits/phase3_simple_configs.yaml", help="experiment YAML file")
     p.add_argument("--experiments", nargs="+", default=None, help="names of experiments to run (default: all)")
     p.add_argument("--output-dir", default="training_output", help="one folder per experiment is made here")

@@ -287,7 +287,7 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     """``python -m gemma_ocr.serving MODEL_DIR``: run the embedded server in the foreground."""
     import uvicorn
 
-    p = argparse.ArgumentParser(description="embedded OpenAI-compatible server (transformers serving stack)")
+    p = argparse.ArgumentParser(allow_abbrev=False, description="embedded OpenAI-compatible server (transformers serving stack)")
     p.add_argument("model_dir")
     p.add_argument("--host", default=DEFAULT_HOST)
     p.add_argument("--port", type=int, default=DEFAULT_PORT)
