@@ -74,6 +74,19 @@ def test_missing_model_folder_is_one_clear_error(tmp_path):
             pass
 
 
+def test_busy_port_and_adapter_folder_are_one_clear_error(tiny_server, merged_model, eval_adapter):
+    """A second server on a taken port would look started while the first one answers: refused before it starts."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(tiny_server[0]).port
+    with pytest.raises(GemmaOcrError, match=f"port {port} on 127.0.0.1 is already in use"):
+        with start_server(merged_model[0], port=port):
+            pass
+    with pytest.raises(GemmaOcrError, match="is a LoRA adapter, not a model: merge it first"):
+        with start_server(eval_adapter):
+            pass
+
+
 def test_vllm_command_has_the_flags_gemma3_needs(tmp_path, monkeypatch):
     import shutil
 

@@ -52,6 +52,17 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return s.getsockname()[1]
 
 
+def check_port_free(host: str, port: int) -> None:
+    """One clear error when something already listens on ``host:port`` (its answers would pass for ours)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free for a server too
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise GemmaOcrError(f"port {port} on {host} is already in use ({e.strerror}): stop the server there, "
+                                f"or pass another --port (leave it out to pick a free one)") from None
+
+
 def default_served_name(model_dir: str | os.PathLike[str]) -> str:
     """The folder's name (``models/merged-gemma-ocr`` -> ``merged-gemma-ocr``)."""
     return Path(model_dir).resolve().name
@@ -63,6 +74,9 @@ def check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
     if not path.is_dir():
         raise GemmaOcrError(f"model folder not found: {path} (merge an adapter first: python core/gemma_adapter_merge.py)")
     if not (path / "config.json").is_file():
+        if (path / "adapter_config.json").is_file():
+            raise GemmaOcrError(f"{path} is a LoRA adapter, not a model: merge it first (python core/gemma_adapter_merge.py "
+                                f"--lora_dir {path} --output_dir {path.parent / ('merged-' + path.name)}) and serve that folder")
         raise GemmaOcrError(f"{path} has no config.json: not a model checkpoint (pass the merged model's folder)")
     return path
 
@@ -203,6 +217,8 @@ def start_server(
     ``--vllm-url`` accepts); ``model_name`` is the name to send in requests.
     """
     check_model_dir(model_dir)
+    if port:
+        check_port_free(host, port)
     port = port or free_port(host)
     name = served_model_name or default_served_name(model_dir)
     cmd = server_command(model_dir, engine, port, host, name, dtype, max_model_len, extra_args)
