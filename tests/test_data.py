@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -73,6 +74,25 @@ def test_missing_and_corrupt_images_are_named(tmp_path):
     f = _write(tmp_path / "d.json", [{"image_path": "missing.png", "ocr_text": "x"}])
     with pytest.raises(GemmaOcrError, match="record 0: image not found"):
         check_images(load_records(f), f)
+
+
+def test_check_images_decodes_everything_and_counts_the_bad_ones(tmp_path):
+    buf = io.BytesIO()
+    Image.effect_noise((300, 200), 60).convert("RGB").save(buf, format="JPEG", quality=95)
+    (tmp_path / "cut.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])  # opens and verifies, but is half a JPEG
+    (tmp_path / "ok.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    f = _write(tmp_path / "d.json", [{"image_path": "ok.jpg", "ocr_text": "x"}, {"image_path": "cut.jpg", "ocr_text": "x"}])
+    with pytest.raises(GemmaOcrError, match=r"record 1: image cannot be read: .*cut.jpg \(image file is truncated"):
+        check_images(load_records(f), f)
+    items = [{"image_path": n, "ocr_text": "x"} for n in ("ok.jpg", "cut.jpg", "bad.png", "gone.png", "gone2.png", "ok.jpg")]
+    f = _write(tmp_path / "d.json", items)
+    with pytest.raises(GemmaOcrError) as e:
+        check_images(load_records(f), f)
+    message = str(e.value)
+    assert message.startswith(f"{f}: 4 of 6 images cannot be used: record 1: ") and "\n" not in message
+    assert "record 2: image cannot be read" in message and "record 3: image not found" in message
+    assert message.endswith("; and 1 more")
 
 
 def test_split_is_reproducible_and_has_the_ratio():

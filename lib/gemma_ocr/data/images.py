@@ -90,17 +90,36 @@ def open_image(path: str) -> Image.Image:
         raise GemmaOcrError(f"image cannot be read: {path} ({e})") from None
 
 
-def check_images(records: Sequence[OcrRecord], source: str | os.PathLike[str] = "") -> None:
-    """Fail with one line on the first image that is missing or cannot be decoded."""
+def image_problem(path: str) -> str | None:
+    """Why the image at ``path`` cannot be used (missing, unreadable, truncated, not an image), or None."""
     from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        return f"image not found: {path} (fix the path; relative paths resolve against the JSON file's folder)"
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode it all: verify() passes a truncated JPEG
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
+        return f"image cannot be read: {path} ({e}; replace or remove the file)"
+    return None
+
+
+def check_images(records: Sequence[OcrRecord], source: str | os.PathLike[str] = "", shown: int = 3) -> None:
+    """Decode every image (in threads); fail with one line naming how many cannot be used and the first ``shown``."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
-    for i, r in enumerate(tqdm(records, desc="checking images", unit="img", disable=len(records) < 2000, leave=False)):
-        where = f"{source}: record {i}" if source else f"record {i}"
-        if not os.path.isfile(r.image_path):
-            raise GemmaOcrError(f"{where}: image not found: {r.image_path} (fix the path; relative paths resolve against the JSON file's folder)")
-        try:
-            with Image.open(r.image_path) as im:
-                im.verify()
-        except (UnidentifiedImageError, OSError, SyntaxError) as e:
-            raise GemmaOcrError(f"{where}: image cannot be read: {r.image_path} ({e}; replace or remove the file)") from None
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        found = pool.map(image_problem, [r.image_path for r in records], chunksize=64)
+        problems = [(i, why) for i, why in enumerate(tqdm(found, total=len(records), desc="checking images", unit="img",
+                                                           disable=len(records) < 2000, leave=False)) if why]
+    if not problems:
+        return
+    prefix = f"{source}: " if source else ""
+    listed = "; ".join(f"record {i}: {why}" for i, why in problems[:shown])
+    if len(problems) == 1:
+        raise GemmaOcrError(prefix + listed)
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    raise GemmaOcrError(f"{prefix}{len(problems)} of {len(records)} images cannot be used: {listed}{more}")
