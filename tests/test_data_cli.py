@@ -121,3 +121,13 @@ def test_make_synthetic_data_cli(tmp_path):
     data = json.loads((tmp_path / "ocr.json").read_text())
     assert len(data) == 5 and all(set(d["ocr_results"]) <= set("០១២៣៤៥៦៧៨៩") for d in data)
     assert (tmp_path / data[0]["img_path"]).is_file()
+
+    # rendering again over its own output is fine; over imported data it needs --force
+    run_cli("make_synthetic_data.py", "--output-dir", str(tmp_path), "--n-samples", "3", "--scripts", "khmer")
+    assert len(json.loads((tmp_path / "ocr.json").read_text())) == 3
+    (tmp_path / "ocr.json").write_text(json.dumps(data[:2]))  # as an import would leave it
+    proc = run_cli("make_synthetic_data.py", "--output-dir", str(tmp_path), "--n-samples", "3", check=False)
+    assert_one_line_error(proc, "ocr.json holds data this program did not write", "--force")
+    assert len(json.loads((tmp_path / "ocr.json").read_text())) == 2
+    run_cli("make_synthetic_data.py", "--output-dir", str(tmp_path), "--n-samples", "3", "--scripts", "khmer", "--force")
+    assert len(json.loads((tmp_path / "ocr.json").read_text())) == 3
