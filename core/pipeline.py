@@ -15,7 +15,7 @@ def main() -> None:
     p.add_argument("--root", type=Path, default=Path("."), help="folder that holds data/, models/, results/")
     p.add_argument("--n-samples", type=int, default=300, help="synthetic lines to render")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--force", action="store_true", help="redo stages whose outputs exist")
+    p.add_argument("--force", action="store_true", help="redo every stage, also those whose outputs are current")
     p.add_argument("--train-config", type=Path, default=Path("configs/hyperparm_configs/default.json"))
     p.add_argument("--eval-top-k", type=none_or_int, default=30, help="first test samples scored per model (None: all)")
     p.add_argument("--eval-workers", type=int, default=2)

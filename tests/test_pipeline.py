@@ -15,8 +15,9 @@ def test_pipeline_runs_every_stage_and_prints_the_side_by_side_table(tmp_path):
     config.update({"max_steps": 4, "eval_steps": 2, "save_steps": 4, "report_to": ["none"]})
     train_config = tmp_path / "train.json"
     train_config.write_text(json.dumps(config))
-    proc = run_cli("pipeline.py", "--root", str(tmp_path), "--n-samples", "48", "--eval-top-k", "4",
-                   "--train-config", str(train_config), "--search-trials", "2", timeout=900)
+    args = ("--root", str(tmp_path), "--n-samples", "48", "--eval-top-k", "4", "--train-config", str(train_config),
+            "--search-trials", "2")
+    proc = run_cli("pipeline.py", *args, timeout=900)
     out = proc.stdout
     for row in ("majority-label-baseline", "base (tiny-gemma3)", "fine-tuned (merged-gemma-ocr)"):
         assert row in out, out
@@ -35,7 +36,23 @@ def test_pipeline_runs_every_stage_and_prints_the_side_by_side_table(tmp_path):
     best = json.loads((tmp_path / "optuna_studies/pipeline_best_params.json").read_text())
     used = json.loads((tmp_path / "models/gemma-ocr/train_config.json").read_text())
     assert best["best_params"]["learning_rate"] == used["learning_rate"]
-    assert (tmp_path / "models/hyperparam_search/trial_1/trial_1_results.json").is_file()
+    assert (tmp_path / "models/hyperparam_search/pipeline/trial_1/trial_1_results.json").is_file()
+
+    # run again unchanged: every stage keeps its output, nothing is requested again
+    log = run_cli("pipeline.py", *args, timeout=900).stderr
+    for stage in ("search", "train", "merge", "evaluate eval_base.json", "evaluate gemma_evaluation.json"):
+        assert f"INFO {stage}: " in log and "redoing" not in log, log
+    assert log.count("(0 requested, 4 resumed)") == 2, log
+
+    # new data, as an import and split leave it: everything made from the old split is redone
+    from gemma_ocr.data.records import load_raw_records, write_records
+
+    raw = tmp_path / "data/raw_data/ocr.json"
+    write_records(load_raw_records(raw)[:36], raw, raw=True)
+    proc = run_cli("pipeline.py", *args, timeout=900)
+    for stage in ("search", "train", "merge", "evaluate eval_base.json", "evaluate gemma_evaluation.json"):
+        assert f"INFO {stage}: " in proc.stderr and "was made from other inputs" in proc.stderr, proc.stderr
+    assert proc.stderr.count("(4 requested, 0 resumed)") == 2 and "Scored on the first 4 of 30 test samples" in proc.stdout
 
 
 def test_force_re_renders_synthetic_data_but_never_replaces_your_own(tmp_path):

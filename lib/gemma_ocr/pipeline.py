@@ -1,18 +1,25 @@
-"""The main job on the embedded defaults: every stage in order, each skipped when its output exists.
+"""The main job on the embedded defaults: every stage in order, each kept when its output exists and is current.
 
 data (synthetic lines) -> split -> majority-label baseline -> a short Optuna search of the LoRA
 hyperparameters on the tiny Gemma 3 (fixed parameters from configs/hyperparm_configs/default.json)
 -> LoRA SFT with the best configuration -> merge to bf16 -> serve (embedded server) -> evaluate
 the base model and the fine-tuned one on the same test samples. Everything lands under one work
 folder (``root``: data/, models/, results/) so a run is self-contained.
+
+A stage's output is kept only while it was made from the same inputs: ``results/pipeline_state.json``
+records a fingerprint of what each stage read (the split's files, the config, the model weights), so
+after new data is imported and split, the search, training, merge and evaluations are redone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from gemma_ocr.data.records import load_raw_records, load_records, write_records
 from gemma_ocr.data.split import split_non_test
@@ -83,6 +90,68 @@ class PipelineConfig:
     def results_dir(self) -> Path:
         return self.root / "results"
 
+    @property
+    def state_file(self) -> Path:
+        return self.results_dir / "pipeline_state.json"
+
+    @property
+    def search_trials_dir(self) -> Path:
+        return self.root / "models/hyperparam_search" / SEARCH_STUDY
+
+
+# ---------------------------------------------------------------- what each kept output was made from
+
+WEIGHT_FILES = ("*.safetensors", "config.json", "adapter_config.json")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short digest of ``parts``: a file by its bytes, a model folder by its weights and config, the rest by value."""
+    h = hashlib.sha256()
+    for part in parts:
+        if isinstance(part, Path) and part.is_dir():
+            files = sorted({f for pattern in WEIGHT_FILES for f in part.glob(pattern) if f.is_file()})
+            h.update(json.dumps([(f.name, _file_sha256(f)) for f in files]).encode())
+        elif isinstance(part, Path):
+            h.update(_file_sha256(part).encode() if part.is_file() else b"missing")
+        else:
+            h.update(json.dumps(part, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+class StageRecord:
+    """The fingerprint of the inputs each stage's output was made from (``results/pipeline_state.json``)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        data = read_json(path, "pipeline state") if path.is_file() else {}
+        self.stages: dict[str, str] = data if isinstance(data, dict) else {}
+
+    def keeps(self, cfg: PipelineConfig, stage: str, output: Path, exists: bool, inputs: str) -> bool:
+        """Whether ``stage`` can keep its existing ``output``: there, made from ``inputs``, and no ``--force``."""
+        if cfg.force or not exists:
+            return False
+        if self.stages.get(stage) == inputs:
+            log.info("%s: %s exists, kept", stage, output)
+            return True
+        log.info("%s: %s was made from other inputs (data, configuration or model changed): redoing it", stage, output)
+        return False
+
+    def done(self, stage: str, inputs: str) -> None:
+        self.stages[stage] = inputs
+        atomic_write_json(self.path, self.stages)
+
+
+# ---------------------------------------------------------------- the stages
+
 
 def make_data(cfg: PipelineConfig) -> None:
     """Render synthetic lines into data/raw_data/ unless data is there; ``--force`` re-renders only synthetic data."""
@@ -116,21 +185,22 @@ def majority_baseline(cfg: PipelineConfig) -> dict:
     return doc
 
 
-def search(cfg: PipelineConfig) -> Path | None:
-    """A short TPE search of :data:`TINY_SEARCH_SPACE` on the tiny model; returns the best config file (kept when it exists)."""
+def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
+    """A short TPE search of :data:`TINY_SEARCH_SPACE` on the tiny model; returns the best config file (kept while current)."""
     from gemma_ocr.search.runner import resolve_settings, run_search
     from gemma_ocr.search.space import parse_search_space
 
     if cfg.search_trials <= 0:
         return None
-    if cfg.best_config.is_file() and not cfg.force:
-        log.info("search: %s exists, kept", cfg.best_config)
+    inputs = fingerprint(cfg.non_test_json, cfg.train_config, cfg.base_model_dir, TINY_SEARCH_SPACE,
+                         cfg.search_trials, cfg.seed)
+    if record.keeps(cfg, "search", cfg.best_config, cfg.best_config.is_file(), inputs):
         return cfg.best_config
-    if cfg.force:
-        (cfg.studies_dir / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)
+    (cfg.studies_dir / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)  # its trials were made from other inputs
+    cfg.best_config.unlink(missing_ok=True)
     settings = resolve_settings(
         None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.studies_dir, default_config=cfg.train_config,
-        overrides={"n_trials": cfg.search_trials, "seed": cfg.seed, "base_output_dir": cfg.root / "models/hyperparam_search"},
+        overrides={"n_trials": cfg.search_trials, "seed": cfg.seed, "base_output_dir": cfg.search_trials_dir},
         fixed_overrides={"model_name": str(cfg.base_model_dir), "input_data": str(cfg.non_test_json)},
     )
     settings.search_space = parse_search_space(TINY_SEARCH_SPACE)
@@ -138,53 +208,64 @@ def search(cfg: PipelineConfig) -> Path | None:
     if summary.best_config_path is None:
         log.warning("search: no trial completed; training with %s", cfg.train_config)
         return None
+    record.done("search", inputs)
     log.info("search: best %s %.4g (trial %s) %s -> %s", summary.metric, summary.best_value, summary.best_trial,
              summary.best_params, summary.best_config_path)
     return summary.best_config_path
 
 
-def train(cfg: PipelineConfig, config_file: Path | None = None) -> Path:
-    """LoRA SFT of the tiny Gemma 3 (the search's best config, else the default one); kept when the adapter exists."""
+def train(cfg: PipelineConfig, record: StageRecord, config_file: Path | None = None) -> Path:
+    """LoRA SFT of the tiny Gemma 3 (the search's best config, else the default one); kept while current."""
     from gemma_ocr.config import resolve_config
     from gemma_ocr.training import tune
 
-    if (cfg.adapter_dir / "adapter_config.json").is_file() and not cfg.force:
-        log.info("train: %s exists, kept", cfg.adapter_dir)
+    config_file = config_file or cfg.train_config
+    inputs = fingerprint(cfg.non_test_json, config_file, cfg.base_model_dir, cfg.seed)
+    if record.keeps(cfg, "train", cfg.adapter_dir, (cfg.adapter_dir / "adapter_config.json").is_file(), inputs):
         return cfg.adapter_dir
-    config = resolve_config(config_file or cfg.train_config, {
+    config = resolve_config(config_file, {
         "model_name": str(cfg.base_model_dir),
         "input_data": str(cfg.non_test_json),
         "output_dir": str(cfg.adapter_dir),
         "seed": cfg.seed,
     })
     result = tune(config)
+    record.done("train", inputs)
     log.info("train: %d steps, train_loss %.4f, eval_loss %s -> %s", result["global_step"], result["train_loss"],
              result.get("eval_loss"), cfg.adapter_dir)
     return cfg.adapter_dir
 
 
-def merge(cfg: PipelineConfig) -> Path:
-    """Merge the adapter into the bf16 base (verified); kept when a verified merge exists."""
+def merge(cfg: PipelineConfig, record: StageRecord) -> Path:
+    """Merge the adapter into the bf16 base (verified); kept while a verified merge of the same adapter exists."""
     from gemma_ocr.merge import merge_adapter
 
     report = cfg.merged_dir / "merge_report.json"
-    if report.is_file() and read_json(report).get("verified") and not cfg.force:
-        log.info("merge: %s exists, kept", cfg.merged_dir)
+    inputs = fingerprint(cfg.adapter_dir, cfg.base_model_dir)
+    if record.keeps(cfg, "merge", cfg.merged_dir, report.is_file() and bool(read_json(report).get("verified")), inputs):
         return cfg.merged_dir
     r = merge_adapter(cfg.adapter_dir, cfg.merged_dir)
+    record.done("merge", inputs)
     log.info("merge: max |merged - (base+adapter)| %.3g <= %.3g -> %s", r.max_abs_diff, r.tolerance, cfg.merged_dir)
     return cfg.merged_dir
 
 
-def evaluate_served(cfg: PipelineConfig, model_dir: Path, output: Path) -> dict:
-    """Serve ``model_dir`` with the embedded server, evaluate the test set on it, stop the server."""
+def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, output: Path) -> dict:
+    """Serve ``model_dir`` with the embedded server, evaluate the test set on it, stop the server.
+
+    Finished samples of an earlier run are kept (resumed) while the model and the test data are the same.
+    """
     from gemma_ocr.evaluation import EvalConfig, evaluate
     from gemma_ocr.serving import start_server
 
+    stage = f"evaluate {output.name}"
+    inputs = fingerprint(model_dir, cfg.test_json, cfg.eval_max_tokens)
+    resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
     with start_server(model_dir, startup_timeout=300) as (url, name):
         out = evaluate(EvalConfig(urls=[url], data_file=cfg.test_json, output_file=output, top_k=cfg.eval_top_k,
                                   workers=cfg.eval_workers, model_name=name, save_interval=10,
-                                  max_tokens=cfg.eval_max_tokens, resume=not cfg.force))
+                                  max_tokens=cfg.eval_max_tokens, resume=resume))
+    record.done(stage, inputs)
     log.info("evaluate: %s -> %s (%d requested, %d resumed)", name, output, out.requested, out.resumed)
     return out.document
 
@@ -198,14 +279,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
     results: dict[str, dict] = {}
     if "baseline" in cfg.stages:
         results["majority-label-baseline"] = majority_baseline(cfg)
-    best_config = search(cfg) if "search" in cfg.stages else None
+    if {"search", "train", "merge", "evaluate"} & set(cfg.stages):
+        from gemma_ocr.modeling.tiny import ensure_tiny_model
+
+        ensure_tiny_model(cfg.base_model_dir)  # before its weights are fingerprinted
+    record = StageRecord(cfg.state_file)
+    best_config = search(cfg, record) if "search" in cfg.stages else None
     if "train" in cfg.stages:
-        train(cfg, best_config)
+        train(cfg, record, best_config)
     if "merge" in cfg.stages:
-        merge(cfg)
+        merge(cfg, record)
     if "evaluate" in cfg.stages:
-        results["base (tiny-gemma3)"] = evaluate_served(cfg, cfg.base_model_dir, cfg.results_dir / "eval_base.json")
-        results["fine-tuned (merged-gemma-ocr)"] = evaluate_served(cfg, cfg.merged_dir, cfg.results_dir / "gemma_evaluation.json")
+        results["base (tiny-gemma3)"] = evaluate_served(cfg, record, cfg.base_model_dir, cfg.results_dir / "eval_base.json")
+        results["fine-tuned (merged-gemma-ocr)"] = evaluate_served(cfg, record, cfg.merged_dir,
+                                                                   cfg.results_dir / "gemma_evaluation.json")
         error_report(cfg)
     return results
 
