@@ -69,6 +69,7 @@ def test_corrupt_and_missing_images_are_recorded_per_sample(tiny_server, eval_da
     st = [s["status"] for s in doc["samples"]]
     assert st[1] == st[2] == "error" and st[0] != "error" and st[3] != "error"
     assert "cannot be decoded" in doc["samples"][1]["error"] and "not found" in doc["samples"][2]["error"]
+    assert "BytesIO" not in doc["samples"][1]["error"]  # the file is named, not the buffer it was read into
     assert doc["samples"][1]["cer_score"] is None and doc["samples"][1]["prediction"] is None
     assert doc["status_counts"]["error"] == 2 and doc["metrics"]["raw"]["scored_samples"] == 2
     assert doc["total_samples"] == 4
@@ -177,6 +178,17 @@ def test_resume_refuses_another_models_results(eval_data, tmp_path):
         evaluate(_cfg(s.url, eval_data, tmp_path / "r.json", top_k=2))
     with ScriptedServer([], model="other") as s, pytest.raises(GemmaOcrError, match="holds results of model 'm'"):
         evaluate(_cfg(s.url, eval_data, tmp_path / "r.json", top_k=2))
+    other_data = write_data(tmp_path / "other.json", [(r.image_path, r.text) for r in load_records(eval_data)[:2]])
+    with ScriptedServer([], model="m") as s:
+        for changed, fragment in (({"instruction": "OCR please"}, "made with instruction"),
+                                  ({"max_tokens": 5}, "made with --max-tokens 12, not 5"),
+                                  ({"data_file": other_data}, "made with data file")):
+            kw = {"top_k": 2, **changed}
+            with pytest.raises(GemmaOcrError, match=fragment):
+                evaluate(_cfg(s.url, kw.pop("data_file", eval_data), tmp_path / "r.json", **kw))
+        assert evaluate(_cfg(s.url, eval_data, tmp_path / "r.json", top_k=2)).requested == 0  # same settings: resumed
+        out = evaluate(_cfg(s.url, eval_data, tmp_path / "r.json", top_k=2, instruction="OCR please", resume=False))
+        assert out.requested == 2 and out.document["instruction"] == "OCR please"
 
 
 @pytest.mark.parametrize("given", ["http://h:8000", "http://h:8000/", "http://h:8000/v1", "http://h:8000/v1/chat/completions"])

@@ -221,7 +221,9 @@ def encode_image(path: str) -> str:
                 buf = io.BytesIO()
                 upright_rgb(im).save(buf, format="PNG")
                 data, mime = buf.getvalue(), "image/png"
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except UnidentifiedImageError:
+        raise GemmaOcrError(f"image cannot be decoded: {path} (not an image, or a format Pillow cannot read)") from None
+    except (OSError, SyntaxError, ValueError) as e:
         raise GemmaOcrError(f"image cannot be decoded: {path} ({e})") from None
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
@@ -303,8 +305,21 @@ def _key(index: int, record: OcrRecord) -> tuple[int, str, str]:
     return (index, record.image_path, record.text)
 
 
-def _load_previous(path: Path, model_name: str) -> dict[tuple[int, str, str], dict[str, Any]]:
-    """Finished samples (ok/empty) of an earlier run of the same model, by (index, image, label)."""
+def _settings_differ(doc: dict[str, Any], cfg: EvalConfig) -> str:
+    """What of ``cfg`` differs from the run that wrote ``doc`` (data file, instruction, max tokens), or ""."""
+    before = doc.get("data_file")
+    if before and Path(before).resolve() != Path(cfg.data_file).resolve():
+        return f"data file {before}, not {cfg.data_file}"
+    if "instruction" in doc and doc["instruction"] != cfg.instruction:
+        return f"instruction {doc['instruction']!r}, not {cfg.instruction!r}"
+    tokens = (doc.get("generation") or {}).get("max_tokens")
+    if tokens is not None and tokens != cfg.max_tokens:
+        return f"--max-tokens {tokens}, not {cfg.max_tokens}"
+    return ""
+
+
+def _load_previous(path: Path, model_name: str, cfg: EvalConfig) -> dict[tuple[int, str, str], dict[str, Any]]:
+    """Finished samples (ok/empty) of an earlier run of the same model and settings, by (index, image, label)."""
     if not path.is_file():
         return {}
     doc = read_json(path, "results file")
@@ -315,6 +330,10 @@ def _load_previous(path: Path, model_name: str) -> dict[tuple[int, str, str], di
         raise GemmaOcrError(
             f"{path} holds results of model {previous!r}, not {model_name!r}; choose another --output-file or pass --no-resume"
         )
+    differs = _settings_differ(doc, cfg)
+    if differs:
+        raise GemmaOcrError(f"{path} holds results made with {differs}; rerun with the same settings to resume, "
+                            f"or choose another --output-file, or pass --no-resume")
     done: dict[tuple[int, str, str], dict[str, Any]] = {}
     for s in doc["samples"]:
         if not isinstance(s, dict) or "index" not in s:
@@ -398,7 +417,7 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
 
     session, endpoints, model_name = connect(cfg)
     try:
-        previous = _load_previous(output, model_name) if cfg.resume else {}
+        previous = _load_previous(output, model_name, cfg) if cfg.resume else {}
         results: dict[int, dict[str, Any]] = {}
         todo: list[tuple[int, OcrRecord]] = []
         for i, rec in enumerate(selected):
