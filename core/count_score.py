@@ -19,12 +19,18 @@ def main() -> None:
     out = rescore_normalized(read_json(args.input, "results file"), source=args.input, nfkc=args.nfkc)
     atomic_write_json(args.output, out)
     m = out["normalized_metrics"]
-    print(f"samples: {out['total_samples']} (scored {m['scored_samples']}, empty references {m['empty_references']})")
-    print(f"CER micro (total edits / total ref chars): {m['cer_micro']:.4f}   original: {out['original_overall_cer']}")
+    failed = out["total_samples"] - m["scored_samples"]
+    print(f"samples: {out['total_samples']} (scored {m['scored_samples']}, failed requests {failed} not scored, "
+          f"empty references {m['empty_references']})")
+    print(f"CER micro (total edits / total ref chars): {m['cer_micro']:.4f}   original: {_figure(out['original_overall_cer'])}")
     print(f"CER macro (mean per sample):               {m['cer_macro']:.4f}")
-    print(f"F1 micro:                                  {m['f1_micro']:.4f}   original: {out['original_overall_f1']}")
+    print(f"F1 micro:                                  {m['f1_micro']:.4f}   original: {_figure(out['original_overall_f1'])}")
     print(f"F1 macro:                                  {m['f1_macro']:.4f}")
     print(f"-> {args.output}")
+
+
+def _figure(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "-"
 
 
 if __name__ == "__main__":

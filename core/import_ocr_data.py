@@ -29,7 +29,7 @@ def main() -> None:
     p.add_argument("--images-dir", help="folder for the images embedded in .parquet sources, one sub-folder per "
                                         "source (default: images/ beside --output)")
     p.add_argument("--skip-unlabeled", action="store_true", help="leave out folder images without a transcription (and failed rows of a transcriptions .jsonl) instead of stopping")
-    p.add_argument("--check-images", action="store_true", help="open every image first; stop at the first corrupt one")
+    p.add_argument("--check-images", action="store_true", help="decode every image first; stop naming the missing or corrupt ones")
     p.add_argument("--force", action="store_true", help="overwrite --output when it exists")
     args = p.parse_args()
 

@@ -18,7 +18,7 @@ def main() -> None:
     p.add_argument("--output-dir", default="data/input", help="folder for ocr_non_test.json and ocr_test.json")
     p.add_argument("--non-test-ratio", default="1/6", help="share of non_test data: 0.2, 1/6 or 1:5 (non_test:test)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    p.add_argument("--check-images", action="store_true", help="open every image first; stop at the first missing or corrupt one")
+    p.add_argument("--check-images", action="store_true", help="decode every image first; stop naming the missing or corrupt ones")
     args = p.parse_args()
 
     ratio = parse_ratio(args.non_test_ratio)
@@ -34,6 +34,9 @@ def main() -> None:
     print(f"non_test: {len(split.non_test):6d} ({len(split.non_test) / max(n, 1):.1%}) -> {out / 'ocr_non_test.json'}")
     print(f"test:     {len(split.test):6d} ({len(split.test) / max(n, 1):.1%}) -> {out / 'ocr_test.json'}")
     print(f"seed {args.seed}, non_test ratio {ratio:.4f}")
+    for name, part in (("non_test", split.non_test), ("test", split.test)):
+        if not part:
+            print(f"warning: {name} is empty: {n} records are too few for ratio {ratio:.4f} (add data or change --non-test-ratio)")
 
 
 if __name__ == "__main__":

@@ -61,6 +61,12 @@ def test_bad_raw_files_name_file_and_record(tmp_path, content, fragment):
     assert "\n" not in str(e.value)
 
 
+def test_a_byte_order_mark_is_read_past(tmp_path):
+    f = tmp_path / "bom.json"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps([{"image_path": "a.png", "ocr_text": "x"}]).encode())
+    assert [r.text for r in load_records(f)] == ["x"]
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(GemmaOcrError, match="not found"):
         load_records(tmp_path / "nope.json")

@@ -25,6 +25,11 @@ def test_split_dataset_cli(tmp_path, synthetic_raw):
     assert (again / "ocr_test.json").read_text() == (out / "ocr_test.json").read_text()
     run_cli("split_dataset.py", "--input", str(synthetic_raw), "--output-dir", str(again), "--non-test-ratio", "1:1")
     assert len(json.loads((again / "ocr_test.json").read_text())) == 20
+    assert "warning" not in proc.stdout
+    few = tmp_path / "few.json"
+    few.write_text(json.dumps(json.loads(synthetic_raw.read_text())[:2]))
+    proc = run_cli("split_dataset.py", "--input", str(few), "--output-dir", str(tmp_path / "few"))
+    assert "warning: non_test is empty: 2 records are too few" in proc.stdout
 
 
 def test_split_dataset_bad_inputs(tmp_path):
@@ -63,6 +68,8 @@ def test_count_score_round_trip(tmp_path):
     proc = run_cli("count_score.py", "--input", str(src), "--output", str(out))
     doc, orig = json.loads(out.read_text()), json.loads(src.read_text())
     assert "CER micro" in proc.stdout and "CER macro" in proc.stdout
+    assert "samples: 4 (scored 3, failed requests 1 not scored" in proc.stdout
+    assert f"original: {orig['overall_cer']:.4f}" in proc.stdout
     a, b, c, d = doc["samples"]
     assert a["prediction"] == "hello world" and a["normalized_prediction"] == "helloworld"  # original kept
     assert a["normalized_label"] == "Helloworld" and a["cer_score"] == pytest.approx(0.1)

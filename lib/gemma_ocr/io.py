@@ -17,7 +17,7 @@ def read_json(path: str | os.PathLike[str], what: str = "JSON file") -> Any:
     if not path.is_file():
         raise GemmaOcrError(f"{what} not found: {path} (check the path, or create it first)")
     try:
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a byte-order mark (invisible in editors) is dropped
             return json.load(f)
     except json.JSONDecodeError as e:
         raise GemmaOcrError(
