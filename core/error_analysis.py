@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from gemma_ocr.cli import run
-from gemma_ocr.error_analysis import analyze_file, compare
+from gemma_ocr.error_analysis import analyze_file, compare, shown_char
 from gemma_ocr.error_report import write_report
 from gemma_ocr.evaluation import DEFAULT_OUTPUT_FILE
 
@@ -37,7 +37,7 @@ def main() -> None:
           f"{totals['reference_chars']} reference chars: {totals['substitutions']} misread, "
           f"{totals['deletions']} missed, {totals['insertions']} extra")
     for c in report.summary_data["confusions"][:5]:
-        print(f"  {c['count']:>5}  {c['reference'] or '∅'!s} -> {c['prediction'] or '∅'!s}  ({c['kind']})")
+        print(f"  {c['count']:>5}  {shown_char(c['reference'])} -> {shown_char(c['prediction'])}  ({c['kind']})")
     if comparison is not None:
         c = comparison.counts()
         print(f"against {comparison.baseline.model_name} (CER {comparison.baseline.cer_micro:.4f}): "

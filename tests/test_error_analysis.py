@@ -159,3 +159,13 @@ def test_sample_cer_is_the_metrics_cer(reference, prediction):
     from gemma_ocr.metrics import cer
 
     assert align(0, "x.png", reference, prediction).cer == cer(prediction, reference)
+
+
+def test_blank_characters_are_shown_by_name():
+    from gemma_ocr.error_analysis import shown_char
+
+    assert [shown_char(c) for c in ("", " ", "\n", "\t", "a")] == ["∅", "␣", "⏎", "⇥", "a"]
+    analysis = analyze_document(build_document([{"index": 0, "image_path": "a.png", "label": "a b", "prediction": "ab",
+                                                 "status": "ok"}], "m"))
+    (confusion,) = analysis.confusions()
+    assert (confusion["kind"], shown_char(confusion["reference"]), shown_char(confusion["prediction"])) == ("deletion", "␣", "∅")

@@ -32,6 +32,12 @@ from gemma_ocr.results import STATUS_ERROR, check_results_document, sample_statu
 
 LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 20), (21, 50), (51, None))  # reference characters, inclusive
 MISSING = "∅"  # the empty side of an insertion or a deletion, as shown
+_SHOWN = {"": MISSING, " ": "␣", "\n": "⏎", "\t": "⇥"}
+
+
+def shown_char(ch: str) -> str:
+    """A character as a label: the empty side as ∅, whitespace by name (␣ ⏎ ⇥)."""
+    return _SHOWN.get(ch, ch)
 
 
 @dataclass

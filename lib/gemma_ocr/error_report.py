@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors
+from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors, shown_char
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.plotting import save_png, use_font_for
 
@@ -133,7 +133,7 @@ def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
     top = analysis.confusions(15)
     if not top:
         return None
-    labels = [f"{_shown(c['reference'])} → {_shown(c['prediction'])}" for c in reversed(top)]
+    labels = [f"{shown_char(c['reference'])} → {shown_char(c['prediction'])}" for c in reversed(top)]
     fig, ax = plt.subplots(figsize=(7, 0.3 * len(top) + 1.2))
     colours = {"substitution": "tab:red", "deletion": "tab:purple", "insertion": "tab:orange"}
     ax.barh(labels, [c["count"] for c in reversed(top)], color=[colours[c["kind"]] for c in reversed(top)])
@@ -172,11 +172,6 @@ vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-nume
 img.line{max-width:720px;max-height:96px;border:1px solid #eee}.muted{color:#777}
 .plots{display:flex;flex-wrap:wrap;gap:12px}.plots img{width:calc(50% - 6px);min-width:420px}
 """
-
-
-def _shown(ch: str) -> str:
-    """A character as a label: the empty side as ∅, whitespace by name."""
-    return {"": MISSING, " ": "␣", "\n": "⏎", "\t": "⇥"}.get(ch, ch)
 
 
 def _marked(reference: str, prediction: str) -> tuple[str, str]:
@@ -258,12 +253,12 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
         for plot in plots) + "</div>")
     parts.append("<h2>Most frequent character errors</h2>")
     parts.append(_table(["reference", "prediction", "kind", "count"],
-                        [[f'<span class="text">{e(_shown(c["reference"]))}</span>',
-                          f'<span class="text">{e(_shown(c["prediction"]))}</span>', c["kind"], str(c["count"])]
+                        [[f'<span class="text">{e(shown_char(c["reference"]))}</span>',
+                          f'<span class="text">{e(shown_char(c["prediction"]))}</span>', c["kind"], str(c["count"])]
                          for c in summary["confusions"][:TOP_CONFUSIONS]], numeric={3}))
     parts.append("<h2>Characters most often missed or misread</h2>")
     parts.append(_table(["character", "U+", "in references", "errors", "error rate"],
-                        [[f'<span class="text">{e(_shown(r["char"]))}</span>', f"{ord(r['char']):04X}",
+                        [[f'<span class="text">{e(shown_char(r["char"]))}</span>', f"{ord(r['char']):04X}",
                           str(r["occurrences"]), str(r["errors"]), f"{r['error_rate']:.3f}"]
                          for r in summary["characters"][:TOP_CHARACTERS]], numeric={2, 3, 4}))
     parts.append("<h2>CER by reference length</h2>")
