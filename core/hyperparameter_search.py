@@ -37,7 +37,8 @@ def main() -> int:
     p.add_argument("--model-name", help="base model folder or hub id (overrides the config)")
     p.add_argument("--input-data", help="training data JSON (overrides the config)")
     p.add_argument("--instruction", help="OCR instruction text (overrides the config)")
-    p.add_argument("--base-output-dir", help="per-trial folders go here (default models/hyperparam_search)")
+    p.add_argument("--base-output-dir", help="per-trial folders go here, one study per folder "
+                                           "(default models/hyperparam_search)")
     p.add_argument("--n-jobs", type=int, help="trials run in parallel by this process (default 1)")
     p.add_argument("--backend", help=f"what a trial trains: {', '.join(BACKENDS)} (default gemma), "
                                      "or package.module:attribute")

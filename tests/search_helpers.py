@@ -40,7 +40,7 @@ def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: float = 3
 
 
 def settings(tmp: Path, name: str = "s", space: dict[str, Any] | None = None, **kw: Any):
-    """SearchSettings for the linear-regression objective with everything under ``tmp``."""
+    """SearchSettings for the linear-regression objective with everything under ``tmp`` (trials in ``trials/{name}``)."""
     from gemma_ocr.search.config import PrunerSettings
     from gemma_ocr.search.runner import SearchSettings
     from gemma_ocr.search.space import parse_search_space
@@ -51,7 +51,7 @@ def settings(tmp: Path, name: str = "s", space: dict[str, Any] | None = None, **
         backend=LINREG,
         search_space=parse_search_space(space or LINREG_SPACE),
         n_trials=4,
-        base_output_dir=tmp / "trials",
+        base_output_dir=tmp / "trials" / name,
         studies_dir=tmp / "studies",
         pruner=PrunerSettings(type="none"),
         progress=False,

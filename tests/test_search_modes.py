@@ -184,3 +184,65 @@ def test_first_trial_configuration_error_stops_the_search(tmp_path):
         run_search(s, Broken())
     trials = load(s).trials
     assert len(trials) == 1 and trials[0].state.name == "FAIL" and "CUDA" in trials[0].user_attrs["error"]
+
+
+def test_a_study_never_writes_into_trial_folders_of_another_study(tmp_path):
+    shared = tmp_path / "trials"
+    first = settings(tmp_path, "one", n_trials=2, base_output_dir=shared)
+    run_search(first)
+    with pytest.raises(GemmaOcrError) as e:
+        run_search(settings(tmp_path, "two", n_trials=1, base_output_dir=shared))
+    text = str(e.value)
+    assert "holds trial folders of study 'one'" in text and "\n" not in text
+    assert f"--base-output-dir {shared / 'two'}" in text and "--study-name one --resume" in text
+    assert results(first, 0)["study_name"] == "one" and results(first, 1)["study_name"] == "one"
+    assert not (tmp_path / "studies" / "two.db").exists()  # refused before the study was created
+    assert run_search(settings(tmp_path, "one", n_trials=1, resume=True, base_output_dir=shared)).trials_run == [2]
+    own = settings(tmp_path, "two", n_trials=1, base_output_dir=shared / "two")
+    assert run_search(own).trials_run == [0] and results(own, 0)["study_name"] == "two"
+
+
+def test_a_trial_folder_taken_by_another_study_meanwhile_is_left_alone(tmp_path):
+    """Another study starting on the same folder mid-run: that trial fails, its folder is not written."""
+    from search_objectives import LinearRegression
+
+    class Intruder(LinearRegression):
+        def run_trial(self, ctx):
+            if ctx.trial_number == 0:
+                taken = ctx.output_dir.parent / "trial_1"
+                taken.mkdir()
+                (taken / "trial_1_results.json").write_text(json.dumps({"study_name": "other"}))
+            return super().run_trial(ctx)
+
+    s = settings(tmp_path, "mine", search_mode="random", n_trials=3)
+    run_search(s, Intruder())
+    assert [t.state.name for t in load(s).trials] == ["COMPLETE", "FAIL", "COMPLETE"]
+    assert "holds trial folders of study 'other'" in load(s).trials[1].user_attrs["error"]
+    assert results(s, 1) == {"study_name": "other"} and results(s, 2)["study_name"] == "mine"
+
+
+def test_setup_errors_leave_no_study_behind_so_the_fixed_command_runs(tmp_path):
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"search_space": LINREG_SPACE}), encoding="utf-8")
+    base = ["--study-name", "fix", "--backend", LINREG, "--config", str(cfg), "--studies-dir", str(tmp_path / "st"),
+            "--base-output-dir", str(tmp_path / "tr"), "--no-progress"]
+    for bad in (["--n-trials", "0"], ["--seed", "-1"], ["--search-mode", "grid"]):
+        proc = run_cli("hyperparameter_search.py", *base, *bad, check=False)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+        assert not (tmp_path / "st" / "fix.db").exists()
+    out = run_cli("hyperparameter_search.py", *base, "--n-trials", "1")
+    assert "1 trials, 1 complete" in out.stdout
+
+
+def test_grid_without_config_names_the_built_in_search_space(tmp_path):
+    from search_helpers import ROOT
+
+    s = resolve_settings(None, study_name="g", studies_dir=tmp_path / "studies", overrides={"search_mode": "grid"},
+                         default_config=ROOT / "configs/hyperparm_configs/default.json")
+    with pytest.raises(GemmaOcrError) as e:
+        run_search(s)
+    text = str(e.value)
+    assert text.startswith("built-in default search_space (") and "default.json has none" in text
+    assert "learning_rate: grid search needs discrete values" in text and "default.json.learning_rate" not in text
+    assert not (tmp_path / "studies" / "g.db").exists()

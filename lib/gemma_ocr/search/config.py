@@ -30,6 +30,8 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 5e-4},
     "num_train_epochs": {"type": "int", "low": 2, "high": 5, "step": 1},
 }
+#: Where a built-in search space comes from, for messages (it is no file's search_space).
+BUILTIN_SPACE = "built-in default search_space"
 #: Top-level keys of a config file that configure the study rather than the training.
 SETTING_KEYS = {
     "study_name": str,
@@ -67,6 +69,7 @@ class SearchFile:
     fixed: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     source: str = "<defaults>"
+    space_source: str = BUILTIN_SPACE  # where the search space is defined
 
 
 def parse_pruner(value: Any, where: str) -> PrunerSettings:
@@ -93,10 +96,12 @@ def parse_search_config(data: Any, source: str) -> SearchFile:
     data = dict(data)
     explicit = "search_space" in data
     if explicit:
-        space = parse_search_space(data.pop("search_space"), f"{source}: search_space")
+        space_source = f"{source}: search_space"
+        space = parse_search_space(data.pop("search_space"), space_source)
     else:  # a plain training config: its values of the searched parameters give way to the search
         log.info("%s has no search_space; using the default one (%s)", source, ", ".join(DEFAULT_SEARCH_SPACE))
-        space = parse_search_space(DEFAULT_SEARCH_SPACE)
+        space_source = f"{BUILTIN_SPACE} ({source} has none; give --config a file with one)"
+        space = parse_search_space(DEFAULT_SEARCH_SPACE, space_source)
         data = {k: v for k, v in data.items() if k not in space}
     settings: dict[str, Any] = {}
     for key, kind in SETTING_KEYS.items():
@@ -116,7 +121,7 @@ def parse_search_config(data: Any, source: str) -> SearchFile:
         raise GemmaOcrError(
             f"{source}: {', '.join(both)} is both a fixed parameter and in search_space; remove it from one of them"
         )
-    return SearchFile(search_space=space, fixed=data, settings=settings, source=source)
+    return SearchFile(search_space=space, fixed=data, settings=settings, source=source, space_source=space_source)
 
 
 def load_search_config(path: str | os.PathLike[str] | None) -> SearchFile:

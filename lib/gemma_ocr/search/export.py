@@ -1,6 +1,7 @@
 """What a search writes: per-trial results, the best parameters with metadata, the best config.
 
-* ``models/hyperparam_search/trial_{n}/trial_{n}_results.json``: params, metrics, state, error;
+* ``models/hyperparam_search/trial_{n}/trial_{n}_results.json``: params, metrics, state, error (a base
+  folder's trial folders belong to one study, the one named in these files);
 * ``optuna_studies/{study}_best_params.json``: best value and params, trial counts, search mode;
 * ``optuna_studies/{study}_best_config.json``: fixed + best parameters, a config the trainer accepts.
 """
@@ -10,13 +11,18 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
+import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json
+
+TRIAL_DIR = re.compile(r"trial_(\d+)")
 
 
 def now() -> str:
@@ -65,6 +71,31 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def trial_results_path(base_output_dir: Path, number: int) -> Path:
     return Path(base_output_dir) / f"trial_{number}" / f"trial_{number}_results.json"
+
+
+def recorded_study(results_path: Path) -> str | None:
+    """The study name recorded in a trial results file; None when there is no readable one."""
+    try:
+        value = json.loads(Path(results_path).read_text(encoding="utf-8")).get("study_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def check_trial_dirs(base_output_dir: Path, study_name: str, numbers: Iterable[int] | None = None) -> None:
+    """Refuse trial folders (all of ``base_output_dir``, or those of ``numbers``) that another study wrote."""
+    base = Path(base_output_dir)
+    if numbers is None:
+        dirs = base.iterdir() if base.is_dir() else []
+        numbers = sorted(int(m.group(1)) for d in dirs if d.is_dir() and (m := TRIAL_DIR.fullmatch(d.name)))
+    for number in numbers:
+        other = recorded_study(trial_results_path(base, number))
+        if other is not None and other != study_name:
+            raise GemmaOcrError(
+                f"{base} holds trial folders of study {other!r} ({base / f'trial_{number}'}), which study "
+                f"{study_name!r} would overwrite; pass --base-output-dir {base / study_name} (or another folder), "
+                f"or --study-name {other} --resume to continue that study"
+            )
 
 
 def write_trial_results(path: Path, document: dict[str, Any]) -> Path:

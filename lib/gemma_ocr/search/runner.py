@@ -31,13 +31,31 @@ from optuna.trial import Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend
-from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE, SEARCH_MODES, PrunerSettings, SearchFile, load_search_config, parse_pruner
-from gemma_ocr.search.export import best_trial, export_best, jsonable, now, trial_counts, trial_results_path, write_trial_results
+from gemma_ocr.search.config import (
+    BUILTIN_SPACE,
+    DEFAULT_SEARCH_SPACE,
+    SEARCH_MODES,
+    PrunerSettings,
+    SearchFile,
+    load_search_config,
+    parse_pruner,
+)
+from gemma_ocr.search.export import (
+    best_trial,
+    check_trial_dirs,
+    export_best,
+    jsonable,
+    now,
+    trial_counts,
+    trial_results_path,
+    write_trial_results,
+)
 from gemma_ocr.search.pruning import TrialReporter, make_pruner
 from gemma_ocr.search.space import ParamSpec, build_grid, grid_points, grid_size, parse_search_space, space_to_dict
 from gemma_ocr.search.storage import (
     DEFAULT_STUDIES_DIR,
     default_storage,
+    existing_storage,
     mask,
     normalize_url,
     open_storage,
@@ -75,7 +93,8 @@ class SearchSettings:
     base_output_dir: Path = DEFAULT_BASE_OUTPUT_DIR
     studies_dir: Path = DEFAULT_STUDIES_DIR
     resume: bool = False
-    source: str = "<default search space>"
+    source: str = "<default search space>"  # where the fixed parameters come from, for messages
+    space_source: str = "search_space"  # where the search space comes from
     progress: bool = True
 
 
@@ -127,7 +146,7 @@ def resolve_settings(
     ``overrides`` are study settings given as flags (search_mode, n_trials, backend, ...; ``None`` =
     not given); ``fixed_overrides`` are training parameters given as flags (model_name, input_data,
     instruction). Without a config file and a stored definition, ``default_config`` (when it exists)
-    gives the fixed parameters. The study itself is not created here.
+    gives the fixed parameters. Nothing is created here: no study, no database file.
     """
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     fixed_overrides = {k: v for k, v in (fixed_overrides or {}).items() if v is not None}
@@ -137,8 +156,8 @@ def resolve_settings(
     name = study_name or file_settings.get("study_name") or default_study_name()
     url = normalize_url(storage or file_settings.get("storage") or default_storage(name, studies_dir))
     stored: dict[str, Any] | None = None
-    opened = open_storage(url, heartbeat=False)
-    if study_exists(opened, name):
+    opened = existing_storage(url)
+    if opened is not None and study_exists(opened, name):
         if not resume:
             raise GemmaOcrError(
                 f"study {name!r} already exists in {mask(url)}; pass --resume to add trials to it, "
@@ -160,18 +179,20 @@ def resolve_settings(
         log.info("no --config: fixed parameters from %s, default search space", default_config)
         file_settings = file.settings
     if file is not None:
-        space, fixed, source = file.search_space, dict(file.fixed), file.source
+        space, fixed, source, space_source = file.search_space, dict(file.fixed), file.source, file.space_source
     elif stored is not None:
-        space = parse_search_space(stored.get("search_space"), f"study {name} (stored search space)")
+        space_source = f"study {name} (stored search space)"
+        space = parse_search_space(stored.get("search_space"), space_source)
         fixed, source = dict(stored.get("fixed") or {}), f"study {name} (stored definition)"
         log.info("resuming %s with its stored search space (%s)", name, ", ".join(space))
     else:
-        space = parse_search_space(DEFAULT_SPACES.get(backend, DEFAULT_SEARCH_SPACE))
+        space_source = f"{BUILTIN_SPACE} of the {backend} backend (give --config a file with one)"
+        space = parse_search_space(DEFAULT_SPACES.get(backend, DEFAULT_SEARCH_SPACE), space_source)
         fixed, source = {}, f"<default search space of {backend}>"
     fixed.update(fixed_overrides)
     clash = sorted(set(fixed_overrides) & set(space))
     if clash:
-        raise GemmaOcrError(f"{', '.join(clash)} is given as a flag but is also searched ({source}); drop one")
+        raise GemmaOcrError(f"{', '.join(clash)} is given as a flag but is also searched ({space_source}); drop one")
 
     mode = pick("search_mode", "bayesian")
     if mode not in SEARCH_MODES:
@@ -191,6 +212,9 @@ def resolve_settings(
     timeout = pick("timeout", None)
     if timeout is not None and timeout <= 0:
         raise GemmaOcrError(f"--timeout must be positive seconds, got {timeout!r}")
+    seed = pick("seed", None)
+    if seed is not None and not 0 <= seed < 2**32:
+        raise GemmaOcrError(f"--seed must be between 0 and 2**32 - 1, got {seed!r}")
     n_trials = pick("n_trials", None if mode == "grid" else DEFAULT_N_TRIALS)
     return SearchSettings(
         study_name=name,
@@ -203,12 +227,13 @@ def resolve_settings(
         max_total_trials=pick("max_total_trials", None),
         timeout=timeout,
         n_jobs=pick("n_jobs", 1),
-        seed=pick("seed", None),
+        seed=seed,
         pruner=pruner,
         base_output_dir=Path(pick("base_output_dir", DEFAULT_BASE_OUTPUT_DIR)),
         studies_dir=Path(studies_dir),
         resume=resume,
         source=source,
+        space_source=space_source,
         progress=bool(overrides.get("progress", True)),
     )
 
@@ -252,7 +277,7 @@ class _Search:
     def __init__(self, settings: SearchSettings, backend: Backend) -> None:
         self.s = settings
         self.backend = backend
-        self.grid = build_grid(settings.search_space, settings.source) if settings.search_mode == "grid" else None
+        self.grid = build_grid(settings.search_space, settings.space_source) if settings.search_mode == "grid" else None
         self.points = grid_points(self.grid) if self.grid else []
         self.deadline = time.monotonic() + settings.timeout if settings.timeout else None
         self.left = settings.n_trials
@@ -261,24 +286,30 @@ class _Search:
         self.stop = threading.Event()
         self.fatal: GemmaOcrError | None = None
         self.bar: Any = None
+        self.study: optuna.Study | None = None
+        self.created = False  # whether this run created the study
+
+    def open(self) -> None:
+        """Create the study, or load it and check it suits this search; record the search definition."""
+        settings, backend = self.s, self.backend
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self.storage = open_storage(settings.storage)
         direction = backend.direction
-        self.study = optuna.create_study(
-            study_name=settings.study_name,
-            storage=self.storage,
-            sampler=self._sampler(),
-            pruner=make_pruner(settings.pruner),
-            direction=direction,
-            load_if_exists=True,
-        )
+        sampler, pruner = self._sampler(), make_pruner(settings.pruner)
+        try:
+            self.study = optuna.create_study(study_name=settings.study_name, storage=self.storage, sampler=sampler,
+                                             pruner=pruner, direction=direction)
+            self.created = True
+        except optuna.exceptions.DuplicatedStudyError:
+            self.study = optuna.load_study(study_name=settings.study_name, storage=self.storage, sampler=sampler,
+                                           pruner=pruner)
         if self.study.direction.name.lower() != direction:
             raise GemmaOcrError(
                 f"study {settings.study_name!r} {self.study.direction.name.lower()}s, but backend {backend.name} "
                 f"{direction}s {backend.metric}; use another --study-name"
             )
-        check_compatible(self.study, settings.search_space, settings.source)
+        check_compatible(self.study, settings.search_space, settings.space_source)
         self.meta = {
             "search_mode": settings.search_mode,
             "backend": backend.name,
@@ -294,6 +325,12 @@ class _Search:
             "updated": now(),
         }))
         self.study.set_user_attr("metric", backend.metric)
+
+    def discard_if_unused(self) -> None:
+        """Delete the study again when this run created it and no trial was started in it."""
+        if self.created and self.study is not None and not self.study.get_trials(deepcopy=False):
+            optuna.delete_study(study_name=self.s.study_name, storage=self.storage)
+            log.info("study %s had no trial: removed it again", self.s.study_name)
 
     # ------------------------------------------------------------------ sampling
 
@@ -364,9 +401,11 @@ class _Search:
             "worker": worker_id(), "started": now(), "finished": None, "duration_s": None,
         }
         started = time.monotonic()
-        state, value, interrupted = TrialState.FAIL, None, None
+        state, value, interrupted, owned = TrialState.FAIL, None, None, False
         reporter: TrialReporter | None = None
         try:
+            check_trial_dirs(self.s.base_output_dir, self.s.study_name, [number])  # another study may have started since
+            owned = True
             params = {name: spec.suggest(trial) for name, spec in self.s.search_space.items()}
             doc["params"] = params
             trial_dir.mkdir(parents=True, exist_ok=True)
@@ -409,7 +448,8 @@ class _Search:
             self.study.tell(trial, float(value))
         else:
             self.study.tell(trial, state=state)
-        write_trial_results(results_path, doc)
+        if owned:
+            write_trial_results(results_path, doc)
         self.trials_run.append(number)
         self._after_trial(number, state, value)
         if interrupted:
@@ -507,18 +547,23 @@ def run_search(settings: SearchSettings, backend: Backend | None = None) -> Sear
     """Run this worker's share of the study described by ``settings``; export the best configuration."""
     backend = backend or get_backend(settings.backend)
     backend.validate(settings.fixed, settings.search_space, settings.source)
-    if settings.search_mode == "grid":
-        build_grid(settings.search_space, settings.source)  # refuse continuous ranges before creating anything
-    search = _Search(settings, backend)
+    search = _Search(settings, backend)  # refuses a grid of continuous ranges; creates nothing yet
+    check_trial_dirs(settings.base_output_dir, settings.study_name)
     log.info(
         "study %s (%s, %s backend) in %s", settings.study_name, settings.search_mode, backend.name, mask(settings.storage)
     )
     try:
-        search.run()
-    finally:
-        exported = None
-        with contextlib.suppress(GemmaOcrError, OSError):
-            exported = search.export()
+        search.open()
+        try:
+            search.run()
+        finally:
+            exported = None
+            with contextlib.suppress(GemmaOcrError, OSError):
+                exported = search.export()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            search.discard_if_unused()
+        raise
     if search.fatal is not None:
         raise search.fatal
     best = best_trial(search.study)

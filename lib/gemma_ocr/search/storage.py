@@ -136,6 +136,15 @@ def _sqlite_wal(storage: RDBStorage) -> None:
     storage.engine.dispose()  # pooled connections were opened before the listener
 
 
+def existing_storage(url: str) -> BaseStorage | None:
+    """Open the storage behind ``url`` to read it; None (and nothing created) when its file does not exist."""
+    url = normalize_url(url)
+    path = journal_path(url) or sqlite_path(url)
+    if path is not None and not path.is_file():
+        return None
+    return open_storage(url, heartbeat=False)
+
+
 def study_exists(storage: BaseStorage, study_name: str) -> bool:
     """Whether ``study_name`` is already in ``storage``."""
     return any(s.study_name == study_name for s in optuna.study.get_all_study_summaries(storage, include_best_trial=False))
