@@ -46,6 +46,9 @@ def main() -> None:
     print(f"Imported {len(result.records)} samples from {sources} ({result.source_kind}) -> {output}")
     if result.unlabeled:
         print(f"skipped {len(result.unlabeled)} images without a transcription, e.g. {result.unlabeled[0]}")
+    if result.orphan_texts:
+        print(f"note: {len(result.orphan_texts)} .txt files lie beside no image and were not read, "
+              f"e.g. {result.orphan_texts[0]} (an image with the same name and another extension?)")
     if result.empty_texts:
         print(f"note: {result.empty_texts} samples have an empty transcription (they teach the model to answer nothing)")
     if output == Path(DEFAULT_OUTPUT):

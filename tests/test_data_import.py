@@ -33,7 +33,7 @@ def test_folder_with_sidecar_transcriptions_round_trips_to_split(tmp_path, scans
     folder, truth = scans
     raw = tmp_path / "data/raw_data/ocr.json"
     proc = run_cli("import_ocr_data.py", str(folder), "--output", str(raw), "--check-images")
-    assert f"Imported {len(truth)} samples" in proc.stdout and "(folder)" in proc.stdout
+    assert f"Imported {len(truth)} samples" in proc.stdout and "(folder)" in proc.stdout and "note:" not in proc.stdout
     records = load_raw_records(raw)
     assert {Path(r.image_path).name: r.text for r in records} == truth  # trailing newline of the .gt.txt dropped
     assert all(not Path(item["img_path"]).is_absolute() for item in json.loads(raw.read_text()))  # data can move
@@ -43,6 +43,10 @@ def test_folder_with_sidecar_transcriptions_round_trips_to_split(tmp_path, scans
 
     again = run_cli("import_ocr_data.py", str(folder), "--output", str(raw), check=False)
     assert_one_line_error(again, "exists", "--force")  # a raw file is never overwritten by accident
+
+    (folder / "book2" / "line_099.gt.txt").write_text("no image for me", encoding="utf-8")  # its image lost or renamed
+    proc = run_cli("import_ocr_data.py", str(folder), "--output", str(raw), "--force")
+    assert "note: 1 .txt files lie beside no image and were not read, e.g. book2/line_099.gt.txt" in proc.stdout
     run_cli("import_ocr_data.py", str(folder), "--output", str(raw), "--force")
 
 

@@ -47,6 +47,7 @@ class ImportResult:
     records: list[OcrRecord]
     source_kind: str
     unlabeled: list[str] = field(default_factory=list)  # images without a transcription (skipped)
+    orphan_texts: list[str] = field(default_factory=list)  # a folder's .txt files beside no image (not read)
 
     @property
     def empty_texts(self) -> int:
@@ -122,7 +123,8 @@ def import_sources(sources: Sequence[str | os.PathLike[str]], images_root: str |
         return results[0]
     return ImportResult([r for res in results for r in res.records],
                         "+".join(dict.fromkeys(res.source_kind for res in results)),
-                        [u for res in results for u in res.unlabeled])
+                        [u for res in results for u in res.unlabeled],
+                        [t for res in results for t in res.orphan_texts])
 
 
 # ------------------------------------------------------------------------------------------------ folder
@@ -136,10 +138,15 @@ def transcription_of(image: Path) -> Path | None:
     return None
 
 
+def _visible_files(folder: Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files in ``folder`` and below ending in ``suffixes`` (any case), sorted; hidden files and folders left out."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in suffixes and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def find_images(folder: Path) -> list[Path]:
     """The image files in ``folder`` and its sub-folders, sorted; hidden files and folders are left out."""
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return _visible_files(folder, IMAGE_SUFFIXES)
 
 
 def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
@@ -154,6 +161,9 @@ def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
             unlabeled.append(str(image.relative_to(folder)))
             continue
         records.append(OcrRecord(str(image.resolve()), _clean(_read_text(text_file))))
+    named = {(image.parent, image.stem) for image in images}
+    orphans = [str(t.relative_to(folder)) for t in _visible_files(folder, (".txt",))
+               if (t.parent, t.name.removesuffix(".txt").removesuffix(".gt")) not in named]
     if unlabeled and not skip_unlabeled:
         example = Path(unlabeled[0])
         raise GemmaOcrError(
@@ -161,7 +171,7 @@ def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
             f"(add {example.stem}.gt.txt or {example.stem}.txt with its text, or pass --skip-unlabeled)")
     if not records:
         raise GemmaOcrError(f"{folder}: none of its {len(images)} images has a transcription (.gt.txt or .txt beside it)")
-    return ImportResult(records, "folder", unlabeled)
+    return ImportResult(records, "folder", unlabeled, orphans)
 
 
 def _clean(text: str) -> str:
