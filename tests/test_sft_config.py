@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 
 import pytest
 
+from conftest import assert_one_line_error, run_cli
 from gemma_ocr.config import TrainConfig, load_config, resolve_config
 from gemma_ocr.config_cli import add_train_config_flags, flag_overrides
 from gemma_ocr.errors import GemmaOcrError
@@ -115,3 +117,87 @@ def test_cli_print_config_and_bad_key_line(tmp_path):
     assert out.returncode == 2
     lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
     assert lines == [f"error: {cfg}: unknown key 'lora_rank'; did you mean 'lora_r'?"]
+
+
+@pytest.mark.parametrize(
+    ("field", "enum_module", "enum_name"),
+    [("optim", "transformers.training_args", "OptimizerNames"),
+     ("lr_scheduler_type", "transformers.trainer_utils", "SchedulerType")],
+)
+def test_transformers_choices_are_checked_up_front(field, enum_module, enum_name, tmp_path):
+    import importlib
+
+    valid = [m.value for m in getattr(importlib.import_module(enum_module), enum_name)]
+    with pytest.raises(GemmaOcrError) as err:
+        TrainConfig.from_dict({field: "bogus"})
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(f"config: field {field!r} must be one of ")
+    assert line.endswith("got 'bogus'") and all(v in line for v in valid)
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({field: "bogus"}))
+    with pytest.raises(GemmaOcrError, match=rf"^{re.escape(str(cfg))}: field '{field}' must be one of"):
+        resolve_config(cfg)
+    assert getattr(TrainConfig.from_dict({field: valid[1]}), field) == valid[1]
+
+
+@pytest.mark.parametrize(
+    ("data", "pattern"),
+    [
+        ({"max_steps": 0}, r"field 'max_steps' must be > 0, or -1 to train for num_train_epochs, got 0$"),
+        ({"max_steps": -2}, r"field 'max_steps' must be > 0, or -1 .*got -2$"),
+        ({"num_train_epochs": 0}, r"field 'num_train_epochs' must be > 0"),
+        ({"num_train_epochs": -1, "max_steps": 5}, r"field 'num_train_epochs' must be > 0"),
+        ({"gradient_accumulation_steps": 0}, r"field 'gradient_accumulation_steps' must be >= 1, got 0"),
+        ({"lora_alpha": -4}, r"field 'lora_alpha' must be >= 1, got -4"),
+        ({"save_total_limit": 0}, r"field 'save_total_limit' must be >= 1 \(or null to keep every checkpoint\), got 0"),
+        ({"max_train_samples": 0}, r"field 'max_train_samples' must be >= 1 \(or null to use them all\), got 0"),
+        ({"max_eval_samples": -1}, r"field 'max_eval_samples' must be >= 1"),
+        ({"save_steps": 0}, r"field 'save_steps' must be a whole number of steps >= 1 or a fraction"),
+        ({"eval_steps": 1.5}, r"field 'eval_steps' must be a whole number .*got 1.5$"),
+        ({"logging_steps": -0.5}, r"field 'logging_steps' must be a whole number"),
+        ({"seed": -1}, r"field 'seed' must be in \[0, 4294967295\], got -1"),
+        ({"weight_decay": -0.1}, r"field 'weight_decay' must be >= 0"),
+        ({"max_grad_norm": -1}, r"field 'max_grad_norm' must be >= 0"),
+        ({"lr_scheduler_type": "reduce_lr_on_plateau", "val_split": ""},
+         r"field 'lr_scheduler_type' 'reduce_lr_on_plateau' needs evaluation: set val_split"),
+    ],
+)
+def test_counts_and_ranges_are_one_line(data, pattern):
+    with pytest.raises(GemmaOcrError, match=pattern) as err:
+        TrainConfig.from_dict(data)
+    assert "\n" not in str(err.value)
+
+
+def test_meaningful_counts_are_accepted():
+    c = TrainConfig.from_dict({"max_steps": 5, "num_train_epochs": 0, "eval_steps": 0.25, "save_steps": 2.0,
+                               "save_total_limit": None, "max_grad_norm": 0, "seed": 0, "max_train_samples": 1})
+    assert c.max_steps == 5 and c.save_steps == 2 and isinstance(c.save_steps, int)
+    assert TrainConfig.from_dict({"max_steps": -1}).max_steps == -1  # -1: train for num_train_epochs
+    assert TrainConfig.from_dict({"lr_scheduler_type": "reduce_lr_on_plateau"}).val_split
+
+
+def test_cli_bad_choices_fail_before_the_model_loads(tmp_path):
+    missing = str(tmp_path / "no-such-model")  # reaching the model (or the data) would fail differently
+    common = ("--model-name", missing, "--input-data", str(tmp_path / "none.json"), "--lora-output-dir", str(tmp_path))
+    proc = run_cli("sft_gemma.py", "--optim", "bogus", *common, check=False, env={"OMP_NUM_THREADS": "1"})
+    assert_one_line_error(proc, "field 'optim'", "got 'bogus'", "adamw_torch_fused")
+    assert missing not in proc.stderr and not proc.stdout
+
+    cfg = tmp_path / "steps.json"
+    cfg.write_text(json.dumps({"max_steps": 0}))
+    proc = run_cli("sft_gemma.py", "--config", str(cfg), *common, check=False)
+    assert_one_line_error(proc, str(cfg), "field 'max_steps'", "got 0")
+
+    proc = run_cli("sft_gemma.py", "--lr", "1e-3", "--print-config", check=False)  # no abbreviations
+    assert proc.returncode == 2 and "unrecognized arguments: --lr 1e-3" in proc.stderr and not proc.stdout
+
+
+def test_trainer_arguments_are_refused_before_the_model_loads(monkeypatch):
+    import importlib
+
+    tune_module = importlib.import_module("gemma_ocr.training.tune")  # the module, not the function of that name
+    monkeypatch.setattr(tune_module, "load_model", lambda config: pytest.fail("the model was loaded"))
+    config = TrainConfig(optim="bogus", output_dir="unused")  # built without validation
+    with pytest.raises(GemmaOcrError, match=r"^training arguments: bogus is not a valid OptimizerNames") as err:
+        tune_module.build_trainer(config, train_ds=[])
+    assert "\n" not in str(err.value)

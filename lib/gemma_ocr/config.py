@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib
 import os
 import types
 import typing
@@ -26,6 +28,13 @@ BACKENDS = ("transformers", "unsloth")
 REPORTERS = ("none", "wandb", "tensorboard", "all")
 ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
 IGNORED_KEYS = frozenset({"search_space"})
+# fields whose values are members of a transformers enum: the installed version decides what is valid
+TRANSFORMERS_CHOICES = {
+    "optim": ("transformers.training_args", "OptimizerNames"),
+    "lr_scheduler_type": ("transformers.trainer_utils", "SchedulerType"),
+}
+SCHEDULERS_NEEDING_EVAL = ("reduce_lr_on_plateau", "greedy")  # transformers refuses them without an eval split
+MAX_SEED = 2**32 - 1  # numpy's limit; transformers seeds numpy with it
 
 
 @dataclass
@@ -131,19 +140,38 @@ class TrainConfig:
 
         if self.learning_rate <= 0:
             raise bad("learning_rate", f"must be > 0, got {self.learning_rate}")
-        if self.num_train_epochs <= 0 and self.max_steps <= 0:
-            raise bad("num_train_epochs", "must be > 0 (or set max_steps > 0)")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise bad("max_steps", f"must be > 0, or -1 to train for num_train_epochs, got {self.max_steps}")
+        if self.num_train_epochs < 0 or (self.num_train_epochs == 0 and self.max_steps == -1):
+            raise bad("num_train_epochs", f"must be > 0 (or set max_steps > 0), got {self.num_train_epochs}")
         for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "max_seq_length"):
             if getattr(self, name) < 1:
                 raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+        for name, meaning in (("save_total_limit", "keep every checkpoint"), ("max_train_samples", "use them all"),
+                              ("max_eval_samples", "use them all")):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise bad(name, f"must be >= 1 (or null to {meaning}), got {getattr(self, name)}")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
         if not 0.0 <= self.warmup_ratio < 1.0:
             raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         for name in ("eval_steps", "save_steps", "logging_steps"):
-            if getattr(self, name) <= 0:
-                raise bad(name, f"must be > 0, got {getattr(self, name)}")
+            steps = getattr(self, name)
+            if steps <= 0 or (isinstance(steps, float) and steps >= 1):
+                raise bad(name, f"must be a whole number of steps >= 1 or a fraction of the run in (0, 1), got {steps}")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise bad("seed", f"must be in [0, {MAX_SEED}], got {self.seed}")
+        if self.lr_scheduler_type in SCHEDULERS_NEEDING_EVAL and not self.val_split:
+            raise bad("lr_scheduler_type", f"{self.lr_scheduler_type!r} needs evaluation: set val_split "
+                                           "or choose another scheduler")
+        for name in TRANSFORMERS_CHOICES:
+            value = getattr(self, name)
+            if value != _default(name) and value not in transformers_choices(name):
+                raise bad(name, f"must be one of {', '.join(transformers_choices(name))}, got {value!r}")
         if self.backend not in BACKENDS:
             raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.use_liger_kernel not in ("auto", True, False):
@@ -172,6 +200,21 @@ class TrainConfig:
         if "all" in self.report_to:
             return ["wandb", "tensorboard"]
         return [r for r in self.report_to if r != "none"]
+
+
+def _default(name: str) -> Any:
+    """The default value of a TrainConfig field."""
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+@functools.lru_cache(maxsize=None)
+def transformers_choices(name: str) -> tuple[str, ...]:
+    """The values the installed transformers accepts for ``name`` (a key of :data:`TRANSFORMERS_CHOICES`).
+
+    Imported only for a value other than the field's default, which every version accepts.
+    """
+    module, enum = TRANSFORMERS_CHOICES[name]
+    return tuple(member.value for member in getattr(importlib.import_module(module), enum))
 
 
 # -------------------------------------------------------------------- type checking

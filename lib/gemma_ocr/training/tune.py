@@ -52,51 +52,54 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
     bf16 = config.load_in_4bit or compute_dtype() == torch.bfloat16
     workers = fast_path.dataloader_workers(config)
     checkpointing = config.gradient_checkpointing and config.backend != "unsloth"
-    return SFTConfig(
-        output_dir=config.output_dir,
-        run_name=config.run_name or Path(config.output_dir).name,
-        learning_rate=config.learning_rate,
-        num_train_epochs=config.num_train_epochs,
-        max_steps=config.max_steps,
-        warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-        weight_decay=config.weight_decay,
-        lr_scheduler_type=config.lr_scheduler_type,
-        optim=config.optim,
-        max_grad_norm=config.max_grad_norm,
-        per_device_train_batch_size=config.per_device_train_batch_size,
-        per_device_eval_batch_size=config.per_device_eval_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        **fast_path.checkpointing_arguments(config, checkpointing),
-        # offloading without checkpointing: TRL moves every saved activation to the host
-        activation_offloading=config.activation_offloading and not checkpointing,
-        use_liger_kernel=False,  # the loaded model already has Liger's kernels when asked (fast_path.apply_liger)
-        torch_compile=config.torch_compile,
-        bf16=bf16,
-        fp16=False,
-        seed=config.seed,
-        data_seed=config.seed,
-        eval_strategy="steps" if has_eval else "no",
-        eval_steps=config.eval_steps if has_eval else None,
-        eval_on_start=has_eval and not resuming,
-        prediction_loss_only=True,
-        save_strategy="steps",
-        save_steps=config.save_steps,
-        save_total_limit=config.save_total_limit,
-        logging_steps=config.logging_steps,
-        logging_first_step=True,
-        report_to=reporters,
-        remove_unused_columns=False,
-        label_names=["labels"],
-        dataset_kwargs={"skip_prepare_dataset": True},
-        max_length=None,  # the collator truncates the answer to max_seq_length, never the image tokens
-        dataloader_num_workers=workers,
-        dataloader_persistent_workers=workers > 0,
-        dataloader_prefetch_factor=2 if workers > 0 else None,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        ddp_find_unused_parameters=False,
-        # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
-        use_cpu=not torch.cuda.is_available(),
-    )
+    try:
+        return SFTConfig(
+            output_dir=config.output_dir,
+            run_name=config.run_name or Path(config.output_dir).name,
+            learning_rate=config.learning_rate,
+            num_train_epochs=config.num_train_epochs,
+            max_steps=config.max_steps,
+            warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+            weight_decay=config.weight_decay,
+            lr_scheduler_type=config.lr_scheduler_type,
+            optim=config.optim,
+            max_grad_norm=config.max_grad_norm,
+            per_device_train_batch_size=config.per_device_train_batch_size,
+            per_device_eval_batch_size=config.per_device_eval_batch_size,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            **fast_path.checkpointing_arguments(config, checkpointing),
+            # offloading without checkpointing: TRL moves every saved activation to the host
+            activation_offloading=config.activation_offloading and not checkpointing,
+            use_liger_kernel=False,  # the loaded model already has Liger's kernels when asked (fast_path.apply_liger)
+            torch_compile=config.torch_compile,
+            bf16=bf16,
+            fp16=False,
+            seed=config.seed,
+            data_seed=config.seed,
+            eval_strategy="steps" if has_eval else "no",
+            eval_steps=config.eval_steps if has_eval else None,
+            eval_on_start=has_eval and not resuming,
+            prediction_loss_only=True,
+            save_strategy="steps",
+            save_steps=config.save_steps,
+            save_total_limit=config.save_total_limit,
+            logging_steps=config.logging_steps,
+            logging_first_step=True,
+            report_to=reporters,
+            remove_unused_columns=False,
+            label_names=["labels"],
+            dataset_kwargs={"skip_prepare_dataset": True},
+            max_length=None,  # the collator truncates the answer to max_seq_length, never the image tokens
+            dataloader_num_workers=workers,
+            dataloader_persistent_workers=workers > 0,
+            dataloader_prefetch_factor=2 if workers > 0 else None,
+            dataloader_pin_memory=torch.cuda.is_available(),
+            ddp_find_unused_parameters=False,
+            # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
+            use_cpu=not torch.cuda.is_available(),
+        )
+    except ValueError as e:  # a combination transformers/TRL refuse: one line, before any model loads
+        raise GemmaOcrError("training arguments: " + " ".join(str(e).split())) from None
 
 
 def _make_trainer_class():
@@ -144,9 +147,9 @@ def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[st
 
     benchmarks/train_throughput.py times the project's training through this same function.
     """
+    args = sft_arguments(config, reporters or [], has_eval=val_ds is not None, resuming=resuming)  # fail before loading
     model, processor = load_model(config)
     collator = OcrCollator(processor, config.instruction, config.max_seq_length)
-    args = sft_arguments(config, reporters or [], has_eval=val_ds is not None, resuming=resuming)
     trainer = _make_trainer_class()(
         model=model,
         args=args,
