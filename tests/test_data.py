@@ -131,6 +131,8 @@ def test_parse_split_spec():
     assert parse_split_spec("train[:90%]", 50) == slice(0, 45)
     assert parse_split_spec("train[90%:]", 50) == slice(45, 50)
     assert parse_split_spec("train[10:20]", 50) == slice(10, 20)
+    with pytest.raises(GemmaOcrError, match="one split, named train"):
+        parse_split_spec("validation[:10%]", 50)
     with pytest.raises(GemmaOcrError, match="train\\[:90%\\]"):
         parse_split_spec("train[::]]", 50)
 

@@ -61,6 +61,9 @@ def parse_split_spec(spec: str, n: int) -> slice:
     m = re.fullmatch(r"\s*(\w+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*", spec)
     if not m:
         raise GemmaOcrError(f"split {spec!r}: write it as train, train[:90%] or train[90%:]")
+    if m.group(1) != "train":
+        raise GemmaOcrError(f"split {spec!r}: the data file is one split, named train; write train, train[:90%] or "
+                            f"train[90%:] (another file: --input-data)")
 
     def bound(text: str, default: int) -> int:
         if not text:
