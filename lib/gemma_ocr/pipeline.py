@@ -13,6 +13,7 @@ after new data is imported and split, the search, training, merge and evaluation
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -105,6 +106,13 @@ WEIGHT_FILES = ("*.safetensors", "config.json", "adapter_config.json")
 
 
 def _file_sha256(path: Path) -> str:
+    """The file's SHA-256, read once per version of the file (the base model's weights serve several stages)."""
+    stat = path.stat()
+    return _sha256_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
