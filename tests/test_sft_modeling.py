@@ -116,3 +116,26 @@ def test_lean_4bit_keeps_bf16_where_plain_peft_upcasts_to_fp32(tiny_model_dir): 
         assert isinstance(q_proj.base_layer, Linear4bit) and q_proj.base_layer.weight.dtype == torch.uint8
         assert not any(p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
         assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if "lora_" in n)
+
+
+def test_4bit_layers_keep_their_gradient_after_an_evaluation():
+    """An eval pass without gradients must not repack a CPU nf4 layer into bitsandbytes' inference-only layout."""
+    bnb = pytest.importorskip("bitsandbytes")
+    from gemma_ocr.modeling.loading import keep_4bit_layout_trainable
+
+    torch.manual_seed(0)
+    layers = torch.nn.Sequential(*(bnb.nn.Linear4bit(n_in, n_out, bias=False, compute_dtype=torch.bfloat16, quant_type="nf4")
+                                   for n_in, n_out in ((128, 64), (32, 32))))  # 32 inputs: below one quantisation block
+    for layer in layers:
+        layer.weight = bnb.nn.Params4bit(torch.randn(layer.out_features, layer.in_features), requires_grad=False,
+                                         quant_type="nf4", module=layer)
+    layers = layers.to("cpu")  # quantises the weights
+    keep_4bit_layout_trainable(layers)
+    for layer, n_in in zip(layers, (128, 32)):
+        layer.eval()
+        with torch.no_grad():
+            layer(torch.randn(2, n_in))
+        layer.train()
+        x = torch.randn(2, n_in, requires_grad=True)
+        layer(x).float().sum().backward()
+        assert x.grad is not None and x.grad.abs().sum() > 0

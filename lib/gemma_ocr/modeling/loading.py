@@ -124,6 +124,25 @@ def _quantization_config(config: TrainConfig):
     )
 
 
+def keep_4bit_layout_trainable(model) -> int:
+    """Keep every CPU ``Linear4bit`` of a model that trains in bitsandbytes' plain nf4 layout; return how many were switched.
+
+    On CPUs with AVX512-BF16, bitsandbytes repacks a 4-bit weight for its inference kernel the first time the layer
+    runs in eval mode without gradients (an evaluation during training does). That kernel has no backward pass: once
+    repacked, no gradient flows through the layer (the LoRA layers below it stop learning, silently), and layers whose
+    input width is not a multiple of the 64-value quantisation block cannot be repacked at all (a RuntimeError). On
+    CUDA, and on CPUs without AVX512-BF16, nothing changes.
+    """
+    switched = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):  # bitsandbytes.nn.Linear4bit on such a CPU
+            module.support_avx512bf16_for_cpu = False
+            switched += 1
+    if switched:
+        log.info("4-bit on this CPU: %d layers keep the trainable nf4 layout (AVX512-BF16 inference packing off)", switched)
+    return switched
+
+
 def _device_map() -> dict[str, int] | None:
     """One whole model per process: the local GPU under DDP, GPU 0 alone, nothing on the CPU."""
     import torch
@@ -180,6 +199,8 @@ def load_base_model(config: TrainConfig):
         raise GemmaOcrError(f"cannot load model {config.model_name} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if type(model).__name__ != GEMMA3_ARCHITECTURE:
         raise GemmaOcrError(f"{config.model_name} loaded as {type(model).__name__}, not {GEMMA3_ARCHITECTURE}")
+    if config.load_in_4bit:
+        keep_4bit_layout_trainable(model)
     log.info("loaded %s (%s%s)", config.model_name, str(kwargs["dtype"]).replace("torch.", ""),
              ", 4-bit nf4" if config.load_in_4bit else "")
     return model, processor
