@@ -1,69 +1,11 @@
 #!/usr/bin/env python
 """Evaluate an OCR model: CER/F1 per sample and overall.
 
-By default the model is behind an OpenAI-compatible server (vLLM or core/serve.py); with
-``--backend khmer-cnn --checkpoint PATH`` a trained Khmer-digits CNN is scored on the same data
-with the same figures.
+`gemma-ocr evaluate` runs the same program; its flags: `python core/evaluate.py --help`.
 """
 
-from __future__ import annotations
-
-import argparse
-
-from gemma_ocr.cli import add_request_arguments, none_or_int, request_options, run
-from gemma_ocr.evaluation import DEFAULT_DATA_FILE, DEFAULT_OUTPUT_FILE, EvalConfig, evaluate
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--backend", choices=["server", "khmer-cnn"], default="server",
-                   help="server: a served Gemma model (default); khmer-cnn: a Khmer-digits CNN checkpoint")
-    p.add_argument("--checkpoint", default=None, help="with --backend khmer-cnn: the .pt checkpoint to score")
-    p.add_argument("--data-file", default=DEFAULT_DATA_FILE, help="[{image_path, ocr_text}] JSON")
-    p.add_argument("--top-k", type=none_or_int, default=100, help="evaluate the first K samples; None for all (default 100)")
-    add_request_arguments(p, DEFAULT_OUTPUT_FILE, "results JSON (resumed if it exists)")
-    args = p.parse_args()
-    if args.backend == "khmer-cnn":
-        return evaluate_khmer_cnn(args)
-    cfg = EvalConfig(data_file=args.data_file, top_k=args.top_k, **request_options(args))
-    out = evaluate(cfg)
-    limit = "" if out.selected == out.dataset_size else f" (first {out.selected} of {out.dataset_size}: --top-k None for all)"
-    return print_summary(out.document, limit, f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s",
-                         out.output_file)
-
-
-def evaluate_khmer_cnn(args: argparse.Namespace) -> int:
-    """Score a Khmer-digits CNN checkpoint on the data file (no server involved)."""
-    from pathlib import Path
-
-    from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.io import atomic_write_json
-    from gemma_ocr.khmer_digits.backend import evaluate_ocr_file
-
-    if not args.checkpoint:
-        raise GemmaOcrError("--backend khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
-    if not Path(args.checkpoint).is_file():
-        raise GemmaOcrError(f"--checkpoint {args.checkpoint}: file not found (train one with core/khmer_digits/phase3_hyperparameter_tuning.py)")
-    doc = evaluate_ocr_file(args.checkpoint, args.data_file, model_name=args.model_name, top_k=args.top_k)
-    atomic_write_json(args.output_file, doc)
-    limit = "" if doc["total_samples"] == doc["dataset_samples"] else \
-        f" (first {doc['total_samples']} of {doc['dataset_samples']}: --top-k None for all)"
-    return print_summary(doc, limit, "", args.output_file)
-
-
-def print_summary(doc: dict, limit: str, timing: str, output_file) -> int:
-    """Print the figures of a results document; exit code 1 when any sample failed."""
-    m, c = doc["metrics"], doc["status_counts"]
-    print(f"model: {doc['model_name']}   samples: {doc['total_samples']}{limit}")
-    print(f"status: ok {c['ok']}, empty {c['empty']}, error {c['error']}   {timing}".rstrip())
-    for label, key in (("raw", "raw"), ("normalized", "normalized")):
-        mm = m[key]
-        print(f"{label:<10} CER micro {mm['cer_micro']:.4f}  CER macro {mm['cer_macro']:.4f}  "
-              f"F1 micro {mm['f1_micro']:.4f}  F1 macro {mm['f1_macro']:.4f}")
-    print("CER micro = total edits / total reference chars (overall_cer); macro = mean per-sample CER; errors are not scored")
-    print(f"-> {output_file}")
-    return 1 if c["error"] else 0
-
+from gemma_ocr.cli import run
+from gemma_ocr.commands.evaluate import main
 
 if __name__ == "__main__":
     run(main)

@@ -1,65 +1,11 @@
 #!/usr/bin/env python
 """Transcribe images with a served OCR model into a JSON Lines file (one row per image: text, status).
 
-Give image files, folders (searched recursively) or OCR data files. Rerunning the same command resumes.
-Correct the texts, then `python core/import_ocr_data.py FILE.jsonl` makes training data of them. With
-``--backend khmer-cnn --checkpoint PATH`` a Khmer-digits CNN transcribes instead of a server.
+`gemma-ocr transcribe` runs the same program; its flags: `python core/transcribe.py --help`.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
-from pathlib import Path
-
-from gemma_ocr.cli import add_request_arguments, request_options, run
-from gemma_ocr.data.records import resolve_image_path
-from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
-from gemma_ocr.transcription import DEFAULT_OUTPUT_FILE, TranscribeConfig, TranscribeOutcome, transcribe, transcribe_with_khmer_cnn
-
-
-def main() -> int:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders of images, or OCR data files "
-                                                                "(.json/.tsv/.csv/.jsonl: their image paths)")
-    p.add_argument("--backend", choices=["server", "khmer-cnn"], default="server",
-                   help="server: a served Gemma model (default); khmer-cnn: a Khmer-digits CNN checkpoint")
-    p.add_argument("--checkpoint", default=None, help="with --backend khmer-cnn: the .pt checkpoint")
-    p.add_argument("--show", type=int, default=5, help="print the first N transcriptions (0: none)")
-    add_request_arguments(p, DEFAULT_OUTPUT_FILE, "JSON Lines file of the transcriptions (resumed if it exists)")
-    args = p.parse_args()
-    if args.backend == "khmer-cnn":
-        if not args.checkpoint:
-            raise GemmaOcrError("--backend khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
-        if not Path(args.checkpoint).is_file():
-            raise GemmaOcrError(f"--checkpoint {args.checkpoint}: file not found")
-        out = transcribe_with_khmer_cnn(args.checkpoint, args.inputs, args.output_file, args.model_name)
-    else:
-        out = transcribe(TranscribeConfig(inputs=args.inputs, **request_options(args)))
-    return print_summary(out, args.show)
-
-
-def print_summary(out: TranscribeOutcome, show: int) -> int:
-    """Counts, the first ``show`` transcriptions and the first failures; exit code 1 when any image failed."""
-    print(f"model: {out.model_name}   images: {len(out.rows)}   ok {out.count(STATUS_OK)}, "
-          f"empty {out.count(STATUS_EMPTY)}, error {out.count(STATUS_ERROR)}   "
-          f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s")
-    folder = out.output_file.parent.resolve()
-
-    def shown(row: dict) -> str:  # the path from here, not from the output file's folder
-        return os.path.relpath(resolve_image_path(row["image_path"], folder))
-
-    for row in [r for r in out.rows if r["status"] != STATUS_ERROR][:max(show, 0)]:
-        print(f"  {shown(row)}: {row['text']!r}")
-    failed = [r for r in out.rows if r["status"] == STATUS_ERROR]
-    for row in failed[:3]:
-        print(f"  failed {shown(row)}: {row['error']}")
-    if failed:
-        print(f"{len(failed)} images failed; rerun the same command to retry them")
-    print(f"-> {out.output_file}")
-    return 1 if failed else 0
-
+from gemma_ocr.cli import run
+from gemma_ocr.commands.transcribe import main
 
 if __name__ == "__main__":
     run(main)

@@ -29,12 +29,33 @@ def test_training_config_yaml_round_trip_and_errors(tmp_path):
     again = TrainingConfig.from_yaml(path)
     assert again == config
     assert TrainingConfig.from_dict({"min_lr": "1e-6"}).min_lr == 1e-6  # YAML leaves 1e-6 a string
-    with pytest.raises(ConfigurationError, match="did you mean learning_rate"):
+    with pytest.raises(ConfigurationError, match="did you mean 'learning_rate'"):
         TrainingConfig.from_dict({"lerning_rate": 0.1})
-    with pytest.raises(ConfigurationError, match="scheduler_type='linear' is not one of"):
+    with pytest.raises(ConfigurationError, match="field 'scheduler_type' must be one of cosine, .*got 'linear'"):
         TrainingConfig.from_dict({"scheduler_type": "linear"})
     with pytest.raises(ConfigurationError, match="batch_size"):
         TrainingConfig.from_dict({"batch_size": 0})
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    ({"max_train_samples": "12"}, None),  # int | None from text
+    ({"max_train_samples": None}, None),
+    ({"focal_alpha": [0.5, "0.25"]}, None),  # float | list[float] | None
+    ({"max_train_samples": 1.5}, "field 'max_train_samples' must be an integer or null, got 1.5"),
+    ({"learning_rate": "NaN"}, "field 'learning_rate' must be a finite number, got 'NaN'"),
+    ({"learning_rate": float("inf")}, "field 'learning_rate' must be a finite number, got inf"),
+    ({"augmentation": "maybe"}, "field 'augmentation' must be true or false, got 'maybe'"),
+    ({"optimizer_betas": [0.9, "x"]}, "field 'optimizer_betas' item 2 must be a number, got 'x'"),
+])
+def test_training_config_types_go_through_the_settings_layer(data, message):
+    """The Khmer config is checked by the one coercion of gemma_ocr.settings (types, not annotation strings)."""
+    if message is None:
+        config = TrainingConfig.from_dict(data)
+        assert config.max_train_samples in (None, 12) and config.focal_alpha in (None, [0.5, 0.25])
+        return
+    with pytest.raises(ConfigurationError) as err:
+        TrainingConfig.from_dict(data, source="exp.yaml")
+    assert str(err.value) == f"exp.yaml: {message}"
 
 
 def test_checkpoint_manager_keeps_n_and_the_best(tmp_path):

@@ -1,20 +1,19 @@
-"""TrainConfig: validation messages, precedence defaults < file < flags, and the generated CLI flags."""
+"""TrainConfig: the project's fields plus every SFTConfig field, validation lines, precedence, the train CLI."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
+import math
 import re
-import subprocess
-import sys
 
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from gemma_ocr.config import TrainConfig, load_config, resolve_config
-from gemma_ocr.config_cli import add_train_config_flags, flag_overrides
+from gemma_ocr.config import TRAINER_DEFAULTS, TrainConfig, load_config, resolve_config
 from gemma_ocr.errors import GemmaOcrError
-from sft_fixtures import ROOT, sft_env
+from gemma_ocr.settings import ConfigParser
+from sft_fixtures import ROOT
 
 REQUIRED_FIELDS = (
     "model_name input_data instruction learning_rate num_train_epochs lora_r lora_alpha lora_dropout max_seq_length "
@@ -23,6 +22,12 @@ REQUIRED_FIELDS = (
     "gradient_accumulation_steps train_split val_split seed max_steps eval_steps save_steps logging_steps report_to "
     "wandb_project wandb_group run_name output_dir backend gradient_checkpointing resume_from_checkpoint"
 ).split()
+
+
+def parse(*argv: str):
+    parser = ConfigParser(TrainConfig, ignore_keys=TrainConfig.ignored_keys)
+    config, _ = parser.parse_settings(list(argv))
+    return config
 
 
 def test_contract_fields_and_defaults():
@@ -36,24 +41,52 @@ def test_contract_fields_and_defaults():
     assert (c.train_split, c.val_split) == ("train[:90%]", "train[90%:]")
     assert c.finetune_vision_layers is False and c.finetune_language_layers is True
     assert c.finetune_multimodal_projector is False and c.max_steps == -1
+    # the project's trainer defaults (not SFTConfig's)
+    assert (c.learning_rate, c.gradient_accumulation_steps, c.per_device_train_batch_size) == (2e-4, 4, 1)
+    assert (c.optim, c.eval_strategy, c.eval_on_start, c.save_total_limit) == ("adamw_torch", "steps", True, 2)
+    assert c.bf16 is None and c.fp16 is False  # bf16 decided per machine, never fp16
     assert TrainConfig.from_dict(c.to_dict()) == c
+
+
+def test_every_sft_config_field_is_a_key_and_a_flag():
+    from trl import SFTConfig
+
+    names = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+    assert names <= set(TrainConfig.field_names())
+    parser = ConfigParser(TrainConfig)
+    for name in names:
+        assert f"--{name.replace('_', '-')}" in parser._option_string_actions, name
+        assert f"--{name}" in parser._option_string_actions, name
+    assert set(TRAINER_DEFAULTS) <= names  # every project default names a real trainer field
 
 
 def test_precedence_defaults_file_flags(tmp_path):
     cfg = tmp_path / "c.json"
-    cfg.write_text(json.dumps({"learning_rate": 1e-3, "lora_r": 8, "_comment": "ignored", "search_space": {}}))
-    parser = argparse.ArgumentParser()
-    add_train_config_flags(parser)
-    args = parser.parse_args(["--lora-r", "32", "--lora-output-dir", "out/x", "--no-gradient-checkpointing",
-                              "--report-to", "wandb", "tensorboard", "--eval-steps", "0.25", "--resume"])
-    c = resolve_config(cfg, flag_overrides(args))
+    cfg.write_text(json.dumps({"learning_rate": 1e-3, "lora_r": 8, "adam_beta2": 0.98, "_comment": "ignored",
+                               "search_space": {}}))
+    c = parse("--config", str(cfg), "--lora-r", "32", "--lora-output-dir", "out/x", "--no-gradient-checkpointing",
+              "--report-to", "wandb", "tensorboard", "--eval-steps", "0.25", "--resume", "--adam_beta2", "0.9")
     assert c.learning_rate == 1e-3  # file beats default
-    assert c.lora_r == 32  # flag beats file
+    assert c.lora_r == 32 and c.adam_beta2 == 0.9  # flag beats file, either spelling
     assert c.lora_alpha == TrainConfig().lora_alpha  # default kept
     assert c.output_dir == "out/x" and c.gradient_checkpointing is False
     assert c.report_to == ["wandb", "tensorboard"] and c.reporters == ["wandb", "tensorboard"]
     assert c.eval_steps == 0.25 and c.resume_from_checkpoint is True
-    assert resolve_config(cfg).lora_r == 8
+    assert parse("--config", str(cfg)).lora_r == 8 and parse("--config", str(cfg)).adam_beta2 == 0.98
+    assert resolve_config(cfg, {"lora_r": 4, "lora_alpha": None}).lora_r == 4  # the Python form
+
+
+def test_yaml_config_and_switch_spellings(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 1e-4\nload_in_4bit: yes\nlr_scheduler_kwargs: {num_cycles: 2}\n")
+    c = parse("--config", str(cfg))
+    assert c.learning_rate == 1e-4 and c.load_in_4bit is True and c.lr_scheduler_kwargs == {"num_cycles": 2}
+    assert parse("--load-in-4bit", "false").load_in_4bit is False
+    assert parse("--config", str(cfg), "--no-load-in-4bit").load_in_4bit is False
+    assert parse("--resume", "models/x/checkpoint-4").resume_from_checkpoint == "models/x/checkpoint-4"
+    assert parse("--use-liger-kernel", "auto").use_liger_kernel == "auto"
+    assert parse("--use-liger-kernel").use_liger_kernel is True
+    assert parse("--save-total-limit", "none").save_total_limit is None
 
 
 def test_unknown_key_names_the_closest():
@@ -64,13 +97,19 @@ def test_unknown_key_names_the_closest():
 @pytest.mark.parametrize(
     ("data", "pattern"),
     [
-        ({"lora_r": "16"}, r"field 'lora_r' must be integer, got str"),
-        ({"load_in_4bit": "yes"}, r"field 'load_in_4bit' must be true/false"),
-        ({"learning_rate": [1]}, r"field 'learning_rate' must be number"),
-        ({"report_to": 3}, r"field 'report_to' must be list of string"),
+        ({"lora_r": "sixteen"}, r"field 'lora_r' must be an integer, got 'sixteen'$"),
+        ({"lora_r": 16.5}, r"field 'lora_r' must be an integer, got 16.5$"),
+        ({"load_in_4bit": "maybe"}, r"field 'load_in_4bit' must be true or false"),
+        ({"learning_rate": [1]}, r"field 'learning_rate' must be a number"),
+        ({"report_to": 3}, r"field 'report_to' must be a list of strings"),
         ({"learning_rate": 0}, r"field 'learning_rate' must be > 0"),
         ({"backend": "vllm"}, r"field 'backend' must be one of transformers, unsloth"),
         ({"report_to": ["mlflow"]}, r"field 'report_to' entries must be among"),
+        ({"adam_beta2": "high"}, r"field 'adam_beta2' must be a number, got 'high'"),
+        ({"save_strategy": "sometimes"}, r"field 'save_strategy' must be one of no, steps, epoch, best"),
+        ({"lr_scheduler_kwargs": "{bad json"}, r"field 'lr_scheduler_kwargs' must be a JSON object"),
+        ({"fp16": True}, r"field 'fp16' is refused: Gemma 3 overflows to NaN in float16"),
+        ({"max_length": 512}, r"field 'max_length' is not used: .*max_seq_length"),
     ],
 )
 def test_wrong_types_and_values_are_one_line(data, pattern):
@@ -79,9 +118,25 @@ def test_wrong_types_and_values_are_one_line(data, pattern):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name", ["learning_rate", "weight_decay", "adam_beta2", "warmup_ratio", "lora_dropout",
+                                  "num_train_epochs", "neftune_noise_alpha"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, "NaN", "Infinity"])
+def test_non_finite_floats_are_refused(name, value, tmp_path):
+    with pytest.raises(GemmaOcrError, match=rf"^config: field '{name}' must be a finite number, got "):
+        TrainConfig.from_dict({name: value})
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({name: value}))  # Python's json writes NaN/Infinity, and reads them back
+    with pytest.raises(GemmaOcrError, match=rf"^{re.escape(str(cfg))}: field '{name}' must be a finite number"):
+        resolve_config(cfg)
+    with pytest.raises(GemmaOcrError, match=rf"^--{name.replace('_', '-')} must be a finite number"):
+        parse(f"--{name}={value}")  # `=`: argparse would take -inf for a flag
+    with pytest.raises(GemmaOcrError, match=rf"field '{name}' must be a finite number"):
+        TrainConfig(**{name: value}).validate()  # a value set from Python is checked too
+
+
 def test_int_accepted_for_float_and_integral_float_for_int():
-    c = TrainConfig.from_dict({"num_train_epochs": 2, "lora_r": 16.0})
-    assert c.num_train_epochs == 2.0 and isinstance(c.lora_r, int)
+    c = TrainConfig.from_dict({"num_train_epochs": 2, "lora_r": 16.0, "save_steps": 2.0})
+    assert c.num_train_epochs == 2.0 and isinstance(c.lora_r, int) and isinstance(c.save_steps, int)
 
 
 def test_load_config_errors(tmp_path):
@@ -103,20 +158,16 @@ def test_default_config_file_is_valid():
 
 
 def test_cli_print_config_and_bad_key_line(tmp_path):
-    cmd = [sys.executable, str(ROOT / "core/sft_gemma.py"), "--config",
-           str(ROOT / "configs/hyperparm_configs/default.json"), "--learning-rate", "3e-4", "--print-config"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=sft_env(), timeout=120)
-    assert out.returncode == 0, out.stderr
+    out = run_cli("sft_gemma.py", "--config", str(ROOT / "configs/hyperparm_configs/default.json"),
+                  "--learning-rate", "3e-4", "--adam-beta2", "0.95", "--print-config", env={"OMP_NUM_THREADS": "1"})
     printed = json.loads(out.stdout)
-    assert printed["learning_rate"] == 3e-4 and printed["lora_r"] == 16
+    assert printed["learning_rate"] == 3e-4 and printed["lora_r"] == 16 and printed["adam_beta2"] == 0.95
 
     cfg = tmp_path / "typo.json"
     cfg.write_text(json.dumps({"lora_rank": 8}))
-    out = subprocess.run([sys.executable, str(ROOT / "core/sft_gemma.py"), "--config", str(cfg)],
-                         capture_output=True, text=True, env=sft_env(), timeout=120)
-    assert out.returncode == 2
-    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
-    assert lines == [f"error: {cfg}: unknown key 'lora_rank'; did you mean 'lora_r'?"]
+    proc = run_cli("sft_gemma.py", "--config", str(cfg), check=False, env={"OMP_NUM_THREADS": "1"})
+    line = assert_one_line_error(proc)
+    assert line == f"error: {cfg}: unknown key 'lora_rank'; did you mean 'lora_r'?"
 
 
 @pytest.mark.parametrize(
@@ -158,6 +209,7 @@ def test_transformers_choices_are_checked_up_front(field, enum_module, enum_name
         ({"seed": -1}, r"field 'seed' must be in \[0, 4294967295\], got -1"),
         ({"weight_decay": -0.1}, r"field 'weight_decay' must be >= 0"),
         ({"max_grad_norm": -1}, r"field 'max_grad_norm' must be >= 0"),
+        ({"warmup_steps": -3}, r"field 'warmup_steps' must be >= 0"),
         ({"lr_scheduler_type": "reduce_lr_on_plateau", "val_split": ""},
          r"field 'lr_scheduler_type' 'reduce_lr_on_plateau' needs evaluation: set val_split"),
     ],
@@ -176,20 +228,42 @@ def test_meaningful_counts_are_accepted():
     assert TrainConfig.from_dict({"lr_scheduler_type": "reduce_lr_on_plateau"}).val_split
 
 
-def test_cli_bad_choices_fail_before_the_model_loads(tmp_path):
+def test_a_bad_value_is_named_where_it_came_from(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"max_steps": 0, "lora_r": 8}))
+    with pytest.raises(GemmaOcrError, match=rf"^{re.escape(str(cfg))}: field 'max_steps' must be > 0"):
+        parse("--config", str(cfg))
+    assert parse("--config", str(cfg), "--max-steps", "5").max_steps == 5  # a flag may correct the file
+    with pytest.raises(GemmaOcrError, match=r"^--max-steps must be > 0, or -1 .*got 0$"):
+        parse("--max-steps", "0")
+    with pytest.raises(GemmaOcrError, match=r"^--lora-output-dir is empty"):
+        parse("--lora-output-dir", "")
+
+
+def test_cli_bad_values_fail_before_the_model_loads(tmp_path):
     missing = str(tmp_path / "no-such-model")  # reaching the model (or the data) would fail differently
     common = ("--model-name", missing, "--input-data", str(tmp_path / "none.json"), "--lora-output-dir", str(tmp_path))
     proc = run_cli("sft_gemma.py", "--optim", "bogus", *common, check=False, env={"OMP_NUM_THREADS": "1"})
-    assert_one_line_error(proc, "field 'optim'", "got 'bogus'", "adamw_torch_fused")
+    assert_one_line_error(proc, "--optim must be one of", "got 'bogus'", "adamw_torch_fused")
     assert missing not in proc.stderr and not proc.stdout
 
-    cfg = tmp_path / "steps.json"
-    cfg.write_text(json.dumps({"max_steps": 0}))
-    proc = run_cli("sft_gemma.py", "--config", str(cfg), *common, check=False)
-    assert_one_line_error(proc, str(cfg), "field 'max_steps'", "got 0")
 
-    proc = run_cli("sft_gemma.py", "--lr", "1e-3", "--print-config", check=False)  # no abbreviations
-    assert proc.returncode == 2 and "unrecognized arguments: --lr 1e-3" in proc.stderr and not proc.stdout
+@pytest.mark.parametrize(("argv", "line"), [
+    (["--lerning-rate", "1e-3"], "unknown flag --lerning-rate; did you mean --learning-rate?"),
+    (["--lr", "1e-3"], "unknown flag --lr"),  # no abbreviations
+    (["--learning-rate", "nan"], "--learning-rate must be a finite number, got 'nan'"),  # refused up front
+    (["--lora-r"], "--lora-r: expected one argument"),
+    # a combination only the trainer refuses is one line at --print-config already
+    (["--load-best-model-at-end", "--save-strategy", "epoch"], "training arguments: "),
+])
+def test_train_command_print_config_refuses(argv, line, monkeypatch, capsys):
+    from gemma_ocr.commands.train import main
+
+    monkeypatch.setattr("sys.argv", ["sft_gemma.py", *argv, "--print-config"])
+    with pytest.raises(GemmaOcrError) as err:
+        main()
+    assert str(err.value).startswith(line) and "\n" not in str(err.value)
+    assert not capsys.readouterr().out
 
 
 def test_trainer_arguments_are_refused_before_the_model_loads(monkeypatch):
@@ -197,7 +271,26 @@ def test_trainer_arguments_are_refused_before_the_model_loads(monkeypatch):
 
     tune_module = importlib.import_module("gemma_ocr.training.tune")  # the module, not the function of that name
     monkeypatch.setattr(tune_module, "load_model", lambda config: pytest.fail("the model was loaded"))
-    config = TrainConfig(optim="bogus", output_dir="unused")  # built without validation
-    with pytest.raises(GemmaOcrError, match=r"^training arguments: bogus is not a valid OptimizerNames") as err:
-        tune_module.build_trainer(config, train_ds=[])
+    config = TrainConfig(load_best_model_at_end=True, save_strategy="epoch", output_dir="unused")
+    with pytest.raises(GemmaOcrError, match=r"^training arguments: .*strategy") as err:
+        tune_module.build_trainer(config, train_ds=[], val_ds=[])
     assert "\n" not in str(err.value)
+
+
+def test_sft_arguments_pass_every_trainer_field_and_resolve_the_automatic_ones():
+    from gemma_ocr.training.tune import sft_arguments
+
+    config = TrainConfig.from_dict({"adam_beta2": 0.95, "neftune_noise_alpha": 5, "save_strategy": "epoch",
+                                    "lr_scheduler_kwargs": {"num_cycles": 2}, "warmup_ratio": 0.1,
+                                    "output_dir": "models/x", "data_seed": 7})
+    args = sft_arguments(config, ["tensorboard"], has_eval=True, resuming=False)
+    assert (args.adam_beta2, args.neftune_noise_alpha, args.save_strategy) == (0.95, 5.0, "epoch")
+    assert args.lr_scheduler_kwargs == {"num_cycles": 2} and args.warmup_steps == 0.1
+    assert args.run_name == "x" and args.data_seed == 7 and args.bf16 is False and args.fp16 is False
+    assert args.eval_on_start is True and args.eval_steps == 50
+    assert args.report_to == ["tensorboard"] and args.use_liger_kernel is False
+    assert args.remove_unused_columns is False and args.label_names == ["labels"]
+    no_eval = sft_arguments(config.replace(warmup_steps=7), [], has_eval=False, resuming=False)
+    assert no_eval.eval_strategy == "no" and no_eval.eval_on_start is False and no_eval.warmup_steps == 7
+    resumed = sft_arguments(config, [], has_eval=True, resuming=True)
+    assert resumed.eval_on_start is False and resumed.eval_strategy == "steps"

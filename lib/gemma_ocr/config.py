@@ -1,308 +1,271 @@
-"""Training configuration: one typed dataclass, JSON/YAML loading, validation, precedence.
+"""Training configuration: the project's OCR/LoRA arguments plus every field of TRL's ``SFTConfig``.
 
-Precedence is defaults < config file < command-line flags. Unknown keys and wrong types end in
-one clear line (:class:`~gemma_ocr.errors.GemmaOcrError`) that names the field and the fix.
-Keys starting with ``_`` are comments and are ignored; a ``search_space`` block (the search
-config format) is ignored too, so a search config also works as a training config.
+:class:`OcrArguments` holds the project's own settings (data, model, LoRA, speed switches) and the
+trainer settings whose meaning or type the project changes; :data:`TRAINER_DEFAULTS` the project's
+defaults for other trainer settings. ``TrainConfig`` is one flat settings dataclass made of both and
+of every other field of the installed TRL ``SFTConfig`` / transformers ``TrainingArguments``
+(``adam_beta2``, ``lr_scheduler_kwargs``, ``neftune_noise_alpha``, ``save_strategy``, ``fsdp``, ...),
+with their types, defaults and help. It is built on first use (it needs TRL) and read through the
+configuration layer (:mod:`gemma_ocr.settings`): the same key in a JSON/YAML file and as a flag,
+defaults < config file < flags, one-line errors. Keys starting with ``_`` are comments; a
+``search_space`` block (the search config format) is ignored, so a search config also trains.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
-import importlib
 import os
-import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal
 
-from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import read_json, read_yaml
+from gemma_ocr.settings import FieldError, Layer, Settings, load_config, resolve
+
+__all__ = ["DEFAULT_INSTRUCTION", "DEFAULT_MODEL_NAME", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
+           "train_config_class"]
 
 DEFAULT_MODEL_NAME = "models/tiny-gemma3"
 DEFAULT_INSTRUCTION = "請給我 OCR 結果"
-BACKENDS = ("transformers", "unsloth")
 REPORTERS = ("none", "wandb", "tensorboard", "all")
-ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
-IGNORED_KEYS = frozenset({"search_space"})
-# fields whose values are members of a transformers enum: the installed version decides what is valid
-TRANSFORMERS_CHOICES = {
-    "optim": ("transformers.training_args", "OptimizerNames"),
-    "lr_scheduler_type": ("transformers.trainer_utils", "SchedulerType"),
-}
 SCHEDULERS_NEEDING_EVAL = ("reduce_lr_on_plateau", "greedy")  # transformers refuses them without an eval split
 MAX_SEED = 2**32 - 1  # numpy's limit; transformers seeds numpy with it
+PROJECT, TRAINER = "OCR and LoRA settings", "trainer settings (TRL SFTConfig / transformers TrainingArguments)"
+
+#: The project's defaults for trainer fields it does not redefine (types and help are TRL's / transformers').
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "learning_rate": 2e-4,  # LoRA's usual rate (SFTConfig: 2e-5)
+    "num_train_epochs": 3.0,
+    "max_steps": -1,
+    "lr_scheduler_type": "linear",
+    "optim": "adamw_torch",  # the fused variant is CUDA-only on older torch
+    "weight_decay": 0.0,
+    "max_grad_norm": 1.0,
+    "per_device_train_batch_size": 1,  # one image at a time fits any GPU; raise it when memory allows
+    "per_device_eval_batch_size": 1,
+    "gradient_accumulation_steps": 4,
+    "gradient_checkpointing": True,
+    "seed": 42,
+    "eval_strategy": "steps",  # "no" when there is no validation split
+    "eval_on_start": True,  # the loss before the first step: what training gained (not when resuming)
+    "prediction_loss_only": True,
+    "save_strategy": "steps",
+    "save_total_limit": 2,
+    "logging_first_step": True,
+    "torch_compile": False,
+    "activation_offloading": False,
+    "ddp_find_unused_parameters": False,
+}
+#: Trainer fields the OCR training sets itself; another value is refused with the reason.
+FIXED: dict[str, tuple[Any, str]] = {
+    "fp16": (False, "is refused: Gemma 3 overflows to NaN in float16 (bf16 is used on a bf16 GPU, fp32 on a CPU)"),
+    "max_length": (None, "is not used: the OCR collator truncates answers to max_seq_length (set that instead)"),
+    "remove_unused_columns": (False, "must stay false: the OCR collator reads the image and text columns"),
+    "label_names": (["labels"], "is set by the OCR collator (['labels'])"),
+    "dataset_kwargs": ({"skip_prepare_dataset": True}, "is set by the OCR training (the collator prepares the data)"),
+    "activation_checkpointing": (None, "is set from gradient_checkpointing (use that)"),
+    "activation_checkpointing_kwargs": (None, "is set from gradient_checkpointing and activation_offloading"),
+    "gradient_checkpointing_kwargs": (None, "is set from gradient_checkpointing and activation_offloading"),
+}
+SECRET_FIELDS = ("hub_token",)
+
+
+def arg(default: Any, help: str, **metadata: Any) -> Any:
+    """A settings field: ``default`` (lists and dicts copied per instance) and its ``--help`` text."""
+    meta = {"help": help, "group": PROJECT, **metadata}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
-class TrainConfig:
-    """Everything one LoRA fine-tuning run needs. Field names are the JSON keys and, with ``-``, the flags."""
+class OcrArguments:
+    """The project's own training settings, and the trainer settings whose meaning it changes."""
 
     # data and model
-    model_name: str = DEFAULT_MODEL_NAME
-    input_data: str = "data/input/ocr_non_test.json"
-    instruction: str = DEFAULT_INSTRUCTION
-    train_split: str = "train[:90%]"
-    val_split: str = "train[90%:]"
-    max_seq_length: int = 8192
-    load_in_4bit: bool = False
-    backend: str = "transformers"
+    model_name: str = arg(DEFAULT_MODEL_NAME, "base model: a Gemma 3 VLM folder or hub id (the default tiny model "
+                                              "is built on first use)")
+    input_data: str = arg("data/input/ocr_non_test.json", "OCR data JSON [{image_path, ocr_text}]")
+    instruction: str = arg(DEFAULT_INSTRUCTION, "the OCR instruction sent with each image")
+    train_split: str = arg("train[:90%]", "training slice of the data file, e.g. train[:90%]")
+    val_split: str = arg("train[90%:]", "validation slice, e.g. train[90%:]; empty for no validation")
+    max_seq_length: int = arg(8192, "longest sample in tokens; the answer is cut, never the image tokens")
+    load_in_4bit: bool = arg(False, "nf4 QLoRA through bitsandbytes (GPU; a CPU needs bitsandbytes >= 0.48 and is slow)")
+    backend: Literal["transformers", "unsloth"] = arg("transformers", "transformers (any machine) or unsloth "
+                                                                      "(CUDA, unsloth installed)")
     # LoRA
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    finetune_vision_layers: bool = False
-    finetune_language_layers: bool = True
-    finetune_attention_modules: bool = True
-    finetune_mlp_modules: bool = True
-    finetune_multimodal_projector: bool = False
-    lora_target_modules: list[str] | None = None  # explicit module names; overrides the finetune_* switches
-    # optimisation
-    learning_rate: float = 2e-4
-    num_train_epochs: float = 3.0
-    max_steps: int = -1
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    lr_scheduler_type: str = "linear"
-    optim: str = "adamw_torch"
-    max_grad_norm: float = 1.0
-    per_device_train_batch_size: int = 1
-    per_device_eval_batch_size: int = 1
-    gradient_accumulation_steps: int = 4
-    gradient_checkpointing: bool = True
-    seed: int = 42
+    lora_r: int = arg(16, "LoRA rank (lower = fewer parameters)")
+    lora_alpha: int = arg(16, "LoRA scaling")
+    lora_dropout: float = arg(0.0, "dropout on the LoRA layers, in [0, 1)")
+    finetune_vision_layers: bool = arg(False, "LoRA on the vision tower")
+    finetune_language_layers: bool = arg(True, "LoRA on the language model")
+    finetune_attention_modules: bool = arg(True, "LoRA on attention projections")
+    finetune_mlp_modules: bool = arg(True, "LoRA on MLP projections")
+    finetune_multimodal_projector: bool = arg(False, "LoRA on the projector between vision tower and language model")
+    lora_target_modules: list[str] | None = arg(None, "explicit module names for LoRA (overrides the finetune_* "
+                                                      "switches)")
+    warmup_ratio: float = arg(0.03, "warm-up as a fraction of the run, in [0, 1) (warmup_steps > 0 replaces it)")
     # speed and memory (gemma_ocr.modeling.fast_path documents each switch)
-    fast_path: bool = True  # vision tower without gradients, lean 4-bit preparation, auto Liger kernels and workers
-    use_liger_kernel: bool | str = "auto"  # "auto": on with CUDA + liger-kernel (and fast_path)
-    attn_implementation: str = "sdpa"
-    activation_offloading: bool = False  # the memory-saving option: checkpointed activations in pinned host memory
-    torch_compile: bool = False
-    dataloader_num_workers: int | None = None  # None: auto (up to 4 on a GPU machine, 0 on a CPU)
+    fast_path: bool = arg(True, "vision tower without gradients, lean 4-bit preparation, auto Liger kernels and "
+                                "dataloader workers")
+    use_liger_kernel: bool | Literal["auto"] = arg("auto", "Liger's Triton kernels for Gemma 3 (auto: on with CUDA, "
+                                                           "liger-kernel installed and fast_path)")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = arg("sdpa", "attention kernel")
+    bf16: bool | None = arg(None, "bf16 compute (null: on a bf16 GPU or with 4-bit, fp32 on a CPU; never fp16)")
+    use_cpu: bool | None = arg(None, "train on the CPU (null: when there is no CUDA; also makes a multi-process "
+                                     "launch use gloo DDP)")
+    dataloader_num_workers: int | None = arg(None, "collator worker processes (null: up to 4 on a GPU machine, 0 on "
+                                                   "a CPU)")
+    dataloader_persistent_workers: bool | None = arg(None, "keep the workers between epochs (null: when there are "
+                                                           "workers)")
+    dataloader_pin_memory: bool | None = arg(None, "pinned host memory for batches (null: with CUDA)")
     # evaluation, checkpoints, logging
-    eval_steps: int | float = 50
-    save_steps: int | float = 50
-    logging_steps: int | float = 10
-    save_total_limit: int | None = 2
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    check_images: bool = True
-    report_to: list[str] = field(default_factory=lambda: ["none"])
-    wandb_project: str = "gemma-ocr"
-    wandb_group: str | None = None
-    run_name: str | None = None
-    output_dir: str = "models/gemma-ocr"
-    resume_from_checkpoint: bool | str | None = False
+    eval_steps: int | float = arg(50, "evaluate every N steps (a number in (0, 1) is a fraction of the run)")
+    save_steps: int | float = arg(50, "save a checkpoint every N steps (or a fraction of the run)")
+    logging_steps: int | float = arg(10, "log every N steps (or a fraction of the run)")
+    max_train_samples: int | None = arg(None, "use only the first N training samples")
+    max_eval_samples: int | None = arg(None, "use only the first N validation samples")
+    check_images: bool = arg(True, "open every image before training and name the broken ones")
+    report_to: list[str] = arg(["none"], "trackers: none, wandb, tensorboard, all (W&B logs offline without "
+                                         "WANDB_API_KEY)")
+    wandb_project: str = arg("gemma-ocr", "W&B project")
+    wandb_group: str | None = arg(None, "W&B run group")
+    output_dir: str = arg("models/gemma-ocr", "where the adapter, processor, checkpoints and metrics go",
+                          aliases=["--lora-output-dir"])
+    resume_from_checkpoint: bool | str | None = arg(False, "resume from the last checkpoint in output_dir (true), or "
+                                                           "from the given checkpoint folder", aliases=["--resume"])
 
-    # ---------------------------------------------------------------- construction
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
+class TrainConfigMethods(Settings):
+    """Validation and helpers of ``TrainConfig`` (which adds the trainer's fields to :class:`OcrArguments`)."""
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
-        """Build a validated config from ``data`` (missing keys keep their defaults)."""
-        if not isinstance(data, dict):
-            raise GemmaOcrError(f"{source}: expected a JSON object of settings, got {type(data).__name__}")
-        names = cls.field_names()
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for key, value in data.items():
-            if not isinstance(key, str) or key.startswith("_") or key in IGNORED_KEYS:
-                continue
-            if key not in names:
-                close = difflib.get_close_matches(key, names, n=1, cutoff=0.5)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; known keys: {', '.join(names)}"
-                raise GemmaOcrError(f"{source}: unknown key {key!r}{hint}")
-            values[key] = _coerce(key, value, hints[key], source)
-        config = cls(**values)
-        config.validate(source)
-        return config
+    ignored_keys = frozenset({"search_space"})
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict of every field."""
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> TrainConfig:
-        """A validated copy with ``changes`` applied (types checked as in :meth:`from_dict`)."""
-        return TrainConfig.from_dict({**self.to_dict(), **changes}, source="config")
-
-    # ---------------------------------------------------------------- validation
-
-    def validate(self, source: str = "config") -> None:
-        """Check value ranges; raise one clear line on the first bad field."""
-
-        def bad(name: str, why: str) -> GemmaOcrError:
-            return GemmaOcrError(f"{source}: field {name!r} {why}")
-
-        if self.learning_rate <= 0:
-            raise bad("learning_rate", f"must be > 0, got {self.learning_rate}")
-        if self.max_steps == 0 or self.max_steps < -1:
-            raise bad("max_steps", f"must be > 0, or -1 to train for num_train_epochs, got {self.max_steps}")
-        if self.num_train_epochs < 0 or (self.num_train_epochs == 0 and self.max_steps == -1):
-            raise bad("num_train_epochs", f"must be > 0 (or set max_steps > 0), got {self.num_train_epochs}")
+    def validate(self) -> None:
+        """Types (any field), then the project's ranges; raise :class:`FieldError` on the first bad field."""
+        super().validate()
+        c: Any = self
+        if c.learning_rate <= 0:
+            raise FieldError("learning_rate", f"must be > 0, got {c.learning_rate}")
+        if c.max_steps == 0 or c.max_steps < -1:
+            raise FieldError("max_steps", f"must be > 0, or -1 to train for num_train_epochs, got {c.max_steps}")
+        if c.num_train_epochs < 0 or (c.num_train_epochs == 0 and c.max_steps == -1):
+            raise FieldError("num_train_epochs", f"must be > 0 (or set max_steps > 0), got {c.num_train_epochs}")
         for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "per_device_eval_batch_size",
                      "gradient_accumulation_steps", "max_seq_length"):
-            if getattr(self, name) < 1:
-                raise bad(name, f"must be >= 1, got {getattr(self, name)}")
+            if getattr(c, name) < 1:
+                raise FieldError(name, f"must be >= 1, got {getattr(c, name)}")
         for name, meaning in (("save_total_limit", "keep every checkpoint"), ("max_train_samples", "use them all"),
                               ("max_eval_samples", "use them all")):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise bad(name, f"must be >= 1 (or null to {meaning}), got {getattr(self, name)}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise bad("lora_dropout", f"must be in [0, 1), got {self.lora_dropout}")
-        if not 0.0 <= self.warmup_ratio < 1.0:
-            raise bad("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+            if getattr(c, name) is not None and getattr(c, name) < 1:
+                raise FieldError(name, f"must be >= 1 (or null to {meaning}), got {getattr(c, name)}")
+        for name in ("lora_dropout", "warmup_ratio"):
+            if not 0.0 <= getattr(c, name) < 1.0:
+                raise FieldError(name, f"must be in [0, 1), got {getattr(c, name)}")
         for name in ("eval_steps", "save_steps", "logging_steps"):
-            steps = getattr(self, name)
+            steps = getattr(c, name)
             if steps <= 0 or (isinstance(steps, float) and steps >= 1):
-                raise bad(name, f"must be a whole number of steps >= 1 or a fraction of the run in (0, 1), got {steps}")
-        for name in ("weight_decay", "max_grad_norm"):
-            if getattr(self, name) < 0:
-                raise bad(name, f"must be >= 0, got {getattr(self, name)}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise bad("seed", f"must be in [0, {MAX_SEED}], got {self.seed}")
-        if self.lr_scheduler_type in SCHEDULERS_NEEDING_EVAL and not self.val_split:
-            raise bad("lr_scheduler_type", f"{self.lr_scheduler_type!r} needs evaluation: set val_split "
-                                           "or choose another scheduler")
-        for name in TRANSFORMERS_CHOICES:
-            value = getattr(self, name)
-            if value != _default(name) and value not in transformers_choices(name):
-                raise bad(name, f"must be one of {', '.join(transformers_choices(name))}, got {value!r}")
-        if self.backend not in BACKENDS:
-            raise bad("backend", f"must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.use_liger_kernel not in ("auto", True, False):
-            raise bad("use_liger_kernel", f"must be true, false or \"auto\", got {self.use_liger_kernel!r}")
-        if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
-            raise bad("attn_implementation", f"must be one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
-                                             f"got {self.attn_implementation!r}")
-        if self.dataloader_num_workers is not None and self.dataloader_num_workers < 0:
-            raise bad("dataloader_num_workers", f"must be >= 0 (or null for auto), got {self.dataloader_num_workers}")
-        for r in self.report_to:
+                raise FieldError(name, f"must be a whole number of steps >= 1 or a fraction of the run in (0, 1), "
+                                       f"got {steps}")
+        for name in ("weight_decay", "max_grad_norm", "warmup_steps"):
+            if getattr(c, name) < 0:
+                raise FieldError(name, f"must be >= 0, got {getattr(c, name)}")
+        if not 0 <= c.seed <= MAX_SEED:
+            raise FieldError("seed", f"must be in [0, {MAX_SEED}], got {c.seed}")
+        if c.lr_scheduler_type in SCHEDULERS_NEEDING_EVAL and not c.val_split:
+            raise FieldError("lr_scheduler_type", f"{c.lr_scheduler_type!r} needs evaluation: set val_split "
+                                                  "or choose another scheduler")
+        if c.dataloader_num_workers is not None and c.dataloader_num_workers < 0:
+            raise FieldError("dataloader_num_workers", f"must be >= 0 (or null for auto), got {c.dataloader_num_workers}")
+        for r in c.report_to:
             if r not in REPORTERS:
-                raise bad("report_to", f"entries must be among {', '.join(REPORTERS)}, got {r!r}")
-        if not (self.finetune_vision_layers or self.finetune_language_layers or self.finetune_multimodal_projector
-                or self.lora_target_modules):
-            raise bad("finetune_language_layers", "and finetune_vision_layers are both false: nothing to train")
-        if not (self.finetune_attention_modules or self.finetune_mlp_modules or self.lora_target_modules):
-            raise bad("finetune_attention_modules", "and finetune_mlp_modules are both false: nothing to train")
-        if not self.model_name:
-            raise bad("model_name", "is empty")
-        if not self.output_dir:
-            raise bad("output_dir", "is empty (pass --lora-output-dir)")
+                raise FieldError("report_to", f"entries must be among {', '.join(REPORTERS)}, got {r!r}")
+        for name, (value, why) in FIXED.items():
+            if hasattr(c, name) and getattr(c, name) != value:
+                raise FieldError(name, why)
+        if not (c.finetune_vision_layers or c.finetune_language_layers or c.finetune_multimodal_projector
+                or c.lora_target_modules):
+            raise FieldError("finetune_language_layers", "and finetune_vision_layers are both false: nothing to train")
+        if not (c.finetune_attention_modules or c.finetune_mlp_modules or c.lora_target_modules):
+            raise FieldError("finetune_attention_modules", "and finetune_mlp_modules are both false: nothing to train")
+        if not c.model_name:
+            raise FieldError("model_name", "is empty")
+        if not c.output_dir:
+            raise FieldError("output_dir", "is empty (pass --lora-output-dir)")
 
     @property
     def reporters(self) -> list[str]:
         """``report_to`` with "none" removed and "all" expanded."""
-        if "all" in self.report_to:
+        report_to: list[str] = self.report_to  # type: ignore[attr-defined]
+        if "all" in report_to:
             return ["wandb", "tensorboard"]
-        return [r for r in self.report_to if r != "none"]
+        return [r for r in report_to if r != "none"]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, JSON-ready; a hub token is not written out."""
+        data = super().to_dict()
+        for name in SECRET_FIELDS:
+            if data.get(name) is not None:
+                data[name] = "<hidden>"
+        return data
+
+    def trainer_arguments(self) -> dict[str, Any]:
+        """The values of every ``SFTConfig`` field, as set (``sft_arguments`` resolves the automatic ones)."""
+        return {name: getattr(self, name) for name in sft_field_names()}
 
 
-def _default(name: str) -> Any:
-    """The default value of a TrainConfig field."""
-    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+@functools.cache
+def sft_field_names() -> tuple[str, ...]:
+    """The fields of the installed TRL ``SFTConfig`` (transformers' ``TrainingArguments`` included)."""
+    from trl import SFTConfig
+
+    return tuple(f.name for f in dataclasses.fields(SFTConfig) if f.init)
 
 
-@functools.lru_cache(maxsize=None)
-def transformers_choices(name: str) -> tuple[str, ...]:
-    """The values the installed transformers accepts for ``name`` (a key of :data:`TRANSFORMERS_CHOICES`).
+@functools.cache
+def train_config_class() -> type:
+    """``TrainConfig``: :class:`OcrArguments`, then every other ``SFTConfig`` field (defaults per TRAINER_DEFAULTS)."""
+    from trl import SFTConfig
 
-    Imported only for a value other than the field's default, which every version accepts.
-    """
-    module, enum = TRANSFORMERS_CHOICES[name]
-    return tuple(member.value for member in getattr(importlib.import_module(module), enum))
-
-
-# -------------------------------------------------------------------- type checking
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return {int: "integer", float: "number", str: "string", bool: "true/false"}.get(tp, str(tp))
-
-
-def _matches(value: Any, tp: Any) -> tuple[bool, Any]:
-    """Whether ``value`` fits ``tp``; returns the (lightly normalised) value."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        # try exact kinds first so 1 stays an int for int | float
-        for a in sorted(args, key=lambda a: a is float):
-            ok, v = _matches(value, a)
-            if ok:
-                return True, v
-        return False, value
-    if tp is type(None):
-        return value is None, value
-    if tp is bool:
-        return isinstance(value, bool), value
-    if tp is int:
-        if isinstance(value, bool):
-            return False, value
-        if isinstance(value, int):
-            return True, value
-        if isinstance(value, float) and value.is_integer():
-            return True, int(value)
-        return False, value
-    if tp is float:
-        if isinstance(value, bool):
-            return False, value
-        return isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
-    if tp is str:
-        return isinstance(value, str), value
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str) and item is str:  # "wandb" or "wandb,tensorboard"
-            return True, [v.strip() for v in value.split(",") if v.strip()]
-        if isinstance(value, (list, tuple)) and all(_matches(v, item)[0] for v in value):
-            return True, [_matches(v, item)[1] for v in value]
-        return False, value
-    return True, value
+    hints = typing.get_type_hints(SFTConfig)
+    own = {f.name for f in dataclasses.fields(OcrArguments)}
+    fields = []
+    for f in dataclasses.fields(SFTConfig):
+        if not f.init or f.name in own:
+            continue
+        meta = {**f.metadata, "group": TRAINER}
+        if f.name in TRAINER_DEFAULTS or f.name in FIXED:
+            value = TRAINER_DEFAULTS[f.name] if f.name in TRAINER_DEFAULTS else FIXED[f.name][0]
+            spec = arg(value, meta.pop("help", ""), **meta)
+        elif f.default_factory is not dataclasses.MISSING:
+            spec = field(default_factory=f.default_factory, metadata=meta)
+        else:
+            spec = field(default=f.default, metadata=meta)
+        fields.append((f.name, hints[f.name], spec))
+    cls = dataclasses.make_dataclass("TrainConfig", fields, bases=(OcrArguments, TrainConfigMethods))
+    cls.__module__, cls.__qualname__ = __name__, "TrainConfig"
+    cls.__doc__ = ("Everything one fine-tuning run needs: the OCR/LoRA settings and every SFTConfig field. Field "
+                   "names are the config keys and, with -, the flags.")
+    return cls
 
 
-def _coerce(name: str, value: Any, tp: Any, source: str) -> Any:
-    ok, out = _matches(value, tp)
-    if not ok:
-        raise GemmaOcrError(
-            f"{source}: field {name!r} must be {_type_name(tp)}, got {type(value).__name__} {value!r}"
-        )
-    return out
+def __getattr__(name: str) -> Any:
+    if name == "TrainConfig":
+        return train_config_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-# -------------------------------------------------------------------- files and precedence
-
-def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a JSON (or .yaml/.yml) config file into a dict; one clear line when it is not an object."""
-    path = Path(path)
-    data = read_yaml(path, what="config file") if path.suffix in {".yaml", ".yml"} else read_json(path, what="config file")
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise GemmaOcrError(f"{path}: a config file must hold an object of settings, not a {type(data).__name__}")
-    return data
+if typing.TYPE_CHECKING:  # for type checkers: the OCR fields (the trainer's come at run time)
+    class TrainConfig(OcrArguments, TrainConfigMethods):  # noqa: D101
+        def __getattr__(self, name: str) -> Any: ...
 
 
-def resolve_config(
-    config_path: str | os.PathLike[str] | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> TrainConfig:
+def resolve_config(config_path: str | os.PathLike[str] | None = None,
+                   overrides: dict[str, Any] | None = None) -> Any:
     """Defaults < file (``config_path``) < ``overrides`` (flags actually given; ``None`` values are skipped)."""
-    merged: dict[str, Any] = {}
-    source = "config"
-    if config_path:
-        file_values = load_config(config_path)
-        TrainConfig.from_dict(file_values, source=str(config_path))  # report file errors against the file
-        merged.update(file_values)
-        source = str(config_path)
+    cls = train_config_class()
+    layers = [Layer(str(config_path), load_config(config_path))] if config_path else []
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    merged.update(given)
-    return TrainConfig.from_dict(merged, source=source if not given else f"{source} + flags")
+    if given:
+        layers.append(Layer("flags", given))
+    return resolve(cls, *layers, ignore=cls.ignored_keys)

@@ -55,30 +55,37 @@ _PASS_THROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp",
 
 @dataclass
 class RequestConfig:
-    """Which server(s) to ask, and how hard to try (evaluation and transcription alike)."""
+    """Which server(s) to ask, and how hard to try (evaluation and transcription alike). Fields are the flags."""
 
-    urls: Sequence[str] = (DEFAULT_URL,)
-    workers: int = 4
-    model_name: str | None = None  # None: the one model the server lists
-    save_interval: int = 50
-    instruction: str = DEFAULT_INSTRUCTION
-    timeout: float = 120.0  # seconds per request
-    max_retries: int = 3  # extra attempts after the first one
-    max_tokens: int = 512
-    resume: bool = True
-    wait_server: float = 10.0  # seconds to wait for /health before giving up
-    backoff_base: float = 0.5
-    backoff_max: float = 30.0
-    show_progress: bool = True
+    urls: Sequence[str] = field(default=(DEFAULT_URL,), metadata={
+        "aliases": ["--vllm-url"], "metavar": "URL",
+        "help": "server URL(s): http://host:port, .../v1 or .../v1/chat/completions; several share the load"})
+    workers: int = field(default=4, metadata={"help": "parallel requests"})
+    model_name: str | None = field(default=None, metadata={
+        "help": "served model name (null: the one model the server lists)"})
+    save_interval: int = field(default=50, metadata={"help": "save the output file every N finished images"})
+    instruction: str = field(default=DEFAULT_INSTRUCTION, metadata={"help": "text sent with each image"})
+    timeout: float = field(default=120.0, metadata={"help": "seconds per request"})
+    max_retries: int = field(default=3, metadata={
+        "help": "extra attempts of a request after connection errors, timeouts, 408/429/5xx"})
+    max_tokens: int = field(default=512, metadata={"help": "longest answer in tokens"})
+    resume: bool = field(default=True, metadata={"help": "resume an existing output file (--no-resume starts over)"})
+    wait_server: float = field(default=10.0, metadata={"help": "seconds to wait for the server's /health"})
+    backoff_base: float = field(default=0.5, metadata={"help": "first retry delay in seconds (doubles per retry)"})
+    backoff_max: float = field(default=30.0, metadata={"help": "longest retry delay in seconds"})
+    show_progress: bool = field(default=True, metadata={"aliases": ["--progress"],
+                                                        "help": "progress bar (--no-progress: none)"})
 
 
 @dataclass
 class EvalConfig(RequestConfig):
     """What to evaluate, where the results go, and the server settings."""
 
-    data_file: str | os.PathLike[str] = DEFAULT_DATA_FILE
-    output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE
-    top_k: int | None = 100
+    data_file: str | os.PathLike[str] = field(default=DEFAULT_DATA_FILE, metadata={
+        "help": "[{image_path, ocr_text}] JSON"})
+    output_file: str | os.PathLike[str] = field(default=DEFAULT_OUTPUT_FILE, metadata={
+        "help": "results JSON (resumed if it exists)"})
+    top_k: int | None = field(default=100, metadata={"help": "evaluate the first K samples; None for all"})
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +49,11 @@ STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
 class TranscribeConfig(RequestConfig):
     """Which images to transcribe, where the transcriptions go, and the server settings."""
 
-    inputs: Sequence[str | os.PathLike[str]] = ()
-    output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE
+    inputs: Sequence[str | os.PathLike[str]] = field(default=(), metadata={
+        "positional": True, "metavar": "INPUT",
+        "help": "image files, folders of images, or OCR data files (.json/.tsv/.csv/.jsonl: their image paths)"})
+    output_file: str | os.PathLike[str] = field(default=DEFAULT_OUTPUT_FILE, metadata={
+        "help": "JSON Lines file of the transcriptions (resumed if it exists)"})
 
 
 @dataclass

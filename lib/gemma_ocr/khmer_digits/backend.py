@@ -20,7 +20,8 @@ import torch
 
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError
 from gemma_ocr.khmer_digits.generator import export_ocr_json
-from gemma_ocr.khmer_digits.utils import TrainingConfig, describe_unknown
+from gemma_ocr.khmer_digits.utils import TrainingConfig
+from gemma_ocr.settings import unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ def trial_config(params: dict[str, Any], output_dir: str | os.PathLike[str]) -> 
     for key, value in {**DEFAULT_TRIAL_PARAMS, **params}.items():
         merged[ALIASES.get(key, key)] = value
     known = TrainingConfig.field_names()
-    unknown = sorted(set(merged) - set(known))
-    if unknown:
-        raise ConfigurationError(f"Khmer-digits trial: unknown hyperparameter(s) {describe_unknown(unknown, known + list(ALIASES))}")
+    for key in merged:
+        if key not in known:
+            raise unknown_key("Khmer-digits trial", key, known + list(ALIASES), what="hyperparameter", error=ConfigurationError)
     out = Path(output_dir)
     merged.setdefault("output_dir", str(out.parent))
     merged.setdefault("experiment_name", out.name or "trial")

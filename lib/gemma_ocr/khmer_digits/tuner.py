@@ -28,7 +28,8 @@ from typing import Any
 
 from gemma_ocr.io import atomic_write_json, atomic_write_text, read_yaml
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, ExperimentFailedError
-from gemma_ocr.khmer_digits.utils import TrainingConfig, describe_unknown, slug
+from gemma_ocr.khmer_digits.utils import TrainingConfig, slug
+from gemma_ocr.settings import unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +62,18 @@ def create_training_config(experiment_config: dict[str, Any], output_dir: str | 
     where = f"experiment {name!r}" if name else "experiment"
     if not isinstance(experiment_config, dict):
         raise ConfigurationError(f"{where}: expected a mapping of sections, got {type(experiment_config).__name__}")
-    unknown = [k for k in experiment_config if k not in EXPERIMENT_KEYS]
-    if unknown:
-        raise ConfigurationError(f"{where}: unknown section(s) {describe_unknown(unknown, list(EXPERIMENT_KEYS))}")
+    for key in experiment_config:
+        if key not in EXPERIMENT_KEYS:
+            raise unknown_key(where, key, EXPERIMENT_KEYS, what="section", error=ConfigurationError)
     flat: dict[str, Any] = {}
     for section in ("model", "data", "training", "optimizer", "scheduler", "early_stopping"):
         values = experiment_config.get(section) or {}
         if not isinstance(values, dict):
             raise ConfigurationError(f"{where}: section {section!r} must be a mapping")
         keys = SECTIONS[section]
-        bad = [k for k in values if k not in keys]
-        if bad:
-            raise ConfigurationError(f"{where}: unknown field(s) in {section}: {describe_unknown([str(b) for b in bad], list(keys))}")
+        for key in values:
+            if key not in keys:
+                raise unknown_key(f"{where}, section {section!r}", key, list(keys), what="field", error=ConfigurationError)
         for key, value in values.items():
             flat[keys[key]] = value
     flat["experiment_name"] = str(experiment_config.get("experiment_name") or name or "experiment")
@@ -136,18 +137,18 @@ class HyperparameterTuner:
         """The file must hold a non-empty ``experiments`` mapping; ``targets`` is optional."""
         if not isinstance(config, dict):
             raise ConfigurationError(f"{source}: expected a mapping with an 'experiments' section")
-        unknown = [k for k in config if k not in TOP_KEYS]
-        if unknown:
-            raise ConfigurationError(f"{source}: unknown top-level key(s) {describe_unknown([str(u) for u in unknown], list(TOP_KEYS))}")
+        for key in config:
+            if key not in TOP_KEYS:
+                raise unknown_key(source, key, TOP_KEYS, what="top-level key", error=ConfigurationError)
         experiments = config.get("experiments")
         if not isinstance(experiments, dict) or not experiments:
             raise ConfigurationError(f"{source}: 'experiments' must be a non-empty mapping of name -> settings")
         targets = config.get("targets") or {}
         if not isinstance(targets, dict):
             raise ConfigurationError(f"{source}: 'targets' must be a mapping")
-        bad = [k for k in targets if k not in TARGET_KEYS]
-        if bad:
-            raise ConfigurationError(f"{source}: unknown target(s) {describe_unknown([str(b) for b in bad], list(TARGET_KEYS))}")
+        for key in targets:
+            if key not in TARGET_KEYS:
+                raise unknown_key(source, key, TARGET_KEYS, what="target", error=ConfigurationError)
         for key, value in targets.items():
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise ConfigurationError(f"{source}: targets.{key} must be a number, got {value!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import logging
 import os
 import random
@@ -18,6 +17,7 @@ import torch
 from gemma_ocr.io import atomic_write_json, atomic_write_text, read_yaml
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError
 from gemma_ocr.khmer_digits.losses import LOSS_TYPES
+from gemma_ocr.settings import FieldError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,15 @@ MONITORS = ("val_char_accuracy", "val_seq_accuracy", "val_loss", "val_edit_dista
 
 
 @dataclass
-class TrainingConfig:
-    """Everything one training run needs. Field names follow the seed's schema; extras are marked."""
+class TrainingConfig(Settings):
+    """Everything one training run needs. Field names follow the seed's schema; extras are marked.
+
+    Read through the configuration layer (:mod:`gemma_ocr.settings`): :meth:`from_dict` checks each value
+    against its field's type (YAML's ``1e-6``, a string, is the number it spells) and names an unknown
+    field's closest match; errors are :class:`ConfigurationError`.
+    """
+
+    error = ConfigurationError
 
     # Model
     model_name: str = "medium"
@@ -84,28 +91,9 @@ class TrainingConfig:
     output_dir: str = "training_output"
 
     @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "training config") -> TrainingConfig:
-        """Build from a flat mapping; an unknown field or a wrong type is one clear error."""
-        if not isinstance(data, dict):
-            raise ConfigurationError(f"{source}: expected a mapping of training fields, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise ConfigurationError(f"{source}: unknown field(s) {describe_unknown(unknown, cls.field_names())}")
-        config = cls(**{k: _coerce(cls, k, v, source) for k, v in data.items()})
-        config.validate(source)
-        return config
-
-    @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainingConfig:
         data = read_yaml(path, what="training config")
         return cls.from_dict(data or {}, source=str(path))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def save_yaml(self, path: str | os.PathLike[str]) -> Path:
         import yaml
@@ -116,70 +104,28 @@ class TrainingConfig:
     def experiment_dir(self) -> Path:
         return Path(self.output_dir) / self.experiment_name
 
-    def validate(self, source: str = "training config") -> None:
-        def bad(name: str, why: str) -> ConfigurationError:
-            return ConfigurationError(f"{source}: {name}={getattr(self, name)!r} {why}")
-
+    def validate(self) -> None:
+        """Types, then choices and ranges; raise :class:`FieldError` on the first bad field."""
+        super().validate()
         choices = {"loss_type": LOSS_TYPES, "optimizer_type": OPTIMIZERS, "scheduler_type": SCHEDULERS,
                    "early_stopping_monitor": MONITORS, "early_stopping_mode": ("min", "max"),
                    "device": ("auto", "cpu", "cuda")}
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
-                raise bad(name, f"is not one of {', '.join(allowed)}")
+                raise FieldError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
         for name in ("batch_size", "num_epochs", "save_every_n_epochs", "keep_n_checkpoints", "log_every_n_steps", "step_size"):
             if getattr(self, name) < 1:
-                raise bad(name, "must be >= 1")
+                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0:
-            raise bad("learning_rate", "must be > 0")
+            raise FieldError("learning_rate", f"must be > 0, got {self.learning_rate}")
         for name in ("weight_decay", "gradient_clip_norm", "warmup_epochs", "min_lr", "num_workers", "num_threads"):
             if getattr(self, name) < 0:
-                raise bad(name, "must be >= 0")
+                raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.label_smoothing < 1:
-            raise bad("label_smoothing", "must be in [0, 1)")
+            raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if len(self.optimizer_betas) != 2:
-            raise bad("optimizer_betas", "must be two numbers [beta1, beta2]")
-
-
-def _to_float(value: Any) -> float:
-    if isinstance(value, bool):
-        raise ValueError
-    return float(value)  # YAML reads 1e-6 (no dot) as a string
-
-
-def _to_int(value: Any) -> int:
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ValueError
-    return int(value)
-
-
-def _coerce(cls: type, name: str, value: Any, source: str) -> Any:
-    """Check ``value`` against the field's type, converting what YAML/JSON leaves as strings or ints."""
-    kind = str(next(f for f in dataclasses.fields(cls) if f.name == name).type)
-    try:
-        if value is None:
-            if "None" in kind:
-                return None
-            raise ValueError
-        if kind == "float":
-            return _to_float(value)
-        if kind in ("int", "int | None"):
-            return _to_int(value)
-        if kind == "bool":
-            if not isinstance(value, bool):
-                raise ValueError
-            return value
-        if kind == "str":
-            if isinstance(value, (dict, list)):
-                raise ValueError
-            return str(value)
-        if kind == "list[float]":
-            return [_to_float(v) for v in value]
-        if kind == "float | list[float] | None":
-            return [_to_float(v) for v in value] if isinstance(value, (list, tuple)) else _to_float(value)
-    except (TypeError, ValueError):
-        raise ConfigurationError(f"{source}: {name}={value!r} is not a valid {kind}") from None
-    return value
+            raise FieldError("optimizer_betas", f"must be two numbers [beta1, beta2], got {self.optimizer_betas}")
 
 
 def setup_training_environment(config: TrainingConfig) -> tuple[torch.device, bool]:
@@ -312,15 +258,3 @@ class EarlyStopping:
 def slug(name: str) -> str:
     """A file-system-safe experiment name."""
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "experiment"
-
-
-def describe_unknown(unknown: list[str], known: list[str]) -> str:
-    """``'lerning_rate (did you mean learning_rate?)'``, or the known names when nothing is close."""
-    import difflib
-
-    parts = []
-    for name in unknown:
-        close = difflib.get_close_matches(str(name), known, n=1)
-        parts.append(f"{name} (did you mean {close[0]}?)" if close else str(name))
-    hint = "" if all("did you mean" in p for p in parts) else f" (known: {', '.join(known)})"
-    return ", ".join(parts) + hint

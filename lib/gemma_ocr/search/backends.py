@@ -10,7 +10,6 @@ with the same methods (a class or a zero-argument factory), which is how a proje
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib
 import logging
 from collections.abc import Callable
@@ -62,11 +61,11 @@ class Backend(Protocol):
 
 def check_names(names: list[str], valid: set[str], what: str, source: str, hint: str) -> None:
     """One clear error for the first unknown parameter name, with the closest valid one."""
+    from gemma_ocr.settings import did_you_mean
+
     for name in names:
         if name not in valid:
-            close = difflib.get_close_matches(name, sorted(valid), n=1)
-            maybe = f"; did you mean {close[0]!r}?" if close else ""
-            raise GemmaOcrError(f"{source}: unknown {what} {name!r}{maybe} ({hint})")
+            raise GemmaOcrError(f"{source}: unknown {what} {name!r}{did_you_mean(name, sorted(valid))} ({hint})")
 
 
 class GemmaBackend:

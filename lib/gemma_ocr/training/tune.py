@@ -43,61 +43,48 @@ def resolve_resume(config: TrainConfig) -> str | None:
 
 
 def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, resuming: bool):
-    """The ``trl.SFTConfig`` for a run (bf16 on a bf16 GPU or with 4-bit, fp32 on CPU, never fp16)."""
+    """The ``trl.SFTConfig`` of a run: every trainer field of ``config``, with the automatic ones resolved.
+
+    bf16 on a bf16 GPU or with 4-bit, fp32 on a CPU (never fp16); no evaluation without a validation
+    split; no evaluation before the first step when resuming; dataloader workers, pinned memory and
+    the CPU switch follow the machine unless set.
+    """
     import torch
     from trl import SFTConfig
 
     from gemma_ocr.modeling import fast_path
 
-    bf16 = config.load_in_4bit or compute_dtype() == torch.bfloat16
+    cuda = torch.cuda.is_available()
     workers = fast_path.dataloader_workers(config)
     checkpointing = config.gradient_checkpointing and config.backend != "unsloth"
+
+    def auto(value, default):
+        return default if value is None else value
+
+    args = config.trainer_arguments()
+    args.update(
+        run_name=config.run_name or Path(config.output_dir).name,
+        warmup_steps=config.warmup_steps or config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
+        bf16=auto(config.bf16, config.load_in_4bit or compute_dtype() == torch.bfloat16),
+        data_seed=auto(config.data_seed, config.seed),
+        eval_strategy=config.eval_strategy if has_eval else "no",
+        eval_steps=config.eval_steps if has_eval else None,
+        eval_on_start=config.eval_on_start and has_eval and not resuming,
+        report_to=reporters,
+        resume_from_checkpoint=None,  # tune() resolves it (resolve_resume) and passes it to train()
+        **fast_path.checkpointing_arguments(config, checkpointing),
+        # offloading without checkpointing: TRL moves every saved activation to the host
+        activation_offloading=config.activation_offloading and not checkpointing,
+        use_liger_kernel=False,  # the loaded model already has Liger's kernels when asked (fast_path.apply_liger)
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=auto(config.dataloader_persistent_workers, workers > 0),
+        dataloader_prefetch_factor=auto(config.dataloader_prefetch_factor, 2 if workers > 0 else None),
+        dataloader_pin_memory=auto(config.dataloader_pin_memory, cuda),
+        # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
+        use_cpu=auto(config.use_cpu, not cuda),
+    )
     try:
-        return SFTConfig(
-            output_dir=config.output_dir,
-            run_name=config.run_name or Path(config.output_dir).name,
-            learning_rate=config.learning_rate,
-            num_train_epochs=config.num_train_epochs,
-            max_steps=config.max_steps,
-            warmup_steps=config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
-            weight_decay=config.weight_decay,
-            lr_scheduler_type=config.lr_scheduler_type,
-            optim=config.optim,
-            max_grad_norm=config.max_grad_norm,
-            per_device_train_batch_size=config.per_device_train_batch_size,
-            per_device_eval_batch_size=config.per_device_eval_batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            **fast_path.checkpointing_arguments(config, checkpointing),
-            # offloading without checkpointing: TRL moves every saved activation to the host
-            activation_offloading=config.activation_offloading and not checkpointing,
-            use_liger_kernel=False,  # the loaded model already has Liger's kernels when asked (fast_path.apply_liger)
-            torch_compile=config.torch_compile,
-            bf16=bf16,
-            fp16=False,
-            seed=config.seed,
-            data_seed=config.seed,
-            eval_strategy="steps" if has_eval else "no",
-            eval_steps=config.eval_steps if has_eval else None,
-            eval_on_start=has_eval and not resuming,
-            prediction_loss_only=True,
-            save_strategy="steps",
-            save_steps=config.save_steps,
-            save_total_limit=config.save_total_limit,
-            logging_steps=config.logging_steps,
-            logging_first_step=True,
-            report_to=reporters,
-            remove_unused_columns=False,
-            label_names=["labels"],
-            dataset_kwargs={"skip_prepare_dataset": True},
-            max_length=None,  # the collator truncates the answer to max_seq_length, never the image tokens
-            dataloader_num_workers=workers,
-            dataloader_persistent_workers=workers > 0,
-            dataloader_prefetch_factor=2 if workers > 0 else None,
-            dataloader_pin_memory=torch.cuda.is_available(),
-            ddp_find_unused_parameters=False,
-            # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
-            use_cpu=not torch.cuda.is_available(),
-        )
+        return SFTConfig(**args)
     except ValueError as e:  # a combination transformers/TRL refuse: one line, before any model loads
         raise GemmaOcrError("training arguments: " + " ".join(str(e).split())) from None
 
