@@ -1,61 +1,11 @@
 #!/usr/bin/env python
-"""Turn folders of images with .gt.txt/.txt transcriptions, or .tsv/.csv/.jsonl/.parquet labels files, into data/raw_data/ocr.json."""
+"""Turn folders of images with .gt.txt/.txt transcriptions, or .tsv/.csv/.jsonl/.parquet labels files, into data/raw_data/ocr.json.
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
+`gemma-ocr import` runs the same program; its flags: `python core/import_ocr_data.py --help`.
+"""
 
 from gemma_ocr.cli import run
-from gemma_ocr.data.importing import import_sources
-from gemma_ocr.data.images import check_images
-from gemma_ocr.data.records import write_records
-from gemma_ocr.errors import GemmaOcrError
-
-SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "
-               "NAME.txt; or a labels file: .tsv/.txt (path<TAB>text per line), .csv (header with image and text "
-               "columns), .jsonl (one object per line), .parquet (e.g. a Hugging Face dataset's shard, images "
-               "embedded or as paths), .json (either of the project's layouts). Several sources are joined in order")
-DEFAULT_OUTPUT = "data/raw_data/ocr.json"
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("source", nargs="+", help=SOURCE_HELP)
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help="raw OCR file to write [{img_path, ocr_results}]")
-    p.add_argument("--image-root", help="folder the labels file's image paths are relative to (default: the labels file's folder)")
-    p.add_argument("--image-key", help="image column (.csv/.parquet) or key (.jsonl) when not one of the usual names")
-    p.add_argument("--text-key", help="text column (.csv/.parquet) or key (.jsonl) when not one of the usual names")
-    p.add_argument("--images-dir", help="folder for the images embedded in .parquet sources, one sub-folder per "
-                                        "source (default: images/ beside --output)")
-    p.add_argument("--skip-unlabeled", action="store_true", help="leave out folder images without a transcription (and failed rows of a transcriptions .jsonl) instead of stopping")
-    p.add_argument("--check-images", action="store_true", help="decode every image first; stop naming the missing or corrupt ones")
-    p.add_argument("--force", action="store_true", help="overwrite --output when it exists")
-    args = p.parse_args()
-
-    output = Path(args.output)
-    if output.exists() and not args.force:
-        raise GemmaOcrError(f"{output} exists: pass --force to overwrite it, or --output another file")
-    result = import_sources(args.source, images_root=args.images_dir or output.parent / "images",
-                            image_root=args.image_root, image_key=args.image_key, text_key=args.text_key,
-                            skip_unlabeled=args.skip_unlabeled)
-    sources = args.source[0] if len(args.source) == 1 else f"{len(args.source)} sources"
-    if args.check_images:
-        check_images(result.records, sources)
-    write_records(result.records, output, raw=True)
-    print(f"Imported {len(result.records)} samples from {sources} ({result.source_kind}) -> {output}")
-    if result.unlabeled:
-        print(f"skipped {len(result.unlabeled)} images without a transcription, e.g. {result.unlabeled[0]}")
-    if result.orphan_texts:
-        print(f"note: {len(result.orphan_texts)} .txt files lie beside no image and were not read, "
-              f"e.g. {result.orphan_texts[0]} (an image with the same name and another extension?)")
-    if result.empty_texts:
-        print(f"note: {result.empty_texts} samples have an empty transcription (they teach the model to answer nothing)")
-    if output == Path(DEFAULT_OUTPUT):
-        print("next: python core/split_dataset.py")
-    else:
-        print(f"next: python core/split_dataset.py --input {output}")
-
+from gemma_ocr.commands.import_data import main
 
 if __name__ == "__main__":
     run(main)

@@ -1,37 +1,11 @@
 #!/usr/bin/env python
-"""Render synthetic OCR text lines with real fonts into data/raw_data/ (images/ + ocr.json)."""
+"""Render synthetic OCR text lines with real fonts into data/raw_data/ (images/ + ocr.json).
 
-from __future__ import annotations
-
-import argparse
-from pathlib import Path
+`gemma-ocr synth` runs the same program; its flags: `python core/make_synthetic_data.py --help`.
+"""
 
 from gemma_ocr.cli import run
-from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
-from gemma_ocr.errors import GemmaOcrError
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--output-dir", default="data/raw_data")
-    p.add_argument("--n-samples", type=int, default=300)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--scripts", nargs="+", default=["latin", "khmer", "cjk"], choices=["latin", "khmer", "cjk"],
-                   help="cjk is used only where a CJK font is installed")
-    p.add_argument("--blur", type=float, default=0.0, help="max Gaussian blur radius")
-    p.add_argument("--noise", type=float, default=0.0, help="max noise std (0-255)")
-    p.add_argument("--rotation", type=float, default=0.0, help="max rotation in degrees")
-    p.add_argument("--force", action="store_true", help="replace an ocr.json in --output-dir that holds other (e.g. imported) data")
-    args = p.parse_args()
-    existing = Path(args.output_dir) / "ocr.json"
-    if existing.exists() and not args.force and not is_synthetic(existing):
-        raise GemmaOcrError(f"{existing} holds data this program did not write (imported or edited?): pass --force "
-                            f"to replace it, or --output-dir another folder")
-    config = SyntheticConfig(n_samples=args.n_samples, seed=args.seed, scripts=tuple(args.scripts),
-                             blur=args.blur, noise=args.noise, rotation=args.rotation)
-    records = generate_dataset(args.output_dir, config)
-    print(f"Wrote {len(records)} images and {args.output_dir}/ocr.json")
-
+from gemma_ocr.commands.synth import main
 
 if __name__ == "__main__":
     run(main)

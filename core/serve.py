@@ -1,48 +1,11 @@
 #!/usr/bin/env python
-"""Serve a merged model behind an OpenAI-compatible API until Ctrl-C (embedded transformers server, or vLLM)."""
+"""Serve a merged model behind an OpenAI-compatible API until Ctrl-C (embedded transformers server, or vLLM).
 
-from __future__ import annotations
-
-import argparse
-import signal
-import time
+`gemma-ocr serve` runs the same program; its flags: `python core/serve.py --help`.
+"""
 
 from gemma_ocr.cli import run
-from gemma_ocr.serving import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT, ENGINES, start_server
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("model_dir", help="merged checkpoint folder (e.g. models/merged-gemma-ocr)")
-    p.add_argument("--engine", choices=ENGINES, default="transformers",
-                   help="transformers: embedded, CPU or GPU; vllm: production (CUDA)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--host", default=DEFAULT_HOST, help="0.0.0.0 to accept other machines")
-    p.add_argument("--served-model-name", default=None, help="name clients send (default: the folder's name)")
-    p.add_argument("--dtype", default=None, help="vllm: bfloat16 (default); transformers: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN, help="vllm: context length")
-    p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for the model to load")
-    p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
-    args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
-
-    def on_term(*_):  # `kill PID` stops the server like Ctrl-C does
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    with start_server(args.model_dir, engine=args.engine, port=args.port, host=args.host,
-                      served_model_name=args.served_model_name, dtype=args.dtype, max_model_len=args.max_model_len,
-                      startup_timeout=args.startup_timeout, log_file=args.log_file, extra_args=extra) as (url, name):
-        print(f"serving {args.model_dir} ({args.engine}) at {url}  model name: {name}", flush=True)
-        print(f"evaluate: python core/evaluate.py --vllm-url {url}/v1/chat/completions --model-name {name}", flush=True)
-        print(f"transcribe: python core/transcribe.py IMAGES... --vllm-url {url} --model-name {name}", flush=True)
-        print("Ctrl-C stops the server", flush=True)
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            print("stopping the server", flush=True)
-    return 0
-
+from gemma_ocr.commands.serve import main
 
 if __name__ == "__main__":
     run(main)

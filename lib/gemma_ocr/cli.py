@@ -1,14 +1,41 @@
-"""Shared plumbing of the thin programs in core/: logging set-up and clean error exits."""
+"""The ``gemma-ocr`` command and the plumbing of every program: logging set-up and clean error exits.
+
+``gemma-ocr <command> [flags]`` runs the ``main()`` of ``gemma_ocr.commands.<module>``, the same
+function the matching ``core/*.py`` program runs; ``gemma-ocr <command> --help`` lists its flags.
+"""
 
 from __future__ import annotations
 
-import argparse
+import importlib
 import logging
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from gemma_ocr.errors import GemmaOcrError
+
+#: command -> (module in gemma_ocr.commands, the core/ program, what it does)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "pipeline": ("pipeline", "pipeline.py", "the main job: data, search, training, merge, serve, evaluation"),
+    "synth": ("synth", "make_synthetic_data.py", "render synthetic OCR lines with real fonts"),
+    "import": ("import_data", "import_ocr_data.py", "make OCR data of a folder, a labels file or Parquet shards"),
+    "split": ("split", "split_dataset.py", "split raw data into non-test and test sets"),
+    "data-stats": ("data_stats", "data_analysis/train_test_data.py", "statistics and plots of the split"),
+    "train": ("train", "sft_gemma.py", "LoRA fine-tuning with TRL's SFTTrainer"),
+    "search": ("search", "hyperparameter_search.py", "hyperparameter search with Optuna"),
+    "analyze": ("analyze", "analyze_hyperparam_results.py", "importance, history and plots of a search"),
+    "merge": ("merge", "gemma_adapter_merge.py", "merge a LoRA adapter into 16-bit weights"),
+    "serve": ("serve", "serve.py", "serve a model behind an OpenAI-compatible API"),
+    "evaluate": ("evaluate", "evaluate.py", "CER/F1 of a served model (or a Khmer-digits CNN)"),
+    "count-score": ("count_score", "count_score.py", "normalized scores of a results file"),
+    "errors": ("error_analysis", "error_analysis.py", "where the errors are: report of a results file"),
+    "empty-predictions": ("empty_predictions", "data_analysis/analyze_empty_predictions.py",
+                          "the samples a model answered nothing for"),
+    "transcribe": ("transcribe", "transcribe.py", "transcribe new images with a served model"),
+    "tiny-model": ("tiny_model", "make_tiny_model.py", "build the tiny local Gemma 3"),
+    "khmer generate": ("khmer_generate", "khmer_digits/generate_data.py", "render Khmer-digits training data"),
+    "khmer tune": ("khmer_tune", "khmer_digits/phase3_hyperparameter_tuning.py",
+                   "run the Khmer-digits CNN's YAML experiments"),
+}
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -45,28 +72,30 @@ def none_or_int(value: str) -> int | None:
     return n
 
 
-def add_request_arguments(p: argparse.ArgumentParser, output_default: str, output_help: str) -> None:
-    """The flags of a program that sends images to OpenAI-compatible servers (evaluate.py, transcribe.py)."""
-    from gemma_ocr.evaluation import DEFAULT_INSTRUCTION, DEFAULT_URL
-
-    p.add_argument("--vllm-url", nargs="+", default=[DEFAULT_URL], metavar="URL",
-                   help="server URL(s): http://host:port, .../v1 or .../v1/chat/completions; several share the load")
-    p.add_argument("--output-file", default=output_default, help=output_help)
-    p.add_argument("--workers", type=int, default=4, help="parallel requests")
-    p.add_argument("--model-name", default=None, help="served model name (default: the one model the server lists)")
-    p.add_argument("--save-interval", type=int, default=50, help="save the output file every N finished images")
-    p.add_argument("--instruction", default=DEFAULT_INSTRUCTION, help="text sent with each image")
-    p.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    p.add_argument("--max-retries", type=int, default=3, help="retries of a request on connection errors, timeouts, 408/429/5xx")
-    p.add_argument("--max-tokens", type=int, default=512, help="longest answer in tokens")
-    p.add_argument("--wait-server", type=float, default=10.0, help="seconds to wait for the server's /health")
-    p.add_argument("--no-resume", action="store_true", help="start over instead of resuming an existing output file")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    rows = [f"  {name:<{width}}  {summary} (core/{script})" for name, (_, script, summary) in COMMANDS.items()]
+    return "usage: gemma-ocr <command> [flags]   (gemma-ocr <command> --help for its flags)\n\ncommands:\n" + "\n".join(rows)
 
 
-def request_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The :class:`gemma_ocr.evaluation.RequestConfig` fields from the flags of :func:`add_request_arguments`."""
-    return dict(urls=args.vllm_url, output_file=args.output_file, workers=args.workers, model_name=args.model_name,
-                save_interval=args.save_interval, instruction=args.instruction, timeout=args.timeout,
-                max_retries=args.max_retries, max_tokens=args.max_tokens, wait_server=args.wait_server,
-                resume=not args.no_resume, show_progress=not args.no_progress)
+def main(argv: Sequence[str] | None = None) -> None:
+    """The ``gemma-ocr`` console script: run the named command with the remaining arguments."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        sys.exit(0 if args else 2)
+    words = 2 if " ".join(args[:2]) in COMMANDS else 1
+    name = " ".join(args[:words])
+    if name not in COMMANDS:
+        from gemma_ocr.settings import did_you_mean
+
+        group = [c for c in COMMANDS if c.startswith(name + " ")]
+        if group:
+            print(f"error: {name!r} needs a command: {', '.join(group)}", file=sys.stderr)
+        else:
+            hint = did_you_mean(name, list(COMMANDS)) or " (gemma-ocr --help lists the commands)"
+            print(f"error: unknown command {name!r}{hint}", file=sys.stderr)
+        sys.exit(2)
+    module = importlib.import_module(f"gemma_ocr.commands.{COMMANDS[name][0]}")
+    sys.argv = [f"gemma-ocr {name}", *args[words:]]
+    run(module.main)

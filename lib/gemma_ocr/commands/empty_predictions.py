@@ -1,0 +1,28 @@
+"""List the samples of a results file whose prediction is empty, with counts."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gemma_ocr.data.stats import empty_predictions
+from gemma_ocr.io import atomic_write_json, read_json
+from gemma_ocr.results import check_results_document
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p.add_argument("--input", default="results/gemma_evaluation.json", help="results file written by evaluate.py")
+    p.add_argument("--output", default=None, help="JSON list of the empty samples (default: core/data_analysis/output/<name>_empty.json)")
+    p.add_argument("--show", type=int, default=20, help="how many to print")
+    args = p.parse_args()
+    doc = read_json(args.input, "results file")
+    check_results_document(doc, args.input)
+    empty = empty_predictions(doc)
+    total = len(doc["samples"])
+    print(f"{len(empty)} of {total} samples have an empty prediction ({len(empty) / max(total, 1):.1%})")
+    for s in empty[: args.show]:
+        print(f"  {s.get('image_path')}\tlabel={s.get('label')!r}")
+    out = Path(args.output or f"core/data_analysis/output/{Path(args.input).stem}_empty.json")
+    atomic_write_json(out, {"source": args.input, "total_samples": total, "empty_predictions": len(empty), "samples": empty})
+    print(f"list -> {out}")

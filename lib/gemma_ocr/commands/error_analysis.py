@@ -1,0 +1,43 @@
+"""Where a model's character errors are: a report of one evaluation results file, optionally against a baseline's.
+
+Writes report.html (open it in a browser: plots, the most frequent confusions, the characters most often
+missed, CER by line length, the worst samples with their images and edits highlighted), summary.json and
+the plots as PNG files.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gemma_ocr.error_analysis import analyze_file, compare, shown_char
+from gemma_ocr.error_report import write_report
+from gemma_ocr.evaluation import DEFAULT_OUTPUT_FILE
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", nargs="?", default=DEFAULT_OUTPUT_FILE, help=f"results JSON of evaluate.py (default {DEFAULT_OUTPUT_FILE})")
+    p.add_argument("--baseline", help="results JSON of another model on the same data (e.g. the base model) to compare with")
+    p.add_argument("--output-dir", help="where to write the report (default: reports/errors/<results file name>)")
+    p.add_argument("--worst", type=int, default=30, help="how many worst samples (and regressions) to show")
+    p.add_argument("--normalized", action="store_true",
+                   help="compare normalized text (whitespace and punctuation removed), as the normalized CER does")
+    p.add_argument("--nfkc", action="store_true", help="with --normalized: also apply Unicode NFKC")
+    args = p.parse_args()
+
+    analysis = analyze_file(args.results, normalized=args.normalized, nfkc=args.nfkc)
+    comparison = compare(analysis, analyze_file(args.baseline, args.normalized, args.nfkc)) if args.baseline else None
+    output_dir = Path(args.output_dir or Path("reports/errors") / Path(args.results).stem)
+    report = write_report(analysis, output_dir, worst=args.worst, comparison=comparison)
+    totals = report.summary_data["totals"]
+    print(f"{analysis.model_name}: CER {analysis.cer_micro:.4f} ({analysis.text}) = {totals['edits']} edits / "
+          f"{totals['reference_chars']} reference chars: {totals['substitutions']} misread, "
+          f"{totals['deletions']} missed, {totals['insertions']} extra")
+    for c in report.summary_data["confusions"][:5]:
+        print(f"  {c['count']:>5}  {shown_char(c['reference'])} -> {shown_char(c['prediction'])}  ({c['kind']})")
+    if comparison is not None:
+        c = comparison.counts()
+        print(f"against {comparison.baseline.model_name} (CER {comparison.baseline.cer_micro:.4f}): "
+              f"{c['better']} better, {c['worse']} worse, {c['same']} same of {c['matched']} matched samples")
+    print(f"-> {report.html}")

@@ -1,0 +1,37 @@
+"""Split data/raw_data/ocr.json into data/input/ocr_non_test.json (1/6) and data/input/ocr_test.json (5/6), seed 42."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gemma_ocr.data.images import check_images
+from gemma_ocr.data.records import load_raw_records, write_records
+from gemma_ocr.data.split import DEFAULT_SEED, parse_ratio, split_non_test
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p.add_argument("--input", default="data/raw_data/ocr.json", help="raw file [{img_path, ocr_results}]")
+    p.add_argument("--output-dir", default="data/input", help="folder for ocr_non_test.json and ocr_test.json")
+    p.add_argument("--non-test-ratio", default="1/6", help="share of non_test data: 0.2, 1/6 or 1:5 (non_test:test)")
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--check-images", action="store_true", help="decode every image first; stop naming the missing or corrupt ones")
+    args = p.parse_args()
+
+    ratio = parse_ratio(args.non_test_ratio)
+    records = load_raw_records(args.input)
+    if args.check_images:
+        check_images(records, args.input)
+    split = split_non_test(records, ratio, args.seed)
+    out = Path(args.output_dir)
+    write_records(split.non_test, out / "ocr_non_test.json")
+    write_records(split.test, out / "ocr_test.json")
+    n = len(records)
+    print(f"Loaded {n} records from {args.input}")
+    print(f"non_test: {len(split.non_test):6d} ({len(split.non_test) / max(n, 1):.1%}) -> {out / 'ocr_non_test.json'}")
+    print(f"test:     {len(split.test):6d} ({len(split.test) / max(n, 1):.1%}) -> {out / 'ocr_test.json'}")
+    print(f"seed {args.seed}, non_test ratio {ratio:.4f}")
+    for name, part in (("non_test", split.non_test), ("test", split.test)):
+        if not part:
+            print(f"warning: {name} is empty: {n} records are too few for ratio {ratio:.4f} (add data or change --non-test-ratio)")
