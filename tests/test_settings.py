@@ -1,0 +1,161 @@
+"""The configuration layer (gemma_ocr.settings): one coercion, layered precedence, generated flags, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Literal
+
+import pytest
+
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.settings import (ConfigParser, FieldError, Layer, Mismatch, Settings, coerce, did_you_mean, resolve,
+                                unknown_key)
+
+
+class Color(str, Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+@pytest.mark.parametrize(("value", "tp", "expected"), [
+    ("2e-4", float, 2e-4), (3, float, 3.0), ("16", int, 16), (16.0, int, 16), ("-1", int, -1),
+    ("true", bool, True), ("No", bool, False), (False, bool, False),
+    ("none", int | None, None), (None, int | None, None), ("7", int | None, 7),
+    (1, int | float, 1), (0.25, int | float, 0.25), ("0.25", int | float, 0.25), ("4", int | float, 4),
+    ("auto", bool | Literal["auto"], "auto"), ("false", bool | Literal["auto"], False),
+    ("ckpt/checkpoint-4", bool | str | None, "ckpt/checkpoint-4"), ("true", bool | str | None, True),
+    ("no", str | bool, "no"),  # beside str, only true/false are bools
+    ("a, b", list[str], ["a", "b"]), ('["a", "b"]', list[str], ["a", "b"]), (["1", 2], list[int], [1, 2]),
+    ("all-linear", None | str | list[str], "all-linear"), ('["q_proj"]', None | str | list[str], ["q_proj"]),
+    ('{"num_cycles": 2}', dict | str | None, {"num_cycles": 2}), ("ds.json", dict | str | None, "ds.json"),
+    ({"k": 1}, dict[str, Any], {"k": 1}), ("blue", Color | str, "blue"), (Color.RED, Color, "red"),
+    ("data.json", str | os.PathLike[str], "data.json"), (("u",), Sequence[str], ["u"]),
+    (0.5, float | list[float] | None, 0.5), ([0.5, "1"], float | list[float] | None, [0.5, 1.0]),
+])
+def test_coerce_converts_what_text_and_json_mean(value, tp, expected):
+    out = coerce(value, tp)
+    assert out == expected and type(out) is type(expected)
+
+
+@pytest.mark.parametrize(("value", "tp", "reason"), [
+    ("sixteen", int, "must be an integer, got 'sixteen'"),
+    (1.5, int, "must be an integer, got 1.5"),
+    (True, int, "must be an integer, got True"),
+    ("maybe", bool, "must be true or false, got 'maybe'"),
+    (5, str, "must be a string, got 5"),
+    (math.nan, float, "must be a finite number, got nan"),
+    ("-inf", float | None, "must be a finite number, got '-inf'"),
+    ("1e999", float, "must be a finite number, got '1e999'"),
+    ("purple", Color | str, "must be one of red, blue, got 'purple'"),
+    ("bleu", Color, "must be one of red, blue, got 'bleu'; did you mean 'blue'?"),
+    ("{oops", dict | str | None, "must be a JSON object (JSON text: "),
+    ([1, "x"], list[int], "item 2 must be an integer, got 'x'"),
+    ("x", int | float, "must be an integer or a number, got 'x'"),
+])
+def test_coerce_refuses_with_the_reason(value, tp, reason):
+    with pytest.raises(Mismatch) as err:
+        coerce(value, tp)
+    assert str(err.value).startswith(reason)
+
+
+@dataclass
+class Study(Settings):
+    """A settings class like the search's: names, counts, a nested choice."""
+
+    study_name: str = field(default="s", metadata={"help": "study name"})
+    n_trials: int = field(default=20, metadata={"help": "trials", "aliases": ["--trials"]})
+    timeout: float | None = None
+    search_mode: Literal["bayesian", "random", "grid"] = "bayesian"
+    resume: bool = False
+    show_progress: bool = field(default=True, metadata={"aliases": ["--progress"]})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.n_trials < 1:
+            raise FieldError("n_trials", f"must be >= 1, got {self.n_trials}")
+
+
+@dataclass
+class Fixed:
+    """A second class in the same parser (no Settings methods needed)."""
+
+    model_name: str = "m"
+    images: Sequence[str] = field(default=(), metadata={"positional": True, "metavar": "IMAGE"})
+
+
+def test_layers_apply_in_order_and_errors_name_their_layer():
+    stored = Layer("study s (stored definition)", {"n_trials": 5, "search_mode": "grid"})
+    file = Layer("c.json", {"n_trials": "8", "_comment": "x", "search_space": {}})
+    flags = Layer("command line", {"timeout": "60"}, {"timeout": "--timeout"})
+    s = resolve(Study, stored, file, flags, ignore={"search_space"})
+    assert (s.n_trials, s.search_mode, s.timeout, s.study_name) == (8, "grid", 60.0, "s")
+    with pytest.raises(GemmaOcrError, match=r"^c.json: field 'n_trials' must be >= 1, got 0$"):
+        resolve(Study, stored, Layer("c.json", {"n_trials": 0}), flags)
+    with pytest.raises(GemmaOcrError, match=r"^--trials must be >= 1, got 0$"):
+        resolve(Study, Layer("command line", {"n_trials": "0"}, {"n_trials": "--trials"}))
+    assert resolve(Study, Layer("c.json", {"n_trials": 0}), Layer("command line", {"n_trials": 3})).n_trials == 3
+    with pytest.raises(GemmaOcrError, match=r"^c.json: unknown key 'n_trails'; did you mean 'n_trials'\?$"):
+        resolve(Study, Layer("c.json", {"n_trails": 3}))
+    with pytest.raises(GemmaOcrError, match=r"^c.json: field 'search_mode' must be one of bayesian, random, grid, "
+                                            r"got 'gird'; did you mean 'grid'\?$"):
+        resolve(Study, Layer("c.json", {"search_mode": "gird"}))
+
+
+def test_settings_methods():
+    s = Study.from_dict({"n_trials": 3}, source="x.yaml")
+    assert s.replace(timeout="5").timeout == 5.0 and s.to_dict()["n_trials"] == 3
+    with pytest.raises(GemmaOcrError, match=r"^config: field 'timeout' must be a finite number"):
+        s.replace(timeout=math.inf)
+    with pytest.raises(FieldError, match="field 'n_trials' must be an integer"):
+        Study(n_trials="many").validate()  # a value set from Python
+
+
+def test_parser_flags_file_and_flags_of_two_classes(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("n_trials: 4\nmodel_name: base\nsearch_space: {}\n")
+    parser = ConfigParser([Study, Fixed], ignore_keys={"search_space"})
+    parser.add_argument("--dry-run", action="store_true")
+    study, fixed, ns = parser.parse_settings(["--config", str(cfg), "a.png", "b.png", "--search_mode", "random",
+                                              "--no-progress", "--resume", "--dry-run"])
+    assert (study.n_trials, study.search_mode, study.show_progress, study.resume) == (4, "random", False, True)
+    assert fixed.model_name == "base" and fixed.images == ["a.png", "b.png"] and ns.dry_run is True
+    assert parser.parse_settings(["x", "--trials", "2", "--progress", "false"])[0].n_trials == 2
+
+    # the layers themselves, for a caller that adds one (e.g. a stored definition under the file)
+    layers, _ = parser.parse_layers(["--config", str(cfg), "x", "--study-name", "t"])
+    file_layer, flag_layer = layers[0]
+    assert file_layer.values == {"n_trials": 4} and flag_layer.values == {"study_name": "t"}
+    stored = Layer("stored", {"n_trials": 9, "timeout": 30})
+    s = resolve(Study, stored, file_layer, flag_layer)
+    assert (s.n_trials, s.timeout, s.study_name) == (4, 30.0, "t")
+
+
+@pytest.mark.parametrize(("argv", "line"), [
+    (["x", "--n-trails", "3"], "unknown flag --n-trails; did you mean --n-trials?"),
+    (["x", "--timeout"], "--timeout: expected one argument (see --help)"),
+    (["x", "--trials", "lots"], "--trials must be an integer, got 'lots'"),
+    (["x", "--search-mode", "grd"], "--search-mode must be one of bayesian, random, grid, got 'grd'; did you mean 'grid'?"),
+    ([], "the following arguments are required: IMAGE (see --help)"),
+])
+def test_parser_errors_are_one_line(argv, line):
+    with pytest.raises(GemmaOcrError) as err:
+        ConfigParser([Study, Fixed]).parse_settings(argv)
+    assert str(err.value) == line
+
+
+def test_a_file_key_of_no_class_is_refused(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"modle_name": "x"}))
+    with pytest.raises(GemmaOcrError, match=rf"^{cfg}: unknown key 'modle_name'; did you mean 'model_name'\?$"):
+        ConfigParser([Study, Fixed]).parse_settings(["--config", str(cfg), "x"])
+
+
+def test_did_you_mean_prefers_the_longer_shared_prefix():
+    assert did_you_mean("lora_rank", ["local_rank", "lora_r", "lora_alpha"]) == "; did you mean 'lora_r'?"
+    assert did_you_mean("zzz", ["lora_r"]) == ""
+    assert str(unknown_key("f", "zzz", ["a", "b"])) == "f: unknown key 'zzz' (known: a, b)"
