@@ -158,4 +158,5 @@ def test_a_file_key_of_no_class_is_refused(tmp_path):
 def test_did_you_mean_prefers_the_longer_shared_prefix():
     assert did_you_mean("lora_rank", ["local_rank", "lora_r", "lora_alpha"]) == "; did you mean 'lora_r'?"
     assert did_you_mean("zzz", ["lora_r"]) == ""
+    assert did_you_mean("adamw", ["grokadamw", "adamw_torch", "adamw_8bit"]) == "; did you mean 'adamw_torch'?"
     assert str(unknown_key("f", "zzz", ["a", "b"])) == "f: unknown key 'zzz' (known: a, b)"

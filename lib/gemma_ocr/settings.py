@@ -57,7 +57,9 @@ class Mismatch(ValueError):
 
 def did_you_mean(name: str, known: Sequence[str], quote: bool = True) -> str:
     """``"; did you mean 'learning_rate'?"`` for the closest of ``known``, or ``""``."""
-    close = difflib.get_close_matches(str(name), list(known), n=5, cutoff=0.7)
+    bare = str(name).lstrip("-")
+    started = [k for k in known if len(bare) >= 4 and k.lstrip("-").startswith(bare)]  # adamw: adamw_torch
+    close = started[:1] or difflib.get_close_matches(str(name), list(known), n=5, cutoff=0.7)
     if not close:
         return ""
     best = max(close, key=lambda k: len(os.path.commonprefix([k, str(name)])))  # lora_rank: lora_r, not local_rank
