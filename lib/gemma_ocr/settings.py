@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
-import copy
 import dataclasses
 import difflib
 import enum
