@@ -7,7 +7,9 @@ a learning curve. Test hooks, all fixed parameters:
 * ``fail_trials``: trial numbers that raise an out-of-memory error instead of training;
 * ``bad_trials``: trial numbers whose updates are scaled by 1e-6 (a planted bad trial);
 * ``barrier_dir`` + ``barrier_n``: the first trial of each process waits until ``barrier_n``
-  processes have started one (so two workers provably overlap).
+  processes have started one (so two workers provably overlap);
+* ``sleep_s``: seconds each epoch takes at least (a trial long enough to kill its worker in);
+* ``seed``: the training seed (the data order); the metrics say which one a trial trained with.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import numpy as np
 from gemma_ocr.errors import GemmaOcrError
 
 PARAMS = {"learning_rate", "epochs", "l2", "batch_size", "optimizer"}
-HOOKS = {"fail_trials", "bad_trials", "barrier_dir", "barrier_n", "n_samples", "seed"}
+HOOKS = {"fail_trials", "bad_trials", "barrier_dir", "barrier_n", "n_samples", "seed", "sleep_s"}
 _started = False
 
 
@@ -78,9 +80,10 @@ class LinearRegression:
                 v = 0.9 * v + grad if p["optimizer"] == "momentum" else grad
                 w = w - scale * p["learning_rate"] * v
             mse = float(np.mean((xv @ w - yv) ** 2))
+            time.sleep(float(p.get("sleep_s", 0)))
             ctx.reporter.check(mse, epoch)
         (ctx.output_dir / "weights.npy").write_bytes(w.tobytes())
-        return {"val_mse": mse, "epochs": int(p["epochs"])}
+        return {"val_mse": mse, "epochs": int(p["epochs"]), "seed": int(p.get("seed", 0))}
 
     def export_config(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in {**fixed, **params}.items() if k not in HOOKS}

@@ -20,10 +20,10 @@ from search_helpers import run_cli, settings
 def studies(tmp_path_factory):
     """Two finished studies: one with pruned and failed trials, one plain."""
     tmp = tmp_path_factory.mktemp("analysis")
-    main = settings(tmp, "main", search_mode="random", n_trials=9, seed=2, fixed={"fail_trials": [4]},
+    main = settings(tmp, "main", search_mode="random", n_trials=9, sampler_seed=2, fixed={"fail_trials": [4]},
                     pruner=PrunerSettings(n_startup_trials=3, n_warmup_steps=1))
     run_search(main)
-    run_search(settings(tmp, "other", search_mode="bayesian", n_trials=4, seed=3))
+    run_search(settings(tmp, "other", search_mode="bayesian", n_trials=4, sampler_seed=3))
     return tmp, main
 
 

@@ -30,7 +30,7 @@ def results(s, n):
 
 @pytest.mark.parametrize("mode", ["bayesian", "random"])
 def test_sampling_modes_run_trials_and_export_the_best(tmp_path, mode):
-    s = settings(tmp_path, f"m-{mode}", search_mode=mode, n_trials=5, seed=3)
+    s = settings(tmp_path, f"m-{mode}", search_mode=mode, n_trials=5, sampler_seed=3)
     summary = run_search(s)
     study = load(s)
     assert summary.trials_run == [0, 1, 2, 3, 4] and summary.counts["complete"] == 5
@@ -50,8 +50,8 @@ def test_sampling_modes_run_trials_and_export_the_best(tmp_path, mode):
 
 
 def test_seeded_random_search_is_reproducible(tmp_path):
-    a = run_search(settings(tmp_path / "a", "same", search_mode="random", n_trials=3, seed=11))
-    b = run_search(settings(tmp_path / "b", "same", search_mode="random", n_trials=3, seed=11))
+    a = run_search(settings(tmp_path / "a", "same", search_mode="random", n_trials=3, sampler_seed=11))
+    b = run_search(settings(tmp_path / "b", "same", search_mode="random", n_trials=3, sampler_seed=11))
     pa = [t.params for t in load(settings(tmp_path / "a", "same")).trials]
     pb = [t.params for t in load(settings(tmp_path / "b", "same")).trials]
     assert pa == pb and a.best_value == b.best_value
@@ -78,7 +78,7 @@ def test_grid_resume_runs_only_the_points_left(tmp_path):
 
 def test_median_pruner_prunes_a_planted_bad_trial(tmp_path):
     s = settings(
-        tmp_path, "prune", search_mode="random", n_trials=4, seed=0,
+        tmp_path, "prune", search_mode="random", n_trials=4, sampler_seed=0,
         space={"l2": {"type": "categorical", "choices": [0.0]}},  # identical good trials, one planted bad one
         fixed={"epochs": 6, "learning_rate": 0.03, "bad_trials": [3]},
         pruner=PrunerSettings(type="median", n_startup_trials=2, n_warmup_steps=1),
@@ -94,7 +94,7 @@ def test_median_pruner_prunes_a_planted_bad_trial(tmp_path):
 
 
 def test_failed_trial_is_recorded_with_its_error_and_the_study_goes_on(tmp_path):
-    s = settings(tmp_path, "fail", search_mode="random", n_trials=4, seed=1, fixed={"fail_trials": [1]})
+    s = settings(tmp_path, "fail", search_mode="random", n_trials=4, sampler_seed=1, fixed={"fail_trials": [1]})
     summary = run_search(s)
     trials = load(s).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
@@ -148,7 +148,7 @@ def test_cli_runs_a_search_and_reports_bad_input_in_one_line(tmp_path):
     base = ["--backend", LINREG, "--studies-dir", str(tmp_path / "st"), "--base-output-dir", str(tmp_path / "tr"),
             "--no-progress"]
     out = run_cli("hyperparameter_search.py", "--study-name", "cli", "--search-mode", "random", "--n-trials", "3",
-                  "--config", str(cfg), "--seed", "1", *base)
+                  "--config", str(cfg), "--sampler-seed", "1", *base)
     assert "3 trials, 3 complete" in out.stdout and "best val_mse" in out.stdout
     assert (tmp_path / "st" / "cli.db").is_file() and (tmp_path / "st" / "cli_best_config.json").is_file()
     assert (tmp_path / "tr" / "trial_2" / "trial_2_results.json").is_file()
@@ -226,7 +226,7 @@ def test_setup_errors_leave_no_study_behind_so_the_fixed_command_runs(tmp_path):
     cfg.write_text(json.dumps({"search_space": LINREG_SPACE}), encoding="utf-8")
     base = ["--study-name", "fix", "--backend", LINREG, "--config", str(cfg), "--studies-dir", str(tmp_path / "st"),
             "--base-output-dir", str(tmp_path / "tr"), "--no-progress"]
-    for bad in (["--n-trials", "0"], ["--seed", "-1"], ["--search-mode", "grid"]):
+    for bad in (["--n-trials", "0"], ["--sampler-seed", "-1"], ["--search-mode", "grid"]):
         proc = run_cli("hyperparameter_search.py", *base, *bad, check=False)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert proc.stderr.strip().splitlines()[-1].startswith("error: ")

@@ -3,63 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 
-from gemma_ocr.serving import free_port
 from search_helpers import LINREG, ROOT, cli_env
-from system_packages import apt_install
+from search_postgres import postgres, postgres_url  # noqa: F401
 
 pytestmark = pytest.mark.slow
-
-
-def _pg_bin() -> Path | None:
-    found = shutil.which("pg_ctl")
-    if found:
-        return Path(found).resolve().parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
-    return versions[-1].parent if versions else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A throw-away PostgreSQL server on 127.0.0.1 (initdb + pg_ctl in a temp dir, as a non-root user)."""
-    pytest.importorskip("psycopg2", reason="psycopg2-binary (a dev dependency) is needed for PostgreSQL storage")
-    why = apt_install("postgresql", lambda: _pg_bin() is not None)
-    if why:
-        pytest.skip(why)
-    bin_dir = _pg_bin()
-    data = Path(tempfile.mkdtemp(prefix="gemma-ocr-pg-"))
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # the server refuses to run as root
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(data, "postgres", "postgres")
-    port = free_port()
-    pgdata = data / "data"
-
-    def pg(*cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([*as_user, *cmd], capture_output=True, text=True, timeout=timeout, cwd=data)
-
-    init = pg(str(bin_dir / "initdb"), "-D", str(pgdata), "-U", "postgres", "-A", "trust", "-N")
-    if init.returncode != 0:
-        pytest.skip(f"initdb failed: {init.stderr.strip()[-300:]}")
-    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
-    start = pg(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-o", opts, "-l", str(data / "server.log"), "-w", "start")
-    assert start.returncode == 0, start.stderr + (data / "server.log").read_text(errors="ignore")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        pg(str(bin_dir / "pg_ctl"), "-D", str(pgdata), "-m", "immediate", "stop")
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def _workers(n: int, args: list[str], timeout: float = 240) -> list[subprocess.CompletedProcess]:

@@ -208,7 +208,7 @@ def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
     cfg.best_config.unlink(missing_ok=True)
     settings = resolve_settings(
         None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.studies_dir, default_config=cfg.train_config,
-        overrides={"n_trials": cfg.search_trials, "seed": cfg.seed, "base_output_dir": cfg.search_trials_dir},
+        overrides={"n_trials": cfg.search_trials, "sampler_seed": cfg.seed, "base_output_dir": cfg.search_trials_dir},
         fixed_overrides={"model_name": str(cfg.base_model_dir), "input_data": str(cfg.non_test_json)},
     )
     settings.search_space = parse_search_space(TINY_SEARCH_SPACE)

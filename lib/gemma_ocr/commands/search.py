@@ -40,7 +40,9 @@ def main() -> int:
     p.add_argument("--n-jobs", type=int, help="trials run in parallel by this process (default 1)")
     p.add_argument("--backend", help=f"what a trial trains: {', '.join(BACKENDS)} (default gemma), "
                                      "or package.module:attribute")
-    p.add_argument("--seed", type=int, help="sampler seed (give each worker of a shared study its own)")
+    p.add_argument("--seed", type=int, help="training seed (overrides the config's \"seed\")")
+    p.add_argument("--sampler-seed", type=int,
+                   help="Optuna sampler seed (default: none); a resumed study and each further worker derive their own from it")
     p.add_argument("--max-total-trials", type=int,
                    help="study-wide cap over all workers: no worker starts a trial once the study has this many")
     p.add_argument("--pruner", dest="pruner_type", choices=("median", "none"), help="pruning (default median)")
@@ -62,12 +64,13 @@ def main() -> int:
         default_config=DEFAULT_CONFIG,
         overrides={
             "search_mode": args.search_mode, "n_trials": args.n_trials, "timeout": args.timeout,
-            "n_jobs": args.n_jobs, "backend": args.backend, "seed": args.seed,
+            "n_jobs": args.n_jobs, "backend": args.backend, "sampler_seed": args.sampler_seed,
             "max_total_trials": args.max_total_trials, "base_output_dir": args.base_output_dir,
             "pruner_type": args.pruner_type, "pruner_n_startup_trials": args.pruner_n_startup_trials,
             "pruner_n_warmup_steps": args.pruner_n_warmup_steps, "progress": not args.no_progress,
         },
-        fixed_overrides={"model_name": args.model_name, "input_data": args.input_data, "instruction": args.instruction},
+        fixed_overrides={"model_name": args.model_name, "input_data": args.input_data, "instruction": args.instruction,
+                         "seed": args.seed},
     )
     summary = run_search(settings)
     c = summary.counts

@@ -52,7 +52,7 @@ def load_study(study_name: str, storage: str | None = None, studies_dir: str | P
                 f"no study database {path} (run core/hyperparameter_search.py --study-name {study_name} first, "
                 "or pass --storage)"
             )
-    opened = open_storage(url, heartbeat=False)
+    opened = open_storage(url)
     names = optuna.get_all_study_names(opened)
     if study_name not in names:
         raise GemmaOcrError(f"study {study_name!r} not found in {mask(url)} (studies there: {', '.join(names) or 'none'})")

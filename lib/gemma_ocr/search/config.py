@@ -5,7 +5,8 @@ JSON (the suite's format) or YAML (``.yaml``/``.yml``)::
     {"search_space": {...},                       # see gemma_ocr.search.space
      "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 10},   # optional
      "n_trials": 20, "n_jobs": 1, "timeout": null, "study_name": ..., "storage": ..., "search_mode": ...,
-     "train_split": "train[:90%]", "load_in_4bit": true, ...}   # everything else: fixed parameters
+     "sampler_seed": 1, "heartbeat_interval": 15, "grace_period": 180, "storage_retry_timeout": 120,
+     "train_split": "train[:90%]", "load_in_4bit": true, "seed": 42, ...}   # everything else: fixed parameters
 
 Study settings in the file are defaults; command-line flags override them.
 """
@@ -40,7 +41,10 @@ SETTING_KEYS = {
     "n_jobs": int,
     "timeout": (int, float),
     "storage": str,
-    "seed": int,
+    "sampler_seed": int,  # "seed" is the training seed, a fixed parameter like any other
+    "heartbeat_interval": int,
+    "grace_period": int,
+    "storage_retry_timeout": (int, float),
     "backend": str,
     "base_output_dir": str,
     "pruner": dict,

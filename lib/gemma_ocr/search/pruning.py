@@ -15,6 +15,7 @@ import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner
 
 from gemma_ocr.search.config import PrunerSettings
+from gemma_ocr.search.storage import retrying
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,10 @@ class TrialReporter:
         self.history.append((int(step), value))
         if math.isfinite(value):
             try:
-                self.trial.report(value, int(step))
+                retrying(lambda: self.trial.report(value, int(step)), f"trial {self.trial.number}: reporting step {step}")
             except NotImplementedError:  # multi-objective studies do not prune
                 return False
-        if self.trial.should_prune():
+        if retrying(self.trial.should_prune, f"trial {self.trial.number}: asking the pruner"):
             self.pruned, self.pruned_at = True, int(step)
             log.info("trial %d pruned at step %d (value %.4g)", self.trial.number, step, value)
         return self.pruned

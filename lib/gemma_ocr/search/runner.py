@@ -1,8 +1,17 @@
 """Running a search: resolve settings, open/resume the study, let workers run trials, export the best.
 
-Workers claim trials under :func:`~gemma_ocr.search.storage.study_lock`, so several threads
-(``n_jobs``), processes and machines can share one study: trial numbers never collide, a grid point
-is run once, and ``max_total_trials`` is a study-wide cap that racing workers do not overrun.
+Each trial runs through ``study.optimize`` (one trial per call), so Optuna records its heartbeats,
+fails the trials of dead workers before asking for a new one and tells the result. Two guarantees
+need more than Optuna's loop, and get one small piece each:
+
+* a study-wide budget (``max_total_trials``, a grid) that racing workers never overrun: a worker
+  claims its trial under :func:`~gemma_ocr.search.storage.study_lock`, held from the count until the
+  trial exists (``MaxTrialsCallback`` only stops a worker after a trial, once the cap is overrun);
+* journal files, which have no heartbeats in Optuna: :mod:`gemma_ocr.search.liveness`.
+
+So several threads (``n_jobs``), processes and machines share one study: trial numbers never
+collide, a grid point is run once, the cap holds, and a dead worker's trial is failed after the
+grace period and run again, by a worker still running or by the next ``--resume``.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import gc
+import hashlib
 import json
 import logging
 import math
@@ -20,14 +30,14 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.trial import Trial, TrialState
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend
@@ -50,28 +60,33 @@ from gemma_ocr.search.export import (
     trial_results_path,
     write_trial_results,
 )
+from gemma_ocr.search.liveness import RESULTS_ATTR, Liveness, StaleTrials, counted, retry_of, running_trials
 from gemma_ocr.search.pruning import TrialReporter, make_pruner
-from gemma_ocr.search.space import ParamSpec, build_grid, grid_points, grid_size, parse_search_space, space_to_dict
+from gemma_ocr.search.space import ParamSpec, build_grid, grid_points, grid_size, parse_search_space, space_to_dict, suggest_all
 from gemma_ocr.search.storage import (
     DEFAULT_STUDIES_DIR,
+    GRACE_PERIOD_S,
+    HEARTBEAT_INTERVAL_S,
+    STORAGE_ERRORS,
+    STORAGE_RETRY_S,
+    connection_error,
     default_storage,
     existing_storage,
+    first_line,
     mask,
     normalize_url,
     open_storage,
+    retrying,
     study_exists,
     study_lock,
 )
 
 log = logging.getLogger(__name__)
-# Workers use ask/tell with storage heartbeats (a dead worker's trial is failed, not left RUNNING);
-# Optuna flags that combination although it works. Silence the flag, and the "experimental" notices.
-warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used", category=UserWarning)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 DEFAULT_N_TRIALS = 20
 DEFAULT_BASE_OUTPUT_DIR = Path("models/hyperparam_search")
 CONFIG_ATTR = "gemma_ocr_search"  # study user attribute holding the search definition (for --resume)
+WORKERS_ATTR = "gemma_ocr_workers"  # how many workers have opened the study (each derives its own sampler seed)
 
 
 @dataclass
@@ -88,7 +103,10 @@ class SearchSettings:
     max_total_trials: int | None = None
     timeout: float | None = None
     n_jobs: int = 1
-    seed: int | None = None
+    sampler_seed: int | None = None  # the training seed is the fixed parameter "seed"
+    heartbeat_interval: int = HEARTBEAT_INTERVAL_S
+    grace_period: int = GRACE_PERIOD_S
+    storage_retry_timeout: float = STORAGE_RETRY_S
     pruner: PrunerSettings = field(default_factory=PrunerSettings)
     base_output_dir: Path = DEFAULT_BASE_OUTPUT_DIR
     studies_dir: Path = DEFAULT_STUDIES_DIR
@@ -212,9 +230,17 @@ def resolve_settings(
     timeout = pick("timeout", None)
     if timeout is not None and timeout <= 0:
         raise GemmaOcrError(f"--timeout must be positive seconds, got {timeout!r}")
-    seed = pick("seed", None)
+    seed = pick("sampler_seed", None)
     if seed is not None and not 0 <= seed < 2**32:
-        raise GemmaOcrError(f"--seed must be between 0 and 2**32 - 1, got {seed!r}")
+        raise GemmaOcrError(f"--sampler-seed must be between 0 and 2**32 - 1, got {seed!r}")
+    interval, grace = pick("heartbeat_interval", HEARTBEAT_INTERVAL_S), pick("grace_period", GRACE_PERIOD_S)
+    retry_timeout = pick("storage_retry_timeout", STORAGE_RETRY_S)
+    if not 1 <= interval < grace or retry_timeout < 0:
+        raise GemmaOcrError(f"heartbeat_interval ({interval!r} s) must be at least 1 and below grace_period ({grace!r} s), "
+                            f"and storage_retry_timeout ({retry_timeout!r} s) >= 0")
+    if retry_timeout + interval >= grace:
+        log.warning("storage_retry_timeout + heartbeat_interval (%s s) >= grace_period (%s s): after an outage that long, "
+                    "a live worker's trial may be taken for a dead one's and run again", retry_timeout + interval, grace)
     n_trials = pick("n_trials", None if mode == "grid" else DEFAULT_N_TRIALS)
     return SearchSettings(
         study_name=name,
@@ -227,7 +253,10 @@ def resolve_settings(
         max_total_trials=pick("max_total_trials", None),
         timeout=timeout,
         n_jobs=pick("n_jobs", 1),
-        seed=seed,
+        sampler_seed=seed,
+        heartbeat_interval=interval,
+        grace_period=grace,
+        storage_retry_timeout=retry_timeout,
         pruner=pruner,
         base_output_dir=Path(pick("base_output_dir", DEFAULT_BASE_OUTPUT_DIR)),
         studies_dir=Path(studies_dir),
@@ -271,6 +300,16 @@ def _matches(point: dict[str, Any], params: dict[str, Any]) -> bool:
     return all(k in params and _same_value(v, params[k]) for k, v in point.items())
 
 
+
+def worker_seed(seed: int | None, worker: int) -> int | None:
+    """The sampler seed of a study's ``worker``-th worker: ``seed`` itself for the first, one derived
+    from it for each later one (a resumed study, another process), so that no worker replays another's
+    points. None stays None (each worker seeds from the OS)."""
+    if seed is None or worker == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}:{worker}".encode()).digest()[:4], "big")
+
+
 class _Search:
     """One worker process: its budget, its threads, its trials."""
 
@@ -279,31 +318,49 @@ class _Search:
         self.backend = backend
         self.grid = build_grid(settings.search_space, settings.space_source) if settings.search_mode == "grid" else None
         self.points = grid_points(self.grid) if self.grid else []
+        self.tried: list[dict[str, Any]] = []  # grid points this worker claimed (a failing one is not rerun here)
         self.deadline = time.monotonic() + settings.timeout if settings.timeout else None
         self.left = settings.n_trials
         self.budget_lock = threading.Lock()
         self.trials_run: list[int] = []
+        self.docs: dict[int, dict[str, Any]] = {}  # results documents of this worker's running trials
+        self.owned: set[int] = set()  # trials whose folder is this study's to write
+        self.local = threading.local()  # per thread: the claim (study lock) and the trial it started
         self.stop = threading.Event()
         self.fatal: GemmaOcrError | None = None
         self.bar: Any = None
         self.study: optuna.Study | None = None
         self.created = False  # whether this run created the study
+        self.waiting_since: float | None = None
+
+    def _lock(self) -> Any:
+        return study_lock(self.s.storage, self.s.study_name, getattr(self.storage, "reconnect", None))
 
     def open(self) -> None:
         """Create the study, or load it and check it suits this search; record the search definition."""
         settings, backend = self.s, self.backend
-        with warnings.catch_warnings():
+        stale = StaleTrials(settings.grace_period)
+        with warnings.catch_warnings():  # one thread still: Optuna flags its heartbeat arguments as experimental
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self.storage = open_storage(settings.storage)
-        direction = backend.direction
-        sampler, pruner = self._sampler(), make_pruner(settings.pruner)
-        try:
-            self.study = optuna.create_study(study_name=settings.study_name, storage=self.storage, sampler=sampler,
-                                             pruner=pruner, direction=direction)
-            self.created = True
-        except optuna.exceptions.DuplicatedStudyError:
-            self.study = optuna.load_study(study_name=settings.study_name, storage=self.storage, sampler=sampler,
-                                           pruner=pruner)
+            self.storage = open_storage(settings.storage, (settings.heartbeat_interval, settings.grace_period, stale),
+                                        settings.storage_retry_timeout)
+        self.liveness = Liveness(self.storage, settings.storage, settings.study_name, settings.heartbeat_interval,
+                                 settings.grace_period, stale)
+        direction, pruner = backend.direction, make_pruner(settings.pruner)
+        with self._lock():
+            try:
+                self.study = optuna.create_study(study_name=settings.study_name, storage=self.storage, pruner=pruner,
+                                                 direction=direction)
+                self.created = True
+            except optuna.exceptions.DuplicatedStudyError:
+                self.study = optuna.load_study(study_name=settings.study_name, storage=self.storage, pruner=pruner)
+            worker = int(self.study.user_attrs.get(WORKERS_ATTR, 0))
+            self.study.set_user_attr(WORKERS_ATTR, worker + 1)
+        seed = worker_seed(settings.sampler_seed, worker)
+        if seed != settings.sampler_seed:
+            log.info("sampler seed %d (worker %d of study %s, derived from --sampler-seed %d)", seed, worker,
+                     settings.study_name, settings.sampler_seed)
+        self.study.sampler = self._sampler(seed)
         if self.study.direction.name.lower() != direction:
             raise GemmaOcrError(
                 f"study {settings.study_name!r} {self.study.direction.name.lower()}s, but backend {backend.name} "
@@ -332,203 +389,273 @@ class _Search:
             optuna.delete_study(study_name=self.s.study_name, storage=self.storage)
             log.info("study %s had no trial: removed it again", self.s.study_name)
 
-    # ------------------------------------------------------------------ sampling
-
-    def _sampler(self) -> optuna.samplers.BaseSampler:
+    def _sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
         if self.s.search_mode == "bayesian":
-            return optuna.samplers.TPESampler(seed=self.s.seed, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
         # grid points are enqueued as fixed parameters; random mode samples uniformly
-        return optuna.samplers.RandomSampler(seed=self.s.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
 
-    def _taken_points(self) -> list[bool]:
-        """Which grid points are done (complete/pruned) or being run."""
-        live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
-        trials = [t for t in self.study.get_trials(deepcopy=False, states=live)]
-        taken = []
-        for point in self.points:
-            taken.append(any(_matches(point, {**t.system_attrs.get("fixed_params", {}), **t.params}) for t in trials))
-        return taken
+    # ------------------------------------------------------------------ claiming
 
-    def _any_success(self) -> bool:
-        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+    def _free_points(self, trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+        """Grid points neither done (complete/pruned), running, queued, nor already tried by this worker."""
+        live = [{**t.system_attrs.get("fixed_params", {}), **t.params} for t in trials
+                if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)]
+        return [p for p in self.points if not any(_matches(p, params) for params in live + self.tried)]
 
-    def remaining_grid(self) -> int:
-        return sum(1 for t in self._taken_points() if not t) if self.grid else 0
+    def _slot(self) -> str:
+        """Under the study lock: "run" when this worker may start a trial now; "wait" when the study-wide
+        budget is taken but trials of other workers still run (should one die, its retry comes here);
+        "done" otherwise."""
+        self.liveness.before_claim(self.study)
+        trials = self.study.get_trials(deepcopy=False)
+        if any(t.state == TrialState.WAITING for t in trials):
+            return "run"  # a queued trial goes first: a dead worker's retry, or a grid point not yet started
+        full = self.s.max_total_trials is not None and counted(trials) >= self.s.max_total_trials
+        if not full and self.grid is not None:
+            free = self._free_points(trials)
+            if free:
+                self.tried.append(free[0])
+                self.study.enqueue_trial(free[0], user_attrs={"grid_point": True})
+            full = not free
+        if not full:
+            return "run"
+        me = worker_id()
+        return "wait" if any(t.user_attrs.get("worker") != me for t in running_trials(trials)) else "done"
 
-    def _claim(self) -> Trial | None:
-        """Take the next trial, or None when this worker's budget, the grid or the study cap is used up."""
+    def _step(self) -> str:
+        """Claim the next trial and run it: "ran", "wait" or "done" (see :meth:`_slot`)."""
         if self.stop.is_set() or (self.deadline is not None and time.monotonic() >= self.deadline):
-            return None
+            return "done"
         with self.budget_lock:
             if self.left is not None and self.left <= 0:
-                return None
+                return "done"
             if self.left is not None:
                 self.left -= 1
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with contextlib.suppress(Exception):
-                optuna.storages.fail_stale_trials(self.study)
-            return self._claim_locked()
+        verdict = "done"
+        with contextlib.ExitStack() as claim:
+            self.local.claim, self.local.number = claim, None
+            try:
+                claim.enter_context(self._lock())
+                verdict = self._slot()
+            finally:
+                if verdict != "run":
+                    claim.close()
+                    with self.budget_lock:
+                        if self.left is not None:
+                            self.left += 1
+            if verdict == "run":
+                verdict = "ran"
+                self._run()  # the objective lets go of the claim as soon as its trial exists
+        return verdict
 
-    def _claim_locked(self) -> Trial | None:
-        with study_lock(self.s.storage, self.s.study_name):
-            if self.s.max_total_trials is not None and len(self.study.get_trials(deepcopy=False)) >= self.s.max_total_trials:
-                return self._give_back()
-            if self.grid is not None:
-                free = [p for p, taken in zip(self.points, self._taken_points()) if not taken]
-                if not free:
-                    return self._give_back()
-                self.study.enqueue_trial(free[0], user_attrs={"grid_point": True})
-            return self.study.ask()
+    def _run(self) -> None:
+        """Run the claimed trial with ``study.optimize``: heartbeats, dead workers' trials failed, tell."""
+        try:
+            self.study.optimize(self._objective, n_trials=1, catch=(Exception,), callbacks=[self._finished])
+        except Exception as e:  # from Optuna's side of the loop: the objective's own errors are caught there
+            number = self.local.number
+            told = isinstance(e, (ValueError, UpdateFinishedTrialError))  # the trial was failed meanwhile
+            # when the storage is away, Optuna 5.0's tell can also end in an UnboundLocalError of its own
+            if number is None or number not in self.docs or not (told or connection_error(e)):
+                raise  # before the trial started: the worker loop tries again or stops
+            self._tell_again(number)
+        finally:
+            number = self.local.number
+            if number is not None and number in self.docs:  # interrupted before the trial was told
+                self._write(number, self.docs.pop(number))
 
-    def _give_back(self) -> None:
-        with self.budget_lock:
-            if self.left is not None:
-                self.left += 1
-        self.stop.set()
-        return None
+    def _tell_again(self, number: int) -> None:
+        """The study did not take this trial's result: the storage was away, or it had failed the trial
+        as a dead worker's (no heartbeat came through for the grace period, e.g. a long outage)."""
+        doc = self.docs[number]
+        state = TrialState[doc["state"]]
+        value = doc["value"] if state == TrialState.COMPLETE else None
+        try:
+            frozen = retrying(lambda: self.study.tell(number, value, state=state, skip_if_finished=True),
+                              f"trial {number}: recording its result")
+        except STORAGE_ERRORS:
+            doc["error"] = doc["error"] or "the study storage was unreachable when the trial ended: its result is not in the study"
+            raise
+        if frozen.state != state:
+            doc["error"] = (f"the study failed this trial while it ran (no heartbeat reached it for {self.s.grace_period} s, "
+                            f"e.g. during a storage outage) and runs it again; the result here is not in the study")
+            log.warning("trial %d: %s", number, doc["error"])
+        self._finished(self.study, frozen)
 
     # ------------------------------------------------------------------ one trial
 
-    def _run_trial(self, trial: Trial) -> None:
-        number = trial.number
+    def _objective(self, trial: Trial) -> float:
+        self.local.claim.close()  # the trial exists: other workers may claim theirs
+        number = self.local.number = trial.number
         trial_dir = self.s.base_output_dir / f"trial_{number}"
         results_path = trial_results_path(self.s.base_output_dir, number)
-        doc: dict[str, Any] = {
+        doc = self.docs[number] = {
             "study_name": self.s.study_name, "trial_number": number, "state": "RUNNING", "params": {},
             "metrics": {}, "value": None, "metric": self.backend.metric, "error": None,
             "search_mode": self.s.search_mode, "backend": self.backend.name, "output_dir": str(trial_dir),
-            "worker": worker_id(), "started": now(), "finished": None, "duration_s": None,
+            "worker": worker_id(), "retry_of": None, "started": now(), "finished": None, "duration_s": None,
         }
         started = time.monotonic()
-        state, value, interrupted, owned = TrialState.FAIL, None, None, False
         reporter: TrialReporter | None = None
-        try:
+        try:  # everything that can fail is in here: Optuna's own log of a failed trial is turned down (see run)
+            trials = retrying(lambda: self.study.get_trials(deepcopy=False), f"trial {number}")
+            doc["retry_of"] = retry_of(next(t for t in trials if t.number == number))
             check_trial_dirs(self.s.base_output_dir, self.s.study_name, [number])  # another study may have started since
-            owned = True
-            params = {name: spec.suggest(trial) for name, spec in self.s.search_space.items()}
-            doc["params"] = params
+            self.owned.add(number)
+            doc["params"] = params = retrying(lambda: suggest_all(trial, self.s.search_space), f"trial {number}")
+            for key, value in (("worker", doc["worker"]), (RESULTS_ATTR, str(results_path.resolve()))):
+                retrying(lambda: trial.set_user_attr(key, value), f"trial {number}")
             trial_dir.mkdir(parents=True, exist_ok=True)
             write_trial_results(results_path, doc)
-            log.info("trial %d: %s", number, json.dumps(jsonable(params), ensure_ascii=False))
+            again = f" (retry of trial {doc['retry_of']})" if doc["retry_of"] is not None else ""
+            log.info("trial %d%s: %s", number, again, json.dumps(jsonable(params), ensure_ascii=False))
             reporter = TrialReporter(trial)
             ctx = TrialContext(self.s.study_name, number, params, dict(self.s.fixed), trial_dir, reporter)
-            with _heartbeat(self.study, trial):
+            with self.liveness.beating(trial):
                 metrics = self.backend.run_trial(ctx)
             doc["metrics"] = metrics = jsonable(metrics)
             value = metrics.get(self.backend.metric) if isinstance(metrics, dict) else None
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
                 raise GemmaOcrError(f"the objective {self.backend.metric!r} is missing or not finite in the trial's metrics: {value!r}")
-            state = TrialState.COMPLETE
+            doc.update(state="COMPLETE", value=float(value))
+            return float(value)
         except optuna.TrialPruned as e:
-            state, doc["pruned"] = TrialState.PRUNED, str(e) or "pruned"
+            doc.update(state="PRUNED", pruned=str(e) or "pruned")
             doc["intermediate"] = [list(x) for x in reporter.history] if reporter else []
+            raise
         except KeyboardInterrupt:
-            doc["error"] = interrupted = "interrupted (KeyboardInterrupt)"
-        except Exception as e:  # noqa: BLE001 - any failure of one trial is recorded, the study goes on
-            doc["error"] = describe_error(e)
-            doc["traceback"] = traceback.format_exc(limit=20)
+            doc.update(state="FAIL", error="interrupted (KeyboardInterrupt)")
+            self.stop.set()
+            raise
+        except Exception as e:  # any failure of one trial is recorded (Optuna marks it FAIL), the study goes on
+            doc.update(state="FAIL", error=describe_error(e), traceback=traceback.format_exc(limit=20))
             log.error("trial %d failed: %s", number, doc["error"])
             if isinstance(e, GemmaOcrError) and not self.trials_run and not self._any_success():
                 # a configuration error on the very first trial would repeat in every trial: stop here
                 self.fatal = GemmaOcrError(f"trial {number} failed and the search stopped (the error would repeat "
                                            f"in every trial; it is recorded as FAIL): {e}")
                 self.stop.set()
+            raise
         finally:
             release_memory()
-        doc.update(state=state.name, value=value, finished=now(), duration_s=round(time.monotonic() - started, 3))
-        with contextlib.suppress(Exception):
-            info = {"output_dir": str(trial_dir), "worker": doc["worker"], "duration_s": doc["duration_s"]}
-            if doc["metrics"]:  # the per-step history stays in the results file, out of the database
-                info.update({k: v for k, v in doc["metrics"].items() if k != "history"})
+            doc.update(finished=now(), duration_s=round(time.monotonic() - started, 3))
+            self._record_attrs(trial, doc)
+
+    def _record_attrs(self, trial: Trial, doc: dict[str, Any]) -> None:
+        """The trial's metrics (without the per-step history, which stays in the results file) and error."""
+        info = {"output_dir": doc["output_dir"], "worker": doc["worker"], "duration_s": doc["duration_s"]}
+        info.update({k: v for k, v in doc["metrics"].items() if k != "history"})
+        try:
             trial.set_user_attr("metrics", info)
             if doc["error"]:
                 trial.set_user_attr("error", doc["error"])
-        if state == TrialState.COMPLETE:
-            self.study.tell(trial, float(value))
-        else:
-            self.study.tell(trial, state=state)
-        if owned:
-            write_trial_results(results_path, doc)
-        self.trials_run.append(number)
-        self._after_trial(number, state, value)
-        if interrupted:
-            raise KeyboardInterrupt
+        except STORAGE_ERRORS as e:
+            log.warning("trial %d: metrics not stored in the study (%s); they are in its results file", trial.number,
+                        first_line(e))
 
-    def _after_trial(self, number: int, state: TrialState, value: float | None) -> None:
-        best = best_trial(self.study)
-        if best is not None and best.number == number:
-            with contextlib.suppress(GemmaOcrError, OSError):
-                self.export(best)
+    def _any_success(self) -> bool:
+        return bool(self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+    def _write(self, number: int, doc: dict[str, Any]) -> None:
+        if number in self.owned:
+            write_trial_results(trial_results_path(self.s.base_output_dir, number), doc)
+
+    def _finished(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """After Optuna told the trial: its results file, the best configuration, progress."""
+        doc = self.docs.pop(trial.number, None)
+        if doc is None:
+            return
+        if trial.state != TrialState[doc["state"]]:
+            doc["state_in_study"] = trial.state.name
+        self._write(trial.number, doc)
+        self.trials_run.append(trial.number)
+        best = best_trial(study)
+        if best is not None and best.number == trial.number:
+            self.export(best)
         if self.bar is not None:
             self.bar.update(1)
             if best is not None:
                 self.bar.set_postfix({f"best {self.backend.metric}": f"{best.value:.4g}", "trial": best.number})
-        shown = f"{value:.6g}" if value is not None else "-"
-        log.info("trial %d %s (%s %s)", number, state.name, self.backend.metric, shown)
+        shown = f"{doc['value']:.6g}" if doc["value"] is not None else "-"
+        log.info("trial %d %s (%s %s)", trial.number, trial.state.name, self.backend.metric, shown)
 
-    def export(self, trial: Any = None) -> tuple[Path, Path] | None:
-        best = trial or best_trial(self.study)
-        if best is None:
+    def export(self, trial: FrozenTrial | None = None) -> tuple[Path, Path] | None:
+        """Write the best parameters and configuration; None when no trial completed or they cannot be written."""
+        try:
+            best = trial or best_trial(self.study)
+            if best is None:
+                return None
+            config = self.backend.export_config(dict(self.s.fixed), dict(best.params))
+            return export_best(self.study, self.s.studies_dir, self.backend.metric, config, self.meta, best)
+        except (GemmaOcrError, OSError, *STORAGE_ERRORS) as e:
+            log.warning("best configuration not written: %s", first_line(e))
             return None
-        config = self.backend.export_config(dict(self.s.fixed), dict(best.params))
-        return export_best(self.study, self.s.studies_dir, self.backend.metric, config, self.meta, best)
 
     # ------------------------------------------------------------------ loop
 
     def _worker(self) -> None:
         while True:
-            trial = self._claim()
-            if trial is None:
+            try:
+                verdict = self._step()
+            except STORAGE_ERRORS as e:
+                if not connection_error(e):
+                    raise
+                reconnect = getattr(self.storage, "reconnect", None)
+                if reconnect is None or reconnect.exhausted:
+                    waited = f" for more than {reconnect.timeout:.0f} s" if reconnect is not None else ""
+                    raise GemmaOcrError(
+                        f"lost the study storage {mask(self.s.storage)}{waited} ({first_line(e)}); this worker stopped. "
+                        "Its running trial is failed and run again once the storage is back: rerun with --resume"
+                    ) from None
+                log.warning("study storage: %s; trying again", first_line(e))
+                self.stop.wait(1.0)
+                continue
+            if verdict == "done":
                 return
-            self._run_trial(trial)
+            if verdict == "wait":
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
+                    log.info("the study's trials are all taken; waiting for those running on other workers (a dead "
+                             "worker's trial is failed after %d s and run again here)", self.s.grace_period)
+                self.stop.wait(self.s.heartbeat_interval)
 
     def run(self) -> None:
         total = self.s.n_trials
         if self.grid is not None:
-            remaining = self.remaining_grid()
+            trials = retrying(lambda: self.study.get_trials(deepcopy=False), "reading the study")
+            queued = sum(1 for t in trials if t.state == TrialState.WAITING)
+            remaining = len(self._free_points(trials)) + queued
             log.info("grid of %d points, %d still to run", grid_size(self.grid), remaining)
-            if remaining == 0:
+            if remaining == 0 and not running_trials(trials):
                 log.info("every grid point of %s has been run already", self.s.study_name)
             total = remaining if total is None else min(total, remaining)
-            self.left = total
         if self.s.progress and total:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, desc=f"{self.s.study_name} trials", unit="trial", file=sys.stderr)
+        verbosity = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial is logged here, in one line (tracebacks: results files)
         try:
-            if self.s.n_jobs <= 1:
-                self._worker()
-            else:
-                with ThreadPoolExecutor(self.s.n_jobs, thread_name_prefix="trial") as pool:
-                    for f in [pool.submit(self._worker) for _ in range(self.s.n_jobs)]:
-                        f.result()
+            with self.liveness.watching(self.study):
+                if self.s.n_jobs <= 1:
+                    self._worker()
+                else:
+                    with ThreadPoolExecutor(self.s.n_jobs, thread_name_prefix="trial") as pool:
+                        for f in [pool.submit(self._worker) for _ in range(self.s.n_jobs)]:
+                            f.result()
         except BaseException:
             self.stop.set()  # other threads finish their trial and start no new one
             raise
         finally:
+            optuna.logging.set_verbosity(verbosity)
             if self.bar is not None:
                 self.bar.close()
 
 
-@contextlib.contextmanager
-def _heartbeat(study: optuna.Study, trial: Trial) -> Iterator[None]:
-    """Record heartbeats while a trial runs, so a worker that dies has its trial failed, not stuck RUNNING."""
-    try:
-        from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
-    except ImportError:  # pragma: no cover - private helper moved
-        yield
-        return
-    if not is_heartbeat_enabled(study._storage):
-        yield
-        return
-    with get_heartbeat_thread(trial._trial_id, study._storage):
-        yield
-
-
 def describe_error(e: BaseException) -> str:
     """One line naming the failure; out-of-memory errors are labelled as such."""
-    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = first_line(e) if str(e).strip() else ""
     kind = type(e).__name__
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower() or kind == "OutOfMemoryError":
         return f"out of memory ({kind}): {text}"
@@ -553,16 +680,16 @@ def run_search(settings: SearchSettings, backend: Backend | None = None) -> Sear
         "study %s (%s, %s backend) in %s", settings.study_name, settings.search_mode, backend.name, mask(settings.storage)
     )
     try:
-        search.open()
+        retrying(search.open, f"opening study {settings.study_name}")
         try:
             search.run()
         finally:
-            exported = None
-            with contextlib.suppress(GemmaOcrError, OSError):
-                exported = search.export()
+            exported = search.export()
     except BaseException:
-        with contextlib.suppress(Exception):
+        try:
             search.discard_if_unused()
+        except (*STORAGE_ERRORS, OSError) as e:
+            log.warning("could not check whether study %s is still empty: %s", settings.study_name, first_line(e))
         raise
     if search.fatal is not None:
         raise search.fatal
