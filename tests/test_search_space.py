@@ -141,3 +141,31 @@ def test_default_training_config_without_search_space_gets_the_default_space():
     cfg = load_search_config(Path(CONFIGS / "default.json"))
     assert set(cfg.search_space) == {"learning_rate", "num_train_epochs"}
     assert cfg.search_space["learning_rate"].log and cfg.fixed["model_name"]
+
+
+@pytest.mark.parametrize("backend, space, message", [
+    ("gemma", {"lora_r": {"type": "categorical", "choices": [8, "sixteen"]}},
+     "s.json: search_space.lora_r = 'sixteen': field 'lora_r' must be integer"),
+    ("gemma", {"lora_dropout": {"type": "uniform", "low": 0.0, "high": 1.5}}, "search_space.lora_dropout = 1.5: "),
+    ("gemma", {"learning_rate": {"type": "loguniform", "low": 1e-5, "high": 1e-3, "grid": [1e-4]},
+               "lora_alpha": {"choices": [16, 32, None]}}, "search_space.lora_alpha = None: "),
+    ("khmer-cnn", {"batch_size": {"choices": [32, "big"]}}, "s.json: search_space.batch_size = 'big': "),
+])
+def test_every_choice_and_both_ends_of_a_range_are_checked_before_the_study_starts(backend, space, message):
+    from gemma_ocr.search.backends import get_backend
+
+    with pytest.raises(GemmaOcrError) as e:
+        get_backend(backend).validate({}, parse_search_space(space), "s.json")
+    assert message in str(e.value), str(e.value)
+
+
+def test_a_bad_later_choice_stops_the_cli_in_one_line_and_leaves_no_study(tmp_path):
+    from conftest import assert_one_line_error
+    from search_helpers import run_cli
+
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"search_space": {"lora_r": {"type": "categorical", "choices": [8, "sixteen"]}}}))
+    proc = run_cli("hyperparameter_search.py", "--study-name", "bad-choice", "--config", str(cfg), "--studies-dir",
+                   str(tmp_path / "studies"), "--base-output-dir", str(tmp_path / "trials"), "--no-progress", check=False)
+    assert_one_line_error(proc, "search_space.lora_r = 'sixteen'", "must be integer")
+    assert not (tmp_path / "studies" / "bad-choice.db").exists() and not (tmp_path / "trials").exists()

@@ -20,7 +20,7 @@ from typing import Any, Protocol, runtime_checkable
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
 from gemma_ocr.search.pruning import TrialReporter
-from gemma_ocr.search.space import ParamSpec
+from gemma_ocr.search.space import ParamSpec, probe_points
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,8 @@ class GemmaBackend:
         for name in self.per_trial_fields:
             if name in space:
                 raise GemmaOcrError(f"{source}: {name} is set per trial by the search and cannot be searched")
-        self._build({**fixed, **{n: s.representative() for n, s in space.items()}}, source)
+        for label, values in probe_points(space, f"{source}: search_space"):  # every choice, not the first only
+            self._build({**fixed, **values}, label or source)
 
     def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
         from gemma_ocr.search.pruning import pruning_callback
@@ -136,10 +137,11 @@ class KhmerCnnBackend:
             raise GemmaOcrError(f"--backend khmer-cnn needs gemma_ocr.khmer_digits.backend, which is missing ({e})") from None
 
     def validate(self, fixed: dict[str, Any], space: dict[str, ParamSpec], source: str) -> None:
-        try:
-            self._backend.trial_config({**fixed, **{n: s.representative() for n, s in space.items()}}, "trial")
-        except GemmaOcrError as e:
-            raise GemmaOcrError(f"{source}: {e}") from None
+        for label, values in probe_points(space, f"{source}: search_space"):  # every choice, not the first only
+            try:
+                self._backend.trial_config({**fixed, **values}, "trial")
+            except GemmaOcrError as e:
+                raise GemmaOcrError(f"{label or source}: {e}") from None
 
     def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
         result = self._backend.train_trial(

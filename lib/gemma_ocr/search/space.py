@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,13 @@ class ParamSpec:
         if self.grid:
             return self.grid[0]
         return int(self.low) if self.kind == INT else float(self.low)
+
+    def probe_values(self) -> list[Any]:
+        """The values that check this parameter up front: every choice, both ends of a range, every grid value."""
+        if self.kind == CATEGORICAL:
+            return list(self.choices)
+        values = [int(v) if self.kind == INT else float(v) for v in (self.low, self.high, *(self.grid or ()))]
+        return list(dict.fromkeys(values))
 
     def describe(self) -> str:
         """Short human form, e.g. ``loguniform(1e-05, 0.0005)``."""
@@ -219,6 +227,17 @@ def parse_search_space(space: Any, where: str = "search_space") -> dict[str, Par
             raise GemmaOcrError(f"{where}: parameter names must be non-empty strings, got {name!r}")
         out[name] = parse_param(name, spec, where)
     return out
+
+
+def probe_points(space: dict[str, ParamSpec], where: str = "search_space") -> Iterator[tuple[str | None, dict[str, Any]]]:
+    """``(label, values)`` pairs that validate a whole space before any trial runs: the representative
+    point (label None), then each parameter's every probe value, labelled, with the others representative."""
+    base = {name: spec.representative() for name, spec in space.items()}
+    yield None, base
+    for name, spec in space.items():
+        for value in spec.probe_values():
+            if repr(value) != repr(base[name]):
+                yield f"{where}.{name} = {value!r}", {**base, name: value}
 
 
 def space_to_dict(space: dict[str, ParamSpec]) -> dict[str, dict[str, Any]]:
