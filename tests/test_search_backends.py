@@ -8,7 +8,7 @@ import optuna
 import pytest
 
 from search_helpers import ROOT, run_cli
-from sft_fixtures import ocr_data, tiny_model_dir  # noqa: F401
+from sft_fixtures import ocr_data, one_torch_thread, tiny_model_dir  # noqa: F401
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +88,32 @@ def test_khmer_cnn_backend_runs_a_trial(tmp_path):
 
     with pytest.raises(GemmaOcrError, match="s.json: .*unknown hyperparameter.*input_data"):
         get_backend("khmer-cnn").validate({"input_data": "x.json"}, parse_search_space({"lr": {"type": "uniform", "low": 0.1, "high": 0.2}}), "s.json")
+
+
+def test_concurrent_trials_log_to_separate_offline_wandb_runs(tmp_path, tiny_model_dir, ocr_data, one_torch_thread):  # noqa: F811
+    """--n-jobs 2: two trials train at once in one process, each into its own W&B run under its own folder."""
+    from gemma_ocr.search.runner import run_search
+    from gemma_ocr.training.tracking import read_offline_wandb_history
+    from search_helpers import settings
+
+    fixed = dict(model_name=str(tiny_model_dir), input_data=str(ocr_data), load_in_4bit=False, max_steps=2,
+                 eval_steps=1, logging_steps=1, save_steps=100, warmup_ratio=0.0, per_device_train_batch_size=2,
+                 per_device_eval_batch_size=4, gradient_accumulation_steps=1, max_seq_length=512,
+                 gradient_checkpointing=False, max_eval_samples=4, report_to=["wandb"], wandb_project="gemma-ocr-tests")
+    space = {"learning_rate": {"type": "categorical", "choices": [0.01, 1e-4]}}
+    s = settings(tmp_path, "wandb-jobs", space=space, backend="gemma", search_mode="grid", n_trials=None, n_jobs=2,
+                 fixed=fixed)
+    summary = run_search(s)
+    assert summary.counts["complete"] == 2, summary
+    durations = []
+    for number in (0, 1):
+        trial_dir = s.base_output_dir / f"trial_{number}"
+        runs = list((trial_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1, runs  # its own run, in its own folder
+        results = json.loads((trial_dir / f"trial_{number}_results.json").read_text())
+        rows = read_offline_wandb_history(runs[0])
+        evals = [r["eval/loss"] for r in rows if "eval/loss" in r]
+        assert evals and evals[-1] == pytest.approx(results["metrics"]["eval_loss"])  # this trial's losses only
+        assert [r["train/global_step"] for r in rows if "eval/loss" in r] == [0, 1, 2]
+        durations.append((results["started"], results["finished"]))
+    assert durations[0][0] <= durations[1][1] and durations[1][0] <= durations[0][1]  # the two trials overlapped

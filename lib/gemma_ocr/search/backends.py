@@ -12,6 +12,10 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import logging
+import multiprocessing
+import os
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ class TrialContext:
     fixed: dict[str, Any]
     output_dir: Path
     reporter: TrialReporter
+    concurrent: bool = False  # other trials run in this process at the same time (--n-jobs > 1)
 
     @property
     def run_name(self) -> str:
@@ -101,13 +106,18 @@ class GemmaBackend:
             self._build({**fixed, **values}, label or source)
 
     def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
-        from gemma_ocr.search.pruning import pruning_callback
-        from gemma_ocr.training import tune
-
         values = {**ctx.fixed, **ctx.params}
         values.update(output_dir=str(ctx.output_dir), run_name=ctx.run_name, wandb_group=ctx.study_name)
         config = self._build(values, f"trial {ctx.trial_number}")  # W&B: grouped by study, offline without a key
-        result = tune(config, callbacks=[pruning_callback(ctx.reporter, self.metric)])
+        if ctx.concurrent:
+            # transformers keeps process-wide state (TrainingArguments resets the shared AcceleratorState,
+            # models load through the meta device): trials that train at once get a process each
+            result = _tune_in_child(config, ctx.reporter, self.metric)
+        else:
+            from gemma_ocr.search.pruning import pruning_callback
+            from gemma_ocr.training import tune
+
+            result = tune(config, callbacks=[pruning_callback(ctx.reporter, self.metric)])
         ctx.reporter.raise_if_pruned()
         return dict(result)
 
@@ -153,6 +163,70 @@ class KhmerCnnBackend:
     def export_config(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
         config = self._backend.trial_config({**fixed, **params}, "models/khmer-digits-best").to_dict()
         return config
+
+
+def _tune_in_child(config: Any, reporter: TrialReporter, metric: str) -> dict[str, Any]:
+    """``tune(config)`` in a child process; its evaluations reach ``reporter`` (and the pruner's answer the child)."""
+    parent_end, child_end = multiprocessing.get_context("spawn").Pipe()
+    child = multiprocessing.get_context("spawn").Process(
+        target=_child_main, args=(config.to_dict(), metric, child_end, os.getpid(), logging.getLogger().level),
+        name=f"trial-{reporter.trial.number}", daemon=True)
+    child.start()
+    child_end.close()
+    try:
+        while True:
+            try:
+                kind, *payload = parent_end.recv()
+            except EOFError:
+                raise RuntimeError(f"the training process of trial {reporter.trial.number} died "
+                                   f"(exit code {child.join(5) or child.exitcode})") from None
+            if kind == "report":
+                parent_end.send(reporter.report(*payload))
+            elif kind == "done":
+                return payload[0]
+            else:  # "error": a user error stays one, anything else keeps its type name and message
+                user, message = payload
+                raise GemmaOcrError(message) if user else RuntimeError(message)
+    finally:
+        parent_end.close()
+        child.join(30)
+        if child.is_alive():
+            child.kill()
+
+
+def _child_main(config: dict[str, Any], metric: str, conn: Any, parent: int, level: int) -> None:
+    """The child process of :func:`_tune_in_child`: trains, reports each evaluation, sends the result."""
+    logging.basicConfig(level=level, format="%(levelname)s %(message)s")
+
+    def orphaned() -> None:  # the worker was killed (-9): a training nobody waits for stops too
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=orphaned, daemon=True).start()
+    try:
+        from transformers import TrainerCallback
+
+        from gemma_ocr.config import TrainConfig
+        from gemma_ocr.training import tune
+
+        class ReportToParent(TrainerCallback):
+            def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> Any:
+                if metrics and metric in metrics:
+                    conn.send(("report", metrics[metric], state.global_step))
+                    if conn.recv():  # pruned
+                        control.should_training_stop, control.should_save = True, False
+                return control
+
+        result = tune(TrainConfig.from_dict(config, source="trial"), callbacks=[ReportToParent()])
+        conn.send(("done", result))
+    except GemmaOcrError as e:
+        conn.send(("error", True, str(e)))
+    except Exception as e:  # noqa: BLE001 - sent to the parent, which records the trial as failed
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        conn.send(("error", False, f"{type(e).__name__}: {text}" if text else type(e).__name__))
+    finally:
+        conn.close()
 
 
 #: The search space used when neither a config file nor a stored study gives one.

@@ -511,7 +511,8 @@ class _Search:
             again = f" (retry of trial {doc['retry_of']})" if doc["retry_of"] is not None else ""
             log.info("trial %d%s: %s", number, again, json.dumps(jsonable(params), ensure_ascii=False))
             reporter = TrialReporter(trial)
-            ctx = TrialContext(self.s.study_name, number, params, dict(self.s.fixed), trial_dir, reporter)
+            ctx = TrialContext(self.s.study_name, number, params, dict(self.s.fixed), trial_dir, reporter,
+                               concurrent=self.s.n_jobs > 1)
             with self.liveness.beating(trial):
                 metrics = self.backend.run_trial(ctx)
             doc["metrics"] = metrics = jsonable(metrics)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gemma_ocr.errors import GemmaOcrError
 
@@ -15,44 +17,104 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def setup_tracking(config: TrainConfig) -> list[str]:
-    """Prepare the environment of the selected trackers; return the ``report_to`` list for the trainer.
+@dataclass
+class Tracking:
+    """The trackers of one training: ``report_to`` for the trainer's own integrations (TensorBoard) and
+    the callbacks that log to W&B; :meth:`finish` closes this training's W&B run (and no other)."""
 
-    W&B: project/group from the config; ``WANDB_MODE=offline`` when no ``WANDB_API_KEY`` (and no
-    mode) is set, so runs land under ``<output_dir>/wandb`` and can be uploaded later with ``wandb sync``.
-    TensorBoard: event files under ``<output_dir>/runs``.
+    report_to: list[str]
+    callbacks: list[Any] = field(default_factory=list)
+
+    def finish(self) -> None:
+        for callback in self.callbacks:
+            callback.finish()
+
+
+def setup_tracking(config: TrainConfig) -> Tracking:
+    """The trackers ``config.report_to`` selects, each with settings of this run only.
+
+    W&B: a run of its own (``wandb.init(reinit="create_new")``) in project/group from the config, under
+    ``<output_dir>/wandb``, offline when no ``WANDB_API_KEY`` (and no ``WANDB_MODE``) is set, so it can be
+    uploaded later with ``wandb sync``. Nothing goes through ``os.environ`` or the global ``wandb.run``:
+    trials that train at the same time in one process (``--n-jobs``) log to separate runs.
+    TensorBoard: event files under ``<output_dir>/runs`` (transformers' own callback, per trainer).
     """
-    reporters = config.reporters
-    if "wandb" in reporters:
-        import importlib.util
+    import importlib.util
 
+    reporters = config.reporters
+    callbacks = []
+    if "wandb" in reporters:
         if importlib.util.find_spec("wandb") is None:
             raise GemmaOcrError("report_to includes wandb but wandb is not installed: pip install wandb")
-        os.environ["WANDB_PROJECT"] = config.wandb_project
-        if config.wandb_group:
-            os.environ["WANDB_RUN_GROUP"] = config.wandb_group
-        if not os.environ.get("WANDB_API_KEY") and not os.environ.get("WANDB_MODE"):
-            os.environ["WANDB_MODE"] = "offline"
-            log.info("W&B: no WANDB_API_KEY, logging offline (upload later with `wandb sync`)")
-        wandb_dir = Path(config.output_dir).resolve()
-        wandb_dir.mkdir(parents=True, exist_ok=True)
-        os.environ["WANDB_DIR"] = str(wandb_dir)  # runs land beside the adapter: <output_dir>/wandb/
-        os.environ.setdefault("WANDB_SILENT", "true")
+        callbacks.append(wandb_callback(config))
     if "tensorboard" in reporters:
-        import importlib.util
-
         if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
             raise GemmaOcrError("report_to includes tensorboard but it is not installed: pip install tensorboard")
-    return reporters or ["none"]
+    return Tracking(report_to=[r for r in reporters if r != "wandb"] or ["none"], callbacks=callbacks)
 
 
-def finish_tracking() -> None:
-    """Close a W&B run left open by the trainer (the search runs many trainings in one process)."""
-    import sys
+#: Trainer log entries that are run totals: they go to the run's summary, not its history.
+SUMMARY_KEYS = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss", "total_flos")
 
-    wandb = sys.modules.get("wandb")
-    if wandb is not None and getattr(wandb, "run", None) is not None:
-        wandb.finish()
+
+def _wandb_keys(logs: dict[str, Any]) -> dict[str, Any]:
+    """``eval_loss`` -> ``eval/loss``, ``loss`` -> ``train/loss`` (the names transformers' W&B callback uses)."""
+    out = {}
+    for key, value in logs.items():
+        for prefix in ("eval_", "test_"):
+            if key.startswith(prefix):
+                out[f"{prefix[:-1]}/{key[len(prefix):]}"] = value
+                break
+        else:
+            out[f"train/{key}"] = value
+    return out
+
+
+def wandb_callback(config: TrainConfig) -> Any:
+    """A ``transformers.TrainerCallback`` logging one training to a W&B run of its own."""
+    from transformers import TrainerCallback
+
+    class WandbRun(TrainerCallback):
+        """Opens the run at the start of training, logs every trainer log entry, closes on :meth:`finish`."""
+
+        def __init__(self) -> None:
+            self.run: Any = None
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+            if self.run is not None or not state.is_world_process_zero:
+                return
+            import wandb
+
+            mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
+            if mode == "offline":
+                log.info("W&B: no WANDB_API_KEY, logging offline (upload later with `wandb sync`)")
+            out = Path(config.output_dir).resolve()
+            out.mkdir(parents=True, exist_ok=True)
+            run_config = args.to_dict()
+            if getattr(model, "peft_config", None):
+                run_config["peft_config"] = json.loads(json.dumps({k: v.to_dict() for k, v in model.peft_config.items()},
+                                                                  default=str))
+            self.run = wandb.init(project=config.wandb_project, group=config.wandb_group, name=args.run_name,
+                                  dir=str(out), mode=mode, config=run_config, reinit="create_new",
+                                  settings=wandb.Settings(silent=True))
+            self.run.define_metric("train/global_step")
+            self.run.define_metric("*", step_metric="train/global_step", step_sync=True)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            if self.run is None or not logs:
+                return
+            for key in SUMMARY_KEYS:
+                if key in logs:
+                    self.run.summary[key] = logs[key]
+            rest = {k: v for k, v in logs.items() if k not in SUMMARY_KEYS}
+            self.run.log({**_wandb_keys(rest), "train/global_step": state.global_step})
+
+        def finish(self) -> None:
+            if self.run is not None:
+                self.run.finish()
+                self.run = None
+
+    return WandbRun()
 
 
 def read_offline_wandb_history(run_file: str | os.PathLike[str]) -> list[dict]:

@@ -15,7 +15,7 @@ from gemma_ocr.io import atomic_write_json
 from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
 from gemma_ocr.modeling.tiny import ensure_tiny_model
 from gemma_ocr.training.data import OcrCollator, load_data
-from gemma_ocr.training.tracking import finish_tracking, setup_tracking
+from gemma_ocr.training.tracking import setup_tracking
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     ensure_tiny_model(config.model_name)
     if config.backend == "transformers":
         check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
-    reporters = setup_tracking(config)
+    tracking = setup_tracking(config)
     from gemma_ocr.modeling.fast_path import describe
 
     log.info("speed and memory switches: %s", describe(config))
@@ -179,8 +179,8 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     resume = resolve_resume(config)
     model = processor = trainer = None
     try:
-        trainer, processor = build_trainer(config, train_ds, val_ds, reporters=reporters, resuming=resume is not None,
-                                           callbacks=callbacks)
+        trainer, processor = build_trainer(config, train_ds, val_ds, reporters=tracking.report_to,
+                                           resuming=resume is not None, callbacks=[*(callbacks or []), *tracking.callbacks])
         model = trainer.model
         if resume:
             log.info("resuming from %s", resume)
@@ -224,7 +224,7 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
         return result
     finally:
         del trainer, model, processor
-        finish_tracking()
+        tracking.finish()
         release_memory()
 
 
