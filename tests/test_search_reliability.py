@@ -160,6 +160,11 @@ def test_a_killed_workers_grid_point_is_run_on_a_journal_file(tmp_path):
     _check_killed_trial(tmp_path, name, trials, killed)
     done = sorted(t.params["learning_rate"] for t in trials if t.state == TrialState.COMPLETE)
     assert done == [0.01, 0.03, 0.1]
+    from gemma_ocr.search.analysis import summarize
+
+    summary = summarize(optuna.load_study(study_name=name, storage=open_storage(url)), {}, 3)
+    retry = next(t.number for t in trials if t.system_attrs.get("failed_trial") == killed)
+    assert summary["failures"] == [{"trial": killed, "error": f"its worker stopped (no heartbeat); run again as trial {retry}"}]
     again = subprocess.run(cmd, cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 0 and "this run: 0 trial(s)" in again.stdout, again.stderr
 

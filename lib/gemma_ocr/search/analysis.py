@@ -21,6 +21,7 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.plotting import save_png
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.search.export import jsonable, now
+from gemma_ocr.search.liveness import retried
 from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR, default_storage, journal_path, mask, open_storage, sqlite_path
 
 log = logging.getLogger(__name__)
@@ -280,6 +281,7 @@ def summarize(study: optuna.Study, imp: dict[str, float], top_n: int) -> dict[st
             entry["top_counts"] = {str(r[name]): sum(1 for x in top if x.get(name) == r[name]) for r in top if name in r}
         params[name] = entry
     durations = [d for d in (_duration(t) for t in trials) if d is not None]
+    again = retried(trials)
     by_state = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
     return jsonable({
         "study_name": study.study_name,
@@ -291,9 +293,18 @@ def summarize(study: optuna.Study, imp: dict[str, float], top_n: int) -> dict[st
         "objective": _stats([t.value for t in complete]),
         "duration_s": {"total": sum(durations), **{k: v for k, v in _stats(durations).items() if k in ("mean", "median", "max")}},
         "parameters": params,
-        "failures": [{"trial": t.number, "error": t.user_attrs.get("error")} for t in trials if t.state == TrialState.FAIL],
+        "failures": [{"trial": t.number, "error": _failure(t, again)} for t in trials if t.state == TrialState.FAIL],
         "generated": now(),
     })
+
+
+def _failure(trial: FrozenTrial, again: dict[int, int]) -> str | None:
+    """Why a trial failed: its recorded error, or that its worker died and which trial ran it again."""
+    if trial.user_attrs.get("error"):
+        return trial.user_attrs["error"]
+    if trial.number in again:
+        return f"its worker stopped (no heartbeat); run again as trial {again[trial.number]}"
+    return None
 
 
 def _markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -149,9 +149,12 @@ class Liveness:
         Journal files: the caller holds the study lock (two workers must not retry one trial twice).
         """
         if not self.journal:
-            # Optuna's own check (study.optimize runs it before each trial, in a block that ignores its
-            # ExperimentalWarning the same way); it hands each failed trial to the storage's stale callback
-            with warnings.catch_warnings(action="ignore", category=optuna.exceptions.ExperimentalWarning):
+            # Optuna's own check, which study.optimize runs before each trial in a block that ignores its
+            # ExperimentalWarning the same way (catch_warnings is process-wide: should the two blocks overlap
+            # in two threads, the filter state they restore differs only in that warning). It hands each
+            # failed trial to the storage's stale callback, i.e. on_stale.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)
             return
         clock = time.time()

@@ -86,6 +86,7 @@ log = logging.getLogger(__name__)
 DEFAULT_N_TRIALS = 20
 DEFAULT_BASE_OUTPUT_DIR = Path("models/hyperparam_search")
 CONFIG_ATTR = "gemma_ocr_search"  # study user attribute holding the search definition (for --resume)
+WAIT_POLL_S = 2.0  # how often a waiting worker looks whether the trials it waits for ended (or need a retry)
 WORKERS_ATTR = "gemma_ocr_workers"  # how many workers have opened the study (each derives its own sampler seed)
 
 
@@ -331,7 +332,7 @@ class _Search:
         self.bar: Any = None
         self.study: optuna.Study | None = None
         self.created = False  # whether this run created the study
-        self.waiting_since: float | None = None
+        self.waited = False  # whether this worker said it waits for other workers' trials
 
     def _lock(self) -> Any:
         return study_lock(self.s.storage, self.s.study_name, getattr(self.storage, "reconnect", None))
@@ -615,11 +616,11 @@ class _Search:
             if verdict == "done":
                 return
             if verdict == "wait":
-                if self.waiting_since is None:
-                    self.waiting_since = time.monotonic()
+                if not self.waited:
+                    self.waited = True
                     log.info("the study's trials are all taken; waiting for those running on other workers (a dead "
                              "worker's trial is failed after %d s and run again here)", self.s.grace_period)
-                self.stop.wait(self.s.heartbeat_interval)
+                self.stop.wait(min(self.s.heartbeat_interval, WAIT_POLL_S))
 
     def run(self) -> None:
         total = self.s.n_trials
