@@ -487,7 +487,6 @@ class _Search:
     # ------------------------------------------------------------------ one trial
 
     def _objective(self, trial: Trial) -> float:
-        self.local.claim.close()  # the trial exists: other workers may claim theirs
         number = self.local.number = trial.number
         trial_dir = self.s.base_output_dir / f"trial_{number}"
         results_path = trial_results_path(self.s.base_output_dir, number)
@@ -500,6 +499,7 @@ class _Search:
         started = time.monotonic()
         reporter: TrialReporter | None = None
         try:  # everything that can fail is in here: Optuna's own log of a failed trial is turned down (see run)
+            self.local.claim.close()  # the trial exists: other workers may claim theirs
             trials = retrying(lambda: self.study.get_trials(deepcopy=False), f"trial {number}")
             doc["retry_of"] = retry_of(next(t for t in trials if t.number == number))
             check_trial_dirs(self.s.base_output_dir, self.s.study_name, [number])  # another study may have started since
@@ -547,7 +547,8 @@ class _Search:
     def _record_attrs(self, trial: Trial, doc: dict[str, Any]) -> None:
         """The trial's metrics (without the per-step history, which stays in the results file) and error."""
         info = {"output_dir": doc["output_dir"], "worker": doc["worker"], "duration_s": doc["duration_s"]}
-        info.update({k: v for k, v in doc["metrics"].items() if k != "history"})
+        if isinstance(doc["metrics"], dict):
+            info.update({k: v for k, v in doc["metrics"].items() if k != "history"})
         try:
             trial.set_user_attr("metrics", info)
             if doc["error"]:
