@@ -136,3 +136,23 @@ class ScriptedServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class HangingServer(ScriptedServer):
+    """A server that answers /health and /v1/models but never answers a chat completion (a hung model)."""
+
+    def __init__(self, model: str = "m"):
+        super().__init__([], model=model)
+        release = self.release = threading.Event()
+        owner = self
+
+        class Hang(self.httpd.RequestHandlerClass):
+            def do_POST(self):
+                owner.requests += 1
+                release.wait(120)
+
+        self.httpd.RequestHandlerClass = Hang
+
+    def __exit__(self, *exc) -> None:
+        self.release.set()
+        super().__exit__(*exc)

@@ -10,7 +10,10 @@ never scored, retried when the run is resumed).
 
 Results are written atomically every ``save_interval`` finished samples and at the end, in the
 layout of :mod:`gemma_ocr.results`. Rerunning the same command resumes: samples already ``ok``
-or ``empty`` are kept as they are, ``error`` and missing ones are requested again.
+or ``empty`` are kept as they are, ``error`` and missing ones are requested again. A rerun never
+shrinks a results file: one that holds samples this run would not keep (a smaller ``top_k``, a
+changed data file) is refused. When every worker's requests time out in a row, or every server
+refuses connections, the run stops early with what it saved.
 
 :mod:`gemma_ocr.transcription` sends unlabelled images through the same client (:func:`connect`,
 :func:`request_all`).
@@ -22,6 +25,7 @@ import base64
 import io
 import itertools
 import logging
+import math
 import os
 import random
 import threading
@@ -40,8 +44,9 @@ from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.data.images import server_ready, upright_rgb
 from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, read_json
+from gemma_ocr.io import atomic_write_json, check_writable, read_json
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document, sample_status
+from gemma_ocr.settings import FieldError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +56,9 @@ DEFAULT_OUTPUT_FILE = "results/gemma_evaluation.json"
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 # MIME types every OpenAI-compatible server decodes; other formats are re-encoded as PNG.
 _PASS_THROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
+DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own guard against decompression bombs (about 9459 x 9459)
+# How evaluate.py and transcribe.py spell a setting whose flag is not ``--`` + its name with dashes.
+REQUEST_FLAGS = {"urls": "--vllm-url", "resume": "--no-resume"}
 
 
 @dataclass
@@ -75,6 +83,53 @@ class RequestConfig:
     backoff_max: float = field(default=30.0, metadata={"help": "longest retry delay in seconds"})
     show_progress: bool = field(default=True, metadata={"aliases": ["--progress"],
                                                         "help": "progress bar (--no-progress: none)"})
+    max_image_pixels: int | None = field(default=DEFAULT_MAX_IMAGE_PIXELS, metadata={
+        "help": "an image with more pixels is that sample's error (a guard against decompression bombs; "
+                "Pillow's limit by default; None: no limit)"})
+    # The calling program's flag for each setting its errors may name, e.g. {"resume": "--force", "top_k":
+    # "--eval-top-k"}: settings left out have no flag there. None: the flags of evaluate.py and transcribe.py.
+    # Not a flag itself: set it after construction (cfg.flags = {...}).
+    flags: dict[str, str] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def flag(self, name: str) -> str:
+        """The calling program's flag for setting ``name`` ("" when it has none)."""
+        if self.flags is not None:
+            return self.flags.get(name, "")
+        return REQUEST_FLAGS.get(name) or "--" + name.replace("_", "-")
+
+    def start_over_hint(self) -> str:
+        """What to do when an existing output file cannot be resumed."""
+        options = [f"choose another {self.flag('output_file')}" if self.flag("output_file") else "",
+                   f"pass {self.flag('resume')} to start it over" if self.flag("resume") else ""]
+        return " or ".join(o for o in options if o) or "move the file away"
+
+    def validate(self) -> None:
+        """Refuse settings that cannot work, before any server is asked (the settings layer names the flag
+        or file key that set them; :func:`check_settings` names the calling program's flag)."""
+        def refuse(name: str, why: str) -> FieldError:
+            return FieldError(name, f"{why}, got {getattr(self, name)!r}")
+
+        if not self.urls:
+            raise FieldError("urls", "needs at least one server URL")
+        for name in ("workers", "save_interval", "max_tokens"):
+            if isinstance(getattr(self, name), bool) or getattr(self, name) < 1:
+                raise refuse(name, "must be a whole number >= 1")
+        if self.max_retries < 0:
+            raise refuse("max_retries", "must be >= 0")
+        if not (math.isfinite(self.timeout) and self.timeout > 0):
+            raise refuse("timeout", "must be a number of seconds > 0")
+        if not (math.isfinite(self.wait_server) and self.wait_server >= 0):
+            raise refuse("wait_server", "must be a number of seconds >= 0")
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise refuse("max_image_pixels", "must be a pixel count >= 1, or None for no limit")
+
+
+def check_settings(cfg: RequestConfig) -> None:
+    """:meth:`RequestConfig.validate` as one line naming the calling program's flag (or the setting)."""
+    try:
+        cfg.validate()
+    except FieldError as e:
+        raise GemmaOcrError(f"{cfg.flag(e.name) or f'setting {e.name!r}'} {e.why}") from None
 
 
 @dataclass
@@ -86,6 +141,11 @@ class EvalConfig(RequestConfig):
     output_file: str | os.PathLike[str] = field(default=DEFAULT_OUTPUT_FILE, metadata={
         "help": "results JSON (resumed if it exists)"})
     top_k: int | None = field(default=100, metadata={"help": "evaluate the first K samples; None for all"})
+
+    def validate(self) -> None:
+        if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 1):
+            raise FieldError("top_k", f"must be a positive number or None, got {self.top_k}")
+        super().validate()
 
 
 @dataclass(frozen=True)
@@ -136,7 +196,7 @@ class EvalOutcome:
 
 
 class ServerGone(Exception):
-    """The servers stopped answering (connection refused/reset on every attempt)."""
+    """The servers stopped answering (connection refused/reset on every attempt, or every request timed out)."""
 
 
 # ---------------------------------------------------------------- server checks
@@ -204,12 +264,30 @@ def check_servers(session: requests.Session, endpoints: Sequence[Endpoint], mode
 # ---------------------------------------------------------------- requests
 
 
-def encode_image(path: str) -> str:
-    """The image as a data URL; a missing or undecodable file raises :class:`GemmaOcrError`.
+class ImageTooLarge(GemmaOcrError):
+    """An image with more pixels than the limit (Pillow's guard against decompression bombs)."""
+
+
+def disable_pillow_pixel_guard() -> None:
+    """Let :func:`encode_image` alone guard this process against decompression bombs.
+
+    Pillow's own guard (a warning above ``Image.MAX_IMAGE_PIXELS``, an error above twice that) would
+    refuse images a larger ``max_image_pixels`` allows, and names no file; :func:`encode_image`
+    checks every image's size before decoding it instead.
+    """
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None
+
+
+def encode_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> str:
+    """The image as a data URL; a missing, undecodable or too large file raises :class:`GemmaOcrError`.
 
     Upright PNG/JPEG/WebP/GIF files in RGB or greyscale go as they are; any other file (TIFF, BMP, palette,
     bilevel, transparent, 16-bit, an EXIF-rotated photo) is decoded by training's rule
     (:func:`gemma_ocr.data.images.upright_rgb`) and sent as PNG, so the server never applies a conversion of its own.
+    An image of more than ``max_pixels`` pixels (None: no limit) is refused before it is decoded
+    (:class:`ImageTooLarge`).
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -222,6 +300,9 @@ def encode_image(path: str) -> str:
     try:
         with Image.open(io.BytesIO(data)) as im:
             fmt = im.format
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise ImageTooLarge(f"image too large: {path} ({im.width}x{im.height} = {im.width * im.height:,} "
+                                    f"pixels, over the limit of {max_pixels:,} that guards against decompression bombs)")
             im.load()  # decode fully: truncated files fail here, not on the server
             mime = _PASS_THROUGH.get(fmt or "")
             if mime is None or not server_ready(im):  # the server then sees what training saw
@@ -230,6 +311,8 @@ def encode_image(path: str) -> str:
                 data, mime = buf.getvalue(), "image/png"
     except UnidentifiedImageError:
         raise GemmaOcrError(f"image cannot be decoded: {path} (not an image, or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own limit (twice MAX_IMAGE_PIXELS) hit while opening
+        raise ImageTooLarge(f"image too large: {path} ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise GemmaOcrError(f"image cannot be decoded: {path} ({e})") from None
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
@@ -260,12 +343,21 @@ class _Transient(Exception):
 
 
 class Client:
-    """Sends requests with retries, round-robin over several servers."""
+    """Sends requests with retries, round-robin over several servers.
 
-    def __init__(self, session: requests.Session, endpoints: Sequence[Endpoint], cfg: RequestConfig):
+    Timed-out requests are counted across all workers; once ``timeout_limit`` of them come in a row
+    (no answer of any kind in between), the servers are taken to be hung and :class:`ServerGone` is raised.
+    Setting ``stop`` ends the retries of requests in flight.
+    """
+
+    def __init__(self, session: requests.Session, endpoints: Sequence[Endpoint], cfg: RequestConfig,
+                 stop: threading.Event | None = None):
         self.session = session
         self.endpoints = list(endpoints)
         self.cfg = cfg
+        self.stop = stop or threading.Event()
+        self.timeout_limit = max(3, cfg.workers)
+        self._timeouts_in_a_row = 0
         self._rr = itertools.count()
         self._lock = threading.Lock()
 
@@ -278,9 +370,17 @@ class Client:
         try:
             r = self.session.post(ep.chat, json=body, timeout=self.cfg.timeout)
         except requests.Timeout:
-            raise _Transient(f"timeout after {self.cfg.timeout:.0f}s ({ep.base})", connection=False) from None
+            with self._lock:
+                self._timeouts_in_a_row += 1
+                in_a_row = self._timeouts_in_a_row
+            if in_a_row >= self.timeout_limit:
+                raise ServerGone(f"{in_a_row} requests in a row got no answer within {self.cfg.flag('timeout') or 'the timeout'} "
+                                 f"{self.cfg.timeout:g}s ({ep.base} answers /health but not chat completions)") from None
+            raise _Transient(f"timeout after {self.cfg.timeout:g}s ({ep.base})", connection=False) from None
         except requests.ConnectionError as e:
             raise _Transient(f"connection error ({ep.base}): {type(e).__name__}", connection=True) from None
+        with self._lock:
+            self._timeouts_in_a_row = 0  # the server answered: it is not hung
         if r.status_code in RETRY_STATUS:
             raise _Transient(f"HTTP {r.status_code} from {ep.base}: {r.text[:200]}", connection=False)
         if r.status_code != 200:
@@ -292,16 +392,18 @@ class Client:
         return content or ""
 
     def complete(self, body: dict[str, Any]) -> str:
-        """The model's answer; raises :class:`_Transient` once the retries are spent, GemmaOcrError on a 4xx."""
+        """The model's answer; raises :class:`_Transient` once the retries are spent (or the run stops),
+        :class:`ServerGone` when the servers hang, GemmaOcrError on a 4xx."""
         attempt = 0
         while True:
             try:
                 return self._post_once(body)
             except _Transient:
-                if attempt >= self.cfg.max_retries:
+                if attempt >= self.cfg.max_retries or self.stop.is_set():
                     raise
                 delay = min(self.cfg.backoff_max, self.cfg.backoff_base * (2**attempt))
-                time.sleep(delay + random.uniform(0, delay))  # full jitter on top of the exponential step
+                if self.stop.wait(delay + random.uniform(0, delay)):  # full jitter on top of the exponential step
+                    raise
                 attempt += 1
 
 
@@ -312,42 +414,102 @@ def _key(index: int, record: OcrRecord) -> tuple[int, str, str]:
     return (index, record.image_path, record.text)
 
 
-def _settings_differ(doc: dict[str, Any], cfg: EvalConfig) -> str:
-    """What of ``cfg`` differs from the run that wrote ``doc`` (data file, instruction, max tokens), or ""."""
+def _settings_differ(doc: dict[str, Any], cfg: EvalConfig, generation: bool = True) -> str:
+    """What of ``cfg`` differs from the run that wrote ``doc`` (data file; instruction and max tokens
+    when ``generation``), or ""."""
     before = doc.get("data_file")
     if before and Path(before).resolve() != Path(cfg.data_file).resolve():
         return f"data file {before}, not {cfg.data_file}"
+    if not generation:
+        return ""
     if "instruction" in doc and doc["instruction"] != cfg.instruction:
         return f"instruction {doc['instruction']!r}, not {cfg.instruction!r}"
     tokens = (doc.get("generation") or {}).get("max_tokens")
     if tokens is not None and tokens != cfg.max_tokens:
-        return f"--max-tokens {tokens}, not {cfg.max_tokens}"
+        return f"{cfg.flag('max_tokens') or 'max_tokens'} {tokens}, not {cfg.max_tokens}"
     return ""
 
 
-def _load_previous(path: Path, model_name: str, cfg: EvalConfig) -> dict[tuple[int, str, str], dict[str, Any]]:
-    """Finished samples (ok/empty) of an earlier run of the same model and settings, by (index, image, label)."""
-    if not path.is_file():
-        return {}
+_DOCUMENT_FIELDS = {"model_name": str, "data_file": str, "instruction": str, "generation": dict}
+_SAMPLE_STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
+
+
+def read_results(path: Path, fix: str) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
+    """A results file of evaluate.py and its samples by index, every field a resume relies on checked.
+
+    A malformed field is one line naming the file, the sample and the field, ending in ``fix``.
+    """
     doc = read_json(path, "results file")
     if not isinstance(doc, dict) or not isinstance(doc.get("samples"), list):
-        raise GemmaOcrError(f"{path}: not a results file of evaluate.py; choose another --output-file or pass --no-resume")
+        raise GemmaOcrError(f"{path}: not a results file of evaluate.py (no \"samples\" list); {fix}")
+    for key, kind in _DOCUMENT_FIELDS.items():
+        if doc.get(key) is not None and not isinstance(doc[key], kind):
+            raise GemmaOcrError(f"{path}: field {key!r} is {doc[key]!r}, not a {kind.__name__}; fix the file, or {fix}")
+    samples: list[tuple[int, dict[str, Any]]] = []
+    seen: set[int] = set()
+    for position, sample in enumerate(doc["samples"]):
+        where = f"{path}: sample {position}"
+        if not isinstance(sample, dict):
+            raise GemmaOcrError(f"{where} is {type(sample).__name__}, not an object; fix the file, or {fix}")
+        index = sample.get("index", position)
+        problem = ""
+        if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+            problem = f"field 'index' is {index!r}, not a whole number >= 0"
+        elif index in seen:
+            problem = f"repeats index {index}"
+        elif not isinstance(sample.get("image_path"), str):
+            problem = f"field 'image_path' is {sample.get('image_path')!r}, not a path"
+        else:
+            for name in ("label", "prediction", "error"):
+                if sample.get(name) is not None and not isinstance(sample[name], str):
+                    problem = f"field {name!r} is {sample[name]!r}, not a string"
+            if sample.get("status") is not None and sample["status"] not in _SAMPLE_STATUSES:
+                problem = f"field 'status' is {sample['status']!r}, not one of {', '.join(_SAMPLE_STATUSES)}"
+        if problem:
+            raise GemmaOcrError(f"{where} {problem}; fix the file, or {fix}")
+        seen.add(index)
+        samples.append((index, sample))
+    return doc, samples
+
+
+def _shrinking(path: Path, lost: list[tuple[int, dict[str, Any]]], selected: Sequence[OcrRecord], dataset_size: int,
+               doc: dict[str, Any], cfg: EvalConfig) -> GemmaOcrError:
+    """The refusal of a run that would drop the ``lost`` samples of ``path``."""
+    hint = cfg.start_over_hint()
+    changed = [(i, s) for i, s in lost if i < len(selected)]
+    need = max(i for i, _ in lost) + 1
+    if changed or need > dataset_size:
+        i, s = (changed or lost)[0]
+        return GemmaOcrError(f"{path} holds {len(lost)} samples that are not in {cfg.data_file} as it is now (e.g. sample "
+                             f"{i}: {s['image_path']}); the data file changed since that run: {hint}")
+    earlier = doc.get("top_k", need)
+    want = "None" if earlier is None or need >= dataset_size else str(max(need, earlier if isinstance(earlier, int) else 0))
+    top_k = cfg.flag("top_k") or "top_k"
+    return GemmaOcrError(f"{path} holds {len(lost)} samples beyond the first {len(selected)} that {top_k} {cfg.top_k} "
+                         f"selects, and a rerun never drops saved samples: rerun with {top_k} {want} to resume it, or {hint}")
+
+
+def _resumable(path: Path, model_name: str, cfg: EvalConfig, selected: Sequence[OcrRecord], dataset_size: int,
+               generation: bool = True) -> dict[int, dict[str, Any]]:
+    """The finished samples (ok/empty) of an earlier run into ``path`` to keep, by index.
+
+    Refused in one line: a file of another model or settings, and one holding samples this run would not keep.
+    """
+    if not cfg.resume or not path.is_file():
+        return {}
+    hint = cfg.start_over_hint()
+    doc, samples = read_results(path, hint)
     previous = doc.get("model_name")
     if previous and previous != model_name:
-        raise GemmaOcrError(
-            f"{path} holds results of model {previous!r}, not {model_name!r}; choose another --output-file or pass --no-resume"
-        )
-    differs = _settings_differ(doc, cfg)
+        raise GemmaOcrError(f"{path} holds results of model {previous!r}, not {model_name!r}; {hint}")
+    differs = _settings_differ(doc, cfg, generation)
     if differs:
-        raise GemmaOcrError(f"{path} holds results made with {differs}; rerun with the same settings to resume, "
-                            f"or choose another --output-file, or pass --no-resume")
-    done: dict[tuple[int, str, str], dict[str, Any]] = {}
-    for s in doc["samples"]:
-        if not isinstance(s, dict) or "index" not in s:
-            continue
-        if sample_status(s) in (STATUS_OK, STATUS_EMPTY):
-            done[(int(s["index"]), str(s.get("image_path")), str(s.get("label") or ""))] = s
-    return done
+        raise GemmaOcrError(f"{path} holds results made with {differs}; rerun with the same settings to resume, or {hint}")
+    wanted = {_key(i, r) for i, r in enumerate(selected)}
+    lost = [(i, s) for i, s in samples if (i, s["image_path"], s.get("label") or "") not in wanted]
+    if lost:
+        raise _shrinking(path, lost, selected, dataset_size, doc, cfg)
+    return {i: s for i, s in samples if sample_status(s) in (STATUS_OK, STATUS_EMPTY)}
 
 
 def _sample(index: int, record: OcrRecord, prediction: str | None, error: str | None, latency: float | None) -> dict[str, Any]:
@@ -375,13 +537,9 @@ def connect(cfg: RequestConfig) -> tuple[requests.Session, list[Endpoint], str]:
 
     The caller closes the session.
     """
-    if cfg.workers < 1:
-        raise GemmaOcrError(f"--workers must be at least 1, got {cfg.workers}")
-    if cfg.save_interval < 1:
-        raise GemmaOcrError(f"--save-interval must be at least 1, got {cfg.save_interval}")
-    if not cfg.urls:
-        raise GemmaOcrError("--vllm-url: give at least one server URL")
+    check_settings(cfg)
     endpoints = [parse_url(u) for u in cfg.urls]
+    disable_pillow_pixel_guard()
     session = make_session(len(endpoints), cfg.workers)
     try:
         return session, endpoints, check_servers(session, endpoints, cfg.model_name, cfg.wait_server)
@@ -397,11 +555,12 @@ def request_all(session: requests.Session, endpoints: Sequence[Endpoint], cfg: R
     """Send ``todo`` through the worker pool into ``results`` (by index), calling ``save`` as it goes.
 
     Interrupted (Ctrl-C), what finished is saved before the interrupt goes on. Returns the pool's stats;
-    ``stats["aborted"]`` says why it stopped early when every server went away.
+    ``stats["aborted"]`` says why it stopped early when every server went away or hung.
     """
-    client = Client(session, endpoints, cfg)
+    stop = threading.Event()
+    client = Client(session, endpoints, cfg, stop)
     try:
-        return _run_pool(client, cfg, model_name, todo, results, save, on_sample, desc)
+        return _run_pool(client, stop, cfg, model_name, todo, results, save, on_sample, desc)
     except KeyboardInterrupt:
         save(False)
         log.warning("interrupted: %d samples saved in %s; rerun the same command to resume", len(results), output)
@@ -414,25 +573,23 @@ def server_gone_error(reason: str, output: Path, finished: int, failed: int) -> 
                          f"ones are saved in {output}; rerun the same command to resume")
 
 
+def _select(cfg: EvalConfig) -> tuple[list[OcrRecord], list[OcrRecord]]:
+    """(all records of the data file, the first ``top_k`` of them), after the settings and the output are checked."""
+    check_settings(cfg)
+    check_writable(cfg.output_file, cfg.flag("output_file") or "output file")
+    records = load_records(cfg.data_file)
+    return records, records if cfg.top_k is None else records[: cfg.top_k]
+
+
 def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None = None) -> EvalOutcome:
     """Run (or resume) an evaluation and write its results file; return what happened."""
-    if cfg.top_k is not None and cfg.top_k < 1:
-        raise GemmaOcrError(f"--top-k must be a positive number or None, got {cfg.top_k}")
-    records = load_records(cfg.data_file)
-    selected = records if cfg.top_k is None else records[: cfg.top_k]
+    records, selected = _select(cfg)
     output = Path(cfg.output_file)
 
     session, endpoints, model_name = connect(cfg)
     try:
-        previous = _load_previous(output, model_name, cfg) if cfg.resume else {}
-        results: dict[int, dict[str, Any]] = {}
-        todo: list[tuple[int, OcrRecord]] = []
-        for i, rec in enumerate(selected):
-            old = previous.get(_key(i, rec))
-            if old is not None:
-                results[i] = old
-            else:
-                todo.append((i, rec))
+        results = _resumable(output, model_name, cfg, selected, len(records))
+        todo = [(i, rec) for i, rec in enumerate(selected) if i not in results]
         resumed = len(results)
         if resumed:
             log.info("resuming %s: %d samples done, %d to request", output, resumed, len(todo))
@@ -466,20 +623,46 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
         session.close()
 
 
-def _run_pool(client: Client, cfg: RequestConfig, model_name: str, todo: list[tuple[int, OcrRecord]],
-              results: dict[int, dict[str, Any]], save: Callable[[bool], Any],
+def evaluate_checkpoint(checkpoint: str | os.PathLike[str], cfg: EvalConfig) -> EvalOutcome:
+    """Score a Khmer-digits CNN checkpoint on ``cfg.data_file`` (no server) into the same results file.
+
+    Every sample is predicted again (the CNN is fast and deterministic); an existing results file is
+    checked as :func:`evaluate` checks it, so a rerun never shrinks it or mixes in another model's results.
+    """
+    from gemma_ocr.khmer_digits.backend import evaluate_ocr_file
+
+    records, selected = _select(cfg)
+    output = Path(cfg.output_file)
+    name = cfg.model_name or f"khmer-digits:{checkpoint}"
+    _resumable(output, name, cfg, selected, len(records), generation=False)
+    t0 = time.perf_counter()
+    doc = evaluate_ocr_file(checkpoint, cfg.data_file, model_name=name, top_k=cfg.top_k)
+    atomic_write_json(output, doc)
+    return EvalOutcome(document=doc, output_file=output, requested=len(selected), resumed=0,
+                       elapsed_s=time.perf_counter() - t0, model_name=name, selected=len(selected),
+                       dataset_size=len(records))
+
+
+class _NotSent(Exception):
+    """A queued request dropped because the run is stopping."""
+
+
+def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_name: str,
+              todo: list[tuple[int, OcrRecord]], results: dict[int, dict[str, Any]], save: Callable[[bool], Any],
               on_sample: Callable[[dict[str, Any]], None] | None, desc: str) -> dict[str, Any]:
-    """Send ``todo`` through a pool of workers, filling ``results``; stop early if every server is gone."""
+    """Send ``todo`` through a pool of workers, filling ``results``; stop early if every server is gone or hung."""
     from tqdm.auto import tqdm
 
-    stop = threading.Event()
+    too_large_hint = f"; {cfg.flag('max_image_pixels')} raises the limit" if cfg.flag("max_image_pixels") else ""
 
     def work(index: int, record: OcrRecord) -> dict[str, Any]:
         if stop.is_set():
-            raise ServerGone("stopped")
+            raise _NotSent
         t = time.perf_counter()
         try:
-            url = encode_image(record.image_path)
+            url = encode_image(record.image_path, cfg.max_image_pixels)
+        except ImageTooLarge as e:
+            return _sample(index, record, None, f"{e}{too_large_hint}", None)
         except GemmaOcrError as e:
             return _sample(index, record, None, str(e), None)
         body = build_request(model_name, url, cfg.instruction, cfg.max_tokens)
@@ -488,6 +671,10 @@ def _run_pool(client: Client, cfg: RequestConfig, model_name: str, todo: list[tu
         except _Transient as e:
             s = _sample(index, record, None, f"{e} (after {cfg.max_retries + 1} attempts)", time.perf_counter() - t)
             s["_connection"] = e.connection
+            return s
+        except ServerGone as e:
+            s = _sample(index, record, None, f"timeout after {cfg.timeout:g}s", time.perf_counter() - t)
+            s["_gone"] = str(e)
             return s
         except GemmaOcrError as e:
             return _sample(index, record, None, str(e), time.perf_counter() - t)
@@ -517,10 +704,11 @@ def _run_pool(client: Client, cfg: RequestConfig, model_name: str, todo: list[tu
                 pending.discard(fut)
                 try:
                     s = fut.result()
-                except ServerGone:
+                except _NotSent:
                     continue
                 requested += 1
                 dead = s.pop("_connection", False)
+                hung = s.pop("_gone", "")
                 consecutive_dead = consecutive_dead + 1 if dead else 0
                 results[s["index"]] = s
                 if on_sample is not None:
@@ -530,8 +718,8 @@ def _run_pool(client: Client, cfg: RequestConfig, model_name: str, todo: list[tu
                 if since_save >= cfg.save_interval:
                     save(False)
                     since_save = 0
-                if consecutive_dead >= dead_limit and not stop.is_set():
-                    aborted = s.get("error", "connection errors")
+                if (hung or consecutive_dead >= dead_limit) and not stop.is_set():
+                    aborted = hung or s.get("error", "connection errors")
                     stop.set()
             refill()
     finally:

@@ -1,10 +1,13 @@
-"""Reading and atomically writing JSON/YAML files with clear errors."""
+"""Reading and atomically writing JSON/YAML files with clear errors; checking that an output location takes files."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,23 +46,83 @@ def read_yaml(path: str | os.PathLike[str], what: str = "YAML file") -> Any:
         raise GemmaOcrError(f"{path}: malformed YAML{where} (fix the file's syntax)") from None
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
-    """Write text to ``path`` via a temporary file and a rename: readers never see half a file."""
+_WRITE_PROBLEMS = {
+    errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EROFS: "read-only file system",
+    errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded", errno.EFBIG: "file too large",
+    errno.ENOTDIR: "a file stands where a folder should be", errno.EISDIR: "it is a folder",
+}
+
+
+def write_problem(error: OSError) -> str:
+    """A short reason for a failed write (``read-only file system``, ``no space left on device``, ...)."""
+    return _WRITE_PROBLEMS.get(error.errno or 0) or (error.strerror or str(error)).lower()
+
+
+def check_writable(path: str | os.PathLike[str], what: str = "output", folder: bool = False) -> Path:
+    """Fail with one line unless files can be written at ``path`` (a file, or a folder with ``folder=True``).
+
+    The nearest existing folder on the way must be a folder in which a file can be created and
+    written (a small probe file is written, synced and removed), so a read-only, full or
+    permission-denied location is refused before any work starts. ``what`` names the setting
+    (e.g. ``--output-file``) in the message.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    target = path if folder else path.parent
+    probe_dir = target.resolve()
+    while not probe_dir.exists():
+        probe_dir = probe_dir.parent
+    if not probe_dir.is_dir():
+        raise GemmaOcrError(f"{what} {path}: cannot write there ({probe_dir} is a file, not a folder); "
+                            f"choose another location")
+    if not folder and path.is_dir():
+        raise GemmaOcrError(f"{what} {path}: is a folder, not a file; give a file name")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        fd, probe = tempfile.mkstemp(prefix=".gemma-ocr-write-check-", dir=probe_dir)
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as e:
+        raise GemmaOcrError(f"{what} {path}: cannot write in {probe_dir} ({write_problem(e)}); choose another "
+                            f"location, or fix its permissions or free space") from None
+    return path
+
+
+@contextlib.contextmanager
+def reporting_write_errors(path: str | os.PathLike[str], kept: str = "") -> Iterator[None]:
+    """Turn an ``OSError`` while writing ``path`` into one :class:`GemmaOcrError` line (``kept``: what stays as it was)."""
+    try:
+        yield
+    except OSError as e:
+        note = f"; {kept}" if kept else ""
+        raise GemmaOcrError(f"cannot write {path} ({write_problem(e)}){note}; free space or fix the "
+                            f"location's permissions, then rerun") from None
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text to ``path`` via a temporary file and a rename: readers never see half a file.
+
+    A failed write (full disk, read-only folder) is one :class:`GemmaOcrError` line; the previous
+    file stays as it was.
+    """
+    path = Path(path)
+    with reporting_write_errors(path, "the previous version of the file, if any, is unchanged"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; give the file the usual permissions
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 

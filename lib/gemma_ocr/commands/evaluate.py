@@ -7,7 +7,7 @@ with the same figures.
 
 from __future__ import annotations
 
-from gemma_ocr.evaluation import EvalConfig, evaluate
+from gemma_ocr.evaluation import EvalConfig, evaluate, evaluate_checkpoint
 from gemma_ocr.settings import ConfigParser
 
 
@@ -20,8 +20,7 @@ def main() -> int:
     if args.backend == "khmer-cnn":
         return evaluate_khmer_cnn(cfg, args.checkpoint)
     out = evaluate(cfg)
-    limit = "" if out.selected == out.dataset_size else f" (first {out.selected} of {out.dataset_size}: --top-k None for all)"
-    return print_summary(out.document, limit, f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s",
+    return print_summary(out.document, _limit(out), f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s",
                          out.output_file)
 
 
@@ -30,18 +29,17 @@ def evaluate_khmer_cnn(cfg: EvalConfig, checkpoint: str | None) -> int:
     from pathlib import Path
 
     from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.io import atomic_write_json
-    from gemma_ocr.khmer_digits.backend import evaluate_ocr_file
 
     if not checkpoint:
         raise GemmaOcrError("--backend khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
     if not Path(checkpoint).is_file():
         raise GemmaOcrError(f"--checkpoint {checkpoint}: file not found (train one with core/khmer_digits/phase3_hyperparameter_tuning.py)")
-    doc = evaluate_ocr_file(checkpoint, cfg.data_file, model_name=cfg.model_name, top_k=cfg.top_k)
-    atomic_write_json(cfg.output_file, doc)
-    limit = "" if doc["total_samples"] == doc["dataset_samples"] else \
-        f" (first {doc['total_samples']} of {doc['dataset_samples']}: --top-k None for all)"
-    return print_summary(doc, limit, "", cfg.output_file)
+    out = evaluate_checkpoint(checkpoint, cfg)
+    return print_summary(out.document, _limit(out), "", out.output_file)
+
+
+def _limit(out) -> str:
+    return "" if out.selected == out.dataset_size else f" (first {out.selected} of {out.dataset_size}: --top-k None for all)"
 
 
 def print_summary(doc: dict, limit: str, timing: str, output_file) -> int:

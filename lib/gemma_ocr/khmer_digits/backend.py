@@ -179,11 +179,11 @@ def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | 
     samples = []
     for i, r in enumerate(records):
         if i in errors:
-            samples.append({"image_path": r.image_path, "label": r.text, "prediction": None, "status": STATUS_ERROR,
-                            "error": errors[i]})
+            samples.append({"index": i, "image_path": r.image_path, "label": r.text, "prediction": None,
+                            "status": STATUS_ERROR, "error": errors[i]})
         else:
             p = predictions[i]
-            samples.append({"image_path": r.image_path, "label": r.text, "prediction": p,
+            samples.append({"index": i, "image_path": r.image_path, "label": r.text, "prediction": p,
                             "status": STATUS_OK if p else STATUS_EMPTY})
     if errors:
         log.warning("%d of %d images could not be read (status error): first: %s", len(errors), len(records), next(iter(errors.values())))

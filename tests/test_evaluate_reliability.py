@@ -1,0 +1,189 @@
+"""evaluate.py against hostile conditions: reruns that would drop samples, huge images, hung servers, bad
+settings, unwritable outputs and damaged results files. Real local HTTP servers, no model needed."""
+
+from __future__ import annotations
+
+import json
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import pytest
+from conftest import assert_one_line_error
+from eval_fixtures import ROOT, HangingServer, ScriptedServer, eval_env, write_data
+from output_locations import read_only_folder, small_tmpfs
+
+from gemma_ocr.data.records import load_records
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.evaluation import EvalConfig, evaluate
+
+
+def _cfg(url, data, out, flags=None, **kw) -> EvalConfig:
+    kw.setdefault("max_tokens", 12)
+    kw.setdefault("show_progress", False)
+    cfg = EvalConfig(urls=[url], data_file=data, output_file=out, **kw)
+    cfg.flags = flags
+    return cfg
+
+
+def _evaluate_cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "core/evaluate.py"), "--no-progress", *args],
+                          capture_output=True, text=True, env=eval_env(), timeout=timeout)
+
+
+def test_a_rerun_with_a_smaller_top_k_refuses_instead_of_dropping_samples(eval_data, tmp_path):
+    out = tmp_path / "r.json"
+    with ScriptedServer([]) as s:
+        evaluate(_cfg(s.url, eval_data, out, top_k=None))
+        before = out.read_bytes()
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(eval_data), "--output-file", str(out),
+                             "--top-k", "5", "--max-tokens", "12")
+        assert_one_line_error(proc, "holds 7 samples beyond the first 5", "--top-k None")
+        assert out.read_bytes() == before  # all 12 samples still there
+        requests_before = s.requests
+        again = evaluate(_cfg(s.url, eval_data, out, top_k=None))  # what the message says: resumes, requests nothing
+        assert again.requested == 0 and again.resumed == 12 and s.requests == requests_before
+        # --no-resume is the explicit way to start over
+        assert evaluate(_cfg(s.url, eval_data, out, top_k=5, resume=False)).document["total_samples"] == 5
+
+
+def test_a_changed_data_file_is_refused_not_relabelled(eval_data, tmp_path):
+    records = load_records(eval_data)
+    data = write_data(tmp_path / "d.json", [(r.image_path, r.text) for r in records[:4]])
+    out = tmp_path / "r.json"
+    with ScriptedServer([]) as s:
+        evaluate(_cfg(s.url, data, out, top_k=None))
+        write_data(data, [(r.image_path, r.text + "x") for r in records[:4]])  # the labels were corrected since
+        with pytest.raises(GemmaOcrError, match="holds 4 samples that are not in .* as it is now.*changed since"):
+            evaluate(_cfg(s.url, data, out, top_k=None))
+        write_data(data, [(r.image_path, r.text) for r in records[:2]])  # two records removed
+        with pytest.raises(GemmaOcrError, match="holds 2 samples that are not in"):
+            evaluate(_cfg(s.url, data, out, top_k=None))
+    assert json.loads(out.read_text())["total_samples"] == 4
+
+
+def test_errors_name_the_calling_programs_flags(eval_data, tmp_path):
+    """A program that runs the evaluation with other flags (the pipeline) gets errors in its own terms."""
+    out = tmp_path / "r.json"
+    flags = {"resume": "--force", "top_k": "--eval-top-k", "workers": "--eval-workers"}
+    with ScriptedServer([], model="m") as s:
+        evaluate(_cfg(s.url, eval_data, out, top_k=None))
+        with pytest.raises(GemmaOcrError) as err:
+            evaluate(_cfg(s.url, eval_data, out, top_k=3, flags=flags))
+        assert "--eval-top-k None" in str(err.value) and "--force" in str(err.value)
+        for message in (str(err.value),):
+            assert "--no-resume" not in message and "--output-file" not in message and "--top-k" not in message
+    with ScriptedServer([], model="other") as s, pytest.raises(GemmaOcrError, match="pass --force to start it over") as err:
+        evaluate(_cfg(s.url, eval_data, out, top_k=None, flags=flags))
+    assert "--no-resume" not in str(err.value)
+    with pytest.raises(GemmaOcrError, match="^--eval-workers must be a whole number >= 1, got 0$"):
+        evaluate(_cfg("http://127.0.0.1:9", eval_data, out, workers=0, flags=flags))
+
+
+def _huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A valid, all-white 1-bit PNG of ``width`` x ``height`` (a few hundred KB on disk, 400 M pixels decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" + b"\xff" * ((width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_that_samples_error(eval_data, tmp_path):
+    good = load_records(eval_data)[:2]
+    huge = _huge_png(tmp_path / "huge.png")
+    data = write_data(tmp_path / "d.json", [(good[0].image_path, good[0].text), (str(huge), "big"),
+                                            (good[1].image_path, good[1].text)])
+    out = tmp_path / "r.json"
+    with ScriptedServer([]) as s:
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(data), "--output-file", str(out), "--top-k", "None")
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr  # 1: a sample failed
+        doc = json.loads(out.read_text())
+        assert [x["status"] for x in doc["samples"]] == ["ok", "error", "ok"] and s.requests == 2
+        error = doc["samples"][1]["error"]
+        assert "image too large" in error and "huge.png" in error and "20000x20000" in error
+        assert "--max-image-pixels raises the limit" in error
+        # the limit is a setting: here every image is too large
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(data), "--output-file", str(tmp_path / "r2.json"),
+                             "--top-k", "None", "--max-image-pixels", "100")
+        assert [x["status"] for x in json.loads((tmp_path / "r2.json").read_text())["samples"]] == ["error"] * 3
+        assert s.requests == 2
+
+
+@pytest.mark.slow
+def test_a_server_that_hangs_on_completions_stops_the_run_after_a_few_timeouts(eval_data, tmp_path):
+    out = tmp_path / "r.json"
+    with HangingServer() as s:
+        t0 = time.monotonic()
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(eval_data), "--output-file", str(out),
+                             "--top-k", "None", "--workers", "2", "--timeout", "0.5", "--save-interval", "1")
+        elapsed = time.monotonic() - t0
+    # Before: every sample waited out 4 attempts and their backoff (about 40 s here, 3.4 hours at the defaults).
+    assert elapsed < 15, elapsed
+    line = assert_one_line_error(proc, "the server stopped answering", "requests in a row got no answer within --timeout 0.5s",
+                                 "rerun the same command to resume")
+    doc = json.loads(out.read_text())
+    failed = doc["status_counts"]["error"]
+    assert f"0 finished samples and {failed} failed ones are saved in {out}" in line
+    assert 1 <= failed < 12 and doc["pending"] == 12 - failed and s.requests <= 6
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--timeout", "0", "--timeout must be a number of seconds > 0, got 0.0"),
+    ("--timeout", "-5", "--timeout must be a number of seconds > 0, got -5.0"),
+    ("--timeout", "nan", "--timeout must be a finite number"),
+    ("--max-tokens", "0", "--max-tokens must be a whole number >= 1, got 0"),
+    ("--max-retries", "-1", "--max-retries must be >= 0, got -1"),
+    ("--max-image-pixels", "0", "--max-image-pixels must be a pixel count >= 1"),
+])
+def test_impossible_request_settings_are_refused_before_any_request(flag, value, message, eval_data, tmp_path):
+    with ScriptedServer([]) as s:
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(eval_data), "--output-file", str(tmp_path / "r.json"),
+                             flag, value)
+        assert_one_line_error(proc, message)
+        assert s.requests == 0
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_an_unwritable_output_is_refused_before_any_request(eval_data, tmp_path):
+    with ScriptedServer([]) as s, read_only_folder(tmp_path / "ro") as ro:
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(eval_data), "--output-file", str(ro / "r.json"))
+        assert_one_line_error(proc, "--output-file", "cannot write in")
+        assert s.requests == 0
+
+
+def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_save(eval_data, tmp_path):
+    with ScriptedServer([]) as s, small_tmpfs(tmp_path / "small", size="12k") as small:
+        out = small / "r.json"
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(eval_data), "--output-file", str(out),
+                             "--top-k", "None", "--save-interval", "1", "--workers", "1")
+        assert_one_line_error(proc, f"cannot write {out}", "no space left on device", "previous version of the file")
+        saved = json.loads(out.read_text())  # the last complete save, intact
+        assert 1 <= saved["total_samples"] < 12 and not list(small.glob(".r.json.*"))
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda d: d["samples"][1].update(index="two"), "sample 1 field 'index' is 'two', not a whole number"),
+    (lambda d: d["samples"][0].update(prediction=5), "sample 0 field 'prediction' is 5, not a string"),
+    (lambda d: d["samples"][2].update(status="fine"), "sample 2 field 'status' is 'fine'"),
+    (lambda d: d["samples"][2].update(index=0), "sample 2 repeats index 0"),
+    (lambda d: d.update(generation="greedy"), "field 'generation' is 'greedy', not a dict"),
+    (lambda d: d["samples"].append("x"), "sample 3 is str, not an object"),
+])
+def test_a_damaged_results_file_is_one_line(damage, fragment, eval_data, tmp_path):
+    out = tmp_path / "r.json"
+    with ScriptedServer([]) as s:
+        evaluate(_cfg(s.url, eval_data, out, top_k=3))
+        doc = json.loads(out.read_text())
+        damage(doc)
+        out.write_text(json.dumps(doc))
+        proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(eval_data), "--output-file", str(out),
+                             "--top-k", "3", "--max-tokens", "12")
+    assert_one_line_error(proc, str(out), fragment, "fix the file", "--no-resume")
