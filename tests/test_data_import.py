@@ -192,6 +192,10 @@ def test_bad_parquet_files_are_one_clear_line(tmp_path):
     ("l.tsv", "", ["l.tsv", "no entries"]),
     ("l.tsv", "missing.png\thello\n", ["l.tsv", "1 of 1 listed images do not exist", "missing.png", "--image-root"]),
     ("l.csv", "fname,gt\na.png,x\n", ["l.csv", "no image column", "fname, gt", "--image-key"]),
+    # an unterminated quote swallowed the rows after it into one label ("first line\na.png,second\n...")
+    ("l.csv", 'image_path,text\na.png,"first line\na.png,second\na.png,third\n', ["l.csv", "line 2", "never closed"]),
+    ("l.csv", 'image_path,text\na.png,ok\na.png,"bad"quote\n', ["l.csv", "line 3", "malformed CSV"]),
+    ("l.csv", "image_path,text\na.png,one,two\n", ["l.csv", "line 2 has 3 fields, the header 2", "quote a field"]),
     ("l.jsonl", '{"image": "a.png"}\n', ["l.jsonl", "no text column/key", "--text-key"]),
     ("l.jsonl", '{"image": "a.png", "text": "x"}\nnot json\n', ["l.jsonl", "line 2 is not JSON"]),
     ("l.jsonl", '{"image": "a.png", "text": 5}\n', ["l.jsonl", "line 1", "'text' must be a string"]),
@@ -203,6 +207,12 @@ def test_bad_labels_files_are_one_clear_line(tmp_path, name, content, fragments)
     proc = run_cli("import_ocr_data.py", str(tmp_path / name), "--output", str(tmp_path / "o.json"), check=False)
     assert_one_line_error(proc, *fragments)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_a_quoted_csv_field_may_span_lines(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"")
+    (tmp_path / "l.csv").write_text('image_path,text\na.png,"two\nlines, one ""quote"""\n\na.png,x\n', encoding="utf-8")
+    assert [r.text for r in import_records(tmp_path / "l.csv").records] == ['two\nlines, one "quote"', "x"]
 
 
 def test_bad_sources_are_one_clear_line(tmp_path, scans):

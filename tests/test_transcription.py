@@ -124,3 +124,46 @@ def test_cli_errors_are_one_line(tmp_path):
     assert_one_line_error(proc, "no such image, folder or OCR data file")
     proc = run_cli("transcribe.py", str(tmp_path), "--backend", "khmer-cnn", check=False)
     assert_one_line_error(proc, "--checkpoint")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("caf\xe9\n".encode("latin-1"), "t.jsonl: not UTF-8 text"),
+    (b'{"image_path": "p1.png", "text": 5, "status": "ok"}\n', "line 1 field 'text' is 5, not a string"),
+])
+def test_a_damaged_transcriptions_file_is_one_line(content, fragment, scans, tmp_path):
+    out = tmp_path / "t.jsonl"
+    out.write_bytes(content)
+    with ScriptedServer([]) as s:
+        proc = run_cli("transcribe.py", str(scans / "p1.png"), "--vllm-url", s.url, "--output-file", str(out),
+                       "--no-progress", check=False, env=eval_env())
+    assert_one_line_error(proc, fragment, "choose another --output-file or pass --no-resume")
+    assert out.read_bytes() == content
+
+
+def test_a_list_of_image_paths_is_enough_and_errors_name_transcribes_flags(scans, tmp_path):
+    """Data-file inputs need no texts; a missing image is a failed row; an unusual column is --image-key, a flag transcribe has."""
+    (scans / "list.txt").write_text("p1.png\nb/p3.png\ngone.png\n", encoding="utf-8")
+    (scans / "list.csv").write_text("File_Name\np2.png\n", encoding="utf-8")
+    (scans / "odd.csv").write_text("scan,notes\np0.png,blurry\n", encoding="utf-8")
+    out = tmp_path / "t.jsonl"
+    with ScriptedServer([]) as s:
+        result = transcribe(_cfg(s.url, [scans / "list.txt", scans / "list.csv"], out))
+        assert [Path(r["image_path"]).name for r in result.rows] == ["p1.png", "p3.png", "gone.png", "p2.png"]
+        assert [r["status"] for r in result.rows] == ["ok", "ok", "error", "ok"] and s.requests == 3
+        assert "image not found" in result.rows[2]["error"]
+        proc = run_cli("transcribe.py", str(scans / "odd.csv"), "--vllm-url", s.url, "--output-file", str(out),
+                       check=False, env=eval_env())
+        assert_one_line_error(proc, "no image column/key among scan, notes", "--image-key NAME")
+        proc = run_cli("transcribe.py", str(scans / "odd.csv"), "--image-key", "scan", "--vllm-url", s.url,
+                       "--output-file", str(out), "--no-progress", env=eval_env())
+        assert "images: 1" in proc.stdout and "error 0" in proc.stdout
+
+
+def test_an_unwritable_output_is_refused_before_any_request(scans, tmp_path):
+    from output_locations import read_only_folder
+
+    with ScriptedServer([]) as s, read_only_folder(tmp_path / "ro") as ro:
+        proc = run_cli("transcribe.py", str(scans), "--vllm-url", s.url, "--output-file", str(ro / "t.jsonl"),
+                       check=False, env=eval_env())
+        assert_one_line_error(proc, "--output-file", "cannot write in")
+        assert s.requests == 0

@@ -1,9 +1,9 @@
 """Transcribe images that have no transcription yet with a served model (or a Khmer-digits CNN).
 
 The inputs are image files, folders (searched recursively for images) and OCR data files (the image
-paths of a ``.json``/``.tsv``/``.csv``/``.jsonl`` file; their texts are ignored). Requests go through
-the evaluation client (:mod:`gemma_ocr.evaluation`: threads, retries, several servers, the same
-image encoding and instruction as evaluation).
+paths of a ``.json``/``.tsv``/``.txt``/``.csv``/``.jsonl`` file; texts are not needed, and a missing
+image becomes a failed row). Requests go through the evaluation client (:mod:`gemma_ocr.evaluation`:
+threads, retries, several servers, the same image encoding and instruction as evaluation).
 
 The output is a JSON Lines file, one object per image in input order::
 
@@ -31,17 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, import_records
+from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, listed_images
 from gemma_ocr.data.records import OcrRecord, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation import RequestConfig, connect, request_all, server_gone_error
-from gemma_ocr.io import atomic_write_text
+from gemma_ocr.evaluation import RequestConfig, check_settings, connect, request_all, server_gone_error
+from gemma_ocr.io import atomic_write_text, check_writable
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_FILE = "results/transcriptions.jsonl"
-DATA_FILE_SUFFIXES = (".json", ".tsv", ".csv", ".jsonl")
+DATA_FILE_SUFFIXES = (".json", ".tsv", ".txt", ".csv", ".jsonl")
 STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
 
 
@@ -51,9 +51,12 @@ class TranscribeConfig(RequestConfig):
 
     inputs: Sequence[str | os.PathLike[str]] = field(default=(), metadata={
         "positional": True, "metavar": "INPUT",
-        "help": "image files, folders of images, or OCR data files (.json/.tsv/.csv/.jsonl: their image paths)"})
+        "help": "image files, folders of images, or OCR data files (.json/.tsv/.txt/.csv/.jsonl: their image paths; "
+                "no texts needed)"})
     output_file: str | os.PathLike[str] = field(default=DEFAULT_OUTPUT_FILE, metadata={
         "help": "JSON Lines file of the transcriptions (resumed if it exists)"})
+    image_key: str | None = field(default=None, metadata={
+        "help": "image column (.csv) or key (.jsonl) of data-file inputs, when not one of the usual names"})
 
 
 @dataclass
@@ -78,8 +81,11 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
 
 
-def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """Absolute image paths named by ``inputs`` (files, folders searched recursively, OCR data files), each once, in order."""
+def collect_images(inputs: Sequence[str | os.PathLike[str]], image_key: str | None = None) -> list[str]:
+    """Absolute image paths named by ``inputs`` (files, folders searched recursively, OCR data files), each once, in order.
+
+    A data file's texts are not needed (a list of image paths will do); its missing images become failed rows.
+    """
     if not inputs:
         raise GemmaOcrError("give at least one image, folder of images or OCR data file to transcribe")
     found: dict[str, None] = {}
@@ -95,7 +101,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> list[str]:
         elif is_image_file(path):
             paths = [str(path.resolve())]
         elif path.suffix.lower() in DATA_FILE_SUFFIXES:
-            paths = [r.image_path for r in import_records(path, skip_unlabeled=True).records]
+            paths = listed_images(path, image_key)
         else:
             kinds = ", ".join(IMAGE_SUFFIXES + DATA_FILE_SUFFIXES)
             hint = " (import a .parquet file first: python core/import_ocr_data.py)" if path.suffix.lower() in LABELS_FILE_SUFFIXES else ""
@@ -122,34 +128,40 @@ def write_transcriptions(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def read_transcriptions(path: Path) -> list[dict[str, Any]]:
-    """The rows of a transcriptions file, image paths made absolute."""
+def read_transcriptions(path: Path, fix: str = "choose another --output-file or pass --no-resume") -> list[dict[str, Any]]:
+    """The rows of a transcriptions file, image paths made absolute; a damaged file is one line ending in ``fix``."""
     rows = []
     folder = path.parent.resolve()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise GemmaOcrError(f"{path}: not UTF-8 text (byte {e.start}), so not a transcriptions file of transcribe.py; "
+                            f"{fix}") from None
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise GemmaOcrError(f"{path}: line {number} is not JSON ({e.msg}); choose another --output-file "
-                                f"or pass --no-resume") from None
+            raise GemmaOcrError(f"{path}: line {number} is not JSON ({e.msg}); {fix}") from None
         if not isinstance(row, dict) or not isinstance(row.get("image_path"), str) or row.get("status") not in STATUSES:
-            raise GemmaOcrError(f"{path}: line {number} is not a transcription row (image_path, text, status); "
-                                f"choose another --output-file or pass --no-resume")
+            raise GemmaOcrError(f"{path}: line {number} is not a transcription row (image_path, text, status); {fix}")
+        for name in ("text", "model", "error"):
+            if row.get(name) is not None and not isinstance(row[name], str):
+                raise GemmaOcrError(f"{path}: line {number} field {name!r} is {row[name]!r}, not a string; "
+                                    f"fix the file, or {fix}")
         rows.append({**row, "image_path": resolve_image_path(row["image_path"], folder)})
     return rows
 
 
-def _earlier_rows(path: Path, model_name: str) -> list[dict[str, Any]]:
+def _earlier_rows(path: Path, model_name: str, fix: str) -> list[dict[str, Any]]:
     """The rows of an earlier run of the same model into ``path`` (none when there is no such file)."""
     if not path.is_file():
         return []
-    rows = read_transcriptions(path)
+    rows = read_transcriptions(path, fix)
     for row in rows:
         if row.get("model") not in (None, model_name):
-            raise GemmaOcrError(f"{path} holds transcriptions of model {row['model']!r}, not {model_name!r}; "
-                                f"choose another --output-file or pass --no-resume")
+            raise GemmaOcrError(f"{path} holds transcriptions of model {row['model']!r}, not {model_name!r}; {fix}")
     return rows
 
 
@@ -158,14 +170,17 @@ def _earlier_rows(path: Path, model_name: str) -> list[dict[str, Any]]:
 
 def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] | None = None) -> TranscribeOutcome:
     """Transcribe (or resume transcribing) the images of ``cfg.inputs`` with the served model."""
-    images = collect_images(cfg.inputs)
+    check_settings(cfg)
     output = Path(cfg.output_file)
     if output.suffix.lower() != ".jsonl":
-        raise GemmaOcrError(f"--output-file {output}: transcriptions are written as JSON Lines; end its name in .jsonl")
+        raise GemmaOcrError(f"{cfg.flag('output_file') or 'output file'} {output}: transcriptions are written as "
+                            f"JSON Lines; end its name in .jsonl")
+    check_writable(output, cfg.flag("output_file") or "output file")
+    images = collect_images(cfg.inputs, cfg.image_key)
     folder = output.parent.resolve()
     session, endpoints, model_name = connect(cfg)
     try:
-        earlier = _earlier_rows(output, model_name) if cfg.resume else []
+        earlier = _earlier_rows(output, model_name, cfg.start_over_hint()) if cfg.resume else []
         wanted = set(images)
         others = [{**r, "image_path": os.path.relpath(r["image_path"], folder)}  # kept in the file as they are
                   for r in earlier if r["image_path"] not in wanted]
@@ -207,14 +222,23 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
 
 def transcribe_with_khmer_cnn(checkpoint: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]],
                               output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE,
-                              model_name: str | None = None) -> TranscribeOutcome:
-    """Transcribe with a Khmer-digits CNN checkpoint (no server) into the same file layout."""
+                              model_name: str | None = None, resume: bool = True,
+                              image_key: str | None = None) -> TranscribeOutcome:
+    """Transcribe with a Khmer-digits CNN checkpoint (no server) into the same file layout.
+
+    Every image is predicted again (the CNN is fast); rows of other images already in the file stay,
+    as :func:`transcribe` keeps them, unless ``resume`` is False.
+    """
     from gemma_ocr.khmer_digits.backend import load_model, predict_paths
 
-    images = collect_images(inputs)
     output = Path(output_file)
+    check_writable(output, "--output-file")
+    images = collect_images(inputs, image_key)
     folder = output.parent.resolve()
     name = model_name or Path(checkpoint).stem
+    earlier = _earlier_rows(output, name, "choose another --output-file or pass --no-resume") if resume else []
+    wanted = set(images)
+    others = [{**r, "image_path": os.path.relpath(r["image_path"], folder)} for r in earlier if r["image_path"] not in wanted]
     t0 = time.perf_counter()
     predictions, errors = predict_paths(load_model(checkpoint), images)
     rows = []
@@ -225,5 +249,5 @@ def transcribe_with_khmer_cnn(checkpoint: str | os.PathLike[str], inputs: Sequen
         else:
             sample["status"] = STATUS_OK if (text or "").strip() else STATUS_EMPTY
         rows.append(_row(sample, name, folder))
-    write_transcriptions(output, rows)
+    write_transcriptions(output, others + rows)
     return TranscribeOutcome(rows, output, name, len(images), 0, time.perf_counter() - t0)

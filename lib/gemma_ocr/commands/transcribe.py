@@ -30,7 +30,8 @@ def main() -> int:
             raise GemmaOcrError("--backend khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
         if not Path(args.checkpoint).is_file():
             raise GemmaOcrError(f"--checkpoint {args.checkpoint}: file not found")
-        out = transcribe_with_khmer_cnn(args.checkpoint, cfg.inputs, cfg.output_file, cfg.model_name)
+        out = transcribe_with_khmer_cnn(args.checkpoint, cfg.inputs, cfg.output_file, cfg.model_name,
+                                        resume=cfg.resume, image_key=cfg.image_key)
     else:
         out = transcribe(cfg)
     return print_summary(out, args.show)

@@ -104,6 +104,28 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
     return ImportResult(records, kind, failed)
 
 
+def listed_images(source: str | os.PathLike[str], image_key: str | None = None) -> list[str]:
+    """The images a labels or OCR data file names (absolute paths, in order), texts not needed.
+
+    What :mod:`gemma_ocr.transcription` sends: a ``.tsv``/``.txt`` file may hold just one path per line,
+    a ``.csv``/``.jsonl`` file just an image column/key, and images need not exist (yet).
+    """
+    source = Path(source).expanduser()
+    suffix = source.suffix.lower()
+    if suffix == ".json":
+        return [r.image_path for r in load_records(source)]
+    if suffix == ".csv":
+        rows = _csv_rows(source, image_key, None, need_text=False)
+    elif suffix == ".jsonl":
+        rows = _jsonl_rows(source, image_key, None, need_text=False)[0]
+    elif suffix in (".tsv", ".txt"):
+        rows = _tsv_rows(source, need_text=False)
+    else:
+        raise GemmaOcrError(f"{source}: image paths are read from .json, .tsv, .txt, .csv or .jsonl files, not {suffix or 'this file'}")
+    base = source.parent.resolve()
+    return [resolve_image_path(image, base) for image, _ in rows]
+
+
 def import_sources(sources: Sequence[str | os.PathLike[str]], images_root: str | os.PathLike[str],
                    **options: Any) -> ImportResult:
     """Several sources' records joined in order; a ``.parquet`` source's images go to ``images_root/<its name>``.
@@ -193,16 +215,16 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     return enumerate(_read_text(path).split("\n"), start=1)
 
 
-def _tsv_rows(path: Path) -> list[tuple[str, str]]:
+def _tsv_rows(path: Path, need_text: bool = True) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     for number, line in _lines(path):
         if not line.strip():
             continue
-        if "\t" not in line:
+        if "\t" not in line and need_text:
             raise GemmaOcrError(f"{path}: line {number} has no tab between the image path and the text "
                                 f"(write each line as path<TAB>text)")
-        image, text = line.split("\t", 1)
-        if not rows and image.strip().lower() in IMAGE_KEYS and text.strip().lower() in TEXT_KEYS:
+        image, _, text = line.partition("\t")
+        if not rows and image.strip().lower() in IMAGE_KEYS and (not text or text.strip().lower() in TEXT_KEYS):
             continue  # a header line
         rows.append((_image_field(image, path, f"line {number}"), text))
     return _nonempty(rows, path)
@@ -223,21 +245,52 @@ def _pick(names: Iterable[str], wanted: str | None, known: tuple[str, ...], what
                         f"(name it one of {', '.join(known)}, or pass {flag} NAME)")
 
 
-def _csv_rows(path: Path, image_key: str | None, text_key: str | None) -> list[tuple[str, str]]:
-    reader = csv.DictReader(io.StringIO(_read_text(path), newline=""))
-    try:
-        names = reader.fieldnames or []
-        image_col = _pick(names, image_key, IMAGE_KEYS, "image", path)
-        text_col = _pick(names, text_key, TEXT_KEYS, "text", path)
-        rows = [(_image_field(row.get(image_col), path, f"row {reader.line_num}"), row.get(text_col) or "")
-                for row in reader if any((v or "").strip() for v in row.values() if isinstance(v, str))]
-    except csv.Error as e:
-        raise GemmaOcrError(f"{path}: malformed CSV ({e}; fix the file's quoting)") from None
+def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """``(line number where it starts, fields)`` of each CSV record, parsed strictly (RFC 4180 quoting).
+
+    A quote left open would swallow the lines after it into one field; it stops the import with the
+    line where the field starts instead.
+    """
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            if "unexpected end of data" in str(e):
+                raise GemmaOcrError(f"{path}: line {start}: a quoted field is never closed (it runs to the end of "
+                                    f"the file); close the quote, or double a quote inside a field (\"\")") from None
+            raise GemmaOcrError(f"{path}: line {start}: malformed CSV ({e}); fix the quoting (a quote inside a "
+                                f"quoted field is written \"\")") from None
+        yield start, fields
+
+
+def _csv_rows(path: Path, image_key: str | None, text_key: str | None, need_text: bool = True) -> list[tuple[str, str]]:
+    records = _csv_records(path)
+    header = next(records, None)
+    names = header[1] if header else []
+    image_col = names.index(_pick(names, image_key, IMAGE_KEYS, "image", path))
+    text_col = names.index(_pick(names, text_key, TEXT_KEYS, "text", path)) if need_text or text_key else None
+    rows: list[tuple[str, str]] = []
+    for number, fields in records:
+        if not any(f.strip() for f in fields):
+            continue
+        if len(fields) != len(names):
+            raise GemmaOcrError(f"{path}: line {number} has {len(fields)} fields, the header {len(names)} "
+                                f"({', '.join(names)}); quote a field that holds a comma")
+        text = fields[text_col] if text_col is not None else ""
+        rows.append((_image_field(fields[image_col], path, f"line {number}"), text))
     return _nonempty(rows, path)
 
 
-def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None) -> tuple[list[tuple[str, str]], list[str]]:
-    """The (image, text) rows, and the images of failed transcription rows (``"status": "error"``)."""
+def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None,
+                need_text: bool = True) -> tuple[list[tuple[str, str]], list[str]]:
+    """The (image, text) rows, and the images of failed transcription rows (``"status": "error"``).
+
+    Without ``need_text`` every row's image is read (failed ones too) and texts are left empty.
+    """
     rows: list[tuple[str, str]] = []
     failed: list[str] = []
     keys: tuple[str, str] | None = None
@@ -251,11 +304,15 @@ def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None) -> tupl
         if not isinstance(item, dict):
             raise GemmaOcrError(f"{path}: line {number} is {type(item).__name__}, not an object")
         if keys is None:
-            keys = (_pick(item, image_key, IMAGE_KEYS, "image", path), _pick(item, text_key, TEXT_KEYS, "text", path))
-        missing = [k for k in keys if k not in item]
+            keys = (_pick(item, image_key, IMAGE_KEYS, "image", path),
+                    _pick(item, text_key, TEXT_KEYS, "text", path) if need_text else "")
+        missing = [k for k in keys if k and k not in item]
         if missing:
             raise GemmaOcrError(f"{path}: line {number} lacks key {', '.join(repr(k) for k in missing)}")
         image = _image_field(item[keys[0]], path, f"line {number}")
+        if not need_text:
+            rows.append((image, ""))
+            continue
         if item.get("status") == FAILED_STATUS:
             failed.append(image)
             continue
