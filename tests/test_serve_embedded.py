@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import base64
 import io
+import signal
+import subprocess
+import sys
 
 import pytest
 import requests
+from eval_fixtures import ROOT, eval_env
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.evaluation import build_request, encode_image
-from gemma_ocr.serving import server_command, start_server
+from gemma_ocr.serving import check_port_free, free_port, server_command, start_server
 
 
 def _png_data_url(text: str = "Total 42") -> str:
@@ -79,7 +83,8 @@ def test_busy_port_and_adapter_folder_are_one_clear_error(tiny_server, merged_mo
     from urllib.parse import urlsplit
 
     port = urlsplit(tiny_server[0]).port
-    with pytest.raises(GemmaOcrError, match=f"port {port} on 127.0.0.1 is already in use"):
+    with pytest.raises(GemmaOcrError, match=f"port {port} on 127.0.0.1 is already in use by process "
+                                            r"(\d+) \(.*gemma_ocr.serving.*\).*stop it \(kill \1\)"):
         with start_server(merged_model[0], port=port):
             pass
     with pytest.raises(GemmaOcrError, match="is a LoRA adapter, not a model: merge it first"):
@@ -101,3 +106,33 @@ def test_vllm_command_has_the_flags_gemma3_needs(tmp_path, monkeypatch):
     monkeypatch.setattr(shutil, "which", lambda name: None)
     with pytest.raises(GemmaOcrError, match="needs vLLM"):
         server_command(tmp_path, engine="vllm")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGHUP], ids=["kill-9", "hangup"])
+def test_the_model_server_does_not_outlive_serve_py(how, merged_model):
+    """serve.py killed with -9, or its terminal closed: its model server goes too and frees the port."""
+    import psutil
+
+    port = free_port()
+    serve = subprocess.Popen([sys.executable, str(ROOT / "core/serve.py"), str(merged_model[0]), "--port", str(port)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=eval_env())
+    server: list = []
+    try:
+        line = ""
+        while not line.startswith("serving "):
+            line = serve.stdout.readline()
+            assert line or serve.poll() is None, "serve.py exited early"
+        server += psutil.Process(serve.pid).children(recursive=True)
+        assert server and requests.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+        serve.send_signal(how)
+        serve.wait(60)
+        _, alive = psutil.wait_procs(server, timeout=30)
+        assert not alive, f"still running after serve.py died: {[p.cmdline() for p in alive]}"
+        check_port_free("127.0.0.1", port)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+        for p in server:  # an orphan would keep the port for the rest of the run
+            if p.is_running():
+                p.kill()

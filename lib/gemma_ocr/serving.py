@@ -12,7 +12,12 @@ Two engines behind the same API (``/health``, ``/v1/models``, ``/v1/chat/complet
 * ``vllm``: ``vllm serve`` with the flags a Gemma 3 VLM needs (bf16, vLLM's generation
   defaults instead of the checkpoint's sampling ones, one image per prompt).
 
-The child runs in its own process group; stopping terminates the whole group.
+The child runs in its own process group; stopping terminates the whole group. On Linux the child
+also dies with the process that started it (``PR_SET_PDEATHSIG``, set by a small exec wrapper:
+:func:`die_with_parent`), so a ``serve.py`` killed with -9 or by a closed terminal leaves no server
+holding the port. The kernel sends that signal when the *thread* that started the child ends:
+start a server from a thread that lives as long as the server (``start_server`` as a context
+manager does).
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ ENGINES = ("transformers", "vllm")
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_MODEL_LEN = 8192
+PARENT_PID_ENV = "GEMMA_OCR_SERVER_PARENT_PID"
+# The signal a server gets when its parent dies: the embedded server holds nothing worth a graceful exit;
+# vLLM's API server shuts its engine processes down on SIGTERM.
+PARENT_DEATH_SIGNAL = {"transformers": signal.SIGKILL, "vllm": signal.SIGTERM}
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -52,6 +61,27 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return s.getsockname()[1]
 
 
+def port_holders(port: int) -> list[tuple[int, str]]:
+    """The processes listening on TCP ``port`` as (pid, command line); empty when none is visible here."""
+    try:
+        import psutil  # a dependency of accelerate
+    except ImportError:
+        return []
+    try:
+        pids = {c.pid for c in psutil.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid}
+    except (psutil.Error, OSError):
+        return []
+    holders = []
+    for pid in sorted(pids):
+        try:
+            process = psutil.Process(pid)
+            holders.append((pid, " ".join(process.cmdline()) or process.name()))
+        except psutil.Error:
+            holders.append((pid, "?"))
+    return holders
+
+
 def check_port_free(host: str, port: int) -> None:
     """One clear error when something already listens on ``host:port`` (its answers would pass for ours)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -59,7 +89,10 @@ def check_port_free(host: str, port: int) -> None:
         try:
             s.bind((host, port))
         except OSError as e:
-            raise GemmaOcrError(f"port {port} on {host} is already in use ({e.strerror}): stop the server there, "
+            holders = port_holders(port)
+            by = "".join(f" by process {pid} ({command[:160]})" for pid, command in holders[:1])
+            stop = f"stop it (kill {holders[0][0]})" if holders else "stop the server there"
+            raise GemmaOcrError(f"port {port} on {host} is already in use{by} ({e.strerror}): {stop}, "
                                 f"or pass another --port (leave it out to pick a free one)") from None
 
 
@@ -116,6 +149,39 @@ def server_command(
     raise GemmaOcrError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
+def die_with_parent(signum: int) -> None:
+    """Linux: have the kernel send ``signum`` to this process when the one that started it dies.
+
+    ``PR_SET_PDEATHSIG`` through libc's ``prctl``; if that parent (``$GEMMA_OCR_SERVER_PARENT_PID``)
+    is already gone, the signal comes at once. Elsewhere nothing is done.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0) != 0:
+        log.warning("could not ask to die with the parent process (prctl: %s)", os.strerror(ctypes.get_errno()))
+        return
+    expected = os.environ.get(PARENT_PID_ENV)
+    if expected and os.getppid() != int(expected):  # it died before prctl: the kernel will not tell us
+        os.kill(os.getpid(), signum)
+
+
+def _exec_dying_with_parent(argv: Sequence[str]) -> None:
+    """``python -m gemma_ocr.serving --die-with-parent SIGNAL -- CMD...``: :func:`die_with_parent`, then exec CMD."""
+    signum, cmd = signal.Signals[argv[0]], list(argv[2:])
+    die_with_parent(signum)
+    os.execvp(cmd[0], cmd)  # the death signal survives exec
+
+
+def guarded_command(cmd: Sequence[str], engine: str) -> list[str]:
+    """``cmd`` run through the exec wrapper that makes it die with this process (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return list(cmd)
+    return [sys.executable, "-m", "gemma_ocr.serving", "--die-with-parent", PARENT_DEATH_SIGNAL[engine].name, "--", *cmd]
+
+
 class ServerProcess:
     """A server child process in its own process group."""
 
@@ -138,6 +204,7 @@ class ServerProcess:
         env = dict(os.environ if self.env is None else self.env)
         lib = str(Path(__file__).resolve().parent.parent)  # the child imports gemma_ocr from the same place
         env["PYTHONPATH"] = lib + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env[PARENT_PID_ENV] = str(os.getpid())
         log.info("starting: %s (log: %s)", " ".join(self.cmd), self.log_path)
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env, start_new_session=True)
@@ -221,7 +288,7 @@ def start_server(
         check_port_free(host, port)
     port = port or free_port(host)
     name = served_model_name or default_served_name(model_dir)
-    cmd = server_command(model_dir, engine, port, host, name, dtype, max_model_len, extra_args)
+    cmd = guarded_command(server_command(model_dir, engine, port, host, name, dtype, max_model_len, extra_args), engine)
     server = ServerProcess(cmd, f"http://{host}:{port}", name, log_file=log_file, env=env)
     server.start()
     try:
@@ -320,4 +387,7 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    _child_main()
+    if sys.argv[1:2] == ["--die-with-parent"]:
+        _exec_dying_with_parent(sys.argv[2:])
+    else:
+        _child_main()

@@ -23,10 +23,11 @@ def main() -> None:
     p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
     args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
 
-    def on_term(*_):  # `kill PID` stops the server like Ctrl-C does
+    def on_term(*_):  # `kill PID` and a closed terminal stop the server like Ctrl-C does
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_term)
     with start_server(args.model_dir, engine=args.engine, port=args.port, host=args.host,
                       served_model_name=args.served_model_name, dtype=args.dtype, max_model_len=args.max_model_len,
                       startup_timeout=args.startup_timeout, log_file=args.log_file, extra_args=extra) as (url, name):
