@@ -147,6 +147,24 @@ def test_resume_continues_from_the_saved_step(trained, tmp_path):
     assert result["first_eval_loss"] == pytest.approx(trained[1]["first_eval_loss"])
 
 
+def test_resume_skips_a_checkpoint_cut_short_by_a_kill(trained, tmp_path, caplog):
+    """Killed while saving checkpoint-8 (weights half written, no trainer_state.json): resumes from checkpoint-4."""
+    config, _, _ = trained
+    out = tmp_path / "killed"
+    shutil.copytree(config.output_dir, out, ignore=shutil.ignore_patterns("wandb", "runs"))
+    weights = out / "checkpoint-8" / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    for name in ("trainer_state.json", "optimizer.pt", "scheduler.pt"):
+        (out / "checkpoint-8" / name).unlink(missing_ok=True)
+    with caplog.at_level("WARNING", logger="gemma_ocr.training.tune"):
+        result = tune(config.replace(output_dir=str(out), report_to=["none"], resume_from_checkpoint=True))
+    assert Path(result["resumed_from"]).name == "checkpoint-4" and result["global_step"] == 8
+    assert "skipped checkpoint-8 (no trainer_state.json: the run stopped while saving it); resuming from checkpoint-4" \
+        in caplog.text
+    with pytest.raises(GemmaOcrError, match="checkpoint-3: not a complete training checkpoint \\(no such folder\\)"):
+        tune(config.replace(output_dir=str(out), report_to=["none"], resume_from_checkpoint=str(out / "checkpoint-3")))
+
+
 def test_pruning_exception_propagates(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811
     config = small_config(tiny_model_dir, ocr_data, tmp_path / "pruned")
     with pytest.raises(Pruned, match="pruned at step 0"):

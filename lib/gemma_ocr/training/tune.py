@@ -23,22 +23,66 @@ CONFIG_FILE = "train_config.json"
 METRICS_FILE = "train_metrics.json"
 
 
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin", "model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin")
+
+
+def checkpoint_problem(folder: Path) -> str:
+    """Why a ``checkpoint-N`` folder cannot be resumed from, or "" when it is complete.
+
+    The Trainer writes the weights, then optimizer and scheduler state, and ``trainer_state.json`` last:
+    a run killed while saving leaves that file missing or cut short.
+    """
+    state = folder / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json: the run stopped while saving it"
+    try:
+        import json
+
+        if "global_step" not in json.loads(state.read_text(encoding="utf-8")):
+            return "trainer_state.json has no global_step"
+    except (ValueError, UnicodeDecodeError):
+        return "trainer_state.json is cut short: the run stopped while saving it"
+    if not any((folder / name).is_file() and (folder / name).stat().st_size > 0 for name in WEIGHT_FILES):
+        return "no model weights"
+    return ""
+
+
 def resolve_resume(config: TrainConfig) -> str | None:
-    """The checkpoint to resume from: ``True`` -> the last ``checkpoint-*`` in output_dir (None if there is none)."""
-    from transformers.trainer_utils import get_last_checkpoint
+    """The checkpoint to resume from: ``True`` -> the newest complete ``checkpoint-*`` in output_dir (None if none).
+
+    Newer incomplete ones (a run killed while saving) are skipped with a warning naming each.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     resume = config.resume_from_checkpoint
     if not resume:
         return None
     if resume is True:
         out = Path(config.output_dir)
-        last = get_last_checkpoint(str(out)) if out.is_dir() else None
-        if last is None:
+        steps = {}
+        for folder in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if out.is_dir() else ():
+            number = folder.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+            if folder.is_dir() and number.isdigit():
+                steps[int(number)] = folder
+        skipped = []
+        for step in sorted(steps, reverse=True):
+            problem = checkpoint_problem(steps[step])
+            if not problem:
+                if skipped:
+                    log.warning("resume: skipped %s; resuming from %s", "; ".join(skipped), steps[step].name)
+                return str(steps[step])
+            skipped.append(f"{steps[step].name} ({problem})")
+        if skipped:
+            log.warning("resume: no complete checkpoint in %s (skipped %s); starting from step 0", out, "; ".join(skipped))
+        else:
             log.info("resume: no checkpoint in %s yet, starting from step 0", out)
-        return last
+        return None
     path = Path(str(resume))
-    if not (path / "trainer_state.json").is_file():
-        raise GemmaOcrError(f"resume_from_checkpoint {path}: not a training checkpoint (no trainer_state.json)")
+    problem = checkpoint_problem(path) if path.is_dir() else "no such folder"
+    if problem:
+        raise GemmaOcrError(f"resume_from_checkpoint {path}: not a complete training checkpoint ({problem}); "
+                            f"give another one, or --resume without a folder for the newest complete one")
     return str(path)
 
 
