@@ -97,3 +97,39 @@ def test_cli_errors_are_one_line(eval_adapter, tmp_path):
     except Exception:
         r = run("--lora_dir", str(eval_adapter), "--output_dir", str(tmp_path / "u"), "--backend", "unsloth")
         assert r.returncode == 2 and "unsloth is not available" in r.stderr and "Traceback" not in r.stderr
+
+
+def _merge_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "core/gemma_adapter_merge.py"), *args], capture_output=True,
+                          text=True, env=eval_env(), timeout=300)
+
+
+def test_a_non_empty_output_folder_is_replaced_only_when_asked(eval_adapter, tmp_path):
+    from conftest import assert_one_line_error
+
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "model-00002-of-00002.safetensors").write_bytes(b"a shard of another model")
+    proc = _merge_cli("--lora_dir", str(eval_adapter), "--output_dir", str(out))
+    assert_one_line_error(proc, f"--output_dir {out} is not empty", "model-00002-of-00002.safetensors", "--overwrite")
+    assert sorted(p.name for p in out.iterdir()) == ["model-00002-of-00002.safetensors"]
+    report = merge_adapter(eval_adapter, out, overwrite=True)
+    assert report.verified and not (out / "model-00002-of-00002.safetensors").exists()
+    assert (out / "model.safetensors").is_file() and json.loads((out / "merge_report.json").read_text())["output_dir"] == str(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no staging folder left behind
+
+
+def test_an_unwritable_or_full_output_location_is_one_line_and_keeps_the_old_merge(eval_adapter, tmp_path):
+    from conftest import assert_one_line_error
+    from output_locations import read_only_folder, small_tmpfs
+
+    with read_only_folder(tmp_path / "ro") as ro:
+        proc = _merge_cli("--lora_dir", str(eval_adapter), "--output_dir", str(ro / "merged"))
+        assert_one_line_error(proc, f"--output_dir {ro / 'merged'}: its parent folder", "cannot write in")
+    with small_tmpfs(tmp_path / "small", size="256k") as small:
+        old = small / "merged"
+        old.mkdir()
+        (old / "config.json").write_text("{}")  # the previous merge, to be kept if the new one cannot be written
+        proc = _merge_cli("--lora_dir", str(eval_adapter), "--output_dir", str(old), "--overwrite", "--skip-disk-check")
+        assert_one_line_error(proc, f"cannot write {old}", "no space left on device", f"{old} is as it was")
+        assert sorted(p.name for p in small.iterdir()) == ["merged"] and (old / "config.json").read_text() == "{}"

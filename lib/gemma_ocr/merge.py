@@ -11,21 +11,29 @@ no LoRA tensors left, the architecture and processor class, and that on a sample
 the merged model's logits match base+adapter (unmerged) within a tolerance, both run in fp32
 on the CPU. The reference uses the same bf16-rounded base weights, so the difference measures the
 merge and the bf16 rounding of the merged weights only.
+
+The merge is written into a hidden staging folder beside the output and moved into place only once it
+is complete and verified: a failed merge (full disk, wrong result) leaves the output folder as it was.
+An output folder that holds files already is replaced only when asked (``overwrite``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, read_json
+from gemma_ocr.io import atomic_write_json, check_writable, read_json, reporting_write_errors
 
 log = logging.getLogger(__name__)
 
@@ -150,37 +158,95 @@ def _load_processor(lora_dir: str, base: str):
 # ---------------------------------------------------------------- merge
 
 
+def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Fail with one line unless ``output_dir`` is missing, empty, or (with ``overwrite``) a folder to replace,
+    and its parent folder takes files (the staging folder goes there)."""
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise GemmaOcrError(f"--output_dir {out} is a file, not a folder; choose another --output_dir")
+    if out.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out.iterdir())
+        if entries:
+            raise GemmaOcrError(f"--output_dir {out} is not empty ({len(entries)} entries, e.g. {entries[0]}): the merged "
+                                f"model's files would mix with them; pass --overwrite to replace the folder, or choose "
+                                f"another --output_dir")
+    check_writable(out.parent, f"--output_dir {out}: its parent folder", folder=True)
+    return out
+
+
 def merge_adapter(lora_dir: str | os.PathLike[str] = DEFAULT_LORA_DIR, output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT_DIR,
                   base_model: str | None = None, backend: str = "peft", verify: bool = True,
-                  check_free_disk: bool = True) -> MergeReport:
-    """Merge ``lora_dir`` into its bf16 base and save to ``output_dir``; verify unless ``verify`` is False."""
+                  check_free_disk: bool = True, overwrite: bool = False) -> MergeReport:
+    """Merge ``lora_dir`` into its bf16 base and save to ``output_dir``; verify unless ``verify`` is False.
+
+    A non-empty ``output_dir`` is refused unless ``overwrite``; it is replaced only by a complete, verified merge.
+    """
     lora_dir, output_dir = str(lora_dir), str(output_dir)
     read_adapter_config(lora_dir)
     if backend not in ("peft", "unsloth"):
         raise GemmaOcrError(f"--backend {backend!r}: choose peft or unsloth")
+    base = resolve_base_model(lora_dir, base_model)
+    out = Path(output_dir)
+    if out.resolve() in (Path(lora_dir).resolve(), Path(base).resolve()):
+        raise GemmaOcrError(f"--output_dir {output_dir} must differ from the adapter and base folders")
+    check_output_dir(out, overwrite)
     if backend == "unsloth":
         _require_unsloth()
-    base = resolve_base_model(lora_dir, base_model)
     _check_not_quantized(base)
     params = count_parameters(base)
     if check_free_disk:
         check_disk(output_dir, params)
-    if Path(output_dir).resolve() in (Path(lora_dir).resolve(), Path(base).resolve()):
-        raise GemmaOcrError(f"--output_dir {output_dir} must differ from the adapter and base folders")
-    if backend == "peft":
-        _merge_peft(lora_dir, output_dir, base)
-    else:
-        _merge_unsloth(lora_dir, output_dir)
-    _finish_checkpoint(output_dir, lora_dir, base)
-    written = sum(f.stat().st_size for f in Path(output_dir).glob("*") if f.is_file())
-    report = MergeReport(output_dir=output_dir, base_model=base, backend=backend, parameters=params, bytes_written=written)
-    if verify:
-        verify_merge(output_dir, lora_dir, base, report)
-    atomic_write_json(Path(output_dir) / "merge_report.json", report.to_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        if backend == "peft":
+            _merge_peft(lora_dir, staging, base, out)
+        else:
+            _merge_unsloth(lora_dir, staging, out)
+        _finish_checkpoint(staging, lora_dir, base, out)
+        written = sum(f.stat().st_size for f in staging.glob("*") if f.is_file())
+        report = MergeReport(output_dir=output_dir, base_model=base, backend=backend, parameters=params, bytes_written=written)
+        if verify:
+            verify_merge(str(staging), lora_dir, base, report, shown_as=output_dir)
+        atomic_write_json(staging / "merge_report.json", report.to_dict())
+        with _unchanged(out):
+            _replace_folder(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return report
 
 
-def _merge_peft(lora_dir: str, output_dir: str, base: str) -> None:
+def _replace_folder(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target``, replacing what is there, in two renames."""
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+        os.replace(target, old)  # a rename over the empty placeholder folder
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _unchanged(out: Path) -> Iterator[None]:
+    """One line for a failed write of the merge (the output folder ``out`` stays as it was).
+
+    safetensors reports a failed write as ``SafetensorError: ... I/O error: ... (os error 28)``: it counts too.
+    """
+    from safetensors import SafetensorError
+
+    with reporting_write_errors(out, f"{out} is as it was"):
+        try:
+            yield
+        except SafetensorError as e:
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None:
+                raise
+            number = int(code.group(1))
+            raise OSError(number, os.strerror(number)) from None
+
+
+def _merge_peft(lora_dir: str, staging: Path, base: str, out: Path) -> None:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
@@ -192,8 +258,9 @@ def _merge_peft(lora_dir: str, output_dir: str, base: str) -> None:
     model = PeftModel.from_pretrained(model, lora_dir)
     merged = model.merge_and_unload()
     merged = merged.to(torch.bfloat16)
-    log.info("saving bf16 safetensors -> %s", output_dir)
-    merged.save_pretrained(output_dir, safe_serialization=True, max_shard_size="5GB")
+    log.info("saving bf16 safetensors -> %s", out)
+    with _unchanged(out):
+        merged.save_pretrained(staging, safe_serialization=True, max_shard_size="5GB")
 
 
 def _require_unsloth():
@@ -207,24 +274,28 @@ def _require_unsloth():
     return FastVisionModel
 
 
-def _merge_unsloth(lora_dir: str, output_dir: str) -> None:
+def _merge_unsloth(lora_dir: str, staging: Path, out: Path) -> None:
     # unsloth reads the base named in the adapter folder; load_in_4bit=False keeps it 16-bit for the merge.
     model, processor = _require_unsloth().from_pretrained(lora_dir, load_in_4bit=False)
-    model.save_pretrained_merged(output_dir, processor, save_method="merged_16bit")
+    with _unchanged(out):
+        model.save_pretrained_merged(str(staging), processor, save_method="merged_16bit")
 
 
-def _finish_checkpoint(output_dir: str, lora_dir: str, base: str) -> None:
-    """Processor, chat template, generation config and a plain Gemma 3 config in ``output_dir``."""
+def _finish_checkpoint(staging: Path, lora_dir: str, base: str, out: Path) -> None:
+    """Processor, chat template, generation config and a plain Gemma 3 config in ``staging`` (bound for ``out``)."""
     from transformers import GenerationConfig
 
-    out = Path(output_dir)
     processor = _load_processor(lora_dir, base)
-    processor.save_pretrained(out)
     try:
-        GenerationConfig.from_pretrained(base).save_pretrained(out)
+        generation = GenerationConfig.from_pretrained(base)
     except OSError:
+        generation = None
         log.info("base %s has no generation_config.json; none written", base)
-    cfg_path = out / "config.json"
+    with _unchanged(out):
+        processor.save_pretrained(staging)
+        if generation is not None:
+            generation.save_pretrained(staging)
+    cfg_path = staging / "config.json"
     cfg = read_json(cfg_path, "merged config")
     cfg["architectures"] = [ARCHITECTURE]  # exports that write a patched class name are unloadable elsewhere
     cfg.pop("quantization_config", None)
@@ -232,7 +303,7 @@ def _finish_checkpoint(output_dir: str, lora_dir: str, base: str) -> None:
     cfg.pop("torch_dtype", None)
     atomic_write_json(cfg_path, cfg)
     for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        p = out / name
+        p = staging / name
         if p.is_file():
             data = read_json(p)
             if isinstance(data, dict) and "processor_class" in data and data["processor_class"] != PROCESSOR_CLASS:
@@ -276,23 +347,29 @@ def _logits(model, inputs) -> "torch.Tensor":  # noqa: F821
         return model(**inputs).logits.float()
 
 
-def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport | None = None) -> MergeReport:
-    """Check the saved checkpoint (see module docstring); raise GemmaOcrError on any failure."""
+def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport | None = None,
+                 shown_as: str | None = None) -> MergeReport:
+    """Check the saved checkpoint (see module docstring); raise GemmaOcrError on any failure.
+
+    ``shown_as`` names the folder in messages (the output folder, while ``output_dir`` is its staging copy).
+    """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    shown = shown_as or output_dir
 
     report = report or MergeReport(output_dir=output_dir, base_model=base, backend="peft", parameters=0, bytes_written=0)
     bad = lora_keys(output_dir)
     report.lora_keys = len(bad)
     if bad:
-        raise GemmaOcrError(f"{output_dir}: {len(bad)} LoRA tensors left in the merged weights (e.g. {bad[0]}); the merge failed")
+        raise GemmaOcrError(f"{shown}: {len(bad)} LoRA tensors left in the merged weights (e.g. {bad[0]}); the merge failed")
     cfg = json.loads((Path(output_dir) / "config.json").read_text())
     if cfg.get("architectures") != [ARCHITECTURE]:
-        raise GemmaOcrError(f"{output_dir}/config.json: architectures {cfg.get('architectures')}, expected [{ARCHITECTURE!r}]")
+        raise GemmaOcrError(f"{shown}/config.json: architectures {cfg.get('architectures')}, expected [{ARCHITECTURE!r}]")
     processor = AutoProcessor.from_pretrained(output_dir)
     if type(processor).__name__ != PROCESSOR_CLASS or not processor.chat_template:
-        raise GemmaOcrError(f"{output_dir}: processor is {type(processor).__name__} (chat template: {bool(processor.chat_template)}), expected {PROCESSOR_CLASS} with one")
+        raise GemmaOcrError(f"{shown}: processor is {type(processor).__name__} (chat template: {bool(processor.chat_template)}), expected {PROCESSOR_CLASS} with one")
     inputs = sample_inputs(processor)
 
     # Reference: the same bf16 base, the adapter applied unmerged, all in fp32 on the CPU.
@@ -303,7 +380,7 @@ def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport 
     del ref_model
     merged = AutoModelForImageTextToText.from_pretrained(output_dir, dtype=torch.float32).eval()
     if type(merged).__name__ != ARCHITECTURE:
-        raise GemmaOcrError(f"{output_dir} loads as {type(merged).__name__}, expected {ARCHITECTURE}")
+        raise GemmaOcrError(f"{shown} loads as {type(merged).__name__}, expected {ARCHITECTURE}")
     merged_logits = _logits(merged, inputs)
     del merged
 
@@ -314,6 +391,6 @@ def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport 
     log.info("verify: max |merged - (base+adapter)| = %.3g (tolerance %.3g); adapter effect %.3g",
              diff, tol, report.adapter_effect)
     if not diff <= tol:
-        raise GemmaOcrError(f"{output_dir}: merged logits differ from base+adapter by {diff:.4g} (> tolerance {tol:.4g}); the merge is wrong")
+        raise GemmaOcrError(f"{shown}: merged logits differ from base+adapter by {diff:.4g} (> tolerance {tol:.4g}); the merge is wrong")
     report.verified = True
     return report

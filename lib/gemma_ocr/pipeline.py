@@ -252,7 +252,7 @@ def merge(cfg: PipelineConfig, record: StageRecord) -> Path:
     inputs = fingerprint(cfg.adapter_dir, cfg.base_model_dir)
     if record.keeps(cfg, "merge", cfg.merged_dir, report.is_file() and bool(read_json(report).get("verified")), inputs):
         return cfg.merged_dir
-    r = merge_adapter(cfg.adapter_dir, cfg.merged_dir)
+    r = merge_adapter(cfg.adapter_dir, cfg.merged_dir, overwrite=True)  # its own earlier merge
     record.done("merge", inputs)
     log.info("merge: max |merged - (base+adapter)| %.3g <= %.3g -> %s", r.max_abs_diff, r.tolerance, cfg.merged_dir)
     return cfg.merged_dir
@@ -270,9 +270,11 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
     inputs = fingerprint(model_dir, cfg.test_json, cfg.eval_max_tokens)
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
     with start_server(model_dir, startup_timeout=300) as (url, name):
-        out = evaluate(EvalConfig(urls=[url], data_file=cfg.test_json, output_file=output, top_k=cfg.eval_top_k,
-                                  workers=cfg.eval_workers, model_name=name, save_interval=10,
-                                  max_tokens=cfg.eval_max_tokens, resume=resume))
+        settings = EvalConfig(urls=[url], data_file=cfg.test_json, output_file=output, top_k=cfg.eval_top_k,
+                              workers=cfg.eval_workers, model_name=name, save_interval=10,
+                              max_tokens=cfg.eval_max_tokens, resume=resume)
+        settings.flags = {"resume": "--force", "top_k": "--eval-top-k", "workers": "--eval-workers"}  # pipeline.py's
+        out = evaluate(settings)
     record.done(stage, inputs)
     log.info("evaluate: %s -> %s (%d requested, %d resumed)", name, output, out.requested, out.resumed)
     return out.document

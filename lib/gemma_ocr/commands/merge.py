@@ -18,9 +18,11 @@ def main() -> None:
     p.add_argument("--no-verify", action="store_true",
                    help="skip the check (it loads base+adapter and the merged model in fp32 on the CPU, one at a time)")
     p.add_argument("--skip-disk-check", action="store_true", help="do not check free disk space first")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a non-empty --output_dir (only once the new merge is complete and verified)")
     args = p.parse_args()
     r = merge_adapter(args.lora_dir, args.output_dir, base_model=args.base_model, backend=args.backend,
-                      verify=not args.no_verify, check_free_disk=not args.skip_disk_check)
+                      verify=not args.no_verify, check_free_disk=not args.skip_disk_check, overwrite=args.overwrite)
     print(f"merged {args.lora_dir} into {r.base_model} ({r.parameters / 1e6:.1f}M params, {r.backend}) -> {r.output_dir} "
           f"({r.bytes_written / 1e9:.2f} GB, bf16 safetensors)")
     if r.verified:
