@@ -9,6 +9,7 @@ from gemma_ocr.data.importing import import_sources
 from gemma_ocr.data.images import check_images
 from gemma_ocr.data.records import write_records
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import check_writable
 
 SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "
                "NAME.txt; or a labels file: .tsv/.txt (path<TAB>text per line), .csv (header with image and text "
@@ -34,7 +35,11 @@ def main() -> None:
     output = Path(args.output)
     if output.exists() and not args.force:
         raise GemmaOcrError(f"{output} exists: pass --force to overwrite it, or --output another file")
-    result = import_sources(args.source, images_root=args.images_dir or output.parent / "images",
+    check_writable(output, "--output")
+    images_root = Path(args.images_dir) if args.images_dir else output.parent / "images"
+    if any(Path(source).suffix.lower() == ".parquet" for source in args.source):  # their images are written there
+        check_writable(images_root, "--images-dir", folder=True)
+    result = import_sources(args.source, images_root=images_root,
                             image_root=args.image_root, image_key=args.image_key, text_key=args.text_key,
                             skip_unlabeled=args.skip_unlabeled)
     sources = args.source[0] if len(args.source) == 1 else f"{len(args.source)} sources"

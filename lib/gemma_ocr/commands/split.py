@@ -8,6 +8,7 @@ from pathlib import Path
 from gemma_ocr.data.images import check_images
 from gemma_ocr.data.records import load_raw_records, write_records
 from gemma_ocr.data.split import DEFAULT_SEED, parse_ratio, split_non_test
+from gemma_ocr.io import check_writable
 
 
 def main() -> None:
@@ -20,11 +21,12 @@ def main() -> None:
     args = p.parse_args()
 
     ratio = parse_ratio(args.non_test_ratio)
+    out = Path(args.output_dir)
+    check_writable(out, "--output-dir", folder=True)
     records = load_raw_records(args.input)
     if args.check_images:
         check_images(records, args.input)
     split = split_non_test(records, ratio, args.seed)
-    out = Path(args.output_dir)
     write_records(split.non_test, out / "ocr_non_test.json")
     write_records(split.test, out / "ocr_test.json")
     n = len(records)

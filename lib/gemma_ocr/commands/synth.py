@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import check_writable
 
 
 def main() -> None:
@@ -21,6 +22,7 @@ def main() -> None:
     p.add_argument("--rotation", type=float, default=0.0, help="max rotation in degrees")
     p.add_argument("--force", action="store_true", help="replace an ocr.json in --output-dir that holds other (e.g. imported) data")
     args = p.parse_args()
+    check_writable(args.output_dir, "--output-dir", folder=True)
     existing = Path(args.output_dir) / "ocr.json"
     if existing.exists() and not args.force and not is_synthetic(existing):
         raise GemmaOcrError(f"{existing} holds data this program did not write (imported or edited?): pass --force "

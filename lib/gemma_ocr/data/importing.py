@@ -32,6 +32,7 @@ from typing import Any
 
 from gemma_ocr.data.records import LABELS_FILE_SUFFIXES, OcrRecord, load_records, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import reporting_write_errors
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 TRANSCRIPTION_SUFFIXES = (".gt.txt", ".txt")  # tried in this order
@@ -399,8 +400,9 @@ def _save_image_bytes(data: bytes, row: int, name: str | None, path: Path, image
         raise GemmaOcrError(f"{path}: row {row}: the image bytes are not a readable image ({e})") from None
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] if name else ""
     target = images_dir / (f"{row:06d}" + (f"_{stem}" if stem else "") + IMAGE_FORMAT_SUFFIXES.get(fmt, f".{fmt.lower() or 'img'}"))
-    images_dir.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(data)
+    with reporting_write_errors(target, "the import stopped before writing its output file"):
+        images_dir.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
     return target.resolve()
 
 

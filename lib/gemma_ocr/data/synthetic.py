@@ -21,7 +21,7 @@ from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from gemma_ocr.data.fonts import cjk_font, khmer_font, latin_font, missing_glyphs
 from gemma_ocr.data.records import OcrRecord, write_records
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, read_json
+from gemma_ocr.io import atomic_write_json, read_json, reporting_write_errors
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
         font = fonts[script, size]
         image = render_line(text, font, rng, config)
         path = image_dir / f"{i:06d}.png"
-        image.save(path, optimize=False)
+        with reporting_write_errors(path, f"{i} of {len(lines)} images were written"):
+            image.save(path, optimize=False)
         records.append(OcrRecord(str(path.resolve()), text))
     written = write_records(records, out_dir / json_name, raw=True)
     atomic_write_json(_stamp_path(written), {"config": dataclasses.asdict(config), "sha256": _sha256(written)})

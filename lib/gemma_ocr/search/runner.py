@@ -40,6 +40,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import check_writable
 from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend
 from gemma_ocr.search.config import (
     BUILTIN_SPACE,
@@ -679,6 +680,7 @@ def run_search(settings: SearchSettings, backend: Backend | None = None) -> Sear
     backend.validate(settings.fixed, settings.search_space, settings.source)
     search = _Search(settings, backend)  # refuses a grid of continuous ranges; creates nothing yet
     check_trial_dirs(settings.base_output_dir, settings.study_name)
+    check_writable(settings.base_output_dir, "--base-output-dir", folder=True)
     log.info(
         "study %s (%s, %s backend) in %s", settings.study_name, settings.search_mode, backend.name, mask(settings.storage)
     )

@@ -11,7 +11,7 @@ from typing import Any
 
 from gemma_ocr.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json
+from gemma_ocr.io import atomic_write_json, check_writable
 from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
 from gemma_ocr.modeling.tiny import ensure_tiny_model
 from gemma_ocr.training.data import OcrCollator, load_data
@@ -209,6 +209,7 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     output_dir, history, ...}``. GPU/CPU memory is released before returning.
     """
     config.validate()
+    check_writable(config.output_dir, "output_dir", folder=True)
     started = time.time()
     if config.backend == "unsloth":
         import_unsloth()  # first: unsloth patches transformers, peft and trl when it is imported
