@@ -95,6 +95,20 @@ def test_count_score_bad_input(tmp_path):
     assert not (tmp_path / "o.json").exists()
 
 
+@pytest.mark.parametrize("program", ["count_score.py", "error_analysis.py"])
+@pytest.mark.parametrize("sample, fragment", [
+    ({"label": "ab", "prediction": 5}, "sample 1 field 'prediction' is 5, not a string"),
+    ({"label": ["ab"], "prediction": "a"}, "sample 1 field 'label' is ['ab'], not a string"),
+    ({"label": "ab", "prediction": "a", "status": "fine"}, "sample 1 field 'status' is 'fine'"),
+])
+def test_a_results_file_with_a_malformed_field_is_one_line(program, sample, fragment, tmp_path):
+    bad = tmp_path / "x.json"
+    bad.write_text(json.dumps({"samples": [{"label": "a", "prediction": "a"}, sample]}))
+    args = ["--input", str(bad), "--output", str(tmp_path / "o.json")] if program == "count_score.py" else \
+        [str(bad), "--output-dir", str(tmp_path / "report")]
+    assert_one_line_error(run_cli(program, *args, check=False), "x.json", fragment)
+
+
 def test_analyze_empty_predictions(tmp_path):
     src = _results_file(tmp_path)
     out = tmp_path / "empty.json"

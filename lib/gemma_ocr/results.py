@@ -77,12 +77,19 @@ def build_document(samples: list[dict[str, Any]], model_name: str, nfkc: bool = 
 
 
 def check_results_document(document: Any, source: str = "results file") -> dict[str, Any]:
-    """Fail with one line unless ``document`` has a ``samples`` list whose items carry label and prediction."""
+    """Fail with one line unless ``document`` has a ``samples`` list whose items carry label and prediction
+    (strings, or null) and a known status, if any."""
     if not isinstance(document, dict) or not isinstance(document.get("samples"), list):
         raise GemmaOcrError(f"{source}: expected an object with a \"samples\" list (a results file written by evaluate.py)")
     for i, s in enumerate(document["samples"]):
         if not isinstance(s, dict) or "label" not in s or "prediction" not in s:
             raise GemmaOcrError(f"{source}: sample {i} needs \"label\" and \"prediction\" fields")
+        for name in ("label", "prediction"):
+            if s[name] is not None and not isinstance(s[name], str):
+                raise GemmaOcrError(f"{source}: sample {i} field {name!r} is {s[name]!r}, not a string (fix the file)")
+        if s.get("status") is not None and s["status"] not in (STATUS_OK, STATUS_EMPTY, STATUS_ERROR):
+            raise GemmaOcrError(f"{source}: sample {i} field 'status' is {s['status']!r}, not one of "
+                                f"{STATUS_OK}, {STATUS_EMPTY}, {STATUS_ERROR} (fix the file)")
     return document
 
 
