@@ -12,7 +12,7 @@ import torch
 from gemma_ocr.khmer_digits.generator import GeneratorConfig, generate_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+torch.set_num_threads(1)  # a small CNN: more threads only spin-wait on a busy machine
 
 
 def tiny_dataset(folder: Path, n_train: int = 48, n_val: int = 16, seed: int = 7) -> Path:
@@ -24,5 +24,5 @@ def run_program(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
     """Run a core/ program with the repository's lib/ importable."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "lib"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    env.setdefault("OMP_NUM_THREADS", "2")
+    env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, *args], cwd=cwd or ROOT, env=env, capture_output=True, text=True, timeout=300)

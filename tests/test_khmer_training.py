@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 
 from gemma_ocr.data.records import load_records
 from conftest import assert_one_line_error, run_cli
-from gemma_ocr.khmer_digits.backend import evaluate_ocr_file, export_ocr_json, predict, train_trial
+from gemma_ocr.khmer_digits.backend import evaluate_ocr_file, export_ocr_json, predict, train_trial, trial_config
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
 from gemma_ocr.khmer_digits.metrics import OCRMetrics
 from gemma_ocr.khmer_digits.trainer import create_optimizer, create_scheduler
@@ -120,7 +121,7 @@ def test_optimizers_and_schedulers():
 @pytest.mark.slow
 def test_train_trial_predict_round_trip(meta, tmp_path):
     reports = []
-    result = train_trial({"data": str(meta), "epochs": 2, "batch_size": 16, "num_threads": 2},
+    result = train_trial({"data": str(meta), "epochs": 2, "batch_size": 16, "num_threads": 1},
                          tmp_path / "trial", report=lambda epoch, value: reports.append((epoch, value)) or False)
     assert [e for e, _ in reports] == [1, 2] and result["epochs"] == 2 and not result["pruned"]
     assert result["checkpoint"].endswith("best_model.pt")
@@ -159,6 +160,10 @@ def test_train_trial_predict_round_trip(meta, tmp_path):
     assert cli_doc["total_samples"] == 5 and cli_doc["dataset_samples"] == len(records)
     assert [s["prediction"] for s in cli_doc["samples"]] == predictions[:5]
     assert "CER micro" in proc.stdout and f"first 5 of {len(records)}" in proc.stdout
+    proc = run_cli("evaluate.py", "--backend", "khmer-cnn", "--checkpoint", result["checkpoint"],
+                   "--data-file", str(test_json), "--output-file", str(out), "--top-k", "3", check=False)
+    assert_one_line_error(proc, "holds 2 samples beyond the first 3", "--top-k 5")  # a rerun never shrinks the file
+    assert json.loads(out.read_text())["total_samples"] == 5
     proc = run_cli("evaluate.py", "--backend", "khmer-cnn", "--data-file", str(test_json), check=False)
     assert_one_line_error(proc, "--checkpoint")
 
@@ -173,9 +178,35 @@ def test_train_trial_predict_round_trip(meta, tmp_path):
 
 @pytest.mark.slow
 def test_train_trial_pruned_by_report(meta, tmp_path):
-    result = train_trial({"data": str(meta), "epochs": 3, "batch_size": 16, "max_train_samples": 16, "num_threads": 2},
+    result = train_trial({"data": str(meta), "epochs": 3, "batch_size": 16, "max_train_samples": 16, "num_threads": 1},
                          tmp_path / "pruned", report=lambda epoch, value: True)
     assert result["pruned"] and result["epochs"] == 1
+
+
+def test_a_checkpoint_holding_python_objects_is_refused_unread(tmp_path):
+    """A crafted --checkpoint would run code when unpickled: it is refused before any of it runs."""
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    evil = tmp_path / "best_model.pt"
+    torch.save({"model_state": {}, "model_config": {"preset": "lite"}, "extra": Payload()}, evil)
+    with pytest.raises(DataLoaderError, match="not a Khmer-digits checkpoint: it holds Python objects"):
+        CheckpointManager.load(evil)
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"image_path": "a.png", "ocr_text": "១"}]))
+    for program in ("evaluate.py", "transcribe.py"):
+        args = ["--data-file", str(data)] if program == "evaluate.py" else [str(data)]
+        proc = run_cli(program, "--backend", "khmer-cnn", "--checkpoint", str(evil), *args,
+                       "--output-file", str(tmp_path / ("r.json" if program == "evaluate.py" else "t.jsonl")), check=False)
+        assert_one_line_error(proc, "holds Python objects beyond tensors and plain values", "refused")
+    assert not marker.exists()
+
+
+def test_default_recipe_trains_on_one_thread(tmp_path):
+    assert TrainingConfig().num_threads == 1 and trial_config({}, tmp_path / "t").num_threads == 1
 
 
 def test_train_trial_rejects_unknown_parameters(tmp_path):

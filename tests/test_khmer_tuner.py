@@ -20,7 +20,7 @@ def _tiny_experiment(meta: Path, **training) -> dict:
     return {
         "model": {"name": "lite"},
         "data": {"metadata_path": str(meta), "max_train_samples": 32, "generate_if_missing": False},
-        "training": {"batch_size": 16, "num_epochs": 1, "learning_rate": 0.002, "num_threads": 2, **training},
+        "training": {"batch_size": 16, "num_epochs": 1, "learning_rate": 0.002, "num_threads": 1, **training},
         "optimizer": {"type": "adamw"},
         "scheduler": {"type": "cosine", "warmup_epochs": 0.5},
         "early_stopping": {"patience": 2, "monitor": "val_char_accuracy", "mode": "max"},
@@ -95,3 +95,26 @@ def test_bad_yaml_and_unknown_names_are_one_line(tmp_path, meta):
         create_training_config({"modle": {}}, name="x")
     with pytest.raises(GemmaOcrError, match="not found"):
         HyperparameterTuner(tmp_path / "missing.yaml")
+
+
+@pytest.mark.slow
+def test_the_same_command_gives_the_same_figures_on_one_thread_by_default(meta, tmp_path):
+    """Training is deterministic for a fixed seed: the same program run twice gives identical figures and weights."""
+    import torch
+
+    experiment = _tiny_experiment(meta, num_epochs=2)
+    del experiment["training"]["num_threads"]  # the default: one thread
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text(yaml.safe_dump({"experiments": {"tiny": experiment}}, sort_keys=False))
+    figures, weights = [], []
+    for run in ("a", "b"):
+        results = tmp_path / f"{run}.json"
+        proc = run_program(TUNER, "--config", str(cfg), "--output-dir", str(tmp_path / run), "--results-file", str(results))
+        assert proc.returncode == 0, proc.stderr
+        r = json.loads(results.read_text())["all_results"][0]
+        figures.append((r["best_val_char_accuracy"], r["best_val_seq_accuracy"], r["best_val_loss"], r["final_train_loss"]))
+        weights.append(torch.load(r["best_checkpoint"], weights_only=True)["model_state"])
+        saved = yaml.safe_load((tmp_path / run / "tiny" / "configs" / "training_config.yaml").read_text())
+        assert saved["num_threads"] == 1
+    assert figures[0] == figures[1]
+    assert weights[0].keys() == weights[1].keys() and all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -13,7 +13,9 @@ def main() -> int:
     p.add_argument("--output-dir", default="training_output", help="one folder per experiment is made here")
     p.add_argument("--results-file", default=None,
                    help="results JSON (default: <output-dir>/hyperparameter_tuning_results_<time>.json)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of every experiment (default: each experiment's training.num_threads, "
+                        "1 unless set; 0: torch's default, all cores)")
     p.add_argument("--list", action="store_true", help="list the file's experiments and exit")
     p.add_argument("--list-presets", action="store_true", help="list model presets with parameter counts and exit")
     args = p.parse_args()
@@ -29,16 +31,13 @@ def main() -> int:
 
     from gemma_ocr.khmer_digits.tuner import HyperparameterTuner
 
-    tuner = HyperparameterTuner(args.config, output_dir=args.output_dir, results_file=args.results_file)
+    tuner = HyperparameterTuner(args.config, output_dir=args.output_dir, results_file=args.results_file,
+                                num_threads=args.threads)
     if args.list:
         for name, exp in tuner.experiments.items():
             model = (exp.get("model") or {}).get("name", "?") if isinstance(exp, dict) else "?"
             print(f"{name}  (model {model})")
         return 0
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     doc = tuner.run_experiments(args.experiments)
     print(f"{'experiment':<24} {'status':<10} {'char acc':>9} {'seq acc':>8} {'epochs':>6} {'time s':>8}")
     for r in doc["all_results"]:

@@ -108,10 +108,18 @@ def _hyperparameters(config: TrainingConfig | None, experiment_config: dict[str,
 
 
 class HyperparameterTuner:
-    """Runs the experiments of a YAML file and keeps their results."""
+    """Runs the experiments of a YAML file and keeps their results.
+
+    ``num_threads`` (when not None) replaces every experiment's ``training.num_threads``.
+    """
+
+    num_threads: int | None = None
 
     def __init__(self, config_file: str | Path = DEFAULT_CONFIG, output_dir: str | Path = "training_output",
-                 results_file: str | Path | None = None):
+                 results_file: str | Path | None = None, num_threads: int | None = None):
+        if num_threads is not None and num_threads < 0:
+            raise ConfigurationError(f"--threads must be >= 0 (0: torch's default), got {num_threads}")
+        self.num_threads = num_threads
         self.config_file = Path(config_file)
         self.config = self.load_config(config_file)
         self.output_dir = Path(output_dir)
@@ -183,6 +191,8 @@ class HyperparameterTuner:
         try:
             config = create_training_config(experiment_config, self.output_dir, experiment_name)
             config.experiment_name = slug(config.experiment_name)
+            if self.num_threads is not None:
+                config.num_threads = self.num_threads
             exp_dir = config.experiment_dir
             (exp_dir / "configs").mkdir(parents=True, exist_ok=True)
             import yaml

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import pickle
 import random
 import re
 from dataclasses import dataclass, field
@@ -64,7 +65,9 @@ class TrainingConfig(Settings):
     keep_n_checkpoints: int = 3
     use_tensorboard: bool = True
     seed: int = 42  # extra
-    num_threads: int = 0  # extra: torch CPU threads (0 = torch's default)
+    # extra: torch CPU threads. One: the CNN is small, and on a busy machine two threads spin-wait for each
+    # other and cost several times the CPU (benchmarks/RESULTS_khmer_digits.md); 0 = torch's default (all cores).
+    num_threads: int = 1
     # Loss
     loss_type: str = "crossentropy"
     label_smoothing: float = 0.0
@@ -153,7 +156,10 @@ def setup_training_environment(config: TrainingConfig) -> tuple[torch.device, bo
 class CheckpointManager:
     """Saves ``checkpoint_epoch_NNN.pt`` files, keeps the newest ``keep_n`` and a separate ``best_model.pt``.
 
-    ``checkpoints.json`` beside them lists what is kept, with each one's metrics.
+    ``checkpoints.json`` beside them lists what is kept, with each one's metrics. A checkpoint holds
+    tensors and plain values only (dicts, lists, numbers, strings), and is read with
+    ``torch.load(weights_only=True)``: a file holding other Python objects is refused, since
+    unpickling it could run code.
     """
 
     BEST = "best_model.pt"
@@ -199,7 +205,12 @@ class CheckpointManager:
         if not path.is_file():
             raise DataLoaderError(f"checkpoint not found: {path} (check the path; training writes checkpoints/best_model.pt)")
         try:
-            return torch.load(path, map_location=map_location, weights_only=False)
+            return torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as e:  # weights_only refused a Python object: never unpickle it
+            found = next((line.strip() for line in str(e).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+            raise DataLoaderError(f"{path}: not a Khmer-digits checkpoint: it holds Python objects beyond tensors and "
+                                  f"plain values{f' ({found[:200]})' if found else ''}; loading it could run code, so it "
+                                  f"is refused (use a checkpoint written by this trainer)") from None
         except Exception as e:  # a truncated or foreign file
             raise DataLoaderError(f"checkpoint cannot be read: {path} ({type(e).__name__}: {e})") from None
 
