@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gemma_ocr.serving import free_port
-from system_packages import apt_install
+from system_packages import missing_package
 
 
 def _pg_bin() -> Path | None:
@@ -57,7 +57,7 @@ class PgCluster:
 def postgres() -> PgCluster:
     """A running PostgreSQL cluster for the module's tests."""
     pytest.importorskip("psycopg2", reason="psycopg2-binary (a dev dependency) is needed for PostgreSQL storage")
-    why = apt_install("postgresql", lambda: _pg_bin() is not None)
+    why = missing_package("postgresql", lambda: _pg_bin() is not None)
     if why:
         pytest.skip(why)
     cluster = PgCluster(_pg_bin(), Path(tempfile.mkdtemp(prefix="gemma-ocr-pg-")))

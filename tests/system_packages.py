@@ -1,22 +1,26 @@
-"""Installing a missing Debian package for a test that needs the real thing (a database server, a font)."""
+"""The system (Debian) packages some tests need: .ci/run installs them, a test never does.
+
+``python tests/system_packages.py`` prints their names, one a line (what .ci/run installs).
+"""
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from collections.abc import Callable
 
+SYSTEM_PACKAGES = {
+    "postgresql": "a PostgreSQL server: the search workers' shared-storage tests",
+    "fonts-wqy-microhei": "a CJK font: synthetic Chinese lines",
+}
 
-def apt_install(package: str, present: Callable[[], bool]) -> str:
-    """Install ``package`` with apt-get when ``present()`` is false (needs root); '' once present, else why not."""
+
+def missing_package(package: str, present: Callable[[], bool]) -> str:
+    """'' when ``present()`` says the package's files are there, else the reason to skip the test that needs it."""
+    assert package in SYSTEM_PACKAGES, f"list {package} in SYSTEM_PACKAGES so that .ci/run installs it"
     if present():
         return ""
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return f"{package} is not installed and cannot be installed here (needs root and apt-get)"
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", package]):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-        if proc.returncode != 0:
-            return f"apt-get could not install {package}: {proc.stderr.strip()[-300:]}"
-    return "" if present() else f"{package} installed, but what the test needs is still not found"
+    return (f"{package} ({SYSTEM_PACKAGES[package]}) is not installed: apt-get install {package}, "
+            f"or run .ci/run, which installs the packages the tests need")
+
+
+if __name__ == "__main__":
+    print("\n".join(SYSTEM_PACKAGES))

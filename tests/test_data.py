@@ -15,7 +15,7 @@ from gemma_ocr.data.records import load_raw_records, load_records, write_records
 from gemma_ocr.data.split import parse_ratio, parse_split_spec, split_non_test
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
 from gemma_ocr.errors import GemmaOcrError
-from system_packages import apt_install
+from system_packages import missing_package
 
 
 def _write(path: Path, data) -> Path:
@@ -153,13 +153,13 @@ def test_generator_is_deterministic_and_images_open(tmp_path):
 
 @pytest.fixture(scope="module")
 def cjk_font_path() -> Path:
-    """A system CJK font; Debian's small fonts-wqy-microhei is installed when there is none (as root)."""
+    """A system CJK font (Debian's small fonts-wqy-microhei: .ci/run installs it)."""
 
     def found() -> bool:
         fonts.cjk_font.cache_clear()
         return fonts.cjk_font() is not None
 
-    why = apt_install("fonts-wqy-microhei", found)
+    why = missing_package("fonts-wqy-microhei", found)
     if why:
         pytest.skip(why)
     return fonts.cjk_font()
