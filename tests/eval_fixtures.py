@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import threading
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -156,3 +158,16 @@ class HangingServer(ScriptedServer):
     def __exit__(self, *exc) -> None:
         self.release.set()
         super().__exit__(*exc)
+
+
+def huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
+    """A valid, all-white 1-bit PNG of ``width`` x ``height`` (a few hundred KB on disk, 400 M pixels decoded)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" + b"\xff" * ((width + 7) // 8)
+    compressor = zlib.compressobj(9)
+    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+    return path

@@ -4,16 +4,13 @@ settings, unwritable outputs and damaged results files. Real local HTTP servers,
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 import time
-import zlib
-from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error
-from eval_fixtures import ROOT, HangingServer, ScriptedServer, eval_env, write_data
+from eval_fixtures import ROOT, HangingServer, ScriptedServer, eval_env, huge_png, write_data
 from output_locations import read_only_folder, small_tmpfs
 
 from gemma_ocr.data.records import load_records
@@ -82,22 +79,9 @@ def test_errors_name_the_calling_programs_flags(eval_data, tmp_path):
         evaluate(_cfg("http://127.0.0.1:9", eval_data, out, workers=0, flags=flags))
 
 
-def _huge_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
-    """A valid, all-white 1-bit PNG of ``width`` x ``height`` (a few hundred KB on disk, 400 M pixels decoded)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    row = b"\0" + b"\xff" * ((width + 7) // 8)
-    compressor = zlib.compressobj(9)
-    body = b"".join(compressor.compress(row) for _ in range(height)) + compressor.flush()
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
-    return path
-
-
 def test_a_decompression_bomb_is_that_samples_error(eval_data, tmp_path):
     good = load_records(eval_data)[:2]
-    huge = _huge_png(tmp_path / "huge.png")
+    huge = huge_png(tmp_path / "huge.png")
     data = write_data(tmp_path / "d.json", [(good[0].image_path, good[0].text), (str(huge), "big"),
                                             (good[1].image_path, good[1].text)])
     out = tmp_path / "r.json"

@@ -7,6 +7,7 @@ import os
 
 import pytest
 import torch
+from eval_fixtures import huge_png
 from khmer_helpers import tiny_dataset
 from torch import nn
 
@@ -151,6 +152,10 @@ def test_train_trial_predict_round_trip(meta, tmp_path):
     doc = evaluate_ocr_file(result["checkpoint"], broken)
     assert [s["status"] for s in doc["samples"]][0] == "error" and doc["status_counts"]["error"] == 1
     assert doc["samples"][1]["prediction"] == predictions[0]
+    bomb = huge_png(tmp_path / "huge.png")  # 20000 x 20000: Pillow's decompression-bomb guard
+    broken.write_text(json.dumps([{"image_path": str(bomb), "ocr_text": "១"}]))
+    doc = evaluate_ocr_file(result["checkpoint"], broken)
+    assert doc["samples"][0]["status"] == "error" and "huge.png" in doc["samples"][0]["error"]
 
     # the evaluate program scores the CNN the same way, --top-k included
     out = tmp_path / "cnn_results.json"

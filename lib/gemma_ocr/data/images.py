@@ -86,7 +86,7 @@ def open_image(path: str) -> Image.Image:
             return upright_rgb(im)
     except FileNotFoundError:
         raise GemmaOcrError(f"image not found: {path} (fix the path in the data file)") from None
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
         raise GemmaOcrError(f"image cannot be read: {path} ({e})") from None
 
 
