@@ -28,6 +28,7 @@ import logging
 import math
 import os
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -268,16 +269,18 @@ class ImageTooLarge(GemmaOcrError):
     """An image with more pixels than the limit (Pillow's guard against decompression bombs)."""
 
 
-def disable_pillow_pixel_guard() -> None:
-    """Let :func:`encode_image` alone guard this process against decompression bombs.
+def allow_image_pixels(max_pixels: int | None) -> None:
+    """Let Pillow open images of up to ``max_pixels`` pixels (None: any), raising its decompression-bomb guard
+    (``Image.MAX_IMAGE_PIXELS``, for this process) only when asked for more than it allows; never lowering it.
 
-    Pillow's own guard (a warning above ``Image.MAX_IMAGE_PIXELS``, an error above twice that) would
-    refuse images a larger ``max_image_pixels`` allows, and names no file; :func:`encode_image`
-    checks every image's size before decoding it instead.
+    :func:`encode_image` enforces ``max_pixels`` itself, naming the file.
     """
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = None
+    if max_pixels is None:
+        Image.MAX_IMAGE_PIXELS = None
+    elif Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def encode_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -> str:
@@ -311,8 +314,11 @@ def encode_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
                 data, mime = buf.getvalue(), "image/png"
     except UnidentifiedImageError:
         raise GemmaOcrError(f"image cannot be decoded: {path} (not an image, or a format Pillow cannot read)") from None
-    except Image.DecompressionBombError as e:  # Pillow's own limit (twice MAX_IMAGE_PIXELS) hit while opening
-        raise ImageTooLarge(f"image too large: {path} ({e})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own guard (twice MAX_IMAGE_PIXELS), hit while opening
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else str(e)
+        limit = f", over the limit of {max_pixels:,}" if max_pixels is not None else ""
+        raise ImageTooLarge(f"image too large: {path} ({size}{limit} that guards against decompression bombs)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise GemmaOcrError(f"image cannot be decoded: {path} ({e})") from None
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
@@ -539,7 +545,7 @@ def connect(cfg: RequestConfig) -> tuple[requests.Session, list[Endpoint], str]:
     """
     check_settings(cfg)
     endpoints = [parse_url(u) for u in cfg.urls]
-    disable_pillow_pixel_guard()
+    allow_image_pixels(cfg.max_image_pixels)
     session = make_session(len(endpoints), cfg.workers)
     try:
         return session, endpoints, check_servers(session, endpoints, cfg.model_name, cfg.wait_server)
