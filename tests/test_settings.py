@@ -6,6 +6,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Literal
@@ -36,6 +37,7 @@ class Color(str, Enum):
     ({"k": 1}, dict[str, Any], {"k": 1}), ("blue", Color | str, "blue"), (Color.RED, Color, "red"),
     ("data.json", str | os.PathLike[str], "data.json"), (("u",), Sequence[str], ["u"]),
     (0.5, float | list[float] | None, 0.5), ([0.5, "1"], float | list[float] | None, [0.5, 1.0]),
+    ("runs/a", Path, Path("runs/a")), (Path("b"), Path | None, Path("b")), ("null", Path | None, None),
 ])
 def test_coerce_converts_what_text_and_json_mean(value, tp, expected):
     out = coerce(value, tp)
@@ -56,6 +58,7 @@ def test_coerce_converts_what_text_and_json_mean(value, tp, expected):
     ("{oops", dict | str | None, "must be a JSON object (JSON text: "),
     ([1, "x"], list[int], "item 2 must be an integer, got 'x'"),
     ("x", int | float, "must be an integer or a number, got 'x'"),
+    ("", Path, "must be a path, got ''"), (3, Path | None, "must be a path or null, got 3"),
 ])
 def test_coerce_refuses_with_the_reason(value, tp, reason):
     with pytest.raises(Mismatch) as err:
@@ -146,6 +149,23 @@ def test_parser_errors_are_one_line(argv, line):
     with pytest.raises(GemmaOcrError) as err:
         ConfigParser([Study, Fixed]).parse_settings(argv)
     assert str(err.value) == line
+
+
+def test_a_check_of_a_field_no_layer_set_names_its_flag():
+    """validate() may refuse a default because of another setting: the message names the flag to change."""
+
+    @dataclass
+    class Window(Settings):
+        low: int = 1
+        high: int = 10
+
+        def validate(self) -> None:
+            if self.high <= self.low:
+                raise FieldError("high", f"must be above low ({self.low}), got {self.high}")
+
+    with pytest.raises(GemmaOcrError) as err:
+        ConfigParser(Window, config_file=False).parse_settings(["--low", "20"])
+    assert str(err.value) == "--high must be above low (20), got 10"
 
 
 def test_a_file_key_of_no_class_is_refused(tmp_path):

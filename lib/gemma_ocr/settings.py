@@ -108,7 +108,8 @@ def type_name(tp: Any) -> str:
         return "a list of " + {"an integer": "integers", "a number": "numbers", "a string": "strings"}.get(item, item)
     if _is_mapping(tp):
         return "a JSON object"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null",
+             Path: "a path"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
 
@@ -136,8 +137,8 @@ def coerce(value: Any, tp: Any) -> Any:
 
     Text (a flag, or a string in a file) becomes what it spells: ``"true"``/``"false"`` a bool,
     ``"none"``/``"null"`` None where the type allows None, ``"2e-4"`` a number, ``"a,b"`` or ``'["a"]'``
-    a list, ``'{"k": 1}'`` a JSON object. An integral float is an int where the type is int; NaN and
-    infinities are refused. Raises :class:`Mismatch` with the reason.
+    a list, ``'{"k": 1}'`` a JSON object, non-empty text a ``Path`` where the type is one. An integral float
+    is an int where the type is int; NaN and infinities are refused. Raises :class:`Mismatch` with the reason.
     """
     if tp is Any or tp is object:
         return value
@@ -180,6 +181,10 @@ def coerce(value: Any, tp: Any) -> Any:
         if isinstance(value, str):
             return value
         raise Mismatch("must be a string" + got)
+    if tp is Path:
+        if isinstance(value, (str, os.PathLike)) and str(value).strip():
+            return Path(value)
+        raise Mismatch("must be a path" + got)
     if _is_sequence(tp):
         args = typing.get_args(tp)
         item = args[0] if args else Any
@@ -253,7 +258,7 @@ class Layer:
     """Settings from one source: a file, a stored definition, the command line.
 
     ``source`` starts the error lines of its values (a path, ``command line``); ``flags`` maps a key to the
-    flag it was given as, so that a bad command-line value is named as the flag.
+    name a message gives it (the flag it was given as, or ``FILE: field 'pruner.type'`` for a nested key).
     """
 
     source: str
@@ -399,7 +404,8 @@ def _flag_views(cls: type) -> list[type]:
         meta = {k: v for k, v in f.metadata.items() if k in ("help", "aliases", "metavar")}
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
-        meta["help"] = (str(meta.get("help") or name.replace("_", " ")) + f" (default: {default!r})").replace("%", "%%")
+        shown = str(default) if isinstance(default, Path) else repr(default)
+        meta["help"] = (str(meta.get("help") or name.replace("_", " ")) + f" (default: {shown})").replace("%", "%%")
         title = f.metadata.get("group") or getattr(cls, "_argument_group_name", None) or "settings"
         groups.setdefault(title, []).append((name, _argparse_type(tp), field(default=None, metadata=meta)))
     views = []
@@ -479,7 +485,7 @@ class ConfigParser(HfArgumentParser):
         for keys in names:
             flagged = {k: given.pop(k) for k in list(given) if k in keys}
             layers.append((Layer(str(path or "config file"), {k: v for k, v in file_values.items() if k in keys}),
-                           Layer(COMMAND_LINE, flagged, {k: self.flags[k] for k in flagged})))
+                           Layer(COMMAND_LINE, flagged, {k: self.flags[k] for k in keys})))
         return layers, argparse.Namespace(**given)
 
     def parse_settings(self, args: Sequence[str] | None = None,
