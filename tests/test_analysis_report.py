@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from gemma_ocr.search.analysis import FIGURES, analyze
-from gemma_ocr.search.config import PrunerSettings
 from gemma_ocr.search.runner import run_search
 from search_helpers import run_cli, settings
 
@@ -21,7 +20,7 @@ def studies(tmp_path_factory):
     """Two finished studies: one with pruned and failed trials, one plain."""
     tmp = tmp_path_factory.mktemp("analysis")
     main = settings(tmp, "main", search_mode="random", n_trials=9, sampler_seed=2, fixed={"fail_trials": [4]},
-                    pruner=PrunerSettings(n_startup_trials=3, n_warmup_steps=1))
+                    pruner="median", pruner_n_startup_trials=3, pruner_n_warmup_steps=1)
     run_search(main)
     run_search(settings(tmp, "other", search_mode="bayesian", n_trials=4, sampler_seed=3))
     return tmp, main

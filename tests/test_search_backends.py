@@ -65,6 +65,42 @@ def test_gemma_search_prunes_through_the_trainer_callback_and_exports_a_config_s
         k: v for k, v in cfg.to_dict().items() if k != "output_dir"}
 
 
+def test_a_search_space_over_trainer_fields_reaches_each_trials_trainer(tmp_path, tiny_model_dir, ocr_data):  # noqa: F811
+    """TrainingArguments fields the project lists nowhere, searched from a YAML config: each trial's trainer ran
+    with that trial's values (the arguments the trainer saved beside the adapter)."""
+    import torch
+
+    (tmp_path / "search.yaml").write_text(f"""
+search_mode: grid
+pruner: none
+search_space:
+  lr_scheduler_type: {{choices: [cosine, constant]}}
+  adam_beta2: {{type: float, low: 0.9, high: 0.99, log: true, grid: [0.95]}}
+model_name: {tiny_model_dir}
+input_data: {ocr_data}
+max_steps: 1
+eval_steps: 1
+eval_on_start: false
+warmup_ratio: 0.0
+per_device_train_batch_size: 2
+per_device_eval_batch_size: 4
+gradient_accumulation_steps: 1
+max_seq_length: 512
+gradient_checkpointing: false
+max_eval_samples: 4
+report_to: [none]
+""")
+    out = run_cli("hyperparameter_search.py", "--study-name", "trainer-fields", "--config", str(tmp_path / "search.yaml"),
+                  "--studies-dir", str(tmp_path / "studies"), "--base-output-dir", str(tmp_path / "trials"), "--no-progress")
+    assert "2 trials, 2 complete" in out.stdout, out.stdout
+    study = optuna.load_study(study_name="trainer-fields", storage=f"sqlite:///{tmp_path / 'studies' / 'trainer-fields.db'}")
+    assert sorted(t.params["lr_scheduler_type"] for t in study.trials) == ["constant", "cosine"]
+    for trial in study.trials:
+        args = torch.load(tmp_path / "trials" / f"trial_{trial.number}" / "training_args.bin", weights_only=False)
+        assert args.lr_scheduler_type.value == trial.params["lr_scheduler_type"]
+        assert args.adam_beta2 == trial.params["adam_beta2"] == 0.95
+
+
 def test_khmer_cnn_backend_runs_a_trial(tmp_path):
     from khmer_helpers import tiny_dataset
 

@@ -8,9 +8,7 @@ import optuna
 import pytest
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.search.config import PrunerSettings
 from gemma_ocr.search.runner import resolve_settings, run_search
-from gemma_ocr.search.space import parse_search_space
 from search_helpers import LINREG, LINREG_SPACE, run_cli, settings
 
 GRID_SPACE = {
@@ -81,7 +79,7 @@ def test_median_pruner_prunes_a_planted_bad_trial(tmp_path):
         tmp_path, "prune", search_mode="random", n_trials=4, sampler_seed=0,
         space={"l2": {"type": "categorical", "choices": [0.0]}},  # identical good trials, one planted bad one
         fixed={"epochs": 6, "learning_rate": 0.03, "bad_trials": [3]},
-        pruner=PrunerSettings(type="median", n_startup_trials=2, n_warmup_steps=1),
+        pruner="median", pruner_n_startup_trials=2, pruner_n_warmup_steps=1,
     )
     summary = run_search(s)
     trials = load(s).trials

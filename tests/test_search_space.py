@@ -9,8 +9,9 @@ import optuna
 import pytest
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.search.config import load_search_config, parse_search_config
+from gemma_ocr.search.config import SearchArguments, load_search_config, parse_search_config
 from gemma_ocr.search.space import build_grid, grid_points, parse_search_space
+from gemma_ocr.settings import resolve
 from search_helpers import ROOT
 
 CONFIGS = ROOT / "configs" / "hyperparm_configs"
@@ -55,7 +56,7 @@ def test_yaml_form_with_log_flag_and_inferred_categorical(tmp_path):
     assert cfg.search_space["learning_rate"].log and cfg.search_space["learning_rate"].kind == "float"
     assert not cfg.search_space["lora_dropout"].log
     assert cfg.search_space["lora_r"].choices == (8, 16)
-    assert cfg.settings["study_name"] == "yaml-study" and cfg.settings["n_trials"] == 7 and cfg.settings["n_jobs"] == 2
+    assert cfg.settings.values == {"study_name": "yaml-study", "n_trials": 7, "n_jobs": 2, "timeout": None}
     assert cfg.fixed == {"lora_alpha": 32}
 
 
@@ -109,7 +110,7 @@ def test_shipped_search_configs_are_valid_training_configs(name):
     for spec in cfg.search_space.values():
         TrainConfig.from_dict({**cfg.fixed, spec.name: spec.representative()})
     if "grid" in name:
-        assert len(grid_points(build_grid(cfg.search_space))) == 4 and cfg.settings["search_mode"] == "grid"
+        assert len(grid_points(build_grid(cfg.search_space))) == 4 and cfg.settings.values["search_mode"] == "grid"
 
 
 def test_unknown_fixed_parameter_and_searched_and_fixed_clash_are_clear_errors(tmp_path):
@@ -117,11 +118,11 @@ def test_unknown_fixed_parameter_and_searched_and_fixed_clash_are_clear_errors(t
 
     cfg = parse_search_config({"search_space": {"lora_r": {"type": "categorical", "choices": [8]}},
                                "lora_rank": 8}, "x.json")
-    with pytest.raises(GemmaOcrError, match=r"x.json: unknown training parameter 'lora_rank'; did you mean 'lora_r'"):
+    with pytest.raises(GemmaOcrError, match=r"x.json: unknown key 'lora_rank'; did you mean 'lora_r'"):
         GemmaBackend().validate(cfg.fixed, cfg.search_space, cfg.source)
     with pytest.raises(GemmaOcrError, match="both a fixed parameter and in search_space"):
         parse_search_config({"search_space": {"lora_r": {"type": "categorical", "choices": [8]}}, "lora_r": 8}, "y.json")
-    with pytest.raises(GemmaOcrError, match="unknown search parameter 'learnin_rate'"):
+    with pytest.raises(GemmaOcrError, match="z.json: search_space: unknown key 'learnin_rate'; did you mean 'learning_rate'"):
         cfg = parse_search_config({"search_space": {"learnin_rate": {"type": "uniform", "low": 0.1, "high": 1}}}, "z.json")
         GemmaBackend().validate(cfg.fixed, cfg.search_space, cfg.source)
     bad_json = tmp_path / "bad.json"
@@ -132,8 +133,9 @@ def test_unknown_fixed_parameter_and_searched_and_fixed_clash_are_clear_errors(t
 
 def test_comment_keys_are_ignored_and_pruner_settings_parse():
     cfg = parse_search_config({"_comment": "x", "pruner": {"n_startup_trials": 2, "n_warmup_steps": 0}}, "p.json")
-    assert cfg.fixed == {} and cfg.settings["pruner"].n_startup_trials == 2 and cfg.settings["pruner"].type == "median"
-    with pytest.raises(GemmaOcrError, match="pruner: unknown key"):
+    pruner = resolve(SearchArguments, cfg.settings)
+    assert cfg.fixed == {} and (pruner.pruner, pruner.pruner_n_startup_trials, pruner.pruner_n_warmup_steps) == ("median", 2, 0)
+    with pytest.raises(GemmaOcrError, match="p.json: pruner: unknown key 'warmup'"):
         parse_search_config({"pruner": {"warmup": 3}}, "p.json")
 
 

@@ -21,7 +21,7 @@ import torch
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError
 from gemma_ocr.khmer_digits.generator import export_ocr_json
 from gemma_ocr.khmer_digits.utils import TrainingConfig
-from gemma_ocr.settings import unknown_key
+from gemma_ocr.settings import Layer, resolve, unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -51,27 +51,22 @@ ALIASES = {
 
 
 def trial_config(params: dict[str, Any], output_dir: str | os.PathLike[str]) -> TrainingConfig:
-    """A :class:`TrainingConfig` from the default recipe overlaid with ``params`` (aliases accepted)."""
-    merged: dict[str, Any] = {}
-    for key, value in {**DEFAULT_TRIAL_PARAMS, **params}.items():
-        merged[ALIASES.get(key, key)] = value
+    """A :class:`TrainingConfig`: the default recipe (and a trial's run settings) < ``params`` (aliases accepted)."""
+    given = {ALIASES.get(key, key): value for key, value in params.items()}
     known = TrainingConfig.field_names()
-    for key in merged:
+    for key in given:  # before the layer, so that an alias is a valid name to point to
         if key not in known:
             raise unknown_key("Khmer-digits trial", key, known + list(ALIASES), what="hyperparameter", error=ConfigurationError)
-    out = Path(output_dir)
-    merged.setdefault("output_dir", str(out.parent))
-    merged.setdefault("experiment_name", out.name or "trial")
-    merged.setdefault("use_tensorboard", False)
-    merged.setdefault("save_every_n_epochs", 1000)
-    merged.setdefault("keep_n_checkpoints", 1)
-    merged.setdefault("early_stopping_patience", 1000)
-    if "loss_type" not in merged:
-        from gemma_ocr.khmer_digits.models import PRESETS
+    from gemma_ocr.khmer_digits.models import PRESETS
 
-        preset = PRESETS.get(str(merged.get("model_name")), {})
-        merged["loss_type"] = "ctc" if preset.get("head") == "ctc" else "crossentropy"
-    return TrainingConfig.from_dict(merged, source="Khmer-digits trial parameters")
+    out = Path(output_dir)
+    defaults = {ALIASES.get(key, key): value for key, value in DEFAULT_TRIAL_PARAMS.items()}
+    model = given.get("model_name", defaults["model_name"])
+    defaults.update(output_dir=str(out.parent), experiment_name=out.name or "trial", use_tensorboard=False,
+                    save_every_n_epochs=1000, keep_n_checkpoints=1, early_stopping_patience=1000,
+                    loss_type="ctc" if PRESETS.get(str(model), {}).get("head") == "ctc" else "crossentropy")
+    return resolve(TrainingConfig, Layer("Khmer-digits trial defaults", defaults),
+                   Layer("Khmer-digits trial parameters", given), error=ConfigurationError)
 
 
 def train_trial(params: dict[str, Any], output_dir: str | os.PathLike[str],

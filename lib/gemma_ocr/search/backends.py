@@ -9,7 +9,6 @@ with the same methods (a class or a zero-argument factory), which is how a proje
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import multiprocessing
@@ -25,6 +24,7 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
 from gemma_ocr.search.pruning import TrialReporter
 from gemma_ocr.search.space import ParamSpec, probe_points
+from gemma_ocr.settings import Layer, resolve
 
 log = logging.getLogger(__name__)
 
@@ -64,15 +64,6 @@ class Backend(Protocol):
         """The configuration file that trains the given parameters for real."""
 
 
-def check_names(names: list[str], valid: set[str], what: str, source: str, hint: str) -> None:
-    """One clear error for the first unknown parameter name, with the closest valid one."""
-    from gemma_ocr.settings import did_you_mean
-
-    for name in names:
-        if name not in valid:
-            raise GemmaOcrError(f"{source}: unknown {what} {name!r}{did_you_mean(name, sorted(valid))} ({hint})")
-
-
 class GemmaBackend:
     """LoRA SFT of a Gemma 3 model; the objective is the final ``eval_loss`` (minimised)."""
 
@@ -89,26 +80,21 @@ class GemmaBackend:
             raise GemmaOcrError(f"the gemma backend needs gemma_ocr.config / gemma_ocr.training ({e})") from None
         self._config = config_module
 
-    def _fields(self) -> set[str]:
-        return {f.name for f in dataclasses.fields(self._config.TrainConfig)}
-
-    def _build(self, values: dict[str, Any], source: str) -> Any:
-        return self._config.TrainConfig.from_dict(values, source=source)
+    def _build(self, fixed: dict[str, Any], params: dict[str, Any], source: str, where: str) -> Any:
+        """A checked TrainConfig: ``fixed`` (from ``source``) < ``params`` (named ``where`` in errors)."""
+        return resolve(self._config.TrainConfig, Layer(source, fixed), Layer(where, params))
 
     def validate(self, fixed: dict[str, Any], space: dict[str, ParamSpec], source: str) -> None:
-        hint = "fixed parameters and search_space keys must be TrainConfig fields, see configs/hyperparm_configs/default.json"
-        check_names(list(fixed), self._fields(), "training parameter", source, hint)
-        check_names(list(space), self._fields(), "search parameter", source, hint)
         for name in self.per_trial_fields:
             if name in space:
                 raise GemmaOcrError(f"{source}: {name} is set per trial by the search and cannot be searched")
-        for label, values in probe_points(space, f"{source}: search_space"):  # every choice, not the first only
-            self._build({**fixed, **values}, label or source)
+        where = f"{source}: search_space"
+        for label, values in probe_points(space, where):  # every choice, not the first only
+            self._build(fixed, values, source, label or where)
 
     def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
-        values = {**ctx.fixed, **ctx.params}
-        values.update(output_dir=str(ctx.output_dir), run_name=ctx.run_name, wandb_group=ctx.study_name)
-        config = self._build(values, f"trial {ctx.trial_number}")  # W&B: grouped by study, offline without a key
+        values = dict(ctx.params, output_dir=str(ctx.output_dir), run_name=ctx.run_name, wandb_group=ctx.study_name)
+        config = self._build(ctx.fixed, values, "fixed parameters", f"trial {ctx.trial_number}")  # W&B: grouped by study
         if ctx.concurrent:
             # transformers keeps process-wide state (TrainingArguments resets the shared AcceleratorState,
             # models load through the meta device): trials that train at once get a process each
@@ -122,8 +108,8 @@ class GemmaBackend:
         return dict(result)
 
     def export_config(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        values = {k: v for k, v in {**fixed, **params}.items() if k not in self.per_trial_fields}
-        config = self._build(values, "best configuration").to_dict()
+        fixed = {k: v for k, v in fixed.items() if k not in self.per_trial_fields}
+        config = self._build(fixed, params, "fixed parameters", "best configuration").to_dict()
         for name in self.per_trial_fields:  # let sft_gemma.py choose these for the final run
             config.pop(name, None)
         return config

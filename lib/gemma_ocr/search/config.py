@@ -1,31 +1,39 @@
-"""The search configuration file: search space, study settings and fixed training parameters.
+"""The search's settings and its configuration file, read through the configuration layer (:mod:`gemma_ocr.settings`).
 
-JSON (the suite's format) or YAML (``.yaml``/``.yml``)::
+:class:`SearchArguments` holds every setting of a study: its field names are the study keys of a search
+config file and of the definition stored with a study, and, with ``-``, the flags of
+``core/hyperparameter_search.py``. A search config file is JSON (the suite's format) or YAML
+(``.yaml``/``.yml``)::
 
-    {"search_space": {...},                       # see gemma_ocr.search.space
-     "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 10},   # optional
-     "n_trials": 20, "n_jobs": 1, "timeout": null, "study_name": ..., "storage": ..., "search_mode": ...,
-     "sampler_seed": 1, "heartbeat_interval": 15, "grace_period": 180, "storage_retry_timeout": 120,
+    {"search_space": {...},                                   # see gemma_ocr.search.space
+     "pruner": {"type": "median", "n_startup_trials": 5, "n_warmup_steps": 10},   # or "pruner": "none"
+     "n_trials": 20, "n_jobs": 1, "timeout": null, "study_name": ..., "storage": ..., ...  # SearchArguments fields
      "train_split": "train[:90%]", "load_in_4bit": true, "seed": 42, ...}   # everything else: fixed parameters
 
-Study settings in the file are defaults; command-line flags override them.
+Precedence: defaults < the definition stored with the study (``--resume``) < config file < flags
+(:func:`gemma_ocr.search.runner.resolve_settings`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+from gemma_ocr.config import MAX_SEED, arg
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json, read_yaml
 from gemma_ocr.search.space import ParamSpec, parse_search_space
+from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_RETRY_S
+from gemma_ocr.settings import FieldError, Layer, Settings, unknown_key
 
 log = logging.getLogger(__name__)
 
-SEARCH_MODES = ("bayesian", "random", "grid")
+DEFAULT_N_TRIALS = 20
 #: The seed's default space: learning rate on a log scale, a few epochs.
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 5e-4},
@@ -33,73 +41,114 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
 }
 #: Where a built-in search space comes from, for messages (it is no file's search_space).
 BUILTIN_SPACE = "built-in default search_space"
-#: Top-level keys of a config file that configure the study rather than the training.
-SETTING_KEYS = {
-    "study_name": str,
-    "search_mode": str,
-    "n_trials": int,
-    "n_jobs": int,
-    "timeout": (int, float),
-    "storage": str,
-    "sampler_seed": int,  # "seed" is the training seed, a fixed parameter like any other
-    "heartbeat_interval": int,
-    "grace_period": int,
-    "storage_retry_timeout": (int, float),
-    "backend": str,
-    "base_output_dir": str,
-    "pruner": dict,
-}
-PRUNER_KEYS = {"type": str, "n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int}
+study = functools.partial(arg, group="search settings (also keys of the --config file)")
+training = functools.partial(arg, group="training parameters (they replace the --config file's in every trial)")
 
 
 @dataclass
-class PrunerSettings:
-    """MedianPruner settings (the seed's defaults: 5 startup trials, 10 warm-up steps)."""
+class SearchArguments(Settings):
+    """Every setting of a study: a key of a search config file and a flag."""
 
-    type: str = "median"
-    n_startup_trials: int = 5
-    n_warmup_steps: int = 10
-    interval_steps: int = 1
+    study_name: str | None = study(None, "name of the Optuna study (null: hpsearch-<timestamp>)")
+    search_mode: Literal["bayesian", "random", "grid"] = study("bayesian", "bayesian (TPE), random, or grid")
+    n_trials: int | None = study(None, f"trials this process runs (null: {DEFAULT_N_TRIALS}; grid: the rest of the grid)")
+    max_total_trials: int | None = study(None, "study-wide cap over all workers: no worker starts a trial once the "
+                                               "study has this many")
+    timeout: float | None = study(None, "start no new trial after this many seconds")
+    n_jobs: int = study(1, "trials run in parallel by this process (each gemma trial then trains in a process of its own)")
+    backend: str = study("gemma", "what a trial trains: gemma, khmer-cnn, or package.module:attribute")
+    sampler_seed: int | None = study(None, "Optuna sampler seed (null: unseeded); a resumed study and each further "
+                                           "worker derive their own from it")
+    storage: str | None = study(None, "Optuna storage: sqlite:///PATH.db (null: <studies_dir>/<study>.db), "
+                                      "postgresql://user:pass@host/db, or journal:PATH")
+    resume: bool = study(False, "continue the study of this name (its stored search space unless --config is given); "
+                                "creates it when missing, so every worker of a shared study passes --resume")
+    base_output_dir: Path = study(Path("models/hyperparam_search"), "per-trial folders go here, one study per folder")
+    studies_dir: Path = study(DEFAULT_STUDIES_DIR, "default SQLite databases and the best params/config files go here")
+    pruner: Literal["median", "none"] = study("median", "median: stop trials whose evaluations trail the others; none")
+    pruner_n_startup_trials: int = study(5, "trials completed before pruning starts", aliases=["--pruner-startup-trials"])
+    pruner_n_warmup_steps: int = study(10, "training steps of a trial before it can be pruned",
+                                       aliases=["--pruner-warmup-steps"])
+    pruner_interval_steps: int = study(1, "steps between two pruning checks of a trial")
+    heartbeat_interval: int = study(HEARTBEAT_INTERVAL_S, "seconds between the heartbeats of a running trial")
+    grace_period: int = study(GRACE_PERIOD_S, "seconds without a heartbeat after which a trial is a dead worker's: "
+                                              "failed and run again")
+    storage_retry_timeout: float = study(STORAGE_RETRY_S, "seconds a worker waits out an unreachable database server")
+    progress: bool = study(True, "a progress bar of the trials (--no-progress: none)")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+    def validate(self) -> None:
+        """Types, then ranges; raise :class:`FieldError` on the first bad field."""
+        super().validate()
+        for names, low in ((("n_trials", "max_total_trials", "n_jobs", "heartbeat_interval", "pruner_interval_steps"), 1),
+                           (("pruner_n_startup_trials", "pruner_n_warmup_steps", "storage_retry_timeout"), 0)):
+            for name in names:
+                value = getattr(self, name)
+                if value is not None and value < low:
+                    raise FieldError(name, f"must be >= {low}, got {value}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise FieldError("timeout", f"must be positive seconds, got {self.timeout}")
+        if self.sampler_seed is not None and not 0 <= self.sampler_seed <= MAX_SEED:
+            raise FieldError("sampler_seed", f"must be in [0, {MAX_SEED}], got {self.sampler_seed}")
+        if self.grace_period <= self.heartbeat_interval:
+            raise FieldError("grace_period", f"must be above heartbeat_interval ({self.heartbeat_interval} s), "
+                                             f"got {self.grace_period}")
+
+
+@dataclass
+class FixedOverrides:
+    """Training parameters given as flags: they replace the config file's fixed parameters in every trial."""
+
+    model_name: str | None = training(None, "base model folder or hub id")
+    input_data: str | None = training(None, "training data JSON")
+    instruction: str | None = training(None, "OCR instruction text")
+    seed: int | None = training(None, 'training seed (the config\'s "seed")')
+
+
+@dataclass
+class SearchSettings(SearchArguments):
+    """A resolved search: its settings, search space and fixed training parameters."""
+
+    search_space: dict[str, ParamSpec] = field(default_factory=lambda: parse_search_space(DEFAULT_SEARCH_SPACE))
+    fixed: dict[str, Any] = field(default_factory=dict)
+    source: str = "<default search space>"  # where the fixed parameters come from, for messages
+    space_source: str = "search_space"  # where the search space comes from
+
+
+#: Top-level keys of a config file (and of a stored definition) that configure the study rather than the training.
+SETTING_KEYS = tuple(SearchArguments.field_names())
+#: The keys of a ``pruner`` object: "type" is the ``pruner`` setting, the others the ``pruner_*`` ones.
+PRUNER_KEYS = ("type", *(k.removeprefix("pruner_") for k in SETTING_KEYS if k.startswith("pruner_")))
 
 
 @dataclass
 class SearchFile:
-    """A parsed search configuration."""
+    """A search definition: a config file's, the one stored with a study, or a backend's built-in space."""
 
     search_space: dict[str, ParamSpec]
     fixed: dict[str, Any] = field(default_factory=dict)
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Layer = field(default_factory=lambda: Layer("<defaults>", {}))  # its study settings
     source: str = "<defaults>"
     space_source: str = BUILTIN_SPACE  # where the search space is defined
 
 
-def parse_pruner(value: Any, where: str) -> PrunerSettings:
-    """Validate a ``pruner`` object."""
-    if value is None:
-        return PrunerSettings()
-    if not isinstance(value, dict):
-        raise GemmaOcrError(f"{where}.pruner: expected an object like {{\"type\": \"median\", \"n_startup_trials\": 5}}")
-    for key, v in value.items():
-        if key not in PRUNER_KEYS:
-            raise GemmaOcrError(f"{where}.pruner: unknown key {key!r} (allowed: {sorted(PRUNER_KEYS)})")
-        if not isinstance(v, PRUNER_KEYS[key]) or isinstance(v, bool):
-            raise GemmaOcrError(f"{where}.pruner.{key}: expected {PRUNER_KEYS[key].__name__}, got {v!r}")
-    out = PrunerSettings(**value)
-    if out.type not in ("median", "none"):
-        raise GemmaOcrError(f"{where}.pruner.type: expected \"median\" or \"none\", got {out.type!r}")
-    return out
+def study_layer(source: str, values: Mapping[str, Any]) -> Layer:
+    """The study settings of a file or stored definition as a layer; a ``pruner`` object gives the pruner_* keys."""
+    values, names = dict(values), {}
+    if isinstance(values.get("pruner"), Mapping):
+        for key, value in values.pop("pruner").items():
+            if key not in PRUNER_KEYS:
+                raise unknown_key(f"{source}: pruner", key, PRUNER_KEYS)
+            flat = "pruner" if key == "type" else f"pruner_{key}"
+            values[flat], names[flat] = value, f"{source}: field 'pruner.{key}'"
+    return Layer(source, values, names)
 
 
 def parse_search_config(data: Any, source: str) -> SearchFile:
     """Split a loaded config document into search space, study settings and fixed parameters."""
     if not isinstance(data, dict):
         raise GemmaOcrError(f"{source}: expected a JSON object with a \"search_space\" and fixed parameters")
-    data = dict(data)
-    explicit = "search_space" in data
-    if explicit:
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}  # "_comment" keys
+    if "search_space" in data:
         space_source = f"{source}: search_space"
         space = parse_search_space(data.pop("search_space"), space_source)
     else:  # a plain training config: its values of the searched parameters give way to the search
@@ -107,19 +156,7 @@ def parse_search_config(data: Any, source: str) -> SearchFile:
         space_source = f"{BUILTIN_SPACE} ({source} has none; give --config a file with one)"
         space = parse_search_space(DEFAULT_SEARCH_SPACE, space_source)
         data = {k: v for k, v in data.items() if k not in space}
-    settings: dict[str, Any] = {}
-    for key, kind in SETTING_KEYS.items():
-        if key in data:
-            value = data.pop(key)
-            if value is None:
-                continue
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise GemmaOcrError(f"{source}: {key} has the wrong type ({value!r})")
-            settings[key] = value
-    if "search_mode" in settings and settings["search_mode"] not in SEARCH_MODES:
-        raise GemmaOcrError(f"{source}: search_mode must be one of {', '.join(SEARCH_MODES)}, got {settings['search_mode']!r}")
-    settings["pruner"] = parse_pruner(settings.get("pruner"), source)
-    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("_"))}  # "_comment" keys
+    settings = study_layer(source, {k: data.pop(k) for k in list(data) if k in SETTING_KEYS})
     both = sorted(set(space) & set(data))
     if both:
         raise GemmaOcrError(
@@ -128,13 +165,8 @@ def parse_search_config(data: Any, source: str) -> SearchFile:
     return SearchFile(search_space=space, fixed=data, settings=settings, source=source, space_source=space_source)
 
 
-def load_search_config(path: str | os.PathLike[str] | None) -> SearchFile:
-    """Load a JSON or YAML search configuration; ``None`` gives the default search space."""
-    if path is None:
-        return parse_search_config({"search_space": DEFAULT_SEARCH_SPACE}, "<default search space>")
+def load_search_config(path: str | os.PathLike[str]) -> SearchFile:
+    """Load a JSON or YAML search configuration."""
     path = Path(path)
-    if path.suffix.lower() in (".yaml", ".yml"):
-        data = read_yaml(path, "search config")
-    else:
-        data = read_json(path, "search config")
-    return parse_search_config(data, str(path))
+    read = read_yaml if path.suffix.lower() in (".yaml", ".yml") else read_json
+    return parse_search_config(read(path, "search config"), str(path))

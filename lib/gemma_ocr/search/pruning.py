@@ -14,21 +14,18 @@ from typing import Any
 import optuna
 from optuna.pruners import BasePruner, MedianPruner, NopPruner
 
-from gemma_ocr.search.config import PrunerSettings
+from gemma_ocr.search.config import SearchArguments
 from gemma_ocr.search.storage import retrying
 
 log = logging.getLogger(__name__)
 
 
-def make_pruner(settings: PrunerSettings) -> BasePruner:
-    """MedianPruner with the given startup trials / warm-up steps, or no pruning."""
-    if settings.type == "none":
+def make_pruner(settings: SearchArguments) -> BasePruner:
+    """MedianPruner with the settings' startup trials / warm-up steps, or no pruning."""
+    if settings.pruner == "none":
         return NopPruner()
-    return MedianPruner(
-        n_startup_trials=settings.n_startup_trials,
-        n_warmup_steps=settings.n_warmup_steps,
-        interval_steps=settings.interval_steps,
-    )
+    return MedianPruner(n_startup_trials=settings.pruner_n_startup_trials, n_warmup_steps=settings.pruner_n_warmup_steps,
+                        interval_steps=settings.pruner_interval_steps)
 
 
 class TrialReporter:

@@ -17,8 +17,8 @@ grace period and run again, by a worker still running or by the next ``--resume`
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
-import gc
 import hashlib
 import json
 import logging
@@ -30,8 +30,9 @@ import threading
 import time
 import traceback
 import warnings
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,12 +45,14 @@ from gemma_ocr.io import check_writable
 from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend
 from gemma_ocr.search.config import (
     BUILTIN_SPACE,
+    DEFAULT_N_TRIALS,
     DEFAULT_SEARCH_SPACE,
-    SEARCH_MODES,
-    PrunerSettings,
+    FixedOverrides,
+    SearchArguments,
     SearchFile,
+    SearchSettings,
     load_search_config,
-    parse_pruner,
+    study_layer,
 )
 from gemma_ocr.search.export import (
     best_trial,
@@ -65,11 +68,7 @@ from gemma_ocr.search.liveness import RESULTS_ATTR, Liveness, StaleTrials, count
 from gemma_ocr.search.pruning import TrialReporter, make_pruner
 from gemma_ocr.search.space import ParamSpec, build_grid, grid_points, grid_size, parse_search_space, space_to_dict, suggest_all
 from gemma_ocr.search.storage import (
-    DEFAULT_STUDIES_DIR,
-    GRACE_PERIOD_S,
-    HEARTBEAT_INTERVAL_S,
     STORAGE_ERRORS,
-    STORAGE_RETRY_S,
     connection_error,
     default_storage,
     existing_storage,
@@ -81,41 +80,16 @@ from gemma_ocr.search.storage import (
     study_exists,
     study_lock,
 )
+from gemma_ocr.settings import Layer, resolve
 
 log = logging.getLogger(__name__)
 
-DEFAULT_N_TRIALS = 20
-DEFAULT_BASE_OUTPUT_DIR = Path("models/hyperparam_search")
 CONFIG_ATTR = "gemma_ocr_search"  # study user attribute holding the search definition (for --resume)
+#: The settings stored with the study beside its search space and fixed parameters (a --resume without --config reuses them).
+STORED_SETTINGS = ("search_mode", "backend", "pruner", "pruner_n_startup_trials", "pruner_n_warmup_steps",
+                   "pruner_interval_steps", "base_output_dir")
 WAIT_POLL_S = 2.0  # how often a waiting worker looks whether the trials it waits for ended (or need a retry)
 WORKERS_ATTR = "gemma_ocr_workers"  # how many workers have opened the study (each derives its own sampler seed)
-
-
-@dataclass
-class SearchSettings:
-    """A fully resolved search."""
-
-    study_name: str
-    storage: str
-    backend: str = "gemma"
-    search_mode: str = "bayesian"
-    search_space: dict[str, ParamSpec] = field(default_factory=lambda: parse_search_space(DEFAULT_SEARCH_SPACE))
-    fixed: dict[str, Any] = field(default_factory=dict)
-    n_trials: int | None = DEFAULT_N_TRIALS
-    max_total_trials: int | None = None
-    timeout: float | None = None
-    n_jobs: int = 1
-    sampler_seed: int | None = None  # the training seed is the fixed parameter "seed"
-    heartbeat_interval: int = HEARTBEAT_INTERVAL_S
-    grace_period: int = GRACE_PERIOD_S
-    storage_retry_timeout: float = STORAGE_RETRY_S
-    pruner: PrunerSettings = field(default_factory=PrunerSettings)
-    base_output_dir: Path = DEFAULT_BASE_OUTPUT_DIR
-    studies_dir: Path = DEFAULT_STUDIES_DIR
-    resume: bool = False
-    source: str = "<default search space>"  # where the fixed parameters come from, for messages
-    space_source: str = "search_space"  # where the search space comes from
-    progress: bool = True
 
 
 @dataclass
@@ -143,130 +117,74 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def stored_definition(storage: Any, study_name: str) -> dict[str, Any] | None:
-    """The search definition saved with an existing study (None for studies made elsewhere)."""
-    study = optuna.load_study(study_name=study_name, storage=storage)
-    value = study.user_attrs.get(CONFIG_ATTR)
-    return value if isinstance(value, dict) else None
+def stored_search(url: str, name: str, resume: bool) -> SearchFile | None:
+    """The search definition stored with study ``name`` (None when there is no such study, or it was made elsewhere);
+    an existing study without ``resume`` is refused."""
+    storage = existing_storage(url)
+    if storage is None or not study_exists(storage, name):
+        if resume:
+            log.info("no study %r in %s yet: creating it", name, mask(url))
+        return None
+    if not resume:
+        raise GemmaOcrError(f"study {name!r} already exists in {mask(url)}; pass --resume to add trials to it, "
+                            "or choose another --study-name")
+    stored = optuna.load_study(study_name=name, storage=storage).user_attrs.get(CONFIG_ATTR)
+    if not isinstance(stored, dict):
+        return None
+    source, space_source = f"study {name} (stored definition)", f"study {name} (stored search space)"
+    return SearchFile(parse_search_space(stored.get("search_space"), space_source), dict(stored.get("fixed") or {}),
+                      study_layer(source, stored.get("settings") or {}), source, space_source)
 
 
-def resolve_settings(
-    config: str | os.PathLike[str] | None = None,
-    *,
-    study_name: str | None = None,
-    storage: str | None = None,
-    resume: bool = False,
-    overrides: dict[str, Any] | None = None,
-    fixed_overrides: dict[str, Any] | None = None,
-    studies_dir: str | os.PathLike[str] = DEFAULT_STUDIES_DIR,
-    default_config: str | os.PathLike[str] | None = None,
-) -> SearchSettings:
+def builtin_search(backend: str) -> SearchFile:
+    """The built-in search space of ``backend``, without fixed parameters."""
+    where = f"{BUILTIN_SPACE} of the {backend} backend (give --config a file with one)"
+    return SearchFile(parse_search_space(DEFAULT_SPACES.get(backend, DEFAULT_SEARCH_SPACE), where),
+                      source=f"<default search space of {backend}>", space_source=where)
+
+
+def _layer(values: Layer | Mapping[str, Any] | None, **more: Any) -> Layer:
+    """The parser's layer, or a caller's dict of values, with ``more`` added (``None`` = not given)."""
+    layer = values if isinstance(values, Layer) else Layer("settings", dict(values or {}))
+    return Layer(layer.source, {k: v for k, v in {**layer.values, **more}.items() if v is not None}, layer.flags)
+
+
+def resolve_settings(config: str | os.PathLike[str] | None = None, *, overrides: Layer | Mapping[str, Any] | None = None,
+                     fixed_overrides: Layer | Mapping[str, Any] | None = None,
+                     default_config: str | os.PathLike[str] | None = None, **given: Any) -> SearchSettings:
     """Combine defaults < definition stored with the study (on resume) < config file < flags.
 
-    ``overrides`` are study settings given as flags (search_mode, n_trials, backend, ...; ``None`` =
-    not given); ``fixed_overrides`` are training parameters given as flags (model_name, input_data,
-    instruction). Without a config file and a stored definition, ``default_config`` (when it exists)
-    gives the fixed parameters. Nothing is created here: no study, no database file.
+    ``overrides`` are :class:`SearchArguments` values given as flags (the parser's layer, or a dict; ``given``
+    adds more, e.g. ``study_name=``, ``resume=``); ``fixed_overrides`` are :class:`FixedOverrides`. Without a
+    config file and a stored definition, ``default_config`` (when it exists) gives the gemma backend's fixed
+    parameters. Nothing is created here: no study, no database file.
     """
-    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    fixed_overrides = {k: v for k, v in (fixed_overrides or {}).items() if v is not None}
-    file: SearchFile | None = load_search_config(config) if config else None
-    file_settings = file.settings if file else {}
-
-    name = study_name or file_settings.get("study_name") or default_study_name()
-    url = normalize_url(storage or file_settings.get("storage") or default_storage(name, studies_dir))
-    stored: dict[str, Any] | None = None
-    opened = existing_storage(url)
-    if opened is not None and study_exists(opened, name):
-        if not resume:
-            raise GemmaOcrError(
-                f"study {name!r} already exists in {mask(url)}; pass --resume to add trials to it, "
-                "or choose another --study-name"
-            )
-        stored = stored_definition(opened, name)
-    elif resume:
-        log.info("no study %r in %s yet: creating it", name, mask(url))
-
-    def pick(key: str, default: Any) -> Any:
-        for layer in (overrides, file_settings, (stored or {}).get("settings", {})):
-            if key in layer and layer[key] is not None:
-                return layer[key]
-        return default
-
-    backend = pick("backend", "gemma")
-    if file is None and stored is None and backend == "gemma" and default_config and Path(default_config).is_file():
+    flags = _layer(overrides, **given)
+    file = load_search_config(config) if config else None
+    first = resolve(SearchArguments, *([file.settings] if file else []), flags)
+    name = first.study_name or default_study_name()
+    url = normalize_url(first.storage or default_storage(name, first.studies_dir))
+    stored = stored_search(url, name, first.resume)
+    if file is None and stored is None and first.backend == "gemma" and default_config and Path(default_config).is_file():
         file = load_search_config(default_config)
         log.info("no --config: fixed parameters from %s, default search space", default_config)
-        file_settings = file.settings
-    if file is not None:
-        space, fixed, source, space_source = file.search_space, dict(file.fixed), file.source, file.space_source
-    elif stored is not None:
-        space_source = f"study {name} (stored search space)"
-        space = parse_search_space(stored.get("search_space"), space_source)
-        fixed, source = dict(stored.get("fixed") or {}), f"study {name} (stored definition)"
-        log.info("resuming %s with its stored search space (%s)", name, ", ".join(space))
-    else:
-        space_source = f"{BUILTIN_SPACE} of the {backend} backend (give --config a file with one)"
-        space = parse_search_space(DEFAULT_SPACES.get(backend, DEFAULT_SEARCH_SPACE), space_source)
-        fixed, source = {}, f"<default search space of {backend}>"
-    fixed.update(fixed_overrides)
-    clash = sorted(set(fixed_overrides) & set(space))
+    args = resolve(SearchArguments, *(d.settings for d in (stored, file) if d is not None), flags)
+    search = file or stored or builtin_search(args.backend)
+    if search is stored:
+        log.info("resuming %s with its stored search space (%s)", name, ", ".join(search.search_space))
+    fixed_flags = {k: v for k, v in dataclasses.asdict(resolve(FixedOverrides, _layer(fixed_overrides))).items()
+                   if v is not None}
+    clash = sorted(set(fixed_flags) & set(search.search_space))
     if clash:
-        raise GemmaOcrError(f"{', '.join(clash)} is given as a flag but is also searched ({space_source}); drop one")
-
-    mode = pick("search_mode", "bayesian")
-    if mode not in SEARCH_MODES:
-        raise GemmaOcrError(f"--search-mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
-    pruner = file_settings.get("pruner") if file is not None else None
-    if pruner is None:
-        pruner = parse_pruner((stored or {}).get("settings", {}).get("pruner"), f"study {name}")
-    for key in ("type", "n_startup_trials", "n_warmup_steps"):
-        if overrides.get(f"pruner_{key}") is not None:
-            setattr(pruner, key, overrides[f"pruner_{key}"])
-    if pruner.n_startup_trials < 0 or pruner.n_warmup_steps < 0:
-        raise GemmaOcrError("pruner startup trials and warm-up steps must be >= 0")
-    for key in ("n_trials", "n_jobs", "max_total_trials"):
-        value = pick(key, None)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise GemmaOcrError(f"--{key.replace('_', '-')} must be a positive integer, got {value!r}")
-    timeout = pick("timeout", None)
-    if timeout is not None and timeout <= 0:
-        raise GemmaOcrError(f"--timeout must be positive seconds, got {timeout!r}")
-    seed = pick("sampler_seed", None)
-    if seed is not None and not 0 <= seed < 2**32:
-        raise GemmaOcrError(f"--sampler-seed must be between 0 and 2**32 - 1, got {seed!r}")
-    interval, grace = pick("heartbeat_interval", HEARTBEAT_INTERVAL_S), pick("grace_period", GRACE_PERIOD_S)
-    retry_timeout = pick("storage_retry_timeout", STORAGE_RETRY_S)
-    if not 1 <= interval < grace or retry_timeout < 0:
-        raise GemmaOcrError(f"heartbeat_interval ({interval!r} s) must be at least 1 and below grace_period ({grace!r} s), "
-                            f"and storage_retry_timeout ({retry_timeout!r} s) >= 0")
-    if retry_timeout + interval >= grace:
+        raise GemmaOcrError(f"{', '.join(clash)} is given as a flag but is also searched ({search.space_source}); drop one")
+    if args.storage_retry_timeout + args.heartbeat_interval >= args.grace_period:
         log.warning("storage_retry_timeout + heartbeat_interval (%s s) >= grace_period (%s s): after an outage that long, "
-                    "a live worker's trial may be taken for a dead one's and run again", retry_timeout + interval, grace)
-    n_trials = pick("n_trials", None if mode == "grid" else DEFAULT_N_TRIALS)
-    return SearchSettings(
-        study_name=name,
-        storage=url,
-        backend=backend,
-        search_mode=mode,
-        search_space=space,
-        fixed=fixed,
-        n_trials=n_trials,
-        max_total_trials=pick("max_total_trials", None),
-        timeout=timeout,
-        n_jobs=pick("n_jobs", 1),
-        sampler_seed=seed,
-        heartbeat_interval=interval,
-        grace_period=grace,
-        storage_retry_timeout=retry_timeout,
-        pruner=pruner,
-        base_output_dir=Path(pick("base_output_dir", DEFAULT_BASE_OUTPUT_DIR)),
-        studies_dir=Path(studies_dir),
-        resume=resume,
-        source=source,
-        space_source=space_source,
-        progress=bool(overrides.get("progress", True)),
-    )
+                    "a live worker's trial may be taken for a dead one's and run again",
+                    args.storage_retry_timeout + args.heartbeat_interval, args.grace_period)
+    n_trials = args.n_trials if args.n_trials is not None or args.search_mode == "grid" else DEFAULT_N_TRIALS
+    return SearchSettings(**{**dataclasses.asdict(args), "study_name": name, "storage": url, "n_trials": n_trials},
+                          search_space=search.search_space, fixed={**search.fixed, **fixed_flags},
+                          source=search.source, space_source=search.space_source)
 
 
 def check_compatible(study: optuna.Study, space: dict[str, ParamSpec], source: str) -> None:
@@ -348,7 +266,7 @@ class _Search:
                                         settings.storage_retry_timeout)
         self.liveness = Liveness(self.storage, settings.storage, settings.study_name, settings.heartbeat_interval,
                                  settings.grace_period, stale)
-        direction, pruner = backend.direction, make_pruner(settings.pruner)
+        direction, pruner = backend.direction, make_pruner(settings)
         with self._lock():
             try:
                 self.study = optuna.create_study(study_name=settings.study_name, storage=self.storage, pruner=pruner,
@@ -378,8 +296,7 @@ class _Search:
         self.study.set_user_attr(CONFIG_ATTR, jsonable({
             "search_space": space_to_dict(settings.search_space),
             "fixed": settings.fixed,
-            "settings": {"search_mode": settings.search_mode, "backend": settings.backend, "pruner": settings.pruner.to_dict(),
-                         "base_output_dir": str(settings.base_output_dir)},
+            "settings": {name: getattr(settings, name) for name in STORED_SETTINGS},
             "metric": backend.metric,
             "updated": now(),
         }))
@@ -541,7 +458,10 @@ class _Search:
                 self.stop.set()
             raise
         finally:
-            release_memory()
+            if "torch" in sys.modules:  # free what the trial held (the training's helper; without torch, nothing to free)
+                from gemma_ocr.training.tune import release_memory
+
+                release_memory()
             doc.update(finished=now(), duration_s=round(time.monotonic() - started, 3))
             self._record_attrs(trial, doc)
 
@@ -664,14 +584,6 @@ def describe_error(e: BaseException) -> str:
     if isinstance(e, MemoryError) or "out of memory" in str(e).lower() or kind == "OutOfMemoryError":
         return f"out of memory ({kind}): {text}"
     return f"{kind}: {text}" if text else kind
-
-
-def release_memory() -> None:
-    """Free what the last trial held: Python garbage and the CUDA cache."""
-    gc.collect()
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def run_search(settings: SearchSettings, backend: Backend | None = None) -> SearchSummary:
