@@ -6,22 +6,37 @@ Interactive alternative on the same database: optuna-dashboard sqlite:///optuna_
 
 from __future__ import annotations
 
-import argparse
+import functools
+from dataclasses import dataclass
+from pathlib import Path
 
+from gemma_ocr.config import arg
 from gemma_ocr.search.analysis import analyze
 from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR
+from gemma_ocr.settings import ConfigParser, FieldError, Settings
+
+analysis = functools.partial(arg, group="analysis")
+
+
+@dataclass
+class AnalyzeArguments(Settings):
+    """What to analyse and where the report goes."""
+
+    study_name: str | None = analysis(None, "the study to analyse")
+    output_dir: Path | None = analysis(None, "where the report goes (null: reports/<study_name>)")
+    compare: list[str] | None = analysis(None, "other studies to compare with", metavar="STUDY")
+    storage: str | None = analysis(None, "Optuna storage URL (null: sqlite:///<studies_dir>/<study>.db for each study)")
+    top_n: int = analysis(10, "how many best trials the table lists")
+    studies_dir: Path = analysis(DEFAULT_STUDIES_DIR, "where default SQLite databases are")
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.study_name:
+            raise FieldError("study_name", "is required: the study to analyse")
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--study-name", required=True, help="the study to analyse")
-    p.add_argument("--output-dir", help="where the report goes (default reports/{study_name})")
-    p.add_argument("--compare", nargs="+", metavar="STUDY", help="other studies to compare with")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///optuna_studies/{study}.db for each study)")
-    p.add_argument("--top-n", type=int, default=10, help="how many best trials the table lists (default 10)")
-    p.add_argument("--studies-dir", default=str(DEFAULT_STUDIES_DIR), help="where default SQLite databases are")
-    args = p.parse_args()
-
+    args, _ = ConfigParser(AnalyzeArguments, config_file=False, description=__doc__).parse_settings()
     report = analyze(args.study_name, args.output_dir, args.compare, args.storage, args.top_n, args.studies_dir)
     s = report.summary
     st = s["states"]
