@@ -81,3 +81,18 @@ def test_few_trials_fall_back_gracefully_and_a_missing_study_is_one_line(tmp_pat
     assert "no study database" in proc.stderr and "nope.db" in proc.stderr
     proc = run_cli("analyze_hyperparam_results.py", "--study-name", "nope", "--storage", s.storage, check=False)
     assert proc.returncode == 2 and "study 'nope' not found" in proc.stderr and "tiny" in proc.stderr
+
+
+def test_analyze_flags_are_read_by_the_settings_layer():
+    from gemma_ocr.commands.analyze import AnalyzeArguments
+    from gemma_ocr.errors import GemmaOcrError
+    from gemma_ocr.settings import ConfigParser
+
+    parser = ConfigParser(AnalyzeArguments, config_file=False)
+    args, _ = parser.parse_settings(["--study-name", "a", "--compare", "b", "c", "--top-n", "3", "--output-dir", "r"])
+    assert (args.study_name, args.compare, args.top_n, str(args.output_dir)) == ("a", ["b", "c"], 3, "r")
+    for argv, line in ((["--study-name", "a", "--top-n", "x"], "--top-n must be an integer, got 'x'"),
+                       (["--top-n", "3"], "--study-name is required: the study to analyse")):
+        with pytest.raises(GemmaOcrError) as e:
+            parser.parse_settings(argv)
+        assert str(e.value) == line
