@@ -28,6 +28,7 @@ def sft_env() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-weight tiny Gemma 3 (hub layout): the "any Gemma 3" of tests; the suite's default model is the reader."""
     from gemma_ocr.modeling.tiny import build_tiny_gemma3
 
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny") / "tiny-gemma3")

@@ -70,3 +70,56 @@ def test_tiny_model_rejects_inconsistent_geometry(tmp_path):
 
     with pytest.raises(GemmaOcrError, match="mm_tokens_per_image"):
         build_tiny_gemma3(tmp_path / "x", mm_tokens_per_image=15)
+
+
+HUB_PREFIXES = ("language_model.model.", "vision_tower.vision_model.", "multi_modal_projector.")
+
+
+def saved_weight_names(folder) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return list(f.keys())
+
+
+def test_tiny_model_is_saved_with_the_hub_weight_names(tiny_model_dir):  # noqa: F811
+    """vLLM's Gemma 3 loader maps the hub's names (vision_tower.vision_model.*); transformers 5 saves others."""
+    from transformers import AutoModelForImageTextToText
+
+    names = saved_weight_names(tiny_model_dir)
+    assert names and all(n.startswith(HUB_PREFIXES) for n in names), [n for n in names if not n.startswith(HUB_PREFIXES)]
+    assert any(n.startswith("vision_tower.vision_model.encoder.layers.") for n in names)
+    model, info = AutoModelForImageTextToText.from_pretrained(tiny_model_dir, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    from safetensors.torch import load_file
+
+    saved = load_file(str(tiny_model_dir / "model.safetensors"))
+    patch = model.model.vision_tower.embeddings.patch_embedding.weight
+    assert torch.equal(patch, saved["vision_tower.vision_model.embeddings.patch_embedding.weight"])
+
+
+def test_to_hub_layout_renames_transformers_names_once(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from gemma_ocr.modeling.tiny import to_hub_layout
+
+    save_file({"vision_tower.embeddings.patch_embedding.weight": torch.ones(2),
+               "language_model.model.norm.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    assert to_hub_layout(tmp_path) == 1
+    assert sorted(load_file(str(tmp_path / "model.safetensors"))) == [
+        "language_model.model.norm.weight", "vision_tower.vision_model.embeddings.patch_embedding.weight"]
+    assert to_hub_layout(tmp_path) == 0  # already in hub layout
+
+
+def test_tokenizer_holds_gemmas_newline_run_tokens(tiny_model_dir):  # noqa: F811
+    """vLLM's Gemma 3 processor looks up "\\n" to "\\n\\n\\n\\n" for every image prompt; runs tokenize as one token."""
+    from transformers import AutoProcessor
+
+    tok = AutoProcessor.from_pretrained(tiny_model_dir).tokenizer
+    vocab = tok.get_vocab()
+    for n in range(1, 32):
+        assert "\n" * n in vocab, n
+    for n in (2, 3, 4, 7):
+        assert tok("\n" * n, add_special_tokens=False)["input_ids"] == [vocab["\n" * n]]
+    ids = tok("12\n\n34", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(ids) == ["1", "2", "\n\n", "3", "4"] and tok.decode(ids) == "12\n\n34"

@@ -1,5 +1,5 @@
-"""Model loading, LoRA target selection and the tiny local Gemma 3 factory."""
+"""Model loading, LoRA target selection, the tiny Gemma 3 factory and the shipped tiny reader."""
 
-from gemma_ocr.modeling.tiny import DEFAULT_TINY_MODEL_DIR, build_tiny_gemma3, ensure_tiny_model
+from gemma_ocr.modeling.tiny import build_tiny_gemma3, to_hub_layout
 
-__all__ = ["DEFAULT_TINY_MODEL_DIR", "build_tiny_gemma3", "ensure_tiny_model"]
+__all__ = ["build_tiny_gemma3", "to_hub_layout"]

@@ -1,9 +1,13 @@
-"""A tiny, randomly initialised Gemma 3 vision-language checkpoint built locally.
+"""Tiny Gemma 3 vision-language checkpoints built locally, in the layout of a hub checkpoint.
 
-It has the real architecture (``Gemma3ForConditionalGeneration`` with a SigLIP vision tower),
-a real ``Gemma3Processor`` (``Gemma3ImageProcessor`` + ``GemmaTokenizer``) and Gemma 3's chat
-template, so every code path that loads a hub checkpoint loads it the same way. It is a few MB
-and trains on a CPU in seconds: the default model of the suite when no hub is reachable.
+A tiny model has the real architecture (``Gemma3ForConditionalGeneration`` with a SigLIP vision
+tower), a real ``Gemma3Processor`` (``Gemma3ImageProcessor`` + a character-level ``GemmaTokenizer``
+that holds Gemma's special and newline-run tokens) and Gemma 3's chat template. Its weights are saved
+under the names the hub stores (``vision_tower.vision_model.*``, ``language_model.model.*``), which
+is what vLLM's Gemma 3 loader maps, so every code path that loads a hub checkpoint loads it the same way.
+
+:func:`build_tiny_gemma3` writes one with random weights: the starting point of the shipped reader
+(:mod:`gemma_ocr.modeling.reader`, which pretrains it until it reads) and the "any Gemma 3" of tests.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ from gemma_ocr.errors import GemmaOcrError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TINY_MODEL_DIR = "models/tiny-gemma3"
+#: The hub's prefix of the SigLIP tower; transformers 5 saves a model built from a config without ``vision_model``.
+HUB_VISION_PREFIX = "vision_tower.vision_model."
+#: Gemma's tokenizer has one token per run of 2-31 newlines; vLLM's Gemma 3 prompt processing looks up runs 1-4.
+NEWLINE_RUNS = tuple("\n" * n for n in range(2, 32))
 
 # Gemma's special tokens, in Gemma's order where it has one (pad 0, eos 1, bos 2, unk 3, mask 4).
 SPECIAL_TOKENS = [
@@ -97,7 +104,7 @@ def _synthetic_alphabet() -> str:
 
 
 def _vocabulary(chars: str | None) -> dict[str, int]:
-    """Specials, the 256 byte-fallback tokens, then one token per character."""
+    """Specials, the 256 byte-fallback tokens, one token per character, then the newline runs."""
     vocab: dict[str, int] = {}
     for tok in SPECIAL_TOKENS:
         vocab[tok] = len(vocab)
@@ -109,17 +116,24 @@ def _vocabulary(chars: str | None) -> dict[str, int]:
             continue
         if ch not in vocab:
             vocab[ch] = len(vocab)
+    for run in NEWLINE_RUNS:
+        vocab[run] = len(vocab)
     return vocab
 
 
+def _newline_merges() -> list[tuple[str, str]]:
+    """BPE merges that join newlines into the run tokens, shorter runs first (as Gemma's tokenizer splits them)."""
+    return [("\n" * a, "\n" * (n - a)) for n in range(2, len(NEWLINE_RUNS) + 2) for a in range(1, n)]
+
+
 def build_tokenizer(chars: str | None = None):
-    """A character-level ``GemmaTokenizer`` with Gemma 3's special tokens (byte fallback for the rest)."""
+    """A character-level ``GemmaTokenizer`` with Gemma 3's special and newline-run tokens (byte fallback for the rest)."""
     from transformers import GemmaTokenizer
 
     vocab = _vocabulary(chars)
     tok = GemmaTokenizer(
         vocab=vocab,
-        merges=[],
+        merges=_newline_merges(),
         extra_special_tokens={"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_TOKEN},
         additional_special_tokens=None,
         add_bos_token=True,
@@ -133,7 +147,7 @@ def build_tokenizer(chars: str | None = None):
 
 
 def build_tiny_gemma3(
-    out_dir: str | os.PathLike[str] = DEFAULT_TINY_MODEL_DIR,
+    out_dir: str | os.PathLike[str],
     chars: str | None = None,
     seed: int = 0,
     image_size: int = 64,
@@ -141,11 +155,14 @@ def build_tiny_gemma3(
     mm_tokens_per_image: int = 16,
     hidden_size: int = 64,
     num_layers: int = 2,
+    vision_hidden_size: int = 32,
+    vision_layers: int = 2,
     overwrite: bool = True,
 ) -> Path:
-    """Write a tiny random Gemma 3 VLM (weights, config, processor, chat template) to ``out_dir``.
+    """Write a tiny random Gemma 3 VLM (weights in hub layout, config, processor, chat template) to ``out_dir``.
 
-    ``chars``: extra characters to give their own tokens (the training data's alphabet).
+    ``chars``: extra characters to give their own tokens (the training data's alphabet). Both towers have
+    2 attention heads and MLPs twice their width; the text tower has one key/value head.
     ``overwrite=False`` keeps a checkpoint another process finished first (parallel first runs).
     Loads back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained(out_dir)``.
     """
@@ -192,10 +209,10 @@ def build_tiny_gemma3(
     }
     vision_config = {
         "model_type": "siglip_vision_model",
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
+        "hidden_size": vision_hidden_size,
+        "intermediate_size": vision_hidden_size * 2,
+        "num_hidden_layers": vision_layers,
+        "num_attention_heads": heads,
         "image_size": image_size,
         "patch_size": patch_size,
         "vision_use_head": False,
@@ -230,6 +247,7 @@ def build_tiny_gemma3(
         do_rescale=True,
         do_normalize=True,
         do_convert_rgb=True,
+        do_pan_and_scan=False,
     )
     processor = Gemma3Processor(
         image_processor=image_processor,
@@ -243,6 +261,43 @@ def build_tiny_gemma3(
     return out
 
 
+def to_hub_layout(folder: str | os.PathLike[str]) -> int:
+    """Rename a saved checkpoint's SigLIP weights to the hub's ``vision_tower.vision_model.*``; return how many moved.
+
+    transformers 5 reads both layouts (and saves a model it loaded from the hub layout in that layout again),
+    vLLM only the hub's. The file is replaced atomically; a checkpoint already in hub layout is left as it is.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    moved = 0
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with safe_open(str(path), "pt") as f:
+            metadata = f.metadata()
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        renamed = {_hub_name(key): value for key, value in tensors.items()}
+        changed = sum(a != b for a, b in zip(tensors, renamed))
+        if changed:
+            tmp = path.with_name(path.name + ".tmp")
+            save_file(renamed, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+            moved += changed
+    index = Path(folder) / "model.safetensors.index.json"
+    if index.is_file():
+        from gemma_ocr.io import atomic_write_json, read_json
+
+        data = read_json(index)
+        data["weight_map"] = {_hub_name(k): v for k, v in data.get("weight_map", {}).items()}
+        atomic_write_json(index, data)
+    return moved
+
+
+def _hub_name(key: str) -> str:
+    if key.startswith("vision_tower.") and not key.startswith(HUB_VISION_PREFIX):
+        return HUB_VISION_PREFIX + key[len("vision_tower."):]
+    return key
+
+
 def _save_atomically(out: Path, model, processor, overwrite: bool) -> None:
     """Write into a temporary sibling folder, then rename: parallel builders (DDP ranks) never see half a checkpoint."""
     import shutil
@@ -252,6 +307,7 @@ def _save_atomically(out: Path, model, processor, overwrite: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         model.save_pretrained(tmp)
+        to_hub_layout(tmp)
         processor.save_pretrained(tmp)
         tmp.chmod(0o755)
         for f in tmp.iterdir():
@@ -266,11 +322,3 @@ def _save_atomically(out: Path, model, processor, overwrite: bool) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def ensure_tiny_model(model_name: str | os.PathLike[str]) -> None:
-    """Build the tiny checkpoint when ``model_name`` is the default tiny folder and it is missing."""
-    path = Path(model_name)
-    if path.name == Path(DEFAULT_TINY_MODEL_DIR).name and not (path / "config.json").is_file():
-        log.info("building the tiny Gemma 3 checkpoint at %s (first run)", path)
-        build_tiny_gemma3(path, overwrite=False)
