@@ -34,7 +34,7 @@ def test_contract_fields_and_defaults():
     c = TrainConfig()
     for name in REQUIRED_FIELDS:
         assert hasattr(c, name), name
-    assert c.model_name == "models/tiny-gemma3"
+    assert c.model_name == "models/tiny-gemma3-reader" and c.train_mode == "lora"
     assert c.input_data == "data/input/ocr_non_test.json"
     assert c.instruction == "請給我 OCR 結果"
     assert c.max_seq_length == 8192
@@ -154,7 +154,7 @@ def test_load_config_errors(tmp_path):
 
 def test_default_config_file_is_valid():
     c = resolve_config(ROOT / "configs/hyperparm_configs/default.json")
-    assert c.model_name == "models/tiny-gemma3" and c.load_in_4bit is False
+    assert c.model_name == "models/tiny-gemma3-reader" and c.load_in_4bit is False
 
 
 def test_cli_print_config_and_bad_key_line(tmp_path):

@@ -192,12 +192,14 @@ def test_bad_inputs_are_one_clear_line(tiny_model_dir, ocr_data, tmp_path):  # n
     fails(small_config(not_gemma, ocr_data, tmp_path / "a"), "is not a Gemma 3 vision-language model")
 
 
-def test_default_model_is_built_by_the_entry_point(tmp_path, monkeypatch):
+@pytest.mark.parametrize("model_name", ["models/tiny-gemma3-reader", "models/tiny-gemma3"])
+def test_a_missing_model_is_one_line_and_nothing_is_built(tmp_path, monkeypatch, model_name):
+    """The production path never builds a random model, whatever the folder is called."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(GemmaOcrError, match="OCR data file not found: data/input/ocr_non_test.json"):
-        tune(TrainConfig())  # the model check comes first: it builds models/tiny-gemma3, then the data is missing
-    assert (tmp_path / "models/tiny-gemma3/config.json").is_file()
-    assert (tmp_path / "models/tiny-gemma3/model.safetensors").is_file()
+    with pytest.raises(GemmaOcrError, match="neither a local folder nor a reachable hub id") as err:
+        tune(TrainConfig(model_name=model_name))
+    assert "\n" not in str(err.value) and "models/tiny-gemma3-reader" in str(err.value)
+    assert not (tmp_path / "models").exists()
 
 
 def test_accelerate_two_cpu_processes(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811

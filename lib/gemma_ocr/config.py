@@ -25,7 +25,7 @@ from gemma_ocr.settings import FieldError, Layer, Settings, load_config, resolve
 __all__ = ["DEFAULT_INSTRUCTION", "DEFAULT_MODEL_NAME", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
            "train_config_class"]
 
-DEFAULT_MODEL_NAME = "models/tiny-gemma3"
+DEFAULT_MODEL_NAME = "models/tiny-gemma3-reader"  # the shipped tiny reader (gemma_ocr.modeling.reader)
 DEFAULT_INSTRUCTION = "請給我 OCR 結果"
 REPORTERS = ("none", "wandb", "tensorboard", "all")
 SCHEDULERS_NEEDING_EVAL = ("reduce_lr_on_plateau", "greedy")  # transformers refuses them without an eval split
@@ -83,8 +83,8 @@ class OcrArguments:
     """The project's own training settings, and the trainer settings whose meaning it changes."""
 
     # data and model
-    model_name: str = arg(DEFAULT_MODEL_NAME, "base model: a Gemma 3 VLM folder or hub id (the default tiny model "
-                                              "is built on first use)")
+    model_name: str = arg(DEFAULT_MODEL_NAME, "base model: a Gemma 3 VLM folder or hub id (default: the shipped "
+                                              "tiny reader)")
     input_data: str = arg("data/input/ocr_non_test.json", "OCR data JSON [{image_path, ocr_text}]")
     instruction: str = arg(DEFAULT_INSTRUCTION, "the OCR instruction sent with each image")
     train_split: str = arg("train[:90%]", "training slice of the data file, e.g. train[:90%]")
@@ -93,6 +93,8 @@ class OcrArguments:
     load_in_4bit: bool = arg(False, "nf4 QLoRA through bitsandbytes (GPU; a CPU needs bitsandbytes >= 0.48 and is slow)")
     backend: Literal["transformers", "unsloth"] = arg("transformers", "transformers (any machine) or unsloth "
                                                                       "(CUDA, unsloth installed)")
+    train_mode: Literal["lora", "full"] = arg("lora", "lora (adapters on a frozen base) or full (every weight; the "
+                                                      "output folder is a whole model)")
     # LoRA
     lora_r: int = arg(16, "LoRA rank (lower = fewer parameters)")
     lora_alpha: int = arg(16, "LoRA scaling")
@@ -183,6 +185,11 @@ class TrainConfigMethods(Settings):
         for name, (value, why) in FIXED.items():
             if hasattr(c, name) and getattr(c, name) != value:
                 raise FieldError(name, why)
+        if c.train_mode == "full" and c.load_in_4bit:
+            raise FieldError("train_mode", "'full' trains every weight and cannot train 4-bit ones: drop load_in_4bit "
+                                           "or use train_mode 'lora'")
+        if c.train_mode == "full" and c.backend != "transformers":
+            raise FieldError("train_mode", f"'full' runs with backend 'transformers' only, got {c.backend!r}")
         if not (c.finetune_vision_layers or c.finetune_language_layers or c.finetune_multimodal_projector
                 or c.lora_target_modules):
             raise FieldError("finetune_language_layers", "and finetune_vision_layers are both false: nothing to train")

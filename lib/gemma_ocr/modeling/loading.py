@@ -4,6 +4,7 @@
 * ``load_in_4bit``: NF4 with double quantisation and bf16 compute (QLoRA) through bitsandbytes; on a GPU, or on a
   CPU with bitsandbytes >= 0.48 (slow there: meant for checks and tiny models).
 * ``backend="unsloth"``: unsloth's ``FastVisionModel`` loads the model and attaches LoRA (GPU only).
+* ``train_mode="full"``: no adapters; every weight of the model trains (fp32 on a CPU, bf16 on a GPU).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.modeling.tiny import ensure_tiny_model
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +66,7 @@ def check_gemma3_vlm(model_name: str) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - any failure here is "cannot find that model"
             raise GemmaOcrError(
                 f"model {model_name!r} is neither a local folder nor a reachable hub id ({type(e).__name__}); "
-                "check --model-name (the default tiny model is built with core/make_tiny_model.py)"
+                "check --model-name (the default, the tiny reader, ships in models/tiny-gemma3-reader)"
             ) from None
     model_type = config.get("model_type")
     archs = config.get("architectures") or []
@@ -181,7 +181,6 @@ def load_base_model(config: TrainConfig):
     import torch
     from transformers import AutoModelForImageTextToText
 
-    ensure_tiny_model(config.model_name)
     check_gemma3_vlm(config.model_name)
     kwargs: dict[str, Any] = {"attn_implementation": _attn_implementation(config)}
     if config.load_in_4bit:
@@ -329,8 +328,20 @@ def load_unsloth_model(config: TrainConfig):
     return model, processor
 
 
+def train_every_weight(model) -> int:
+    """Make every parameter of ``model`` trainable (``train_mode: full``); return how many values train."""
+    for param in model.parameters():
+        param.requires_grad_(True)
+    trainable = sum(p.numel() for p in model.parameters())
+    log.info("full training: all %d parameters train", trainable)
+    return trainable
+
+
 def load_model(config: TrainConfig):
-    """Base model + processor with LoRA attached, per ``config.backend``; return ``(peft_model, processor)``."""
+    """The model to train + processor, per ``config.backend`` and ``config.train_mode``: ``(model, processor)``.
+
+    ``lora``: the base with LoRA adapters attached (a PEFT model); ``full``: the base itself, every weight trainable.
+    """
     from gemma_ocr.modeling import fast_path
 
     if config.backend == "unsloth":
@@ -338,4 +349,9 @@ def load_model(config: TrainConfig):
     fast_path.check_liger(config)  # before loading gigabytes of weights
     model, processor = load_base_model(config)
     model.config.use_cache = False
+    if config.train_mode == "full":
+        train_every_weight(model)
+        if fast_path.use_liger(config):
+            log.info("fast path: Liger kernels %s", ", ".join(fast_path.apply_liger(model)))
+        return model, processor
     return apply_lora(model, config), processor

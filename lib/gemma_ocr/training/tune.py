@@ -1,4 +1,4 @@
-"""``tune(config)``: one LoRA fine-tuning run with TRL's SFTTrainer, the function the search calls."""
+"""``tune(config)``: one fine-tuning run (LoRA, or every weight) with TRL's SFTTrainer, the function the search calls."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from gemma_ocr.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable
 from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
-from gemma_ocr.modeling.tiny import ensure_tiny_model
 from gemma_ocr.training.data import OcrCollator, load_data
 from gemma_ocr.training.tracking import setup_tracking
 
@@ -174,11 +173,14 @@ def _make_trainer_class():
 
 def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[str] | None = None,
                   resuming: bool = False, callbacks: list | None = None):
-    """Load the model (LoRA attached, fast path applied) and build the SFT trainer of ``tune()``; return ``(trainer, processor)``.
+    """Load the model (LoRA attached or every weight trainable, fast path applied) and build the SFT trainer of ``tune()``; return ``(trainer, processor)``.
 
     benchmarks/train_throughput.py times the project's training through this same function.
     """
+    from transformers import set_seed
+
     args = sft_arguments(config, reporters or [], has_eval=val_ds is not None, resuming=resuming)  # fail before loading
+    set_seed(config.seed)  # the LoRA initialisation draws from the global generators: the same seed, the same run
     model, processor = load_model(config)
     collator = OcrCollator(processor, config.instruction, config.max_seq_length)
     trainer = _make_trainer_class()(
@@ -200,11 +202,12 @@ def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
-    """Fine-tune LoRA adapters for ``config``; evaluate on the validation split during training.
+    """Fine-tune ``config.model_name`` (LoRA adapters, or every weight with ``train_mode: full``); evaluate on the
+    validation split during training.
 
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (e.g. a pruning callback reading
     ``metrics["eval_loss"]`` in ``on_evaluate``); an exception they raise propagates to the caller.
-    Writes the adapter, the processor, ``train_config.json`` and ``train_metrics.json`` to
+    Writes the adapter (``full``: the whole model), the processor, ``train_config.json`` and ``train_metrics.json`` to
     ``config.output_dir`` and returns ``{eval_loss, first_eval_loss, train_loss, global_step,
     output_dir, history, ...}``. GPU/CPU memory is released before returning.
     """
@@ -213,7 +216,6 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     started = time.time()
     if config.backend == "unsloth":
         import_unsloth()  # first: unsloth patches transformers, peft and trl when it is imported
-    ensure_tiny_model(config.model_name)
     if config.backend == "transformers":
         check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
     tracking = setup_tracking(config)
