@@ -198,3 +198,32 @@ def test_generator_renders_khmer_digits_with_ink(tmp_path):
     with Image.open(recs[0].image_path) as im:
         arr = np.asarray(im.convert("L"))
     assert arr.min() < 100 < arr.max()  # dark glyphs on a light background
+
+
+def test_digit_lines_and_another_font(tmp_path):
+    """The reader's pretraining lines (digits, Noto Sans) and the main job's shift (the same lines in Noto Serif)."""
+    import dataclasses
+
+    import numpy as np
+    from PIL import Image
+
+    from gemma_ocr.data.synthetic import READER_PRETRAINING, SHIFTED_DIGITS, generate_dataset, iter_lines
+
+    lines = [text for _, text in iter_lines(dataclasses.replace(READER_PRETRAINING, n_samples=200))]
+    assert all(text.isdigit() and 4 <= len(text) <= 10 for text in lines)
+    assert {len(t) for t in lines} == set(range(4, 11))
+    sans = generate_dataset(tmp_path / "sans", dataclasses.replace(READER_PRETRAINING, n_samples=3, seed=5))
+    serif = generate_dataset(tmp_path / "serif", dataclasses.replace(SHIFTED_DIGITS, n_samples=3, seed=5))
+    assert [r.text for r in sans] == [r.text for r in serif]  # the same lines, drawn in another font
+    for a, b in zip(sans, serif):
+        pa, pb = np.asarray(Image.open(a.image_path)), np.asarray(Image.open(b.image_path))
+        assert pa.shape != pb.shape or not np.array_equal(pa, pb)
+
+
+def test_unknown_script_and_bad_digit_lengths_are_one_line():
+    from gemma_ocr.data.synthetic import SyntheticConfig, iter_lines
+
+    with pytest.raises(GemmaOcrError, match="unknown script 'greek'"):
+        list(iter_lines(SyntheticConfig(scripts=("greek",))))
+    with pytest.raises(GemmaOcrError, match="digits_length"):
+        list(iter_lines(SyntheticConfig(scripts=("digits",), digits_length=(5, 2))))

@@ -1,4 +1,4 @@
-"""Real fonts for rendering synthetic text: Noto Sans and Noto Sans Khmer ship as PyPI packages (fontpkg)."""
+"""Real fonts for rendering synthetic text: Noto Sans, Noto Serif and Noto Sans Khmer ship as PyPI packages (fontpkg)."""
 
 from __future__ import annotations
 
@@ -31,9 +31,14 @@ def _fontpkg_path(family: str) -> Path:
 
 
 @functools.cache
+def font_family(family: str) -> Path:
+    """The regular face of an installed fontpkg font family, e.g. "Noto Serif"."""
+    return _fontpkg_path(family)
+
+
 def latin_font() -> Path:
     """Noto Sans: Latin, digits, punctuation."""
-    return _fontpkg_path("Noto Sans")
+    return font_family("Noto Sans")
 
 
 @functools.cache

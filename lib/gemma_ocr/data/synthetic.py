@@ -1,13 +1,19 @@
 """Synthetic OCR text lines rendered with real fonts, deterministic by seed.
 
 Each line is drawn black-on-light onto its own PNG; optional blur, noise and rotation make
-the images less clean. Scripts: Latin words and numbers always, Khmer digits always, Chinese
-when a CJK font is installed.
+the images less clean. Scripts: Latin words and numbers, digit strings, Khmer digits, and Chinese
+when a CJK font is installed. Latin and digit lines are drawn in Noto Sans unless ``font`` names
+another installed family.
+
+Two distributions have names: :data:`READER_PRETRAINING` (what the shipped tiny reader learned to
+read) and :data:`SHIFTED_DIGITS` (the main job's data: the same kind of lines in a font the reader
+never saw).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import random
@@ -18,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
-from gemma_ocr.data.fonts import cjk_font, khmer_font, latin_font, missing_glyphs
+from gemma_ocr.data.fonts import cjk_font, font_family, khmer_font, latin_font, missing_glyphs
 from gemma_ocr.data.records import OcrRecord, write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json, reporting_write_errors
@@ -53,6 +59,16 @@ class SyntheticConfig:
     noise: float = 0.0  # max std of additive Gaussian noise (0-255 scale)
     rotation: float = 0.0  # max absolute rotation in degrees
     scripts: tuple[str, ...] = field(default=("latin", "khmer", "cjk"))
+    digits_fraction: float = 0.0  # weight of digit lines among the enabled scripts (alone: every line)
+    digits_length: tuple[int, int] = (4, 10)  # digits per digit line, both ends included
+    font: str | None = None  # fontpkg family for Latin and digit lines; None: Noto Sans
+
+
+SCRIPTS = ("latin", "digits", "khmer", "cjk")
+#: The shipped tiny reader's pretraining distribution: lines of 4-10 digits in Noto Sans.
+READER_PRETRAINING = SyntheticConfig(n_samples=10_000, seed=1, scripts=("digits",))
+#: The main job's distribution: the same lines in Noto Serif, a font the reader was not pretrained on.
+SHIFTED_DIGITS = SyntheticConfig(n_samples=3_000, seed=42, scripts=("digits",), font="Noto Serif")
 
 
 def _latin_line(rng: random.Random) -> str:
@@ -64,6 +80,10 @@ def _latin_line(rng: random.Random) -> str:
     if kind < 0.85:
         return f"{rng.randint(2000, 2030)}-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
     return f"${rng.randint(0, 9999)}.{rng.randint(0, 99):02d}"
+
+
+def _digit_line(rng: random.Random, config: SyntheticConfig) -> str:
+    return "".join(rng.choice("0123456789") for _ in range(rng.randint(*config.digits_length)))
 
 
 def _khmer_line(rng: random.Random) -> str:
@@ -80,30 +100,39 @@ def _cjk_line(rng: random.Random) -> str:
 def iter_lines(config: SyntheticConfig) -> Iterator[tuple[str, str]]:
     """Yield ``(script, text)`` pairs, deterministic for a given config.
 
-    Scripts are drawn with weights ``khmer_fraction``, ``cjk_fraction`` and the rest for Latin,
-    among the enabled scripts (CJK only when a CJK font is installed).
+    Scripts are drawn with weights ``khmer_fraction``, ``cjk_fraction``, ``digits_fraction`` and the rest
+    for Latin, among the enabled scripts (CJK only when a CJK font is installed).
     """
-    weights = {"khmer": config.khmer_fraction, "cjk": config.cjk_fraction,
-               "latin": max(0.0, 1.0 - config.khmer_fraction - config.cjk_fraction)}
-    enabled = [s for s in ("latin", "khmer", "cjk") if s in config.scripts and (s != "cjk" or cjk_font() is not None)]
+    unknown = [s for s in config.scripts if s not in SCRIPTS]
+    if unknown:
+        raise GemmaOcrError(f"unknown script {unknown[0]!r}: choose among {', '.join(SCRIPTS)}")
+    low, high = config.digits_length
+    if not 1 <= low <= high:
+        raise GemmaOcrError(f"digits_length {config.digits_length}: needs 1 <= shortest <= longest")
+    weights = {"khmer": config.khmer_fraction, "cjk": config.cjk_fraction, "digits": config.digits_fraction,
+               "latin": max(0.0, 1.0 - config.khmer_fraction - config.cjk_fraction - config.digits_fraction)}
+    enabled = [s for s in SCRIPTS if s in config.scripts and (s != "cjk" or cjk_font() is not None)]
     if not enabled:
         raise GemmaOcrError(f"no script to render: --scripts {' '.join(config.scripts)} (cjk needs an installed CJK font)")
     if sum(weights[s] for s in enabled) <= 0:
         weights = dict.fromkeys(enabled, 1.0)
-    makers = {"latin": _latin_line, "khmer": _khmer_line, "cjk": _cjk_line}
+    makers = {"latin": _latin_line, "khmer": _khmer_line, "cjk": _cjk_line,
+              "digits": functools.partial(_digit_line, config=config)}
     rng = random.Random(config.seed)
     for _ in range(config.n_samples):
         script = rng.choices(enabled, weights=[weights[s] for s in enabled])[0]
         yield script, makers[script](rng)
 
 
-def _font_path(script: str) -> Path:
-    return {"latin": latin_font, "khmer": khmer_font, "cjk": cjk_font}[script]()
+def _font_path(script: str, family: str | None = None) -> Path:
+    if family and script in ("latin", "digits"):
+        return font_family(family)
+    return {"latin": latin_font, "digits": latin_font, "khmer": khmer_font, "cjk": cjk_font}[script]()
 
 
-def check_glyphs(script: str, text: str) -> None:
+def check_glyphs(script: str, text: str, family: str | None = None) -> None:
     """Refuse a line that the script's font cannot draw: it would become empty boxes labelled with real text."""
-    path = _font_path(script)
+    path = _font_path(script, family)
     missing = missing_glyphs(path, text)
     if missing:
         raise GemmaOcrError(f"font {path} has no glyph for {missing!r} (line {text!r}): the image would show empty "
@@ -144,11 +173,11 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
     fonts: dict[tuple[str, int], ImageFont.FreeTypeFont] = {}
     lines = list(iter_lines(config))
     for script, text in lines:  # before anything is written
-        check_glyphs(script, text)
+        check_glyphs(script, text, config.font)
     for i, (script, text) in enumerate(tqdm(lines, desc="rendering", unit="line", disable=len(lines) < 500)):
         size = rng.randint(*config.font_size)
         if (script, size) not in fonts:
-            fonts[script, size] = ImageFont.truetype(str(_font_path(script)), size=size)
+            fonts[script, size] = ImageFont.truetype(str(_font_path(script, config.font)), size=size)
         font = fonts[script, size]
         image = render_line(text, font, rng, config)
         path = image_dir / f"{i:06d}.png"
