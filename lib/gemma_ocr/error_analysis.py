@@ -74,6 +74,7 @@ class ErrorAnalysis:
     text: str  # "raw" or a description of the normalization
     samples: list[SampleErrors]
     failed: list[dict[str, Any]]  # samples whose request failed (never scored)
+    truncated: int | None = None  # answers cut at max_tokens (finish_reason "length"); None: not recorded
 
     @property
     def scored(self) -> list[SampleErrors]:
@@ -151,7 +152,10 @@ def analyze_document(document: Any, source: str = "results file", normalized: bo
             reference, prediction = normalize_text(reference, nfkc), normalize_text(prediction, nfkc)
         analysed.append(align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction))
     text = f"normalized: {normalization_description(nfkc)}" if normalized else "raw"
-    return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed)
+    answered = [s for s in samples if sample_status(s) != STATUS_ERROR]
+    truncated = (sum(1 for s in answered if s.get("finish_reason") == "length")
+                 if any("finish_reason" in s for s in answered) else None)
+    return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed, truncated)
 
 
 def analyze_file(path: str | os.PathLike[str], normalized: bool = False, nfkc: bool = False) -> ErrorAnalysis:

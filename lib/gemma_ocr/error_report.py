@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gemma_ocr.answers import AnswerProfile, answer_profile
 from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors, shown_char
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.plotting import save_png, use_font_for
@@ -68,13 +69,21 @@ def summarize(analysis: ErrorAnalysis, worst: int, comparison: Comparison | None
         "characters": analysis.characters(100),
         "cer_by_length": analysis.by_length(),
         "worst": [_sample_row(s) for s in analysis.worst(worst)],
+        "answers": profile_of(analysis).to_dict(),
     }
     if comparison is not None:
         data["baseline"] = {"model_name": comparison.baseline.model_name, "results_file": comparison.baseline.source,
                             "cer_micro": comparison.baseline.cer_micro, **comparison.counts(),
+                            "answers": profile_of(comparison.baseline).to_dict(),
                             "regressions": [{**_sample_row(m), "baseline_cer": b.cer, "baseline_prediction": b.prediction}
                                             for m, b in comparison.regressions(worst)]}
     return data
+
+
+def profile_of(analysis: ErrorAnalysis) -> AnswerProfile:
+    """How the analysed model answers (distinct, constant, cut at max_tokens): :mod:`gemma_ocr.answers`."""
+    return answer_profile([s.prediction for s in analysis.samples], [s.reference for s in analysis.samples],
+                          analysis.truncated)
 
 
 def _sample_row(s: SampleErrors) -> dict[str, Any]:
@@ -242,6 +251,12 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
                       str(summary["failed_samples"]), str(totals["reference_chars"]), str(totals["edits"]),
                       f"{summary['cer_micro']:.4f}", str(totals["substitutions"]), str(totals["deletions"]),
                       str(totals["insertions"])]], numeric=set(range(10)))]
+    for who, flags in ((analysis.model_name, summary["answers"]["flags"]),
+                       *(((summary["baseline"]["model_name"], summary["baseline"]["answers"]["flags"]),)
+                         if comparison is not None else ())):
+        parts.extend(f"<p class=bad>Warning: {e(who)} gives a {e(flag)}; its CER says little about reading.</p>"
+                     if flag.startswith("constant") else f"<p class=bad>Warning: {e(who)}: {e(flag)}.</p>"
+                     for flag in flags)
     if comparison is not None:
         c = summary["baseline"]
         parts.append(f"<h2>Against the baseline {e(c['model_name'])}</h2>")

@@ -371,7 +371,7 @@ class Client:
         with self._lock:
             return self.endpoints[next(self._rr) % len(self.endpoints)]
 
-    def _post_once(self, body: dict[str, Any]) -> str:
+    def _post_once(self, body: dict[str, Any]) -> tuple[str, str | None]:
         ep = self._next_endpoint()
         try:
             r = self.session.post(ep.chat, json=body, timeout=self.cfg.timeout)
@@ -392,14 +392,19 @@ class Client:
         if r.status_code != 200:
             raise GemmaOcrError(f"HTTP {r.status_code} from {ep.base}: {r.text[:300]}")
         try:
-            content = r.json()["choices"][0]["message"].get("content")
+            choice = r.json()["choices"][0]
+            content = choice["message"].get("content")
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise GemmaOcrError(f"unexpected response from {ep.base}: {r.text[:300]}") from None
-        return content or ""
+        return content or "", choice.get("finish_reason")
 
     def complete(self, body: dict[str, Any]) -> str:
         """The model's answer; raises :class:`_Transient` once the retries are spent (or the run stops),
         :class:`ServerGone` when the servers hang, GemmaOcrError on a 4xx."""
+        return self.complete_choice(body)[0]
+
+    def complete_choice(self, body: dict[str, Any]) -> tuple[str, str | None]:
+        """The model's answer and why it ended (``finish_reason``: "stop", or "length" when cut at max_tokens)."""
         attempt = 0
         while True:
             try:
@@ -673,7 +678,7 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
             return _sample(index, record, None, str(e), None)
         body = build_request(model_name, url, cfg.instruction, cfg.max_tokens)
         try:
-            text = client.complete(body)
+            text, finish_reason = client.complete_choice(body)
         except _Transient as e:
             s = _sample(index, record, None, f"{e} (after {cfg.max_retries + 1} attempts)", time.perf_counter() - t)
             s["_connection"] = e.connection
@@ -684,7 +689,10 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
             return s
         except GemmaOcrError as e:
             return _sample(index, record, None, str(e), time.perf_counter() - t)
-        return _sample(index, record, text, None, time.perf_counter() - t)
+        s = _sample(index, record, text, None, time.perf_counter() - t)
+        if finish_reason:
+            s["finish_reason"] = finish_reason
+        return s
 
     requested = since_save = consecutive_dead = 0
     aborted = ""

@@ -40,4 +40,10 @@ def main() -> None:
         c = comparison.counts()
         print(f"against {comparison.baseline.model_name} (CER {comparison.baseline.cer_micro:.4f}): "
               f"{c['better']} better, {c['worse']} worse, {c['same']} same of {c['matched']} matched samples")
+    flagged = [(analysis.model_name, report.summary_data["answers"]["flags"])]
+    if comparison is not None:
+        flagged.append((comparison.baseline.model_name, report.summary_data["baseline"]["answers"]["flags"]))
+    for name, flags in flagged:
+        for flag in flags:
+            print(f"warning: {name}: {flag}")
     print(f"-> {report.html}")
