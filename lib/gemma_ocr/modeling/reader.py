@@ -1,0 +1,338 @@
+"""The shipped tiny reader: a tiny Gemma 3 pretrained from random weights until it reads lines of digits.
+
+One deterministic recipe (:class:`ReaderRecipe`) builds it with the project's own code: a random
+:func:`~gemma_ocr.modeling.tiny.build_tiny_gemma3` of :data:`READER_ARCHITECTURE`, synthetic lines of
+:data:`~gemma_ocr.data.synthetic.READER_PRETRAINING`, every weight trained through
+:func:`gemma_ocr.training.tune` (``train_mode: full``), then greedy reading of held-out lines rendered
+with another seed through the model's own processor and chat template. Below its CER target the build
+fails and writes nothing. The folder it writes is a complete hub-layout checkpoint plus ``reader.json``
+(the command, architecture, data, training config, CPU seconds, held-out CER) and a model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gemma_ocr.config import DEFAULT_INSTRUCTION, DEFAULT_MODEL_NAME
+from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+DEFAULT_READER_DIR = DEFAULT_MODEL_NAME
+CARD_FILE = "reader.json"
+#: The reader's shape: 64 px images in 8 px patches, one image token per patch (no pooling), two layers per tower.
+READER_ARCHITECTURE: dict[str, int] = {
+    "image_size": 64, "patch_size": 8, "mm_tokens_per_image": 64,
+    "hidden_size": 64, "num_layers": 2, "vision_hidden_size": 64, "vision_layers": 2,
+}
+#: Files of a trained output folder that make up the checkpoint (checkpoints, metrics and logs stay behind).
+CHECKPOINT_FILES = ("model.safetensors", "config.json", "generation_config.json", "processor_config.json",
+                    "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
+
+
+@dataclass
+class ReaderRecipe:
+    """Everything that decides the reader: data, steps, seed, threads, and the CER it must reach."""
+
+    lines: int = 10_000
+    data_seed: int = 1
+    heldout_lines: int = 200
+    heldout_seed: int = 2
+    seed: int = 0  # model initialisation and training order
+    max_steps: int = 6_000
+    batch_size: int = 16
+    learning_rate: float = 3e-3
+    warmup_steps: float = 0.02  # a fraction of max_steps
+    lr_scheduler_type: str = "constant_with_warmup"
+    anneal_steps: int = 1_500  # then every weight again from that result, the learning rate falling linearly to 0
+    anneal_learning_rate: float = 1e-3
+    threads: int = 1
+    target_cer: float = 0.10
+    max_new_tokens: int = 16
+    instruction: str = DEFAULT_INSTRUCTION
+    curve_every: int = 500  # also measure held-out CER every N steps (the learning curve); 0: at the end only
+    curve_lines: int = 50
+
+    def train_settings(self) -> dict[str, Any]:
+        """The TrainConfig fields of the pretraining run (model, data and output folders aside)."""
+        return {
+            "train_mode": "full", "learning_rate": self.learning_rate, "max_steps": self.max_steps,
+            "warmup_ratio": self.warmup_steps, "lr_scheduler_type": self.lr_scheduler_type, "optim": "adamw_torch",
+            "weight_decay": 0.0, "per_device_train_batch_size": self.batch_size, "gradient_accumulation_steps": 1,
+            "gradient_checkpointing": False, "seed": self.seed, "instruction": self.instruction,
+            "train_split": "train", "val_split": "", "logging_steps": 50, "save_steps": self.max_steps,
+            "save_total_limit": 1, "report_to": ["none"], "dataloader_num_workers": 0,
+        }
+
+    def anneal_settings(self) -> dict[str, Any]:
+        """The TrainConfig fields of the annealing run that continues from the first one."""
+        return {**self.train_settings(), "learning_rate": self.anneal_learning_rate, "max_steps": self.anneal_steps,
+                "warmup_ratio": 0.0, "lr_scheduler_type": "linear", "save_steps": self.anneal_steps}
+
+
+@dataclass
+class ReaderReport:
+    """What a build measured."""
+
+    output_dir: str
+    heldout_cer: float
+    heldout_lines: int
+    cpu_seconds: float
+    wall_seconds: float
+    train_loss: float
+    curve: list[dict[str, float]] = field(default_factory=list)  # {step, cpu_s, cer}
+    weights_sha256: str = ""
+
+
+def read_lines(model, processor, images: Sequence[Any], instruction: str = DEFAULT_INSTRUCTION,
+               max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
+    """Greedy transcriptions of ``images`` by ``model``, prompted through the processor's chat template.
+
+    The prompt is the one training and serving build (:func:`gemma_ocr.training.data.build_conversation`);
+    the answer is decoded without special tokens and stripped.
+    """
+    import torch
+
+    from gemma_ocr.training.data import build_conversation
+
+    prompt = processor.apply_chat_template(build_conversation(None, None, instruction), tokenize=False,
+                                           add_generation_prompt=True)
+    tokenizer = processor.tokenizer
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
+    texts: list[str] = []
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(images), batch_size):
+            chunk = list(images[start:start + batch_size])
+            batch = processor(text=[prompt] * len(chunk), images=[[image] for image in chunk], padding=True,
+                              add_special_tokens=False, return_tensors="pt").to(model.device)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+            answers = out[:, batch["input_ids"].shape[1]:]
+            texts.extend(t.strip() for t in tokenizer.batch_decode(answers, skip_special_tokens=True))
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return texts
+
+
+def heldout_cer(model, processor, records, recipe: ReaderRecipe) -> float:
+    """Micro CER of greedy readings of ``records`` (raw text, as evaluate.py's ``overall_cer``)."""
+    from gemma_ocr.data.images import open_image
+    from gemma_ocr.metrics import aggregate, score_pairs
+
+    predictions = read_lines(model, processor, [open_image(r.image_path) for r in records], recipe.instruction,
+                             recipe.max_new_tokens)
+    return aggregate(score_pairs(predictions, [r.text for r in records])).overall_cer
+
+
+def _curve_callback(processor, records, recipe: ReaderRecipe, curve: list[dict[str, float]], first_step: int = 0):
+    """A TrainerCallback that measures held-out CER every ``recipe.curve_every`` steps (CPU seconds beside it)."""
+    from transformers import TrainerCallback
+
+    class LearningCurve(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % recipe.curve_every == 0:
+                step = first_step + state.global_step
+                cer = heldout_cer(model, processor, records, recipe)
+                curve.append({"step": step, "cpu_s": round(time.process_time(), 1), "cer": round(cer, 4)})
+                log.info("step %d: held-out CER %.3f (%.0f CPU-s)", step, cer, time.process_time())
+
+    return LearningCurve()
+
+
+def _phase_config(settings: dict[str, Any], model: Path, data: Path, output: Path):
+    from gemma_ocr.config import TrainConfig
+
+    return TrainConfig.from_dict({**settings, "model_name": str(model), "input_data": str(data),
+                                  "output_dir": str(output)}, source="reader recipe")
+
+
+def train_reader(start: Path, data: Path, work: Path, recipe: ReaderRecipe, processor=None, curve_records=(),
+                 curve: list[dict[str, float]] | None = None) -> tuple[Path, dict[str, Any], list]:
+    """Train every weight of ``start`` on ``data`` (``work/train``), then anneal (``work/anneal``).
+
+    Returns the trained folder (hub layout), the last run's metrics and the runs' configs.
+    """
+    from gemma_ocr.modeling.tiny import to_hub_layout
+    from gemma_ocr.training import tune
+
+    def callbacks(first_step: int) -> list:
+        if not (recipe.curve_every and processor is not None and curve is not None):
+            return []
+        return [_curve_callback(processor, list(curve_records), recipe, curve, first_step)]
+
+    phases = [(recipe.train_settings(), start, work / "train", 0)]
+    if recipe.anneal_steps:
+        phases.append((recipe.anneal_settings(), work / "train", work / "anneal", recipe.max_steps))
+    configs, result, trained = [], {}, start
+    for settings, model, output, first_step in phases:
+        config = _phase_config(settings, model, data, output)
+        result = tune(config, callbacks=callbacks(first_step))
+        to_hub_layout(output)
+        configs.append(config)
+        trained = output
+    return trained, result, configs
+
+
+def _weights_sha256(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+def pretrain_reader(output_dir: str | os.PathLike[str] = DEFAULT_READER_DIR, recipe: ReaderRecipe | None = None,
+                    work_dir: str | os.PathLike[str] | None = None, command: str | None = None) -> ReaderReport:
+    """Build the reader from random weights by ``recipe``; write it to ``output_dir`` only if it reaches its target.
+
+    Data -> random start (:data:`READER_ARCHITECTURE`) -> :func:`train_reader` -> greedy held-out CER.
+
+    ``work_dir`` keeps the data, the random start and the training run (default: a temporary folder, removed
+    after a successful build). Raises :class:`GemmaOcrError` when the held-out CER misses ``target_cer``.
+    """
+    import torch
+
+    from gemma_ocr.data.records import write_records
+    from gemma_ocr.data.synthetic import READER_PRETRAINING, generate_dataset
+    from gemma_ocr.modeling.loading import load_processor
+    from gemma_ocr.modeling.tiny import build_tiny_gemma3
+
+    recipe = recipe or ReaderRecipe()
+    out = Path(output_dir)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    cpu0, wall0 = time.process_time(), time.time()
+    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tiny-reader-"))
+    try:
+        train_data = dataclasses.replace(READER_PRETRAINING, n_samples=recipe.lines, seed=recipe.data_seed)
+        heldout_data = dataclasses.replace(READER_PRETRAINING, n_samples=recipe.heldout_lines, seed=recipe.heldout_seed)
+        train_records = generate_dataset(work / "data" / "train", train_data)
+        write_records(train_records, work / "data" / "train.json")
+        heldout = generate_dataset(work / "data" / "heldout", heldout_data)
+        start = build_tiny_gemma3(work / "random", seed=recipe.seed, **READER_ARCHITECTURE)
+        processor = load_processor(str(start))
+        curve: list[dict[str, float]] = []
+        trained, result, configs = train_reader(start, work / "data" / "train.json", work, recipe, processor,
+                                                heldout[: recipe.curve_lines], curve)
+        from transformers import AutoModelForImageTextToText
+
+        model = AutoModelForImageTextToText.from_pretrained(trained, dtype=torch.float32)
+        cer = heldout_cer(model, load_processor(str(trained)), heldout, recipe)
+        del model
+        cpu, wall = time.process_time() - cpu0, time.time() - wall0
+        log.info("reader: held-out CER %.4f on %d lines after %d steps (%.0f CPU-s, %.0f s wall)", cer,
+                 len(heldout), recipe.max_steps + recipe.anneal_steps, cpu, wall)
+        if not cer <= recipe.target_cer:
+            raise GemmaOcrError(
+                f"the reader reached CER {cer:.4f} on {len(heldout)} held-out lines, above its target "
+                f"{recipe.target_cer}: nothing written to {out} (the run is kept in {work}); train longer (--max-steps)")
+        report = ReaderReport(output_dir=str(out), heldout_cer=round(cer, 4), heldout_lines=len(heldout),
+                              cpu_seconds=round(cpu, 1), wall_seconds=round(wall, 1),
+                              train_loss=round(result["train_loss"], 4), curve=curve,
+                              weights_sha256=_weights_sha256(trained))
+        _install(trained, out, recipe, configs, report, heldout_data, train_data, command)
+    except BaseException:
+        work_dir or log.warning("the pretraining run is kept in %s", work)
+        raise
+    finally:
+        torch.set_num_threads(threads_before)
+    if not work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    return report
+
+
+def _install(trained: Path, out: Path, recipe: ReaderRecipe, configs, report: ReaderReport, heldout_data,
+             train_data, command: str | None) -> None:
+    """Copy the checkpoint files, the card and the model card into ``out`` (replaced as a whole)."""
+    import torch
+    import transformers
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        for name in CHECKPOINT_FILES:
+            shutil.copy2(trained / name, tmp / name)
+            (tmp / name).chmod(0o644)
+        card = {
+            "command": command or "python core/make_tiny_model.py --pretrain",
+            "architecture": READER_ARCHITECTURE,
+            "parameters": _parameter_count(tmp),
+            "pretraining_data": dataclasses.asdict(train_data),
+            "heldout_data": dataclasses.asdict(heldout_data),
+            "recipe": dataclasses.asdict(recipe),
+            "train_configs": [c.to_dict() | {"model_name": "<previous run>" if i else "<random start>",
+                                              "input_data": "<pretraining data>", "output_dir": "<work folder>"}
+                              for i, c in enumerate(configs)],
+            "heldout_cer": report.heldout_cer,
+            "heldout_metric": "micro CER, raw text, greedy, max_new_tokens "
+                              f"{recipe.max_new_tokens}, through the processor's chat template",
+            "target_cer": recipe.target_cer,
+            "cpu_seconds": report.cpu_seconds,
+            "wall_seconds": report.wall_seconds,
+            "train_loss": report.train_loss,
+            "learning_curve": report.curve,
+            "weights_sha256": report.weights_sha256,
+            "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
+        }
+        atomic_write_json(tmp / CARD_FILE, card)
+        atomic_write_text(tmp / "README.md", model_card(card))
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _parameter_count(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def model_card(card: dict[str, Any]) -> str:
+    """The folder's README: what the reader is, what it reads, how it was built and how well it reads."""
+    arch = card["architecture"]
+    data = card["pretraining_data"]
+    recipe = card["recipe"]
+    return f"""# tiny-gemma3-reader
+
+A tiny `Gemma3ForConditionalGeneration` ({card['parameters']:,} parameters, fp32) pretrained from random
+weights by gemma-ocr's own training code until it reads printed lines of digits. It is the suite's default
+model: the main job fine-tunes it on a distribution it was not pretrained on.
+
+- Architecture: {arch['image_size']} px images, {arch['patch_size']} px patches, {arch['mm_tokens_per_image']}
+  image tokens; SigLIP width {arch['vision_hidden_size']}, {arch['vision_layers']} layers; text width
+  {arch['hidden_size']}, {arch['num_layers']} layers, 2 heads, 1 key/value head; gemma-ocr's character tokenizer
+  with Gemma 3's special and newline-run tokens; Gemma 3's chat template. Weights under the hub's names
+  (`vision_tower.vision_model.*`).
+- Pretraining data: {data['n_samples']:,} synthetic lines of {data['digits_length'][0]}-{data['digits_length'][1]}
+  digits in Noto Sans (seed {data['seed']}). It reads nothing else well: fine-tune it for other text.
+- Training: every weight, AdamW, learning rate {recipe['learning_rate']} (schedule {recipe['lr_scheduler_type']},
+  {recipe['warmup_steps']:.0%} warm-up), batch {recipe['batch_size']}, {recipe['max_steps']:,} steps, then
+  {recipe['anneal_steps']:,} steps from {recipe['anneal_learning_rate']} falling linearly to 0; seed {recipe['seed']},
+  {recipe['threads']} torch thread(s): {card['cpu_seconds']:.0f} CPU seconds ({card['wall_seconds']:.0f} s wall,
+  on a shared machine).
+- Held-out CER: **{card['heldout_cer']}** on {card['heldout_data']['n_samples']} lines rendered with seed
+  {card['heldout_data']['seed']} (target <= {card['target_cer']}; {card['heldout_metric']}).
+
+Rebuild (deterministic on one CPU; `reader.json` holds the full configuration and the weights' SHA-256):
+
+```bash
+{card['command']}
+```
+"""
