@@ -37,7 +37,11 @@ def test_merged_folder_is_a_plain_bf16_gemma3_checkpoint(merged_model):
     assert (out / "chat_template.jinja").is_file() and (out / "generation_config.json").is_file()
     with safe_open(str(out / "model.safetensors"), framework="pt") as st:
         dtypes = {st.get_tensor(k).dtype for k in st.keys()}
+        names = list(st.keys())
     assert dtypes == {torch.bfloat16}
+    # the base's hub layout survives the merge: vLLM loads vision_tower.vision_model.*, not vision_tower.embeddings.*
+    hub = ("language_model.model.", "vision_tower.vision_model.", "multi_modal_projector.")
+    assert all(n.startswith(hub) for n in names) and any(n.startswith("vision_tower.vision_model.") for n in names)
     model = AutoModelForImageTextToText.from_pretrained(out)
     processor = AutoProcessor.from_pretrained(out)
     assert type(model).__name__ == "Gemma3ForConditionalGeneration"

@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.search.config import SearchArguments, load_search_config, parse_search_config
+from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE, SearchArguments, load_search_config, parse_search_config
 from gemma_ocr.search.space import build_grid, grid_points, parse_search_space
 from gemma_ocr.settings import resolve
 from search_helpers import ROOT
@@ -141,7 +141,8 @@ def test_comment_keys_are_ignored_and_pruner_settings_parse():
 
 def test_default_training_config_without_search_space_gets_the_default_space():
     cfg = load_search_config(Path(CONFIGS / "default.json"))
-    assert set(cfg.search_space) == {"learning_rate", "num_train_epochs"}
+    assert set(cfg.search_space) == set(DEFAULT_SEARCH_SPACE) == {"learning_rate", "finetune_vision_layers"}
+    assert "finetune_vision_layers" not in cfg.fixed  # the file's value gives way to the search
     assert cfg.search_space["learning_rate"].log and cfg.fixed["model_name"]
 
 

@@ -1,18 +1,25 @@
-"""The main job on the embedded defaults: every stage in order, each kept when its output exists and is current.
+"""The main job: every stage in order, each kept when its output exists and is current.
 
-data (synthetic lines) -> split -> majority-label baseline -> a short Optuna search of the LoRA
-hyperparameters on the tiny Gemma 3 (fixed parameters from configs/hyperparm_configs/default.json)
--> LoRA SFT with the best configuration -> merge to bf16 -> serve (embedded server) -> evaluate
-the base model and the fine-tuned one on the same test samples. Everything lands under one work
-folder (``root``: data/, models/, results/) so a run is self-contained.
+data (synthetic lines of :data:`~gemma_ocr.data.synthetic.SHIFTED_DIGITS`: digits in Noto Serif, a font
+the shipped tiny reader was not pretrained on) -> split -> trivial baselines (empty answers; the most
+common label where labels repeat) -> a short Optuna search of :data:`PIPELINE_SEARCH_SPACE` on the base
+model (fixed parameters from configs/hyperparm_configs/default.json) -> LoRA SFT with the best
+configuration -> merge to bf16 -> serve (embedded server) -> evaluate the base model and the fine-tuned
+one on the same test samples -> their CER difference with a paired bootstrap 95% interval.
 
-A stage's output is kept only while it was made from the same inputs: ``results/pipeline_state.json``
+The pipeline's own outputs live apart from the manual workflow's (``models/pipeline/``,
+``results/pipeline/``, the study ``pipeline``), so that running sft_gemma.py, merge, serve and
+evaluate.py by hand never collides with it. The data (``data/raw_data/ocr.json`` and its split in
+``data/input/``) is shared: the pipeline renders lines only when there is none, and runs on yours.
+
+A stage's output is kept only while it was made from the same inputs: ``results/pipeline/state.json``
 records a fingerprint of what each stage read (the split's files, the config, the model weights), so
 after new data is imported and split, the search, training, merge and evaluations are redone.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -22,46 +29,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gemma_ocr.config import DEFAULT_MODEL_NAME
 from gemma_ocr.data.records import load_raw_records, load_records, write_records
-from gemma_ocr.data.split import split_non_test
-from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
+from gemma_ocr.data.split import DEFAULT_NON_TEST_RATIO, split_non_test
+from gemma_ocr.data.synthetic import SHIFTED_DIGITS, generate_dataset, is_synthetic
+from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.results import build_document
+from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
 
 log = logging.getLogger(__name__)
 
 SEARCH_STUDY = "pipeline"
-# The tiny random model learns at rates far above a real Gemma 3's (the suite's default space is 1e-5..5e-4).
-TINY_SEARCH_SPACE = {
-    "learning_rate": {"type": "loguniform", "low": 2e-3, "high": 1e-2},
-    "lora_r": {"type": "categorical", "choices": [8, 16]},
-}
+#: What the pipeline's search varies: the built-in space, how fast the adapters learn and whether the vision
+#: tower gets adapters too (the shift is in the glyphs' shapes, which the SigLIP tower sees).
+PIPELINE_SEARCH_SPACE = DEFAULT_SEARCH_SPACE
+BOOTSTRAP_RESAMPLES = 10_000
+EMPTY_BASELINE, MAJORITY_BASELINE = "empty-answer baseline", "majority-label baseline"
+BASE_ROW, TUNED_ROW = "base", "fine-tuned"
 
 
 @dataclass
 class PipelineConfig:
     root: Path = Path(".")
-    n_samples: int = 300
+    base_model: Path = Path(DEFAULT_MODEL_NAME)  # the shipped tiny reader; relative to the working folder
+    n_samples: int = SHIFTED_DIGITS.n_samples
     seed: int = 42
+    non_test_ratio: float = DEFAULT_NON_TEST_RATIO
     force: bool = False
     train_config: Path = Path("configs/hyperparm_configs/default.json")
-    eval_top_k: int | None = 30  # first test samples scored per model, baseline included (None: all)
+    eval_top_k: int | None = 200  # first test samples scored per model, baselines included (None: all)
     eval_workers: int = 2
     eval_max_tokens: int = 40
     search_trials: int = 3  # 0: no search, train with train_config as it is
+    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
     stages: tuple[str, ...] = ("data", "split", "baseline", "search", "train", "merge", "evaluate")
 
     @property
-    def base_model_dir(self) -> Path:
-        return self.root / "models/tiny-gemma3"
+    def work_models(self) -> Path:
+        return self.root / "models/pipeline"
 
     @property
     def adapter_dir(self) -> Path:
-        return self.root / "models/gemma-ocr"
+        return self.work_models / "gemma-ocr"
 
     @property
     def merged_dir(self) -> Path:
-        return self.root / "models/merged-gemma-ocr"
+        return self.work_models / "merged-gemma-ocr"
 
     @property
     def studies_dir(self) -> Path:
@@ -84,16 +98,28 @@ class PipelineConfig:
         return self.root / "data/input/ocr_test.json"
 
     @property
+    def results_dir(self) -> Path:
+        return self.root / "results/pipeline"
+
+    @property
+    def base_results(self) -> Path:
+        return self.results_dir / "eval_base.json"
+
+    @property
+    def tuned_results(self) -> Path:
+        return self.results_dir / "eval_finetuned.json"
+
+    @property
+    def comparison_file(self) -> Path:
+        return self.results_dir / "comparison.json"
+
+    @property
     def error_report_dir(self) -> Path:
         return self.results_dir / "errors"
 
     @property
-    def results_dir(self) -> Path:
-        return self.root / "results"
-
-    @property
     def state_file(self) -> Path:
-        return self.results_dir / "pipeline_state.json"
+        return self.results_dir / "state.json"
 
     @property
     def search_trials_dir(self) -> Path:
@@ -136,7 +162,7 @@ def fingerprint(*parts: Any) -> str:
 
 
 class StageRecord:
-    """The fingerprint of the inputs each stage's output was made from (``results/pipeline_state.json``)."""
+    """The fingerprint of the inputs each stage's output was made from (``results/pipeline/state.json``)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -161,6 +187,19 @@ class StageRecord:
 # ---------------------------------------------------------------- the stages
 
 
+def check_base_model(cfg: PipelineConfig) -> None:
+    """One line naming the pipeline's own flag when the base model is not a Gemma 3 checkpoint folder or hub id."""
+    from gemma_ocr.modeling.loading import check_gemma3_vlm
+
+    if not cfg.base_model.exists() and cfg.base_model == Path(DEFAULT_MODEL_NAME):
+        raise GemmaOcrError(f"the default base model {cfg.base_model} is not here: run the pipeline from the "
+                            "repository's root folder (it ships there), or pass --base-model")
+    try:
+        check_gemma3_vlm(str(cfg.base_model))
+    except GemmaOcrError as e:
+        raise GemmaOcrError(f"--base-model: {e}".replace("check --model-name", "check --base-model")) from None
+
+
 def make_data(cfg: PipelineConfig) -> None:
     """Render synthetic lines into data/raw_data/ unless data is there; ``--force`` re-renders only synthetic data."""
     if cfg.raw_json.exists():
@@ -171,36 +210,44 @@ def make_data(cfg: PipelineConfig) -> None:
             log.info("data: %s is not synthetic data rendered here: kept (--force never replaces your own data)",
                      cfg.raw_json)
             return
-    generate_dataset(cfg.raw_json.parent, SyntheticConfig(n_samples=cfg.n_samples, seed=cfg.seed))
-    log.info("data: %d synthetic lines -> %s", cfg.n_samples, cfg.raw_json)
+    generate_dataset(cfg.raw_json.parent, dataclasses.replace(SHIFTED_DIGITS, n_samples=cfg.n_samples, seed=cfg.seed))
+    log.info("data: %d synthetic lines of digits in %s -> %s", cfg.n_samples, SHIFTED_DIGITS.font, cfg.raw_json)
 
 
 def split_data(cfg: PipelineConfig) -> None:
-    split = split_non_test(load_raw_records(cfg.raw_json))
+    split = split_non_test(load_raw_records(cfg.raw_json), cfg.non_test_ratio)
     write_records(split.non_test, cfg.non_test_json)
     write_records(split.test, cfg.test_json)
     log.info("split: %d non_test, %d test", len(split.non_test), len(split.test))
 
 
-def majority_baseline(cfg: PipelineConfig) -> dict:
-    """Score the trivial model that answers every image with the most common training label."""
+def baselines(cfg: PipelineConfig) -> dict[str, dict]:
+    """Score trivial models on the samples the served models get: empty answers, and the most common training
+    label where a training label repeats (with unique labels it would be an arbitrary one)."""
     train, test = load_records(cfg.non_test_json), load_records(cfg.test_json)
-    guess = Counter(r.text for r in train).most_common(1)[0][0] if train else ""
-    scored = test if cfg.eval_top_k is None else test[: cfg.eval_top_k]  # the samples the served models get
-    samples = [{"image_path": r.image_path, "label": r.text, "prediction": guess, "status": "ok"} for r in scored]
-    doc = build_document(samples, model_name="majority-label-baseline", dataset_samples=len(test), top_k=cfg.eval_top_k)
-    atomic_write_json(cfg.results_dir / "baseline_majority.json", doc)
-    return doc
+    scored = test if cfg.eval_top_k is None else test[: cfg.eval_top_k]
+    answers = {EMPTY_BASELINE: ("", "baseline_empty.json")}
+    common = Counter(r.text for r in train).most_common(1)
+    if common and common[0][1] > 1:
+        answers[MAJORITY_BASELINE] = (common[0][0], "baseline_majority.json")
+    out = {}
+    for name, (guess, file) in answers.items():
+        samples = [{"image_path": r.image_path, "label": r.text, "prediction": guess,
+                    "status": "ok" if guess else "empty"} for r in scored]
+        doc = build_document(samples, model_name=name, dataset_samples=len(test), top_k=cfg.eval_top_k)
+        atomic_write_json(cfg.results_dir / file, doc)
+        out[name] = doc
+    return out
 
 
 def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
-    """A short TPE search of :data:`TINY_SEARCH_SPACE` on the tiny model; returns the best config file (kept while current)."""
+    """A short TPE search of :data:`PIPELINE_SEARCH_SPACE` on the base model; returns the best config file (kept while current)."""
     from gemma_ocr.search.runner import resolve_settings, run_search
     from gemma_ocr.search.space import parse_search_space
 
     if cfg.search_trials <= 0:
         return None
-    inputs = fingerprint(cfg.non_test_json, cfg.train_config, cfg.base_model_dir, TINY_SEARCH_SPACE,
+    inputs = fingerprint(cfg.non_test_json, cfg.train_config, cfg.base_model, PIPELINE_SEARCH_SPACE,
                          cfg.search_trials, cfg.seed)
     if record.keeps(cfg, "search", cfg.best_config, cfg.best_config.is_file(), inputs):
         return cfg.best_config
@@ -209,9 +256,10 @@ def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
     settings = resolve_settings(
         None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.studies_dir, default_config=cfg.train_config,
         overrides={"n_trials": cfg.search_trials, "sampler_seed": cfg.seed, "base_output_dir": cfg.search_trials_dir},
-        fixed_overrides={"model_name": str(cfg.base_model_dir), "input_data": str(cfg.non_test_json)},
+        fixed_overrides={"model_name": str(cfg.base_model), "input_data": str(cfg.non_test_json)},
     )
-    settings.search_space = parse_search_space(TINY_SEARCH_SPACE)
+    settings.search_space = parse_search_space(PIPELINE_SEARCH_SPACE)
+    settings.fixed = {k: v for k, v in settings.fixed.items() if k not in settings.search_space}
     summary = run_search(settings)
     if summary.best_config_path is None:
         log.warning("search: no trial completed; training with %s", cfg.train_config)
@@ -223,20 +271,23 @@ def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
 
 
 def train(cfg: PipelineConfig, record: StageRecord, config_file: Path | None = None) -> Path:
-    """LoRA SFT of the tiny Gemma 3 (the search's best config, else the default one); kept while current."""
+    """LoRA SFT of the base model (the search's best config, else the default one); kept while current."""
     from gemma_ocr.config import resolve_config
     from gemma_ocr.training import tune
 
     config_file = config_file or cfg.train_config
-    inputs = fingerprint(cfg.non_test_json, config_file, cfg.base_model_dir, cfg.seed)
+    inputs = fingerprint(cfg.non_test_json, config_file, cfg.base_model, cfg.seed)
     if record.keeps(cfg, "train", cfg.adapter_dir, (cfg.adapter_dir / "adapter_config.json").is_file(), inputs):
         return cfg.adapter_dir
     config = resolve_config(config_file, {
-        "model_name": str(cfg.base_model_dir),
+        "model_name": str(cfg.base_model),
         "input_data": str(cfg.non_test_json),
         "output_dir": str(cfg.adapter_dir),
         "seed": cfg.seed,
     })
+    if config.train_mode != "lora":
+        raise GemmaOcrError(f"{config_file}: the pipeline trains LoRA adapters and merges them; "
+                            f"set train_mode to \"lora\" (got {config.train_mode!r}) or pass another --train-config")
     result = tune(config)
     record.done("train", inputs)
     log.info("train: %d steps, train_loss %.4f, eval_loss %s -> %s", result["global_step"], result["train_loss"],
@@ -249,10 +300,10 @@ def merge(cfg: PipelineConfig, record: StageRecord) -> Path:
     from gemma_ocr.merge import merge_adapter
 
     report = cfg.merged_dir / "merge_report.json"
-    inputs = fingerprint(cfg.adapter_dir, cfg.base_model_dir)
+    inputs = fingerprint(cfg.adapter_dir, cfg.base_model)
     if record.keeps(cfg, "merge", cfg.merged_dir, report.is_file() and bool(read_json(report).get("verified")), inputs):
         return cfg.merged_dir
-    r = merge_adapter(cfg.adapter_dir, cfg.merged_dir, overwrite=True)  # its own earlier merge
+    r = merge_adapter(cfg.adapter_dir, cfg.merged_dir, base_model=str(cfg.base_model), overwrite=True)  # its own
     record.done("merge", inputs)
     log.info("merge: max |merged - (base+adapter)| %.3g <= %.3g -> %s", r.max_abs_diff, r.tolerance, cfg.merged_dir)
     return cfg.merged_dir
@@ -271,7 +322,7 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
     with start_server(model_dir, startup_timeout=300) as (url, name):
         settings = EvalConfig(urls=[url], data_file=cfg.test_json, output_file=output, top_k=cfg.eval_top_k,
-                              workers=cfg.eval_workers, model_name=name, save_interval=10,
+                              workers=cfg.eval_workers, model_name=name, save_interval=50,
                               max_tokens=cfg.eval_max_tokens, resume=resume)
         settings.flags = {"resume": "--force", "top_k": "--eval-top-k", "workers": "--eval-workers"}  # pipeline.py's
         out = evaluate(settings)
@@ -280,19 +331,29 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
     return out.document
 
 
+def compare(cfg: PipelineConfig, base: dict, tuned: dict):
+    """The fine-tuned model's CER against the base's on the same samples, with a paired bootstrap interval."""
+    from gemma_ocr.comparison import compare_cer
+
+    diff = compare_cer(base, tuned, n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+    atomic_write_json(cfg.comparison_file, {"baseline": base.get("model_name"), "candidate": tuned.get("model_name"),
+                                            "baseline_file": str(cfg.base_results),
+                                            "candidate_file": str(cfg.tuned_results), **diff.to_dict()})
+    log.info("compare: %s -> %s", diff.describe(), cfg.comparison_file)
+    return diff
+
+
 def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
-    """Run every stage; return the results documents by model name."""
+    """Run every stage; return the results documents by table row (and the comparison under ``"comparison"``)."""
+    if {"search", "train", "merge", "evaluate"} & set(cfg.stages):
+        check_base_model(cfg)  # before any work
     if "data" in cfg.stages:
         make_data(cfg)
     if "split" in cfg.stages:
         split_data(cfg)
-    results: dict[str, dict] = {}
+    results: dict[str, Any] = {}
     if "baseline" in cfg.stages:
-        results["majority-label-baseline"] = majority_baseline(cfg)
-    if {"search", "train", "merge", "evaluate"} & set(cfg.stages):
-        from gemma_ocr.modeling.tiny import ensure_tiny_model
-
-        ensure_tiny_model(cfg.base_model_dir)  # before its weights are fingerprinted
+        results.update(baselines(cfg))
     record = StageRecord(cfg.state_file)
     best_config = search(cfg, record) if "search" in cfg.stages else None
     if "train" in cfg.stages:
@@ -300,35 +361,57 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
     if "merge" in cfg.stages:
         merge(cfg, record)
     if "evaluate" in cfg.stages:
-        results["base (tiny-gemma3)"] = evaluate_served(cfg, record, cfg.base_model_dir, cfg.results_dir / "eval_base.json")
-        results["fine-tuned (merged-gemma-ocr)"] = evaluate_served(cfg, record, cfg.merged_dir,
-                                                                   cfg.results_dir / "gemma_evaluation.json")
+        base = evaluate_served(cfg, record, cfg.base_model, cfg.base_results)
+        tuned = evaluate_served(cfg, record, cfg.merged_dir, cfg.tuned_results)
+        results[f"{BASE_ROW} ({cfg.base_model.name})"] = base
+        results[f"{TUNED_ROW} ({cfg.merged_dir.name})"] = tuned
+        results["comparison"] = compare(cfg, base, tuned)
         error_report(cfg)
     return results
 
 
 def error_report(cfg: PipelineConfig) -> Path:
-    """Where the fine-tuned model's character errors are, against the base model's: ``results/errors/``."""
-    from gemma_ocr.error_analysis import analyze_file, compare
+    """Where the fine-tuned model's character errors are, against the base model's: ``results/pipeline/errors/``."""
+    from gemma_ocr.error_analysis import analyze_file, compare as compare_errors
     from gemma_ocr.error_report import write_report
 
-    tuned = analyze_file(cfg.results_dir / "gemma_evaluation.json")
-    comparison = compare(tuned, analyze_file(cfg.results_dir / "eval_base.json"))
+    tuned = analyze_file(cfg.tuned_results)
+    comparison = compare_errors(tuned, analyze_file(cfg.base_results))
     report = write_report(tuned, cfg.error_report_dir, comparison=comparison)
     log.info("errors: %s", report.html)
     return report.html
 
 
-def format_table(results: dict[str, dict]) -> str:
-    """A side-by-side table of CER/F1 (micro, raw and normalized) for each model."""
-    lines = [f"{'model':<32} {'CER':>8} {'F1':>8} {'CER norm':>9} {'F1 norm':>8} {'samples':>8} {'errors':>7}"]
-    for name, doc in results.items():
+def format_table(results: dict[str, Any]) -> str:
+    """CER/F1 (micro, raw and normalized) of each model side by side, how varied its answers are, and the gain."""
+    from gemma_ocr.answers import document_profile
+
+    docs = {name: doc for name, doc in results.items() if isinstance(doc, dict)}
+    lines = [f"{'model':<34} {'CER':>8} {'F1':>8} {'CER norm':>9} {'F1 norm':>8} {'samples':>8} {'errors':>7} "
+             f"{'distinct':>9} {'cut':>6}"]
+    warnings = []
+    for name, doc in docs.items():
+        profile = document_profile(doc)
+        cut = "n/a" if profile.truncated_share is None else f"{profile.truncated_share:.0%}"
+        baseline = name.endswith("baseline")  # constant by construction
+        flag = " !" if profile.flags and not baseline else ""
         lines.append(
-            f"{name:<32} {doc['overall_cer']:>8.4f} {doc['overall_f1']:>8.4f} {doc['normalized_overall_cer']:>9.4f} "
-            f"{doc['normalized_overall_f1']:>8.4f} {doc['total_samples']:>8d} {doc['status_counts']['error']:>7d}"
+            f"{name:<34} {doc['overall_cer']:>8.4f} {doc['overall_f1']:>8.4f} {doc['normalized_overall_cer']:>9.4f} "
+            f"{doc['normalized_overall_f1']:>8.4f} {doc['total_samples']:>8d} {doc['status_counts']['error']:>7d} "
+            f"{profile.distinct:>9d} {cut:>6}{flag}"
         )
-    lines.append("CER = total edits / total reference characters (micro); F1 over character multisets (micro).")
-    limited = {(d.get("total_samples"), d.get("dataset_samples")) for d in results.values()
+        if not baseline:
+            warnings.extend(f"warning: {name}: {f}" for f in profile.flags)
+    lines.append("CER = total edits / total reference characters (micro); F1 over character multisets (micro); "
+                 "distinct = different answers; cut = answers that ran into max_tokens.")
+    diff = results.get("comparison")
+    if diff is not None:
+        lines.append(f"Fine-tuned against base: CER {diff.baseline_cer:.4f} -> {diff.candidate_cer:.4f}; "
+                     f"{diff.describe()}.")
+        if not diff.excludes_zero:
+            lines.append("The interval includes zero: no difference shown on these samples.")
+    lines.extend(warnings)
+    limited = {(d.get("total_samples"), d.get("dataset_samples")) for d in docs.values()
                if d.get("dataset_samples") and d["total_samples"] < d["dataset_samples"]}
     for n, total in sorted(limited):
         lines.append(f"Scored on the first {n} of {total} test samples (--eval-top-k None for all).")

@@ -34,10 +34,12 @@ from gemma_ocr.settings import FieldError, Layer, Settings, unknown_key
 log = logging.getLogger(__name__)
 
 DEFAULT_N_TRIALS = 20
-#: The seed's default space: learning rate on a log scale, a few epochs.
+#: The built-in space, made for the default model (the shipped tiny reader, LoRA from default.json): how fast
+#: the adapters learn, and whether the vision tower gets adapters too. A real Gemma 3 wants its own space
+#: (configs/hyperparm_configs/optuna/config.json: learning rate 1e-5..5e-4, epochs, rank, warm-up).
 DEFAULT_SEARCH_SPACE: dict[str, Any] = {
-    "learning_rate": {"type": "loguniform", "low": 1e-5, "high": 5e-4},
-    "num_train_epochs": {"type": "int", "low": 2, "high": 5, "step": 1},
+    "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
+    "finetune_vision_layers": {"type": "categorical", "choices": [True, False]},
 }
 #: Where a built-in search space comes from, for messages (it is no file's search_space).
 BUILTIN_SPACE = "built-in default search_space"
