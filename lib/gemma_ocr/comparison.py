@@ -10,7 +10,6 @@ the interval is the percentile interval of ``candidate - baseline`` over ``n_res
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 

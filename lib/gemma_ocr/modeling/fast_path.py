@@ -209,7 +209,7 @@ def describe(config: TrainConfig) -> dict[str, Any]:
     """The resolved switches of a run (logged at start; the benchmark prints them)."""
     return {
         "fast_path": config.fast_path,
-        "vision_no_grad": config.fast_path and not config.finetune_vision_layers,
+        "vision_no_grad": config.fast_path and not config.finetune_vision_layers and config.train_mode == "lora",
         "lean_kbit": config.fast_path and config.load_in_4bit,
         "liger_kernel": use_liger(config),
         "fused_lm_head": cuda_available() or triton_interpreted(),
