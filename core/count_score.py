@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Recompute CER/F1 of a results file on normalized text (no whitespace, ASCII or CJK punctuation).
+"""Recompute CER/F1 of a results file on normalized text, with 95% bootstrap intervals and per-slice figures.
 
 `gemma-ocr count-score` runs the same program; its flags: `python core/count_score.py --help`.
 """

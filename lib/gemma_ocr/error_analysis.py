@@ -27,7 +27,7 @@ from rapidfuzz.distance import Levenshtein
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json
 from gemma_ocr.metrics import cer as sample_cer
-from gemma_ocr.metrics import normalization_description, normalize_text
+from gemma_ocr.metrics import DEFAULT_PROFILE, normalization_description, normalize_text
 from gemma_ocr.results import STATUS_ERROR, check_results_document, sample_status
 
 LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 20), (21, 50), (51, None))  # reference characters, inclusive
@@ -139,7 +139,7 @@ class ErrorAnalysis:
 
 
 def analyze_document(document: Any, source: str = "results file", normalized: bool = False,
-                     nfkc: bool = False) -> ErrorAnalysis:
+                     profile: str = DEFAULT_PROFILE) -> ErrorAnalysis:
     """Align every scored sample of a results document; ``normalized`` compares texts as the normalized CER does."""
     samples = check_results_document(document, source)["samples"]
     analysed, failed = [], []
@@ -149,17 +149,17 @@ def analyze_document(document: Any, source: str = "results file", normalized: bo
             continue
         reference, prediction = s.get("label") or "", s.get("prediction") or ""
         if normalized:
-            reference, prediction = normalize_text(reference, nfkc), normalize_text(prediction, nfkc)
+            reference, prediction = normalize_text(reference, profile), normalize_text(prediction, profile)
         analysed.append(align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction))
-    text = f"normalized: {normalization_description(nfkc)}" if normalized else "raw"
+    text = f"normalized ({profile}): {normalization_description(profile)}" if normalized else "raw"
     answered = [s for s in samples if sample_status(s) != STATUS_ERROR]
     truncated = (sum(1 for s in answered if s.get("finish_reason") == "length")
                  if any("finish_reason" in s for s in answered) else None)
     return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed, truncated)
 
 
-def analyze_file(path: str | os.PathLike[str], normalized: bool = False, nfkc: bool = False) -> ErrorAnalysis:
-    return analyze_document(read_json(path, "results file"), str(path), normalized, nfkc)
+def analyze_file(path: str | os.PathLike[str], normalized: bool = False, profile: str = DEFAULT_PROFILE) -> ErrorAnalysis:
+    return analyze_document(read_json(path, "results file"), str(path), normalized, profile)
 
 
 def align(index: int, image_path: str, reference: str, prediction: str) -> SampleErrors:

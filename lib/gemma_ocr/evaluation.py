@@ -46,7 +46,7 @@ from gemma_ocr.data.images import server_ready, upright_rgb
 from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, read_json
-from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document, sample_status
+from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, ScoringConfig, build_document, sample_status
 from gemma_ocr.settings import FieldError
 
 log = logging.getLogger(__name__)
@@ -134,8 +134,8 @@ def check_settings(cfg: RequestConfig) -> None:
 
 
 @dataclass
-class EvalConfig(RequestConfig):
-    """What to evaluate, where the results go, and the server settings."""
+class EvalConfig(RequestConfig, ScoringConfig):
+    """What to evaluate, where the results go, how it is scored, and the server settings."""
 
     data_file: str | os.PathLike[str] = field(default=DEFAULT_DATA_FILE, metadata={
         "help": "[{image_path, ocr_text}] JSON"})
@@ -147,6 +147,7 @@ class EvalConfig(RequestConfig):
         if self.top_k is not None and (isinstance(self.top_k, bool) or self.top_k < 1):
             raise FieldError("top_k", f"must be a positive number or None, got {self.top_k}")
         super().validate()
+        ScoringConfig.validate(self)
 
 
 @dataclass(frozen=True)
@@ -525,6 +526,8 @@ def _resumable(path: Path, model_name: str, cfg: EvalConfig, selected: Sequence[
 
 def _sample(index: int, record: OcrRecord, prediction: str | None, error: str | None, latency: float | None) -> dict[str, Any]:
     s: dict[str, Any] = {"index": index, "image_path": record.image_path, "label": record.text}
+    if record.source is not None:
+        s["source"] = record.source
     if error is not None:
         s.update(prediction=None, status=STATUS_ERROR, error=error)
     else:
@@ -613,9 +616,9 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
             "generation": {"temperature": 0.0, "max_tokens": cfg.max_tokens},
         }
 
-        def save(complete: bool) -> dict[str, Any]:
-            samples = [results[i] for i in sorted(results)]
-            doc = build_document(samples, model_name, **extra, complete=complete,
+        def save(complete: bool, final: bool = False) -> dict[str, Any]:
+            samples = [results[i] for i in sorted(results)]  # intervals at the end: a bootstrap per save is waste
+            doc = build_document(samples, model_name, scoring=cfg, intervals=final, **extra, complete=complete,
                                  pending=len(selected) - len(samples))
             atomic_write_json(output, doc)
             return doc
@@ -623,7 +626,7 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
         t0 = time.perf_counter()
         stats = request_all(session, endpoints, cfg, model_name, todo, results, save, output, on_sample)
         elapsed = time.perf_counter() - t0
-        doc = save(complete=len(results) == len(selected))
+        doc = save(complete=len(results) == len(selected), final=True)
         if stats.get("aborted"):
             errors = doc["status_counts"][STATUS_ERROR]
             raise server_gone_error(stats["aborted"], output, len(results) - errors, errors)
@@ -647,7 +650,7 @@ def evaluate_checkpoint(checkpoint: str | os.PathLike[str], cfg: EvalConfig) -> 
     name = cfg.model_name or f"khmer-digits:{checkpoint}"
     _resumable(output, name, cfg, selected, len(records), generation=False)
     t0 = time.perf_counter()
-    doc = evaluate_ocr_file(checkpoint, cfg.data_file, model_name=name, top_k=cfg.top_k)
+    doc = evaluate_ocr_file(checkpoint, cfg.data_file, model_name=name, top_k=cfg.top_k, scoring=cfg)
     atomic_write_json(output, doc)
     return EvalOutcome(document=doc, output_file=output, requested=len(selected), resumed=0,
                        elapsed_s=time.perf_counter() - t0, model_name=name, selected=len(selected),

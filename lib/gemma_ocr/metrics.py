@@ -1,6 +1,6 @@
-"""OCR metrics: normalization, character error rate (CER) and character F1.
+"""OCR metrics: normalization profiles, character units, character error rate (CER) and character F1.
 
-Definitions (per sample, on Unicode code points after optional normalization):
+Definitions (per sample, in the chosen character unit after the chosen normalization):
 
 * CER = edit distance(prediction, reference) / len(reference). It can exceed 1 when the
   prediction is longer than the reference. An empty reference has no defined CER: such a
@@ -8,6 +8,22 @@ Definitions (per sample, on Unicode code points after optional normalization):
   (``empty_references``); it never enters the micro or macro CER.
 * F1 over the character multiset: tp = size of the multiset intersection, precision = tp /
   len(prediction), recall = tp / len(reference). Both empty: 1.0; exactly one empty: 0.0.
+
+Character units (:data:`CHARACTER_UNITS`): ``codepoint`` counts Unicode code points (the seed's
+definition, the default); ``grapheme`` counts extended grapheme clusters (Unicode UAX #29, the ``regex``
+module's ``\\X``): what a reader sees as one character. "ខ្មេរ" read as "ខ្មែរ" is one wrong vowel: CER
+0.20 by code point (1 of 5), 0.50 by grapheme cluster (1 of 2: ខ្មេ, រ).
+
+Normalization profiles (:data:`NORMALIZATION_PROFILES`), each a fixed list of steps that
+:func:`normalization_description` spells out (results files carry that line):
+
+* ``raw``: the text as it is.
+* ``seed``: whitespace, ASCII punctuation, CJK punctuation and zero-width characters (U+200B-U+200D,
+  U+2060, U+FEFF) removed: the count_score.py normalization (zero-width characters are not white space
+  to Python, yet U+200B is the usual Khmer word separator).
+* ``nfc``: Unicode NFC (a decomposed "é" equals the composed one), then ``seed``.
+* ``nfkc``: Unicode NFKC (full-width forms, ligatures, superscripts folded), then ``seed``.
+* ``caseless``: Unicode NFKC and case folding (NFKC(casefold(NFKC(text)))), then ``seed``.
 
 Overall figures:
 
@@ -29,51 +45,124 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import regex
 from rapidfuzz.distance import Levenshtein
+
+from gemma_ocr.errors import GemmaOcrError
 
 CJK_PUNCTUATION = (
     "，。！？、；：「」『』（）《》〈〉【】〔〕［］｛｝“”‘’…—～·．・〜‧﹏﹑﹔﹕﹖﹗﹐﹒"
     "＂＇＃＄％＆＊＋－／＜＝＞＠＼＾＿｀｜"
 )
-_REMOVE = re.compile("[" + re.escape(string.punctuation + CJK_PUNCTUATION) + r"]|\s", re.UNICODE)
+ZERO_WIDTH = "\u200b\u200c\u200d\u2060\ufeff"  # zero width space, non-joiner, joiner; word joiner; BOM
+_REMOVE = re.compile("[" + re.escape(string.punctuation + CJK_PUNCTUATION + ZERO_WIDTH) + r"]|\s", re.UNICODE)
+
+_SEED_STEPS = "whitespace, ASCII and CJK punctuation and zero-width characters (U+200B-U+200D, U+2060, U+FEFF) removed"
+#: profile -> exactly what it does to a text, in order
+NORMALIZATION_PROFILES: dict[str, str] = {
+    "raw": "none (the text as it is)",
+    "seed": _SEED_STEPS,
+    "nfc": "Unicode NFC, then " + _SEED_STEPS,
+    "nfkc": "Unicode NFKC, then " + _SEED_STEPS,
+    "caseless": "Unicode NFKC and case folding (NFKC(casefold(NFKC(text)))), then " + _SEED_STEPS,
+}
+DEFAULT_PROFILE = "seed"
+
+CODE_POINT, GRAPHEME = "codepoint", "grapheme"
+#: unit -> what one "character" is
+CHARACTER_UNITS: dict[str, str] = {
+    CODE_POINT: "Unicode code points",
+    GRAPHEME: "extended grapheme clusters (Unicode UAX #29, the regex module's \\X)",
+}
+DEFAULT_UNIT = CODE_POINT
+_GRAPHEME = regex.compile(r"\X")
 
 
-def normalize_text(text: str | None, nfkc: bool = False) -> str:
-    """Remove whitespace, ASCII punctuation and CJK punctuation; with ``nfkc``, apply Unicode NFKC first."""
+def check_profile(profile: str) -> str:
+    """``profile`` if it is a normalization profile, else one line naming the known ones."""
+    if profile not in NORMALIZATION_PROFILES:
+        raise GemmaOcrError(f"unknown normalization profile {profile!r}; use one of {', '.join(NORMALIZATION_PROFILES)}")
+    return profile
+
+
+def check_unit(unit: str) -> str:
+    """``unit`` if it is a character unit, else one line naming the known ones."""
+    if unit not in CHARACTER_UNITS:
+        raise GemmaOcrError(f"unknown character unit {unit!r}; use one of {', '.join(CHARACTER_UNITS)}")
+    return unit
+
+
+def normalize_text(text: str | None, profile: str = DEFAULT_PROFILE) -> str:
+    """``text`` after the normalization ``profile`` (see the module docstring); None is ""."""
     if not text:
         return ""
-    if nfkc:
+    check_profile(profile)
+    if profile == "raw":
+        return text
+    if profile == "nfc":
+        text = unicodedata.normalize("NFC", text)
+    elif profile == "nfkc":
         text = unicodedata.normalize("NFKC", text)
+    elif profile == "caseless":
+        text = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     return _REMOVE.sub("", text)
 
 
-def normalization_description(nfkc: bool = False) -> str:
-    """What :func:`normalize_text` does, in words (written into results files and reports)."""
-    return "whitespace, ASCII and CJK punctuation removed" + (", Unicode NFKC" if nfkc else "")
+def normalization_description(profile: str = DEFAULT_PROFILE) -> str:
+    """What :func:`normalize_text` does with ``profile``, in words (written into results files and reports)."""
+    return NORMALIZATION_PROFILES[check_profile(profile)]
 
 
-def edit_distance(a: str, b: str) -> int:
-    """Levenshtein distance (insert, delete, substitute each cost 1) on code points."""
+def graphemes(text: str) -> list[str]:
+    """The extended grapheme clusters of ``text``, in order."""
+    return _GRAPHEME.findall(text)
+
+
+def unit_length(text: str, unit: str = DEFAULT_UNIT) -> int:
+    """How many characters ``text`` has in ``unit``."""
+    return len(text) if check_unit(unit) == CODE_POINT else len(graphemes(text))
+
+
+def as_units(texts: Sequence[str], unit: str = DEFAULT_UNIT) -> list[str]:
+    """``texts`` with one string character per ``unit`` character: unchanged for code points; for graphemes
+    each distinct cluster of the batch stands for one code of its own, so string edit distances count clusters."""
+    if check_unit(unit) == CODE_POINT:
+        return list(texts)
+    codes: dict[str, str] = {}
+
+    def code(cluster: str) -> str:
+        if cluster not in codes:
+            n = len(codes)
+            codes[cluster] = chr(n if n < 0xD800 else n + 0x800)  # no lone surrogates
+        return codes[cluster]
+
+    return ["".join(map(code, graphemes(t))) for t in texts]
+
+
+def edit_distance(a: str, b: str, unit: str = DEFAULT_UNIT) -> int:
+    """Levenshtein distance (insert, delete, substitute each cost 1) in ``unit`` characters."""
+    a, b = as_units([a, b], unit)
     return Levenshtein.distance(a, b)
 
 
-def cer(prediction: str, reference: str) -> float:
+def cer(prediction: str, reference: str, unit: str = DEFAULT_UNIT) -> float:
     """Character error rate of one sample (see module docstring for the empty-reference rule)."""
     if not reference:
         return 0.0 if not prediction else 1.0
-    return edit_distance(prediction, reference) / len(reference)
+    return edit_distance(prediction, reference, unit) / unit_length(reference, unit)
 
 
 def _overlap(prediction: str, reference: str) -> int:
     return sum((Counter(prediction) & Counter(reference)).values())
 
 
-def char_f1(prediction: str, reference: str) -> float:
+def char_f1(prediction: str, reference: str, unit: str = DEFAULT_UNIT) -> float:
     """F1 of the character multisets of prediction and reference."""
     if not prediction and not reference:
         return 1.0
     if not prediction or not reference:
         return 0.0
+    prediction, reference = as_units([prediction, reference], unit)
     tp = _overlap(prediction, reference)
     if tp == 0:
         return 0.0
@@ -111,8 +200,12 @@ class OverallScore:
         return asdict(self)
 
 
-def score_pairs(predictions: Sequence[str], references: Sequence[str], normalize: bool = False, nfkc: bool = False) -> list[SampleScore]:
+def score_pairs(predictions: Sequence[str | None], references: Sequence[str | None], normalize: bool = False, *,
+                profile: str = DEFAULT_PROFILE, unit: str = DEFAULT_UNIT) -> list[SampleScore]:
     """Per-sample scores for aligned lists, batched in rapidfuzz (C++, threads across cores).
+
+    ``normalize`` applies the normalization ``profile`` to both sides first; lengths, edits and overlaps
+    count ``unit`` characters (:data:`CHARACTER_UNITS`).
 
     The character overlap (multiset intersection) comes from the Indel distance of the sorted
     strings: for sorted sequences the longest common subsequence is the multiset intersection,
@@ -123,14 +216,17 @@ def score_pairs(predictions: Sequence[str], references: Sequence[str], normalize
 
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    check_unit(unit)
     if normalize:
-        predictions = [normalize_text(p, nfkc) for p in predictions]
-        references = [normalize_text(r, nfkc) for r in references]
+        predictions = [normalize_text(p, profile) for p in predictions]
+        references = [normalize_text(r, profile) for r in references]
     else:
         predictions = [p or "" for p in predictions]
         references = [r or "" for r in references]
     if not predictions:
         return []
+    units = as_units([*predictions, *references], unit)  # one code table for both sides
+    predictions, references = units[:len(predictions)], units[len(predictions):]
     edits = cpdist(predictions, references, scorer=Levenshtein.distance, workers=-1).tolist()
     indel = cpdist(["".join(sorted(p)) for p in predictions], ["".join(sorted(r)) for r in references],
                    scorer=Indel.distance, workers=-1).tolist()

@@ -1,26 +1,67 @@
 """The evaluation results document (``results/*.json``) and its scoring.
 
-Layout (the seed's, extended)::
+Layout (the seed's, extended; fields are only ever added)::
 
     {"overall_cer": .., "overall_f1": .., "total_samples": N, "timestamp": ISO-8601, "model_name": ..,
-     "metrics": {raw: {...}, normalized: {...}}, "status_counts": {ok, empty, error},
+     "overall_cer_ci95": [low, high], "overall_f1_ci95": [low, high], "normalized_overall_*": ..,
+     "character_unit": "codepoint", "normalization_profile": "seed", "normalization": "<what was applied>",
+     "metrics": {raw: {...}, normalized: {...}, by_unit: {codepoint: .., grapheme: ..}, slices: {...},
+                 confidence_interval: {method, resamples, seed, clustered_by, ...}, ...},
+     "status_counts": {ok, empty, error},
      "samples": [{"image_path", "label", "prediction", "status", "cer_score", "f1_score",
                   "normalized_cer_score", "normalized_f1_score", ...}]}
 
-``overall_cer``/``overall_f1`` are micro averages on the raw text (see :mod:`gemma_ocr.metrics`);
-samples with status ``error`` (the request failed) are never scored as predictions.
+``overall_cer``/``overall_f1`` are micro averages on the raw text in the file's ``character_unit`` (see
+:mod:`gemma_ocr.metrics`); the ``normalized_*`` ones on the text after ``normalization_profile``. Both
+units are reported side by side in ``metrics.by_unit``, the slices (:mod:`gemma_ocr.slices`) in
+``metrics.slices``, the 95% bootstrap intervals (:mod:`gemma_ocr.bootstrap`) beside each micro figure.
+Samples with status ``error`` (the request failed) are never scored as predictions.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+from gemma_ocr.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, Bootstrap, micro_intervals
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.metrics import aggregate, normalization_description, normalize_text, score_pairs
+from gemma_ocr.metrics import (CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, aggregate, check_profile, check_unit,
+                               normalization_description, normalize_text, score_pairs)
+from gemma_ocr.settings import FieldError
+from gemma_ocr.slices import sample_slices, slice_figures
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
+ProfileName = Literal["raw", "seed", "nfc", "nfkc", "caseless"]  # the keys of metrics.NORMALIZATION_PROFILES
+UnitName = Literal["codepoint", "grapheme"]  # the keys of metrics.CHARACTER_UNITS
+
+
+@dataclass
+class ScoringConfig:
+    """How a results file is scored: normalization, character unit, bootstrap intervals. Fields are the flags."""
+
+    normalization: ProfileName = field(default=DEFAULT_PROFILE, metadata={
+        "help": "normalization of the normalized figures: raw (none), seed (whitespace, ASCII/CJK punctuation and "
+                "zero-width characters removed), nfc, nfkc or caseless (Unicode NFC / NFKC / NFKC+case folding, "
+                "then seed)"})
+    char_unit: UnitName = field(default=DEFAULT_UNIT, metadata={
+        "help": "what one character is in the headline CER/F1: codepoint (Unicode code points, the seed's) or "
+                "grapheme (extended grapheme clusters); both are reported side by side"})
+    ci_resamples: int = field(default=DEFAULT_RESAMPLES, metadata={
+        "help": "bootstrap resamples of the 95% intervals of micro CER and F1"})
+    ci_seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the bootstrap resampling"})
+
+    def validate(self) -> None:
+        check_profile(self.normalization)
+        check_unit(self.char_unit)
+        if isinstance(self.ci_resamples, bool) or self.ci_resamples < 1:
+            raise FieldError("ci_resamples", f"must be a whole number >= 1, got {self.ci_resamples!r}")
+
+    @property
+    def bootstrap(self) -> Bootstrap:
+        return Bootstrap(self.ci_resamples, self.ci_seed)
 
 
 def sample_status(sample: dict[str, Any]) -> str:
@@ -36,13 +77,47 @@ def scored(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [s for s in samples if sample_status(s) != STATUS_ERROR]
 
 
-def score_samples(samples: list[dict[str, Any]], nfkc: bool = False) -> dict[str, Any]:
-    """Write raw and normalized per-sample scores into ``samples`` (in place); return the overall metrics."""
+def clusters_of(samples: Sequence[dict[str, Any]]) -> tuple[list[Any] | None, str | None]:
+    """(each sample's cluster for the bootstrap, what it is) where the data names a ``source`` for two or more
+    of its pages or documents; (None, None) otherwise."""
+    labels = [s.get("source") if s.get("source") not in (None, "") else None for s in samples]
+    if len({c for c in labels if c is not None}) < 2:
+        return None, None
+    return labels, "source"
+
+
+def interval_method(boot: Bootstrap, samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How the intervals of ``samples`` were drawn, as results files state it."""
+    clusters, clustered_by = clusters_of(samples)
+    units = len({c if c is not None else ("sample", i) for i, c in enumerate(clusters)}) if clusters else len(samples)
+    return boot.describe(units, clustered_by)
+
+
+def _figures(scores: dict[str, list], boot: Bootstrap | None, clusters: list | None) -> dict[str, dict[str, Any]]:
+    """Aggregate figures of each list of scores, with their intervals when ``boot`` is given."""
+    out = {k: aggregate(v).to_dict() for k, v in scores.items()}
+    if boot is not None:
+        for key, found in micro_intervals(scores, boot, clusters).items():
+            out[key].update(found)
+    return out
+
+
+def score_samples(samples: list[dict[str, Any]], scoring: ScoringConfig | None = None,
+                  intervals: bool = True) -> dict[str, Any]:
+    """Write raw and normalized per-sample scores into ``samples`` (in place); return the overall metrics.
+
+    ``intervals``: also the bootstrap intervals (``scoring.ci_resamples`` draws per figure; a run's intermediate
+    saves leave them out).
+    """
+    scoring = scoring or ScoringConfig()
+    scoring.validate()
+    profile, unit = scoring.normalization, scoring.char_unit
     done = scored(samples)
     preds = [s.get("prediction") or "" for s in done]
     labels = [s.get("label") or "" for s in done]
-    raw = score_pairs(preds, labels)
-    norm = score_pairs(preds, labels, normalize=True, nfkc=nfkc)
+    by_unit = {u: (score_pairs(preds, labels, unit=u), score_pairs(preds, labels, normalize=True, profile=profile, unit=u))
+               for u in CHARACTER_UNITS}
+    raw, norm = by_unit[unit]
     for s, r, n in zip(done, raw, norm):
         s["cer_score"], s["f1_score"] = r.cer, r.f1
         s["normalized_cer_score"], s["normalized_f1_score"] = n.cer, n.f1
@@ -50,22 +125,44 @@ def score_samples(samples: list[dict[str, Any]], nfkc: bool = False) -> dict[str
         if sample_status(s) == STATUS_ERROR:
             for key in ("cer_score", "f1_score", "normalized_cer_score", "normalized_f1_score"):
                 s[key] = None
-    return {
-        "raw": aggregate(raw).to_dict(),
-        "normalized": aggregate(norm).to_dict(),
-        "normalization": normalization_description(nfkc),
+    clusters, _ = clusters_of(done)
+    boot = scoring.bootstrap if intervals and done else None
+    keys = sample_slices(done, unit)
+    metrics: dict[str, Any] = {
+        **_figures({"raw": raw, "normalized": norm}, boot, clusters),
+        "normalization": normalization_description(profile),
+        "normalization_profile": profile,
+        "character_unit": unit,
+        "character_unit_description": CHARACTER_UNITS[unit],
+        "by_unit": {u: {"description": CHARACTER_UNITS[u], "raw": aggregate(r).to_dict(),
+                        "normalized": aggregate(n).to_dict()} for u, (r, n) in by_unit.items()},
+        "slices": {"raw": slice_figures(raw, keys), "normalized": slice_figures(norm, keys)},
     }
+    if boot is not None:
+        metrics["confidence_interval"] = interval_method(boot, done)
+    return metrics
 
 
-def build_document(samples: list[dict[str, Any]], model_name: str, nfkc: bool = False, **extra: Any) -> dict[str, Any]:
+def headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The top-level fields of a results document from its metrics: overall figures, intervals, unit, normalization."""
+    raw, norm = metrics["raw"], metrics["normalized"]
+    out = {"overall_cer": raw["overall_cer"], "overall_f1": raw["overall_f1"],
+           "normalized_overall_cer": norm["overall_cer"], "normalized_overall_f1": norm["overall_f1"]}
+    if "cer_micro_ci95" in raw:
+        out.update(overall_cer_ci95=raw["cer_micro_ci95"], overall_f1_ci95=raw["f1_micro_ci95"],
+                   normalized_overall_cer_ci95=norm["cer_micro_ci95"], normalized_overall_f1_ci95=norm["f1_micro_ci95"])
+    out.update(character_unit=metrics["character_unit"], normalization_profile=metrics["normalization_profile"],
+               normalization=metrics["normalization"])
+    return out
+
+
+def build_document(samples: list[dict[str, Any]], model_name: str, scoring: ScoringConfig | None = None,
+                   intervals: bool = True, **extra: Any) -> dict[str, Any]:
     """Score ``samples`` and wrap them in the results layout."""
-    metrics = score_samples(samples, nfkc=nfkc)
+    metrics = score_samples(samples, scoring, intervals)
     counts = Counter(sample_status(s) for s in samples)
     return {
-        "overall_cer": metrics["raw"]["overall_cer"],
-        "overall_f1": metrics["raw"]["overall_f1"],
-        "normalized_overall_cer": metrics["normalized"]["overall_cer"],
-        "normalized_overall_f1": metrics["normalized"]["overall_f1"],
+        **headline(metrics),
         "total_samples": len(samples),
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
         "model_name": model_name,
@@ -93,32 +190,43 @@ def check_results_document(document: Any, source: str = "results file") -> dict[
     return document
 
 
-def rescore_normalized(document: Any, source: str = "results file", nfkc: bool = False) -> dict[str, Any]:
+def rescore_normalized(document: Any, source: str = "results file", scoring: ScoringConfig | None = None) -> dict[str, Any]:
     """What count_score.py writes: normalized text and scores, with the original ones kept.
 
     Each sample gains ``normalized_label``/``normalized_prediction``; ``cer_score``/``f1_score`` become
     the normalized scores and the previous values move to ``original_cer_score``/``original_f1_score``.
-    The top level gets normalized ``overall_cer``/``overall_f1`` and keeps the old as ``original_*``.
+    The top level gets normalized ``overall_cer``/``overall_f1`` (and their 95% intervals) and keeps the old
+    as ``original_*``; ``normalized_metrics`` has the micro and macro figures, ``normalized_slices`` the slices.
     """
+    scoring = scoring or ScoringConfig()
+    scoring.validate()
     samples = check_results_document(document, source)["samples"]
     out_samples = [dict(s) for s in samples]
     done = [i for i, s in enumerate(samples) if sample_status(s) != STATUS_ERROR]
-    preds = [normalize_text(samples[i].get("prediction"), nfkc) for i in done]
-    labels = [normalize_text(samples[i].get("label"), nfkc) for i in done]
-    scores = score_pairs(preds, labels)
+    preds = [normalize_text(samples[i].get("prediction"), scoring.normalization) for i in done]
+    labels = [normalize_text(samples[i].get("label"), scoring.normalization) for i in done]
+    scores = score_pairs(preds, labels, unit=scoring.char_unit)
     for i, p, l, sc in zip(done, preds, labels, scores):
         o = out_samples[i]
         o["original_cer_score"], o["original_f1_score"] = o.get("cer_score"), o.get("f1_score")
         o["normalized_label"], o["normalized_prediction"] = l, p
         o["cer_score"], o["f1_score"] = sc.cer, sc.f1
-    overall = aggregate(scores)
+    kept = [samples[i] for i in done]
+    clusters, _ = clusters_of(kept)
+    figures = _figures({"normalized": scores}, scoring.bootstrap if kept else None, clusters)["normalized"]
     out = {k: v for k, v in document.items() if k != "samples"}
     out["original_overall_cer"] = document.get("overall_cer")
     out["original_overall_f1"] = document.get("overall_f1")
-    out["overall_cer"], out["overall_f1"] = overall.overall_cer, overall.overall_f1
+    out["overall_cer"], out["overall_f1"] = figures["overall_cer"], figures["overall_f1"]
+    out["overall_cer_ci95"], out["overall_f1_ci95"] = figures.get("cer_micro_ci95"), figures.get("f1_micro_ci95")
     out["total_samples"] = len(samples)
     out["normalized"] = True
-    out["normalization"] = normalization_description(nfkc)
-    out["normalized_metrics"] = overall.to_dict()
+    out["normalization"] = normalization_description(scoring.normalization)
+    out["normalization_profile"] = scoring.normalization
+    out["character_unit"] = scoring.char_unit
+    out["normalized_metrics"] = figures
+    out["normalized_slices"] = slice_figures(scores, sample_slices(kept, scoring.char_unit))
+    if kept:
+        out["confidence_interval"] = interval_method(scoring.bootstrap, kept)
     out["samples"] = out_samples
     return out

@@ -1,30 +1,46 @@
-"""Recompute CER/F1 of a results file on normalized text (no whitespace, ASCII or CJK punctuation)."""
+"""Recompute CER/F1 of a results file on normalized text (by default the seed's: no whitespace, ASCII or CJK
+punctuation, no zero-width characters), with 95% bootstrap intervals and per-slice figures."""
 
 from __future__ import annotations
 
-import argparse
-
 from gemma_ocr.io import atomic_write_json, read_json
-from gemma_ocr.results import rescore_normalized
+from gemma_ocr.results import ScoringConfig, rescore_normalized
+from gemma_ocr.settings import ConfigParser
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ConfigParser(ScoringConfig, description=__doc__)
     p.add_argument("--input", required=True, help="results JSON written by evaluate.py")
     p.add_argument("--output", required=True, help="where to write the normalized results")
-    p.add_argument("--nfkc", action="store_true", help="also apply Unicode NFKC (full-width -> ASCII, ligatures ...)")
-    args = p.parse_args()
-    out = rescore_normalized(read_json(args.input, "results file"), source=args.input, nfkc=args.nfkc)
+    p.add_argument("--nfkc", action="store_true", help="the same as --normalization nfkc (Unicode NFKC first)")
+    scoring, args = p.parse_settings()
+    if args.nfkc:
+        scoring.normalization = "nfkc"
+    out = rescore_normalized(read_json(args.input, "results file"), source=args.input, scoring=scoring)
     atomic_write_json(args.output, out)
     m = out["normalized_metrics"]
     failed = out["total_samples"] - m["scored_samples"]
     print(f"samples: {out['total_samples']} (scored {m['scored_samples']}, failed requests {failed} not scored, "
           f"empty references {m['empty_references']})")
-    print(f"CER micro (total edits / total ref chars): {m['cer_micro']:.4f}   original: {_figure(out['original_overall_cer'])}")
+    print(f"normalization ({out['normalization_profile']}): {out['normalization']}; characters: {out['character_unit']}")
+    print(f"CER micro (total edits / total ref chars): {m['cer_micro']:.4f} {_interval(m.get('cer_micro_ci95'))}  "
+          f"original: {_figure(out['original_overall_cer'])}")
     print(f"CER macro (mean per sample):               {m['cer_macro']:.4f}")
-    print(f"F1 micro:                                  {m['f1_micro']:.4f}   original: {_figure(out['original_overall_f1'])}")
+    print(f"F1 micro:                                  {m['f1_micro']:.4f} {_interval(m.get('f1_micro_ci95'))}  "
+          f"original: {_figure(out['original_overall_f1'])}")
     print(f"F1 macro:                                  {m['f1_macro']:.4f}")
+    if out.get("confidence_interval"):
+        print(f"95% intervals: {describe_interval_method(out['confidence_interval'])}")
     print(f"-> {args.output}")
+
+
+def describe_interval_method(method: dict) -> str:
+    """One line: how the intervals of a results file were drawn."""
+    return f"{method['method']} ({method['units']}), {method['resamples']} resamples, seed {method['seed']}"
+
+
+def _interval(ci: object) -> str:
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if isinstance(ci, list) else "[-]"
 
 
 def _figure(value: object) -> str:

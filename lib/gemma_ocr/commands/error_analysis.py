@@ -13,6 +13,7 @@ from pathlib import Path
 from gemma_ocr.error_analysis import analyze_file, compare, shown_char
 from gemma_ocr.error_report import write_report
 from gemma_ocr.evaluation import DEFAULT_OUTPUT_FILE
+from gemma_ocr.metrics import DEFAULT_PROFILE, NORMALIZATION_PROFILES
 
 
 def main() -> None:
@@ -23,11 +24,14 @@ def main() -> None:
     p.add_argument("--worst", type=int, default=30, help="how many worst samples (and regressions) to show")
     p.add_argument("--normalized", action="store_true",
                    help="compare normalized text (whitespace and punctuation removed), as the normalized CER does")
-    p.add_argument("--nfkc", action="store_true", help="with --normalized: also apply Unicode NFKC")
+    p.add_argument("--normalization", choices=list(NORMALIZATION_PROFILES), default=DEFAULT_PROFILE,
+                   help=f"with --normalized: the normalization profile (default {DEFAULT_PROFILE})")
+    p.add_argument("--nfkc", action="store_true", help="the same as --normalization nfkc")
     args = p.parse_args()
 
-    analysis = analyze_file(args.results, normalized=args.normalized, nfkc=args.nfkc)
-    comparison = compare(analysis, analyze_file(args.baseline, args.normalized, args.nfkc)) if args.baseline else None
+    profile = "nfkc" if args.nfkc else args.normalization
+    analysis = analyze_file(args.results, normalized=args.normalized, profile=profile)
+    comparison = compare(analysis, analyze_file(args.baseline, args.normalized, profile)) if args.baseline else None
     output_dir = Path(args.output_dir or Path("reports/errors") / Path(args.results).stem)
     report = write_report(analysis, output_dir, worst=args.worst, comparison=comparison)
     totals = report.summary_data["totals"]

@@ -5,6 +5,9 @@ Two JSON layouts, both lists of objects:
 * raw (``data/raw_data/ocr.json``): ``[{"img_path": ..., "ocr_results": ...}]``
 * input (``data/input/*.json``, what training and evaluation read): ``[{"image_path": ..., "ocr_text": ...}]``
 
+A record may also name its ``source`` (or ``page``): the page or document a line was cut from. Evaluation
+keeps it on each sample; the bootstrap intervals then draw whole sources, and results are sliced by it.
+
 A relative image path is resolved against the folder of the JSON file that names it. Other sources (a folder
 of images with transcriptions, .tsv/.csv/.jsonl/.parquet labels files) come in through :mod:`gemma_ocr.data.importing`.
 """
@@ -30,6 +33,7 @@ class OcrRecord:
 
     image_path: str
     text: str
+    source: str | None = None  # the page or document the line comes from, where the data names one
 
 
 def resolve_image_path(image_path: str, base: Path) -> str:
@@ -67,7 +71,11 @@ def _parse(path: Path, keys: tuple[str, str], fix_hint: str) -> list[OcrRecord]:
             text = ""
         if not isinstance(text, str):
             raise GemmaOcrError(f"{path}: record {i} field {text_key!r} must be a string, got {type(text).__name__}")
-        records.append(OcrRecord(resolve_image_path(image, base), text))
+        source = item.get("source", item.get("page"))
+        if source is not None and (isinstance(source, bool) or not isinstance(source, (str, int))):
+            raise GemmaOcrError(f"{path}: record {i} field 'source' must be a string (the page or document), "
+                                f"got {type(source).__name__}")
+        records.append(OcrRecord(resolve_image_path(image, base), text, None if source is None else str(source)))
     return records
 
 
@@ -95,7 +103,8 @@ def _relative_to(image_path: str, folder: Path) -> str:
 def records_to_json(records: list[OcrRecord], folder: Path, raw: bool = False) -> list[dict[str, Any]]:
     """The JSON list for ``records``, image paths made relative to ``folder``."""
     image_key, text_key = RAW_KEYS if raw else INPUT_KEYS
-    return [{image_key: _relative_to(r.image_path, folder), text_key: r.text} for r in records]
+    return [{image_key: _relative_to(r.image_path, folder), text_key: r.text,
+             **({"source": r.source} if r.source is not None else {})} for r in records]
 
 
 def write_records(records: list[OcrRecord], path: str | os.PathLike[str], raw: bool = False) -> Path:

@@ -14,7 +14,7 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -22,6 +22,9 @@ from gemma_ocr.khmer_digits.exceptions import ConfigurationError
 from gemma_ocr.khmer_digits.generator import export_ocr_json
 from gemma_ocr.khmer_digits.utils import TrainingConfig
 from gemma_ocr.settings import Layer, resolve, unknown_key
+
+if TYPE_CHECKING:
+    from gemma_ocr.results import ScoringConfig
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +162,8 @@ def predict(checkpoint_path: str | os.PathLike[str], image_paths: list[str], bat
 
 
 def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | os.PathLike[str],
-                      model_name: str | None = None, nfkc: bool = False, top_k: int | None = None) -> dict[str, Any]:
+                      model_name: str | None = None, top_k: int | None = None,
+                      scoring: ScoringConfig | None = None) -> dict[str, Any]:
     """Score a checkpoint on (the first ``top_k`` samples of) an OCR input file; returns the results document of evaluate.py's layout.
 
     An image that is missing or unreadable becomes a sample with status ``error`` (and its message),
@@ -182,5 +186,5 @@ def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | 
                             "status": STATUS_OK if p else STATUS_EMPTY})
     if errors:
         log.warning("%d of %d images could not be read (status error): first: %s", len(errors), len(records), next(iter(errors.values())))
-    return build_document(samples, model_name or f"khmer-digits:{checkpoint_path}", nfkc=nfkc,
+    return build_document(samples, model_name or f"khmer-digits:{checkpoint_path}", scoring=scoring,
                           backend="khmer_digits", data_file=str(data_file), dataset_samples=len(all_records), top_k=top_k)
