@@ -10,6 +10,9 @@ from collections.abc import Callable
 SYSTEM_PACKAGES = {
     "postgresql": "a PostgreSQL server: the search workers' shared-storage tests",
     "fonts-wqy-microhei": "a CJK font: synthetic Chinese lines",
+    "tesseract-ocr": "the Tesseract OCR engine: the tesseract backend of evaluation and transcription",
+    "tesseract-ocr-eng": "Tesseract's English language data",
+    "tesseract-ocr-khm": "Tesseract's Khmer language data",
 }
 
 

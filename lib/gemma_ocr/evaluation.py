@@ -44,6 +44,7 @@ from requests.adapters import HTTPAdapter
 from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.data.images import server_ready, upright_rgb
 from gemma_ocr.data.records import OcrRecord, load_records
+from gemma_ocr.engines import SERVER, Engine, EngineConfig, open_engine
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, read_json
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, ScoringConfig, build_document, sample_status
@@ -63,8 +64,9 @@ REQUEST_FLAGS = {"urls": "--vllm-url", "resume": "--no-resume"}
 
 
 @dataclass
-class RequestConfig:
-    """Which server(s) to ask, and how hard to try (evaluation and transcription alike). Fields are the flags."""
+class RequestConfig(EngineConfig):
+    """What reads the images (a served model or a local engine), which server(s) to ask and how hard to try
+    (evaluation and transcription alike). Fields are the flags."""
 
     urls: Sequence[str] = field(default=(DEFAULT_URL,), metadata={
         "aliases": ["--vllm-url"], "metavar": "URL",
@@ -110,6 +112,7 @@ class RequestConfig:
         def refuse(name: str, why: str) -> FieldError:
             return FieldError(name, f"{why}, got {getattr(self, name)!r}")
 
+        super().validate()
         if not self.urls:
             raise FieldError("urls", "needs at least one server URL")
         for name in ("workers", "save_interval", "max_tokens"):
@@ -426,12 +429,15 @@ def _key(index: int, record: OcrRecord) -> tuple[int, str, str]:
     return (index, record.image_path, record.text)
 
 
-def _settings_differ(doc: dict[str, Any], cfg: EvalConfig, generation: bool = True) -> str:
-    """What of ``cfg`` differs from the run that wrote ``doc`` (data file; instruction and max tokens
-    when ``generation``), or ""."""
+def _settings_differ(doc: dict[str, Any], cfg: EvalConfig, generation: bool = True,
+                     engine: dict[str, Any] | None = None) -> str:
+    """What of ``cfg`` differs from the run that wrote ``doc`` (data file; the OCR ``engine``'s version and
+    settings; instruction and max tokens when ``generation``), or ""."""
     before = doc.get("data_file")
     if before and Path(before).resolve() != Path(cfg.data_file).resolve():
         return f"data file {before}, not {cfg.data_file}"
+    if engine is not None and doc.get("engine") not in (None, engine):
+        return f"engine {doc['engine']}, not {engine}"
     if not generation:
         return ""
     if "instruction" in doc and doc["instruction"] != cfg.instruction:
@@ -442,7 +448,7 @@ def _settings_differ(doc: dict[str, Any], cfg: EvalConfig, generation: bool = Tr
     return ""
 
 
-_DOCUMENT_FIELDS = {"model_name": str, "data_file": str, "instruction": str, "generation": dict}
+_DOCUMENT_FIELDS = {"model_name": str, "data_file": str, "instruction": str, "generation": dict, "engine": dict}
 _SAMPLE_STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
 
 
@@ -502,7 +508,7 @@ def _shrinking(path: Path, lost: list[tuple[int, dict[str, Any]]], selected: Seq
 
 
 def _resumable(path: Path, model_name: str, cfg: EvalConfig, selected: Sequence[OcrRecord], dataset_size: int,
-               generation: bool = True) -> dict[int, dict[str, Any]]:
+               generation: bool = True, engine: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
     """The finished samples (ok/empty) of an earlier run into ``path`` to keep, by index.
 
     Refused in one line: a file of another model or settings, and one holding samples this run would not keep.
@@ -514,7 +520,7 @@ def _resumable(path: Path, model_name: str, cfg: EvalConfig, selected: Sequence[
     previous = doc.get("model_name")
     if previous and previous != model_name:
         raise GemmaOcrError(f"{path} holds results of model {previous!r}, not {model_name!r}; {hint}")
-    differs = _settings_differ(doc, cfg, generation)
+    differs = _settings_differ(doc, cfg, generation, engine)
     if differs:
         raise GemmaOcrError(f"{path} holds results made with {differs}; rerun with the same settings to resume, or {hint}")
     wanted = {_key(i, r) for i, r in enumerate(selected)}
@@ -595,14 +601,82 @@ def _select(cfg: EvalConfig) -> tuple[list[OcrRecord], list[OcrRecord]]:
     return records, records if cfg.top_k is None else records[: cfg.top_k]
 
 
+@dataclass
+class Reader:
+    """What turns images into text for a run: the served model(s) or a local OCR engine (:func:`open_reader`)."""
+
+    model_name: str
+    fields: dict[str, Any]  # what the results document says about it
+    read: Callable[..., dict[str, Any]]  # (todo, results, save, output, on_sample, desc) -> stats, as request_all
+    close: Callable[[], None]
+    generation: bool  # whether instruction and max_tokens shape its answers (a resumed file must match them)
+
+
+def open_reader(cfg: RequestConfig) -> Reader:
+    """The reader ``cfg.backend`` names: servers checked and waited for, or an engine checked to be installed."""
+    check_settings(cfg)
+    if cfg.backend == SERVER:
+        session, endpoints, model_name = connect(cfg)
+
+        def ask(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            return request_all(session, endpoints, cfg, model_name, *args, **kwargs)
+
+        fields = {"server_urls": [ep.base for ep in endpoints], "instruction": cfg.instruction,
+                  "generation": {"temperature": 0.0, "max_tokens": cfg.max_tokens}}
+        return Reader(model_name, fields, ask, session.close, generation=True)
+    allow_image_pixels(cfg.max_image_pixels)
+    engine = open_engine(cfg)
+
+    def read(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        return read_with_engine(engine, cfg, *args, **kwargs)
+
+    return Reader(cfg.model_name or engine.name, {"backend": cfg.backend, "engine": engine.describe()}, read,
+                  engine.close, generation=False)
+
+
+def read_with_engine(engine: Engine, cfg: RequestConfig, todo: list[tuple[int, OcrRecord]],
+                     results: dict[int, dict[str, Any]], save: Callable[[bool], Any], output: Path,
+                     on_sample: Callable[[dict[str, Any]], None] | None = None, desc: str = "evaluate") -> dict[str, Any]:
+    """Read ``todo`` with a local OCR engine into ``results`` (by index, the samples :func:`request_all` makes),
+    saving every ``save_interval`` samples; Ctrl-C saves what finished before it goes on."""
+    from tqdm.auto import tqdm
+
+    records = dict(todo)
+    since_save = 0
+    bar = tqdm(total=len(todo) + len(results), initial=len(results), desc=f"{desc} ({engine.name})", unit="img",
+               disable=not cfg.show_progress, dynamic_ncols=True)
+    try:
+        for index, text, error, seconds in engine.read([(i, r.image_path) for i, r in todo], cfg.workers,
+                                                       cfg.max_image_pixels):
+            s = _sample(index, records[index], text, error, seconds)
+            results[index] = s
+            if on_sample is not None:
+                on_sample(s)
+            bar.update(1)
+            since_save += 1
+            if since_save >= cfg.save_interval:
+                save(False)
+                since_save = 0
+    except KeyboardInterrupt:
+        save(False)
+        log.warning("interrupted: %d samples saved in %s; rerun the same command to resume", len(results), output)
+        raise
+    finally:
+        bar.close()
+    return {"requested": len(todo), "aborted": ""}
+
+
 def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None = None) -> EvalOutcome:
-    """Run (or resume) an evaluation and write its results file; return what happened."""
+    """Run (or resume) an evaluation with the served model or the OCR engine of ``cfg.backend``, and write its
+    results file; return what happened."""
     records, selected = _select(cfg)
     output = Path(cfg.output_file)
 
-    session, endpoints, model_name = connect(cfg)
+    reader = open_reader(cfg)
+    model_name = reader.model_name
     try:
-        results = _resumable(output, model_name, cfg, selected, len(records))
+        results = _resumable(output, model_name, cfg, selected, len(records), generation=reader.generation,
+                             engine=reader.fields.get("engine"))
         todo = [(i, rec) for i, rec in enumerate(selected) if i not in results]
         resumed = len(results)
         if resumed:
@@ -611,9 +685,7 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
             "data_file": str(cfg.data_file),
             "dataset_samples": len(records),
             "top_k": cfg.top_k,
-            "server_urls": [ep.base for ep in endpoints],
-            "instruction": cfg.instruction,
-            "generation": {"temperature": 0.0, "max_tokens": cfg.max_tokens},
+            **reader.fields,
         }
 
         def save(complete: bool, final: bool = False) -> dict[str, Any]:
@@ -624,7 +696,7 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
             return doc
 
         t0 = time.perf_counter()
-        stats = request_all(session, endpoints, cfg, model_name, todo, results, save, output, on_sample)
+        stats = reader.read(todo, results, save, output, on_sample)
         elapsed = time.perf_counter() - t0
         doc = save(complete=len(results) == len(selected), final=True)
         if stats.get("aborted"):
@@ -634,7 +706,7 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
                            elapsed_s=elapsed, model_name=model_name, selected=len(selected),
                            dataset_size=len(records), stats=stats)
     finally:
-        session.close()
+        reader.close()
 
 
 def evaluate_checkpoint(checkpoint: str | os.PathLike[str], cfg: EvalConfig) -> EvalOutcome:

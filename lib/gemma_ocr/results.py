@@ -42,16 +42,16 @@ UnitName = Literal["codepoint", "grapheme"]  # the keys of metrics.CHARACTER_UNI
 class ScoringConfig:
     """How a results file is scored: normalization, character unit, bootstrap intervals. Fields are the flags."""
 
-    normalization: ProfileName = field(default=DEFAULT_PROFILE, metadata={
+    normalization: ProfileName = field(default=DEFAULT_PROFILE, metadata={"group": "scoring",
         "help": "normalization of the normalized figures: raw (none), seed (whitespace, ASCII/CJK punctuation and "
                 "zero-width characters removed), nfc, nfkc or caseless (Unicode NFC / NFKC / NFKC+case folding, "
                 "then seed)"})
-    char_unit: UnitName = field(default=DEFAULT_UNIT, metadata={
+    char_unit: UnitName = field(default=DEFAULT_UNIT, metadata={"group": "scoring",
         "help": "what one character is in the headline CER/F1: codepoint (Unicode code points, the seed's) or "
                 "grapheme (extended grapheme clusters); both are reported side by side"})
-    ci_resamples: int = field(default=DEFAULT_RESAMPLES, metadata={
+    ci_resamples: int = field(default=DEFAULT_RESAMPLES, metadata={"group": "scoring",
         "help": "bootstrap resamples of the 95% intervals of micro CER and F1"})
-    ci_seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the bootstrap resampling"})
+    ci_seed: int = field(default=DEFAULT_SEED, metadata={"group": "scoring", "help": "seed of the bootstrap resampling"})
 
     def validate(self) -> None:
         check_profile(self.normalization)
@@ -230,3 +230,14 @@ def rescore_normalized(document: Any, source: str = "results file", scoring: Sco
         out["confidence_interval"] = interval_method(scoring.bootstrap, kept)
     out["samples"] = out_samples
     return out
+
+
+def interval_text(ci: Any) -> str:
+    """``[low, high]`` of a 95% interval as printed, or "" when there is none."""
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if isinstance(ci, (list, tuple)) and len(ci) == 2 else ""
+
+
+def method_text(method: dict[str, Any]) -> str:
+    """One line: how a results file's intervals were drawn."""
+    return (f"{method['confidence']:.0%} {method['method']} ({method['units']}), {method['resamples']} resamples, "
+            f"seed {method['seed']}")

@@ -34,7 +34,7 @@ from typing import Any
 from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, listed_images
 from gemma_ocr.data.records import OcrRecord, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation import RequestConfig, check_settings, connect, request_all, server_gone_error
+from gemma_ocr.evaluation import RequestConfig, check_settings, open_reader, server_gone_error
 from gemma_ocr.io import atomic_write_text, check_writable
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 
@@ -169,7 +169,8 @@ def _earlier_rows(path: Path, model_name: str, fix: str) -> list[dict[str, Any]]
 
 
 def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] | None = None) -> TranscribeOutcome:
-    """Transcribe (or resume transcribing) the images of ``cfg.inputs`` with the served model."""
+    """Transcribe (or resume transcribing) the images of ``cfg.inputs`` with the served model, or the OCR engine
+    of ``cfg.backend``."""
     check_settings(cfg)
     output = Path(cfg.output_file)
     if output.suffix.lower() != ".jsonl":
@@ -178,7 +179,8 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
     check_writable(output, cfg.flag("output_file") or "output file")
     images = collect_images(cfg.inputs, cfg.image_key)
     folder = output.parent.resolve()
-    session, endpoints, model_name = connect(cfg)
+    reader = open_reader(cfg)
+    model_name = reader.model_name
     try:
         earlier = _earlier_rows(output, model_name, cfg.start_over_hint()) if cfg.resume else []
         wanted = set(images)
@@ -207,8 +209,7 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
             write_transcriptions(output, others + [rows[i] for i in sorted(rows)])
 
         t0 = time.perf_counter()
-        stats = request_all(session, endpoints, cfg, model_name, todo, rows, save, output, finished,
-                            desc="transcribe")
+        stats = reader.read(todo, rows, save, output, finished, desc="transcribe")
         elapsed = time.perf_counter() - t0
         save(True)
         ordered = [rows[i] for i in sorted(rows)]
@@ -217,7 +218,7 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
             raise server_gone_error(stats["aborted"], output, len(ordered) - failed, failed)
         return TranscribeOutcome(ordered, output, model_name, stats["requested"], resumed, elapsed)
     finally:
-        session.close()
+        reader.close()
 
 
 def transcribe_with_khmer_cnn(checkpoint: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]],

@@ -4,7 +4,7 @@ punctuation, no zero-width characters), with 95% bootstrap intervals and per-sli
 from __future__ import annotations
 
 from gemma_ocr.io import atomic_write_json, read_json
-from gemma_ocr.results import ScoringConfig, rescore_normalized
+from gemma_ocr.results import ScoringConfig, interval_text, method_text, rescore_normalized
 from gemma_ocr.settings import ConfigParser
 
 
@@ -23,24 +23,15 @@ def main() -> None:
     print(f"samples: {out['total_samples']} (scored {m['scored_samples']}, failed requests {failed} not scored, "
           f"empty references {m['empty_references']})")
     print(f"normalization ({out['normalization_profile']}): {out['normalization']}; characters: {out['character_unit']}")
-    print(f"CER micro (total edits / total ref chars): {m['cer_micro']:.4f} {_interval(m.get('cer_micro_ci95'))}  "
+    print(f"CER micro (total edits / total ref chars): {m['cer_micro']:.4f} {interval_text(m.get('cer_micro_ci95'))}  "
           f"original: {_figure(out['original_overall_cer'])}")
     print(f"CER macro (mean per sample):               {m['cer_macro']:.4f}")
-    print(f"F1 micro:                                  {m['f1_micro']:.4f} {_interval(m.get('f1_micro_ci95'))}  "
+    print(f"F1 micro:                                  {m['f1_micro']:.4f} {interval_text(m.get('f1_micro_ci95'))}  "
           f"original: {_figure(out['original_overall_f1'])}")
     print(f"F1 macro:                                  {m['f1_macro']:.4f}")
     if out.get("confidence_interval"):
-        print(f"95% intervals: {describe_interval_method(out['confidence_interval'])}")
+        print(f"[low, high]: {method_text(out['confidence_interval'])}")
     print(f"-> {args.output}")
-
-
-def describe_interval_method(method: dict) -> str:
-    """One line: how the intervals of a results file were drawn."""
-    return f"{method['method']} ({method['units']}), {method['resamples']} resamples, seed {method['seed']}"
-
-
-def _interval(ci: object) -> str:
-    return f"[{ci[0]:.4f}, {ci[1]:.4f}]" if isinstance(ci, list) else "[-]"
 
 
 def _figure(value: object) -> str:

@@ -1,24 +1,23 @@
 """Evaluate an OCR model: CER/F1 per sample and overall.
 
 By default the model is behind an OpenAI-compatible server (vLLM or core/serve.py); with
-``--backend khmer-cnn --checkpoint PATH`` a trained Khmer-digits CNN is scored on the same data
-with the same figures.
+``--backend khmer-cnn --checkpoint PATH`` a trained Khmer-digits CNN, with ``--backend tesseract``
+(``--tesseract-lang``, ``--psm``) or ``--backend rapidocr`` a classical OCR engine is scored on the same
+data with the same figures, into the same results file layout.
 """
 
 from __future__ import annotations
 
 from gemma_ocr.evaluation import EvalConfig, evaluate, evaluate_checkpoint
+from gemma_ocr.results import interval_text, method_text
 from gemma_ocr.settings import ConfigParser
 
 
 def main() -> int:
     p = ConfigParser(EvalConfig, description=__doc__)
-    p.add_argument("--backend", choices=["server", "khmer-cnn"], default="server",
-                   help="server: a served Gemma model (default); khmer-cnn: a Khmer-digits CNN checkpoint")
-    p.add_argument("--checkpoint", default=None, help="with --backend khmer-cnn: the .pt checkpoint to score")
-    cfg, args = p.parse_settings()
-    if args.backend == "khmer-cnn":
-        return evaluate_khmer_cnn(cfg, args.checkpoint)
+    cfg, _ = p.parse_settings()
+    if cfg.backend == "khmer-cnn":
+        return evaluate_khmer_cnn(cfg, cfg.checkpoint)
     out = evaluate(cfg)
     return print_summary(out.document, _limit(out), f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s",
                          out.output_file)
@@ -49,8 +48,16 @@ def print_summary(doc: dict, limit: str, timing: str, output_file) -> int:
     print(f"status: ok {c['ok']}, empty {c['empty']}, error {c['error']}   {timing}".rstrip())
     for label, key in (("raw", "raw"), ("normalized", "normalized")):
         mm = m[key]
-        print(f"{label:<10} CER micro {mm['cer_micro']:.4f}  CER macro {mm['cer_macro']:.4f}  "
-              f"F1 micro {mm['f1_micro']:.4f}  F1 macro {mm['f1_macro']:.4f}")
+        print(f"{label:<10} CER micro {mm['cer_micro']:.4f} {interval_text(mm.get('cer_micro_ci95'))}  CER macro "
+              f"{mm['cer_macro']:.4f}  F1 micro {mm['f1_micro']:.4f} {interval_text(mm.get('f1_micro_ci95'))}  "
+              f"F1 macro {mm['f1_macro']:.4f}")
+    unit = m.get("character_unit", "codepoint")
+    other = {u: v for u, v in (m.get("by_unit") or {}).items() if u != unit}
+    for name, figures in other.items():
+        print(f"by {name}: CER micro raw {figures['raw']['cer_micro']:.4f}, normalized {figures['normalized']['cer_micro']:.4f}")
+    print(f"characters: {unit}; normalized ({m.get('normalization_profile', 'seed')}): {m['normalization']}")
+    if m.get("confidence_interval"):
+        print(f"[low, high]: {method_text(m['confidence_interval'])}")
     print("CER micro = total edits / total reference chars (overall_cer); macro = mean per-sample CER; errors are not scored")
     print(f"-> {output_file}")
     return 1 if c["error"] else 0

@@ -2,7 +2,8 @@
 
 Give image files, folders (searched recursively) or OCR data files. Rerunning the same command resumes.
 Correct the texts, then `python core/import_ocr_data.py FILE.jsonl` makes training data of them. With
-``--backend khmer-cnn --checkpoint PATH`` a Khmer-digits CNN transcribes instead of a server.
+``--backend khmer-cnn --checkpoint PATH`` a Khmer-digits CNN transcribes instead of a server, with
+``--backend tesseract`` or ``--backend rapidocr`` a classical OCR engine.
 """
 
 from __future__ import annotations
@@ -18,19 +19,16 @@ from gemma_ocr.transcription import TranscribeConfig, TranscribeOutcome, transcr
 
 def main() -> int:
     p = ConfigParser(TranscribeConfig, description=__doc__)
-    p.add_argument("--backend", choices=["server", "khmer-cnn"], default="server",
-                   help="server: a served Gemma model (default); khmer-cnn: a Khmer-digits CNN checkpoint")
-    p.add_argument("--checkpoint", default=None, help="with --backend khmer-cnn: the .pt checkpoint")
     p.add_argument("--show", type=int, default=5, help="print the first N transcriptions (0: none)")
     cfg, args = p.parse_settings()
-    if args.backend == "khmer-cnn":
+    if cfg.backend == "khmer-cnn":
         from pathlib import Path
 
-        if not args.checkpoint:
+        if not cfg.checkpoint:
             raise GemmaOcrError("--backend khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
-        if not Path(args.checkpoint).is_file():
-            raise GemmaOcrError(f"--checkpoint {args.checkpoint}: file not found")
-        out = transcribe_with_khmer_cnn(args.checkpoint, cfg.inputs, cfg.output_file, cfg.model_name,
+        if not Path(cfg.checkpoint).is_file():
+            raise GemmaOcrError(f"--checkpoint {cfg.checkpoint}: file not found")
+        out = transcribe_with_khmer_cnn(cfg.checkpoint, cfg.inputs, cfg.output_file, cfg.model_name,
                                         resume=cfg.resume, image_key=cfg.image_key)
     else:
         out = transcribe(cfg)
