@@ -13,6 +13,7 @@ SYSTEM_PACKAGES = {
     "tesseract-ocr": "the Tesseract OCR engine: the tesseract backend of evaluation and transcription",
     "tesseract-ocr-eng": "Tesseract's English language data",
     "tesseract-ocr-khm": "Tesseract's Khmer language data",
+    "chromium": "a headless browser: the error report's fonts and layout are checked as a browser draws them",
 }
 
 

@@ -7,7 +7,8 @@ From a results file of ``evaluate.py`` (and optionally a baseline's, on the same
   predicted character). Over the non-empty references they add up to exactly the edits behind the micro
   CER, so ``edits / reference characters`` is the file's ``overall_cer`` (normalized text: its normalized one).
 * **characters**: for each reference character, how often it was missed or misread.
-* **CER by reference length**, and the **worst samples** with their image and the edits highlighted.
+* **CER by reference length**, **slices** (per script, line length and source: :mod:`gemma_ocr.slices`), and
+  the **worst samples** with their image and the edits highlighted.
 * **against a baseline**: the samples matched by image and label, how many got better or worse, the largest
   regressions.
 
@@ -29,8 +30,8 @@ from gemma_ocr.io import read_json
 from gemma_ocr.metrics import cer as sample_cer
 from gemma_ocr.metrics import DEFAULT_PROFILE, normalization_description, normalize_text
 from gemma_ocr.results import STATUS_ERROR, check_results_document, sample_status
+from gemma_ocr.slices import LENGTH_BUCKETS, sample_slices, slice_order
 
-LENGTH_BUCKETS = ((1, 5), (6, 10), (11, 20), (21, 50), (51, None))  # reference characters, inclusive
 MISSING = "∅"  # the empty side of an insertion or a deletion, as shown
 _SHOWN = {"": MISSING, " ": "␣", "\n": "⏎", "\t": "⇥"}
 
@@ -52,6 +53,8 @@ class SampleErrors:
     substitutions: Counter = field(default_factory=Counter)  # (reference char, predicted char) -> count
     deletions: Counter = field(default_factory=Counter)  # reference char -> count
     insertions: Counter = field(default_factory=Counter)  # predicted char -> count
+    label: str | None = None  # the reference as the data has it (before normalization); None: ``reference``
+    source: str | None = None  # the page or document the data names for it
 
     @property
     def cer(self) -> float:
@@ -133,6 +136,11 @@ class ErrorAnalysis:
                          "cer_micro": sum(s.edits for s in bucket) / chars if chars else None})
         return rows
 
+    def slices(self) -> dict[str, list[dict[str, Any]]]:
+        """Micro CER per slice of each dimension (:mod:`gemma_ocr.slices`, by the label as the data has it):
+        ``{dimension: [{slice, samples, cer_micro, edits, reference_chars}]}``; they add up to the totals."""
+        return slice_table(self.samples)
+
     def worst(self, n: int) -> list[SampleErrors]:
         """The ``n`` samples with the highest CER (most edits first among equals)."""
         return sorted(self.samples, key=lambda s: (-s.cer, -s.edits, s.index))[:n]
@@ -150,7 +158,9 @@ def analyze_document(document: Any, source: str = "results file", normalized: bo
         reference, prediction = s.get("label") or "", s.get("prediction") or ""
         if normalized:
             reference, prediction = normalize_text(reference, profile), normalize_text(prediction, profile)
-        analysed.append(align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction))
+        sample = align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction)
+        sample.label, sample.source = s.get("label") or "", s.get("source")
+        analysed.append(sample)
     text = f"normalized ({profile}): {normalization_description(profile)}" if normalized else "raw"
     answered = [s for s in samples if sample_status(s) != STATUS_ERROR]
     truncated = (sum(1 for s in answered if s.get("finish_reason") == "length")
@@ -174,6 +184,23 @@ def align(index: int, image_path: str, reference: str, prediction: str) -> Sampl
             sample.insertions[prediction[op.dest_pos]] += 1
         sample.edits += 1
     return sample
+
+
+def slice_table(samples: list[SampleErrors]) -> dict[str, list[dict[str, Any]]]:
+    """Micro CER of ``samples`` per slice of each dimension (membership by the label as the data has it)."""
+    keys = sample_slices([{"label": s.reference if s.label is None else s.label, "image_path": s.image_path,
+                           "source": s.source} for s in samples])
+    out: dict[str, list[dict[str, Any]]] = {}
+    for dimension, names in keys.items():
+        rows = []
+        for name in slice_order(dimension, names):
+            members = [s for s, k in zip(samples, names) if k == name]
+            chars = sum(len(s.reference) for s in members)
+            edits = sum(s.edits for s in members if s.reference)
+            rows.append({"slice": name, "samples": len(members), "cer_micro": edits / chars if chars else None,
+                         "edits": edits, "reference_chars": chars})
+        out[dimension] = rows
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ comparison

@@ -1,6 +1,8 @@
 """The error report of an evaluation: ``report.html`` (self-contained), ``summary.json`` and PNG plots.
 
-Built from :mod:`gemma_ocr.error_analysis`; see there for what each figure means.
+Built from :mod:`gemma_ocr.error_analysis`; see there for what each figure means. The page carries its own
+fonts for the scripts it shows (:mod:`gemma_ocr.webfonts`: Khmer and CJK draw without a system font) and
+wraps long transcriptions inside the page.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import base64
 import html
 import io
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,11 +20,13 @@ from gemma_ocr.answers import AnswerProfile, answer_profile
 from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors, shown_char
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.plotting import save_png, use_font_for
+from gemma_ocr.webfonts import font_faces
 
 THUMBNAIL_SIZE = (720, 96)  # a text line's thumbnail fits in this box
 MODEL_COLOUR, BASELINE_COLOUR = "tab:blue", "tab:gray"
 TOP_CONFUSIONS = 20
 TOP_CHARACTERS = 20
+SCATTER_LIMIT = 1.5  # per-sample CER above this is drawn at the edge of the scatter, and said so
 
 
 @dataclass
@@ -68,6 +73,7 @@ def summarize(analysis: ErrorAnalysis, worst: int, comparison: Comparison | None
         "confusions": analysis.confusions(100),
         "characters": analysis.characters(100),
         "cer_by_length": analysis.by_length(),
+        "slices": analysis.slices(),
         "worst": [_sample_row(s) for s in analysis.worst(worst)],
         "answers": profile_of(analysis).to_dict(),
     }
@@ -153,33 +159,46 @@ def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
 
 
 def _scatter(comparison: Comparison, path: Path) -> Path | None:
+    return save_png(scatter_figure(comparison), path) if comparison.pairs else None
+
+
+def scatter_figure(comparison: Comparison) -> Any:
+    """Per-sample CER of the model against the baseline's; samples beyond :data:`SCATTER_LIMIT` on the edge, marked."""
     import matplotlib.pyplot as plt
 
-    if not comparison.pairs:
-        return None
     fig, ax = plt.subplots(figsize=(4.8, 4.8))
-    xs = [min(b.cer, 1.5) for _, b in comparison.pairs]
-    ys = [min(m.cer, 1.5) for m, _ in comparison.pairs]
-    ax.scatter(xs, ys, s=12, alpha=0.6, color=MODEL_COLOUR)
-    top = max([*xs, *ys, 0.05]) * 1.05
+    limit = SCATTER_LIMIT
+    inside = [(b.cer, m.cer) for m, b in comparison.pairs if b.cer <= limit and m.cer <= limit]
+    beyond = [(min(b.cer, limit), min(m.cer, limit)) for m, b in comparison.pairs if b.cer > limit or m.cer > limit]
+    if inside:
+        ax.scatter(*zip(*inside), s=12, alpha=0.6, color=MODEL_COLOUR)
+    if beyond:  # CER has no upper bound (a long hallucination): such samples sit on the edge, marked
+        ax.scatter(*zip(*beyond), s=28, marker="^", color="tab:red",
+                   label=f"{len(beyond)} with CER above {limit:g}, drawn at {limit:g}")
+        ax.legend(fontsize=8, loc="upper left")
+    top = max([v for point in inside + beyond for v in point] + [0.05]) * 1.05
     ax.plot([0, top], [0, top], color="grey", linewidth=1)
     ax.set_xlim(0, top)
     ax.set_ylim(0, top)
-    ax.set_xlabel(f"baseline CER ({comparison.baseline.model_name})")
+    clamp = f" (values above {limit:g} drawn at {limit:g})" if beyond else ""
+    ax.set_xlabel(f"baseline CER ({comparison.baseline.model_name}){clamp}")
     ax.set_ylabel("model CER")
     ax.set_title("Per sample: below the line is better")
-    return save_png(fig, path)
+    return fig
 
 
 # ------------------------------------------------------------------------------------------------ html
 
+# Long transcriptions (a model answering 512 tokens of one word) wrap inside their cell instead of widening the page.
 STYLE = """
-body{font-family:system-ui,sans-serif;margin:24px;max-width:1200px;color:#222}
-table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #ddd;padding:4px 8px;text-align:left;
-vertical-align:top}th{background:#f4f4f4}.num{text-align:right;font-variant-numeric:tabular-nums}
-.text{font-family:ui-monospace,monospace;white-space:pre-wrap}.bad{background:#ffc9c9}.extra{background:#ffe3a3}
-img.line{max-width:720px;max-height:96px;border:1px solid #eee}.muted{color:#777}
-.plots{display:flex;flex-wrap:wrap;gap:12px}.plots img{width:calc(50% - 6px);min-width:420px}
+body{font-family:%(sans)s;margin:24px;max-width:1200px;color:#222}
+table{border-collapse:collapse;margin:8px 0 20px;max-width:100%%}td,th{border:1px solid #ddd;padding:4px 8px;
+text-align:left;vertical-align:top;overflow-wrap:anywhere}th{background:#f4f4f4}
+.num{text-align:right;font-variant-numeric:tabular-nums;overflow-wrap:normal}
+.text{font-family:%(mono)s;white-space:pre-wrap;overflow-wrap:anywhere}.bad{background:#ffc9c9}.extra{background:#ffe3a3}
+img.line{max-width:min(720px,100%%);max-height:96px;border:1px solid #eee}.muted{color:#777}
+.plots{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
+.plots img{width:calc(50%% - 6px);min-width:min(420px,100%%);max-width:100%%;height:auto}
 """
 
 
@@ -242,8 +261,7 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
           comparison: Comparison | None) -> str:
     e = html.escape
     totals = summary["totals"]
-    parts = [f"<!doctype html><meta charset=utf-8><title>Errors of {e(analysis.model_name)}</title><style>{STYLE}</style>",
-             f"<h1>Errors of {e(analysis.model_name)}</h1>",
+    parts = [f"<h1>Errors of {e(analysis.model_name)}</h1>",
              f"<p class=muted>{e(analysis.source)} · text compared: {e(analysis.text)}</p>",
              _table(["samples", "scored", "empty references", "failed requests", "reference chars", "edits",
                      "CER (micro)", "misread", "missed", "extra"],
@@ -276,10 +294,7 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
                         [[f'<span class="text">{e(shown_char(r["char"]))}</span>', f"{ord(r['char']):04X}",
                           str(r["occurrences"]), str(r["errors"]), f"{r['error_rate']:.3f}"]
                          for r in summary["characters"][:TOP_CHARACTERS]], numeric={2, 3, 4}))
-    parts.append("<h2>CER by reference length</h2>")
-    parts.append(_table(["length", "samples", "CER (micro)"],
-                        [[r["length"], str(r["samples"]), "" if r["cer_micro"] is None else f"{r['cer_micro']:.4f}"]
-                         for r in summary["cer_by_length"]], numeric={1, 2}))
+    parts.append(_slices_html(summary["slices"], comparison))
     base_of = {m.index: b for m, b in comparison.pairs} if comparison else {}
     worst_samples = analysis.worst(worst)
     parts.append(f"<h2>The {len(worst_samples)} worst samples</h2><p class=muted>reference above, prediction below; "
@@ -294,4 +309,42 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
         parts.append(f"<h2>Failed requests ({len(analysis.failed)}, not scored)</h2>")
         parts.append(_table(["#", "image", "error"], [[str(s.get("index", "")), e(str(s.get("image_path", ""))),
                                                        e(str(s.get("error", "")))] for s in analysis.failed[:worst]]))
-    return "\n".join(parts) + "\n"
+    return _page(f"Errors of {analysis.model_name}", "\n".join(parts))
+
+
+def _page(title: str, body: str) -> str:
+    """The whole page: ``body`` with the fonts its characters need embedded, and a note of any they lack."""
+    shown = html.unescape(re.sub(r"<[^>]*>", " ", body))  # the text a reader sees (tags and data URLs left out)
+    faces = font_faces(shown + title)
+    lacking = (f'<p class=muted>No font of the report has a glyph for: <span class="text">{html.escape(faces.missing)}'
+               f"</span></p>") if faces.missing else ""
+    style = faces.css + STYLE % {"sans": faces.sans, "mono": faces.mono}
+    return (f"<!doctype html><meta charset=utf-8><title>{html.escape(title)}</title><style>{style}</style>\n"
+            f"{body}\n{lacking}\n")
+
+
+def _cer(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def _slices_html(slices: dict[str, list[dict[str, Any]]], comparison: Comparison | None) -> str:
+    """The CER per script, line length and source (with the baseline's on the same samples when comparing)."""
+    from gemma_ocr.error_analysis import slice_table
+
+    base = slice_table([b for _, b in comparison.pairs]) if comparison is not None else {}
+    titles = {"script": "script", "length": "reference length (characters)", "source": "source"}
+    parts = ["<h2>CER by slice</h2><p class=muted>each sample in one slice of each table, by its reference as the "
+             "data has it; the slices of a table add up to the whole</p>"]
+    for dimension, rows in slices.items():
+        theirs = {r["slice"]: r for r in base.get(dimension, [])}
+        headers = [titles.get(dimension, dimension), "samples", "reference chars", "edits", "CER (micro)"]
+        if comparison is not None:
+            headers.append(f"baseline CER ({html.escape(comparison.baseline.model_name)}, matched samples)")
+        body = []
+        for r in rows:
+            row = [html.escape(r["slice"]), str(r["samples"]), str(r["reference_chars"]), str(r["edits"]), _cer(r["cer_micro"])]
+            if comparison is not None:
+                row.append(_cer((theirs.get(r["slice"]) or {}).get("cer_micro")))
+            body.append(row)
+        parts.append(_table(headers, body, numeric=set(range(1, len(headers)))))
+    return "\n".join(parts)
