@@ -169,3 +169,17 @@ def test_blank_characters_are_shown_by_name():
                                                  "status": "ok"}], "m"))
     (confusion,) = analysis.confusions()
     assert (confusion["kind"], shown_char(confusion["reference"]), shown_char(confusion["prediction"])) == ("deletion", "␣", "∅")
+
+
+def test_the_comparison_section_states_the_interval_and_the_test(tmp_path, synthetic_raw):
+    from gemma_ocr.error_report import write_report
+
+    records = load_raw_records(synthetic_raw)
+    base = analyze_document(_results(records, [_misread(r.text, 2) for r in records], "base"))
+    tuned = analyze_document(_results(records, [r.text for r in records], "tuned"))
+    report = write_report(tuned, tmp_path / "r", worst=3, comparison=compare(tuned, base))
+    paired = report.summary_data["baseline"]["paired"]
+    assert paired["cer"]["high"] < 0 and paired["test"]["p_value"] < 0.001 and paired["better"] == len(records)
+    assert sum(r["cer"]["samples"] for r in paired["slices"]["script"].values()) == paired["cer"]["samples"]
+    page = report.html.read_text(encoding="utf-8")
+    assert "p (permutation)" in page and "the interval excludes 0" in page and "10000 resamples, seed 0" in page

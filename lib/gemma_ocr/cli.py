@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("serve", "serve.py", "serve a model behind an OpenAI-compatible API"),
     "evaluate": ("evaluate", "evaluate.py", "CER/F1 of a served model (or a Khmer-digits CNN)"),
     "count-score": ("count_score", "count_score.py", "normalized scores of a results file"),
+    "compare": ("compare", "compare_results.py", "models on the same data: differences, intervals, significance"),
     "errors": ("error_analysis", "error_analysis.py", "where the errors are: report of a results file"),
     "empty-predictions": ("empty_predictions", "data_analysis/analyze_empty_predictions.py",
                           "the samples a model answered nothing for"),

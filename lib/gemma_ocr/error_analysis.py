@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rapidfuzz.distance import Levenshtein
 
@@ -29,8 +29,11 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json
 from gemma_ocr.metrics import cer as sample_cer
 from gemma_ocr.metrics import DEFAULT_PROFILE, normalization_description, normalize_text
-from gemma_ocr.results import STATUS_ERROR, check_results_document, sample_status
+from gemma_ocr.results import STATUS_ERROR, check_results_document, clusters_of, sample_status
 from gemma_ocr.slices import LENGTH_BUCKETS, sample_slices, slice_order
+
+if TYPE_CHECKING:
+    from gemma_ocr.comparison import PairedSamples
 
 MISSING = "∅"  # the empty side of an insertion or a deletion, as shown
 _SHOWN = {"": MISSING, " ": "␣", "\n": "⏎", "\t": "⇥"}
@@ -218,6 +221,19 @@ class Comparison:
         worse = sum(1 for m, b in self.pairs if m.cer > b.cer)
         return {"matched": len(self.pairs), "better": better, "worse": worse,
                 "same": len(self.pairs) - better - worse, "unmatched": self.unmatched}
+
+    def paired_samples(self) -> PairedSamples:
+        """The matched samples with a non-empty reference as :mod:`gemma_ocr.comparison` tests them (edits per
+        sample, sources as clusters where there are several, slices by the label as the data has it)."""
+        from gemma_ocr.comparison import PairedSamples
+
+        kept = [(m, b) for m, b in self.pairs if m.reference]
+        records = [{"label": m.reference if m.label is None else m.label, "image_path": m.image_path,
+                    "source": m.source} for m, _ in kept]
+        clusters, _ = clusters_of(records)
+        return PairedSamples([b.edits for _, b in kept], [m.edits for m, _ in kept], [len(m.reference) for m, _ in kept],
+                             len(self.pairs) - len(kept) + self.unmatched, clusters=clusters,
+                             slices=sample_slices(records))
 
     def regressions(self, n: int) -> list[tuple[SampleErrors, SampleErrors]]:
         """The ``n`` samples whose CER rose most over the baseline's."""

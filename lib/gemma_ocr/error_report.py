@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_ocr.answers import AnswerProfile, answer_profile
+from gemma_ocr.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors, shown_char
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.plotting import save_png, use_font_for
@@ -81,6 +82,7 @@ def summarize(analysis: ErrorAnalysis, worst: int, comparison: Comparison | None
         data["baseline"] = {"model_name": comparison.baseline.model_name, "results_file": comparison.baseline.source,
                             "cer_micro": comparison.baseline.cer_micro, **comparison.counts(),
                             "answers": profile_of(comparison.baseline).to_dict(),
+                            "paired": paired_figures(comparison),
                             "regressions": [{**_sample_row(m), "baseline_cer": b.cer, "baseline_prediction": b.prediction}
                                             for m, b in comparison.regressions(worst)]}
     return data
@@ -90,6 +92,23 @@ def profile_of(analysis: ErrorAnalysis) -> AnswerProfile:
     """How the analysed model answers (distinct, constant, cut at max_tokens): :mod:`gemma_ocr.answers`."""
     return answer_profile([s.prediction for s in analysis.samples], [s.reference for s in analysis.samples],
                           analysis.truncated)
+
+
+def paired_figures(comparison: Comparison, n_resamples: int = DEFAULT_RESAMPLES,
+                   seed: int = DEFAULT_SEED) -> dict[str, Any] | None:
+    """The CER difference on the matched samples with its paired bootstrap interval and significance tests,
+    overall and per slice (:mod:`gemma_ocr.comparison`); None when no sample has a reference to compare."""
+    from gemma_ocr.comparison import paired_result
+    from gemma_ocr.slices import slice_order
+
+    pairs = comparison.paired_samples()
+    if not len(pairs):
+        return None
+    slices = {}
+    for dimension, names in pairs.slices.items():
+        slices[dimension] = {name: paired_result(pairs.subset([i for i, k in enumerate(names) if k == name]),
+                                                 n_resamples, seed).to_dict() for name in slice_order(dimension, names)}
+    return {**paired_result(pairs, n_resamples, seed).to_dict(), "slices": slices}
 
 
 def _sample_row(s: SampleErrors) -> dict[str, Any]:
@@ -281,6 +300,8 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
         parts.append(_table(["matched samples", "better", "worse", "same", "not in baseline", "baseline CER", "CER"],
                             [[str(c["matched"]), str(c["better"]), str(c["worse"]), str(c["same"]), str(c["unmatched"]),
                               f"{c['cer_micro']:.4f}", f"{summary['cer_micro']:.4f}"]], numeric=set(range(7))))
+        if c.get("paired"):
+            parts.append(_paired_html(c["paired"], c["model_name"]))
     parts.append('<div class="plots">' + "".join(
         f'<img alt="{e(plot.stem)}" src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}">'
         for plot in plots) + "</div>")
@@ -348,3 +369,24 @@ def _slices_html(slices: dict[str, list[dict[str, Any]]], comparison: Comparison
             body.append(row)
         parts.append(_table(headers, body, numeric=set(range(1, len(headers)))))
     return "\n".join(parts)
+
+
+def _paired_html(paired: dict[str, Any], baseline: str) -> str:
+    """The significance of the difference with the baseline, overall and per slice."""
+    cer, test = paired["cer"], paired["test"]
+    headers = ["samples", f"baseline CER ({html.escape(baseline)})", "CER", "difference", "95% interval",
+               "p (permutation)", "p (sign test)", "better / worse / same"]
+
+    def row(label: str, r: dict[str, Any]) -> list[str]:
+        c, t = r["cer"], r["test"]
+        return [label, str(c["samples"]), f"{c['baseline_cer']:.4f}", f"{c['candidate_cer']:.4f}",
+                f"{c['difference']:+.4f}", f"[{c['low']:+.4f}, {c['high']:+.4f}]", f"{t['p_value']:.4f}",
+                f"{t['sign_test_p']:.4f}", f"{r['better']} / {r['worse']} / {r['same']}"]
+
+    rows = [row("all", paired)] + [row(f"{dimension} {html.escape(name)}", r)
+                                   for dimension, slices in paired["slices"].items() for name, r in slices.items()]
+    verdict = ("the interval excludes 0" if cer["excludes_zero"] else "the interval includes 0: no difference shown")
+    return (f"<p>On the {cer['samples']} matched samples with a reference: CER difference {cer['difference']:+.4f} "
+            f"({verdict}). {html.escape(cer['method'])}, {cer['n_resamples']} resamples, seed {cer['seed']}; "
+            f"{html.escape(test['method'])}; {html.escape(test['sign_test_method'])}. Not corrected for the several "
+            f"slices.</p>" + _table(["", *headers], rows, numeric=set(range(1, len(headers) + 1))))
