@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from gemma_ocr.bootstrap import (DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, percentile_interval, ratio,
-                                 resampled_sums)
+from gemma_ocr.bootstrap import (DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, cluster_sums, percentile_interval,
+                                 ratio, resampled_sums)
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, check_profile, check_unit, score_pairs
 from gemma_ocr.results import (STATUS_ERROR, ProfileName, UnitName, check_results_document, clusters_of,
@@ -231,8 +231,6 @@ def sign_test(better: int, worse: int) -> float:
 
 def permutation_test(pairs: PairedSamples, n_permutations: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> float:
     """Two-sided p-value of the paired permutation test of the CER difference (see the module docstring)."""
-    from gemma_ocr.bootstrap import cluster_sums
-
     d = np.asarray(pairs.candidate_edits, float) - np.asarray(pairs.baseline_edits, float)
     d = cluster_sums(d.reshape(-1, 1), pairs.clusters)[:, 0]  # the reference characters do not change with a flip
     observed = abs(d.sum())
