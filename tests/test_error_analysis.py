@@ -183,3 +183,37 @@ def test_the_comparison_section_states_the_interval_and_the_test(tmp_path, synth
     assert sum(r["cer"]["samples"] for r in paired["slices"]["script"].values()) == paired["cer"]["samples"]
     page = report.html.read_text(encoding="utf-8")
     assert "p (permutation)" in page and "the interval excludes 0" in page and "10000 resamples, seed 0" in page
+
+
+def test_by_grapheme_a_misread_khmer_vowel_is_one_confusion_of_clusters():
+    doc = build_document([{"index": 0, "image_path": "a.png", "label": "ខ្មែរ", "prediction": "ខ្មេរ", "status": "ok"},
+                          {"index": 1, "image_path": "b.png", "label": "ក្រុម", "prediction": "គ្រុម", "status": "ok"}], "m")
+    by_point = analyze_document(doc)
+    assert by_point.cer_micro == pytest.approx(doc["overall_cer"]) == pytest.approx(0.2)
+    assert {(c["reference"], c["prediction"]) for c in by_point.confusions()} == {("ែ", "េ"), ("ក", "គ")}
+    by_cluster = analyze_document(doc, unit="grapheme")
+    assert by_cluster.cer_micro == pytest.approx(doc["metrics"]["by_unit"]["grapheme"]["raw"]["cer_micro"]) == 0.5
+    assert {(c["reference"], c["prediction"]) for c in by_cluster.confusions()} == {("ខ្មែ", "ខ្មេ"), ("ក្រុ", "គ្រុ")}
+    assert by_cluster.characters()[0]["char"] in ("ខ្មែ", "ក្រុ")
+    with pytest.raises(GemmaOcrError, match="one character unit"):
+        compare(by_cluster, by_point)
+
+
+@given(st.text(alphabet=st.sampled_from(list("ខ្មែរេកគុ a\u0301")), max_size=12),
+       st.text(alphabet=st.sampled_from(list("ខ្មែរេកគុ a\u0301")), max_size=12))
+@settings(max_examples=100, deadline=None)
+def test_grapheme_alignment_counts_the_grapheme_cer(reference, prediction):
+    from gemma_ocr.metrics import cer
+
+    s = align(0, "x.png", reference, prediction, unit="grapheme")
+    assert s.cer == pytest.approx(cer(prediction, reference, unit="grapheme"))
+    assert sum(s.substitutions.values()) + sum(s.deletions.values()) + sum(s.insertions.values()) == s.edits
+
+
+def test_cli_by_grapheme(tmp_path):
+    doc = build_document([{"index": 0, "image_path": "a.png", "label": "ខ្មែរ", "prediction": "ខ្មេរ", "status": "ok"}], "m")
+    atomic_write_json(tmp_path / "r.json", doc)
+    proc = run_cli("error_analysis.py", str(tmp_path / "r.json"), "--char-unit", "grapheme", "--output-dir", str(tmp_path / "o"))
+    assert "CER 0.5000" in proc.stdout and "ខ្មែ -> ខ្មេ" in proc.stdout
+    page = (tmp_path / "o" / "report.html").read_text(encoding="utf-8")
+    assert "extended grapheme clusters" in page and "1781 17D2 1798 17C2" in page  # the cluster's code points

@@ -28,7 +28,8 @@ from rapidfuzz.distance import Levenshtein
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json
 from gemma_ocr.metrics import cer as sample_cer
-from gemma_ocr.metrics import DEFAULT_PROFILE, normalization_description, normalize_text
+from gemma_ocr.metrics import (DEFAULT_PROFILE, DEFAULT_UNIT, as_units, normalization_description, normalize_text,
+                               split_units)
 from gemma_ocr.results import STATUS_ERROR, check_results_document, clusters_of, sample_status
 from gemma_ocr.slices import LENGTH_BUCKETS, sample_slices, slice_order
 
@@ -58,13 +59,19 @@ class SampleErrors:
     insertions: Counter = field(default_factory=Counter)  # predicted char -> count
     label: str | None = None  # the reference as the data has it (before normalization); None: ``reference``
     source: str | None = None  # the page or document the data names for it
+    unit: str = DEFAULT_UNIT  # what one character is (gemma_ocr.metrics.CHARACTER_UNITS)
+
+    @property
+    def length(self) -> int:
+        """Reference characters, in :attr:`unit`."""
+        return len(split_units(self.reference, self.unit))
 
     @property
     def cer(self) -> float:
         """The sample's CER (:func:`gemma_ocr.metrics.cer`, from the edits counted here)."""
         if not self.reference:
             return sample_cer(self.prediction, self.reference)  # the empty-reference rule
-        return self.edits / len(self.reference)
+        return self.edits / self.length
 
     @property
     def key(self) -> tuple[str, str]:
@@ -81,6 +88,7 @@ class ErrorAnalysis:
     samples: list[SampleErrors]
     failed: list[dict[str, Any]]  # samples whose request failed (never scored)
     truncated: int | None = None  # answers cut at max_tokens (finish_reason "length"); None: not recorded
+    unit: str = DEFAULT_UNIT  # what one character is: code points or grapheme clusters
 
     @property
     def scored(self) -> list[SampleErrors]:
@@ -89,7 +97,7 @@ class ErrorAnalysis:
 
     @property
     def reference_chars(self) -> int:
-        return sum(len(s.reference) for s in self.scored)
+        return sum(s.length for s in self.scored)
 
     @property
     def total_edits(self) -> int:
@@ -120,7 +128,7 @@ class ErrorAnalysis:
         seen: Counter = Counter()
         wrong: Counter = Counter()
         for s in self.scored:
-            seen.update(s.reference)
+            seen.update(split_units(s.reference, s.unit))
             wrong.update(s.deletions)
             for (r, _), n in s.substitutions.items():
                 wrong[r] += n
@@ -133,8 +141,8 @@ class ErrorAnalysis:
         """Micro CER per bucket of reference length."""
         rows = []
         for lo, hi in LENGTH_BUCKETS:
-            bucket = [s for s in self.scored if len(s.reference) >= lo and (hi is None or len(s.reference) <= hi)]
-            chars = sum(len(s.reference) for s in bucket)
+            bucket = [s for s in self.scored if s.length >= lo and (hi is None or s.length <= hi)]
+            chars = sum(s.length for s in bucket)
             rows.append({"length": f"{lo}-{hi}" if hi else f"{lo}+", "samples": len(bucket),
                          "cer_micro": sum(s.edits for s in bucket) / chars if chars else None})
         return rows
@@ -142,7 +150,7 @@ class ErrorAnalysis:
     def slices(self) -> dict[str, list[dict[str, Any]]]:
         """Micro CER per slice of each dimension (:mod:`gemma_ocr.slices`, by the label as the data has it):
         ``{dimension: [{slice, samples, cer_micro, edits, reference_chars}]}``; they add up to the totals."""
-        return slice_table(self.samples)
+        return slice_table(self.samples, self.unit)
 
     def worst(self, n: int) -> list[SampleErrors]:
         """The ``n`` samples with the highest CER (most edits first among equals)."""
@@ -150,8 +158,9 @@ class ErrorAnalysis:
 
 
 def analyze_document(document: Any, source: str = "results file", normalized: bool = False,
-                     profile: str = DEFAULT_PROFILE) -> ErrorAnalysis:
-    """Align every scored sample of a results document; ``normalized`` compares texts as the normalized CER does."""
+                     profile: str = DEFAULT_PROFILE, unit: str = DEFAULT_UNIT) -> ErrorAnalysis:
+    """Align every scored sample of a results document; ``normalized`` compares texts as the normalized CER does,
+    ``unit`` counts code points or grapheme clusters (a Khmer vowel sign misread is then ខ្មែ → ខ្មេ)."""
     samples = check_results_document(document, source)["samples"]
     analysed, failed = [], []
     for position, s in enumerate(samples):
@@ -161,44 +170,46 @@ def analyze_document(document: Any, source: str = "results file", normalized: bo
         reference, prediction = s.get("label") or "", s.get("prediction") or ""
         if normalized:
             reference, prediction = normalize_text(reference, profile), normalize_text(prediction, profile)
-        sample = align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction)
+        sample = align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction, unit)
         sample.label, sample.source = s.get("label") or "", s.get("source")
         analysed.append(sample)
     text = f"normalized ({profile}): {normalization_description(profile)}" if normalized else "raw"
     answered = [s for s in samples if sample_status(s) != STATUS_ERROR]
     truncated = (sum(1 for s in answered if s.get("finish_reason") == "length")
                  if any("finish_reason" in s for s in answered) else None)
-    return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed, truncated)
+    return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed, truncated, unit)
 
 
-def analyze_file(path: str | os.PathLike[str], normalized: bool = False, profile: str = DEFAULT_PROFILE) -> ErrorAnalysis:
-    return analyze_document(read_json(path, "results file"), str(path), normalized, profile)
+def analyze_file(path: str | os.PathLike[str], normalized: bool = False, profile: str = DEFAULT_PROFILE,
+                 unit: str = DEFAULT_UNIT) -> ErrorAnalysis:
+    return analyze_document(read_json(path, "results file"), str(path), normalized, profile, unit)
 
 
-def align(index: int, image_path: str, reference: str, prediction: str) -> SampleErrors:
-    """One sample's edits, from the Levenshtein alignment of reference to prediction."""
-    sample = SampleErrors(index, image_path, reference, prediction, 0)
-    for op in Levenshtein.editops(reference, prediction):
+def align(index: int, image_path: str, reference: str, prediction: str, unit: str = DEFAULT_UNIT) -> SampleErrors:
+    """One sample's edits, from the Levenshtein alignment of reference to prediction in ``unit`` characters."""
+    sample = SampleErrors(index, image_path, reference, prediction, 0, unit=unit)
+    ref, pred = split_units(reference, unit), split_units(prediction, unit)
+    for op in Levenshtein.editops(*as_units([reference, prediction], unit)):
         if op.tag == "replace":
-            sample.substitutions[(reference[op.src_pos], prediction[op.dest_pos])] += 1
+            sample.substitutions[(ref[op.src_pos], pred[op.dest_pos])] += 1
         elif op.tag == "delete":
-            sample.deletions[reference[op.src_pos]] += 1
+            sample.deletions[ref[op.src_pos]] += 1
         else:
-            sample.insertions[prediction[op.dest_pos]] += 1
+            sample.insertions[pred[op.dest_pos]] += 1
         sample.edits += 1
     return sample
 
 
-def slice_table(samples: list[SampleErrors]) -> dict[str, list[dict[str, Any]]]:
+def slice_table(samples: list[SampleErrors], unit: str = DEFAULT_UNIT) -> dict[str, list[dict[str, Any]]]:
     """Micro CER of ``samples`` per slice of each dimension (membership by the label as the data has it)."""
     keys = sample_slices([{"label": s.reference if s.label is None else s.label, "image_path": s.image_path,
-                           "source": s.source} for s in samples])
+                           "source": s.source} for s in samples], unit)
     out: dict[str, list[dict[str, Any]]] = {}
     for dimension, names in keys.items():
         rows = []
         for name in slice_order(dimension, names):
             members = [s for s, k in zip(samples, names) if k == name]
-            chars = sum(len(s.reference) for s in members)
+            chars = sum(s.length for s in members)
             edits = sum(s.edits for s in members if s.reference)
             rows.append({"slice": name, "samples": len(members), "cer_micro": edits / chars if chars else None,
                          "edits": edits, "reference_chars": chars})
@@ -231,9 +242,9 @@ class Comparison:
         records = [{"label": m.reference if m.label is None else m.label, "image_path": m.image_path,
                     "source": m.source} for m, _ in kept]
         clusters, _ = clusters_of(records)
-        return PairedSamples([b.edits for _, b in kept], [m.edits for m, _ in kept], [len(m.reference) for m, _ in kept],
+        return PairedSamples([b.edits for _, b in kept], [m.edits for m, _ in kept], [m.length for m, _ in kept],
                              len(self.pairs) - len(kept) + self.unmatched, clusters=clusters,
-                             slices=sample_slices(records))
+                             slices=sample_slices(records, self.baseline.unit))
 
     def regressions(self, n: int) -> list[tuple[SampleErrors, SampleErrors]]:
         """The ``n`` samples whose CER rose most over the baseline's."""
@@ -243,6 +254,9 @@ class Comparison:
 
 def compare(model: ErrorAnalysis, baseline: ErrorAnalysis) -> Comparison:
     """Match the two analyses' samples by image and reference text; fail when none match."""
+    if model.unit != baseline.unit:
+        raise GemmaOcrError(f"{baseline.source} is analysed by {baseline.unit}, {model.source} by {model.unit}: "
+                            f"compare them in one character unit")
     by_key: dict[tuple[str, str], SampleErrors] = {}
     for s in baseline.samples:
         by_key.setdefault(s.key, s)

@@ -20,6 +20,7 @@ from gemma_ocr.answers import AnswerProfile, answer_profile
 from gemma_ocr.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
 from gemma_ocr.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors, shown_char
 from gemma_ocr.io import atomic_write_json, atomic_write_text
+from gemma_ocr.metrics import CHARACTER_UNITS
 from gemma_ocr.plotting import save_png, use_font_for
 from gemma_ocr.webfonts import font_faces
 
@@ -65,6 +66,7 @@ def summarize(analysis: ErrorAnalysis, worst: int, comparison: Comparison | None
         "model_name": analysis.model_name,
         "results_file": analysis.source,
         "text": analysis.text,
+        "character_unit": analysis.unit,
         "samples": len(analysis.samples) + len(analysis.failed),
         "scored_samples": len(analysis.samples),
         "empty_references": len(analysis.samples) - len(analysis.scored),
@@ -221,13 +223,16 @@ img.line{max-width:min(720px,100%%);max-height:96px;border:1px solid #eee}.muted
 """
 
 
-def _marked(reference: str, prediction: str) -> tuple[str, str]:
-    """HTML of both texts, the characters in an edit highlighted (misread/missed in red, extra in amber)."""
+def _marked(reference: str, prediction: str, unit: str = "codepoint") -> tuple[str, str]:
+    """HTML of both texts, the characters (in ``unit``) in an edit highlighted (misread/missed in red, extra in amber)."""
     from rapidfuzz.distance import Levenshtein
 
+    from gemma_ocr.metrics import as_units, split_units
+
+    ref_units, pred_units = split_units(reference, unit), split_units(prediction, unit)
     ref, pred = [], []
-    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(reference, prediction):
-        r, p = html.escape(reference[i1:i2]), html.escape(prediction[j1:j2])
+    for tag, i1, i2, j1, j2 in Levenshtein.opcodes(*as_units([reference, prediction], unit)):
+        r, p = html.escape("".join(ref_units[i1:i2])), html.escape("".join(pred_units[j1:j2]))
         if tag == "equal":
             ref.append(r)
             pred.append(p)
@@ -266,7 +271,7 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int] = frozen
 def _sample_rows(samples: list[tuple[SampleErrors, SampleErrors | None]]) -> list[list[str]]:
     rows = []
     for s, base in samples:
-        ref, pred = _marked(s.reference, s.prediction)
+        ref, pred = _marked(s.reference, s.prediction, s.unit)
         texts = f'<div class="text">{ref or MISSING}</div><div class="text">{pred or MISSING}</div>'
         if base is not None:
             texts += f'<div class="text muted">baseline: {html.escape(base.prediction) or MISSING}</div>'
@@ -281,7 +286,8 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
     e = html.escape
     totals = summary["totals"]
     parts = [f"<h1>Errors of {e(analysis.model_name)}</h1>",
-             f"<p class=muted>{e(analysis.source)} · text compared: {e(analysis.text)}</p>",
+             f"<p class=muted>{e(analysis.source)} · text compared: {e(analysis.text)} · characters: "
+             f"{e(CHARACTER_UNITS[analysis.unit])}</p>",
              _table(["samples", "scored", "empty references", "failed requests", "reference chars", "edits",
                      "CER (micro)", "misread", "missed", "extra"],
                     [[str(summary["samples"]), str(summary["scored_samples"]), str(summary["empty_references"]),
@@ -312,7 +318,7 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
                          for c in summary["confusions"][:TOP_CONFUSIONS]], numeric={3}))
     parts.append("<h2>Characters most often missed or misread</h2>")
     parts.append(_table(["character", "U+", "in references", "errors", "error rate"],
-                        [[f'<span class="text">{e(shown_char(r["char"]))}</span>', f"{ord(r['char']):04X}",
+                        [[f'<span class="text">{e(shown_char(r["char"]))}</span>', " ".join(f"{ord(c):04X}" for c in r["char"]),
                           str(r["occurrences"]), str(r["errors"]), f"{r['error_rate']:.3f}"]
                          for r in summary["characters"][:TOP_CHARACTERS]], numeric={2, 3, 4}))
     parts.append(_slices_html(summary["slices"], comparison))

@@ -118,6 +118,11 @@ def graphemes(text: str) -> list[str]:
     return _GRAPHEME.findall(text)
 
 
+def split_units(text: str, unit: str = DEFAULT_UNIT) -> list[str]:
+    """``text`` as its characters in ``unit``: code points, or grapheme clusters."""
+    return list(text) if check_unit(unit) == CODE_POINT else graphemes(text)
+
+
 def unit_length(text: str, unit: str = DEFAULT_UNIT) -> int:
     """How many characters ``text`` has in ``unit``."""
     return len(text) if check_unit(unit) == CODE_POINT else len(graphemes(text))

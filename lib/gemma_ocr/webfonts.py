@@ -65,6 +65,7 @@ def _subset(path: str, chars: str) -> bytes:
     from fontTools import subset
     from fontTools.ttLib import TTFont
 
+    logging.getLogger("fontTools").setLevel(logging.WARNING)  # its subsetter reports every table at INFO
     font = TTFont(path, fontNumber=0)  # a .ttc collection: its first face, as the plots use
     if "fvar" in font:  # a variable font: the regular instance only
         from fontTools.varLib.instancer import instantiateVariableFont

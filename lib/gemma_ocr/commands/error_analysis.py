@@ -13,7 +13,7 @@ from pathlib import Path
 from gemma_ocr.error_analysis import analyze_file, compare, shown_char
 from gemma_ocr.error_report import write_report
 from gemma_ocr.evaluation import DEFAULT_OUTPUT_FILE
-from gemma_ocr.metrics import DEFAULT_PROFILE, NORMALIZATION_PROFILES
+from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
 
 
 def main() -> None:
@@ -27,11 +27,14 @@ def main() -> None:
     p.add_argument("--normalization", choices=list(NORMALIZATION_PROFILES), default=DEFAULT_PROFILE,
                    help=f"with --normalized: the normalization profile (default {DEFAULT_PROFILE})")
     p.add_argument("--nfkc", action="store_true", help="the same as --normalization nfkc")
+    p.add_argument("--char-unit", choices=list(CHARACTER_UNITS), default=DEFAULT_UNIT,
+                   help="count code points (default) or grapheme clusters (Khmer: a misread vowel sign is one cluster)")
     args = p.parse_args()
 
     profile = "nfkc" if args.nfkc else args.normalization
-    analysis = analyze_file(args.results, normalized=args.normalized, profile=profile)
-    comparison = compare(analysis, analyze_file(args.baseline, args.normalized, profile)) if args.baseline else None
+    analysis = analyze_file(args.results, normalized=args.normalized, profile=profile, unit=args.char_unit)
+    comparison = (compare(analysis, analyze_file(args.baseline, args.normalized, profile, args.char_unit))
+                  if args.baseline else None)
     output_dir = Path(args.output_dir or Path("reports/errors") / Path(args.results).stem)
     report = write_report(analysis, output_dir, worst=args.worst, comparison=comparison)
     totals = report.summary_data["totals"]
