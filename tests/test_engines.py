@@ -169,3 +169,33 @@ def test_missing_tesseract_language_data_names_the_package(line_data, tmp_path):
                    "--output-file", str(tmp_path / "x.json"), check=False)
     assert_one_line_error(proc, "--tesseract-lang", "zzz", "apt-get install tesseract-ocr-zzz")
     assert not (tmp_path / "x.json").exists()
+
+
+@needs_tesseract
+def test_the_pipeline_puts_tesseract_beside_the_fine_tuned_model(line_data, tmp_path):
+    """--compare-with tesseract: the engine reads the pipeline's test set, gets a row and a comparison line."""
+    from gemma_ocr.data.records import load_records, write_records
+    from gemma_ocr.pipeline import PipelineConfig, StageRecord, compare_with_engines, evaluate_engine, format_table
+    from gemma_ocr.results import build_document
+
+    cfg = PipelineConfig(root=tmp_path, compare_with=("tesseract",), eval_top_k=None, bootstrap_resamples=500)
+    records = [r for r in load_records(line_data) if Path(r.image_path).name.startswith("line")]
+    cfg.test_json.parent.mkdir(parents=True)
+    write_records(records, cfg.test_json)
+    cfg.results_dir.mkdir(parents=True)
+    tesseract = evaluate_engine(cfg, StageRecord(cfg.state_file), "tesseract")
+    assert tesseract["overall_cer"] == 0.0 and tesseract["total_samples"] == len(LINES)
+    tuned = build_document([{"index": i, "image_path": r.image_path, "label": r.text, "prediction": r.text[:-1],
+                             "status": "ok"} for i, r in enumerate(records)], "merged-gemma-ocr")
+    comparisons = compare_with_engines(cfg, tuned, {"tesseract": tesseract})
+    (candidate,) = comparisons["tesseract"].candidates
+    assert candidate.overall.cer.difference > 0 and candidate.overall.worse == len(LINES)
+    saved = json.loads((cfg.results_dir / "comparison_engines.json").read_text(encoding="utf-8"))
+    assert saved["tesseract"]["baseline"]["model_name"] == tesseract["model_name"]
+    table = format_table({"fine-tuned (merged-gemma-ocr)": tuned, tesseract["model_name"]: tesseract,
+                          "engine_comparison": comparisons})
+    assert any(line.startswith(tesseract["model_name"]) and "0.0000" in line for line in table.splitlines())
+    assert f"Fine-tuned against {tesseract['model_name']}: CER 0.0000 -> " in table and "permutation test p =" in table
+    # rerun: the engine's results are kept while the test set is the same
+    again = evaluate_engine(cfg, StageRecord(cfg.state_file), "tesseract")
+    assert [s["prediction"] for s in again["samples"]] == [s["prediction"] for s in tesseract["samples"]]

@@ -5,7 +5,10 @@ the shipped tiny reader was not pretrained on) -> split -> trivial baselines (em
 common label where labels repeat) -> a short Optuna search of :data:`PIPELINE_SEARCH_SPACE` on the base
 model (fixed parameters from configs/hyperparm_configs/default.json) -> LoRA SFT with the best
 configuration -> merge to bf16 -> serve (embedded server) -> evaluate the base model and the fine-tuned
-one on the same test samples -> their CER difference with a paired bootstrap 95% interval.
+one on the same test samples -> their CER difference with a paired bootstrap 95% interval. With
+``compare_with`` (``--compare-with tesseract rapidocr``) the OCR engines a user would pick instead read the
+same test samples too (:mod:`gemma_ocr.engines`), and the fine-tuned model is compared with each of them
+(:func:`gemma_ocr.comparison.compare_documents`: interval, permutation test, per slice).
 
 The pipeline's own outputs live apart from the manual workflow's (``models/pipeline/``,
 ``results/pipeline/``, the study ``pipeline``), so that running sft_gemma.py, merge, serve and
@@ -64,6 +67,8 @@ class PipelineConfig:
     search_trials: int = 3  # 0: no search, train with train_config as it is
     bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
     stages: tuple[str, ...] = ("data", "split", "baseline", "search", "train", "merge", "evaluate")
+    compare_with: tuple[str, ...] = ()  # OCR engines read the test set beside the models: tesseract, rapidocr
+    tesseract_lang: str = "eng"  # Tesseract's language data for compare_with (khm for Khmer test sets)
 
     @property
     def work_models(self) -> Path:
@@ -331,6 +336,38 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
     return out.document
 
 
+def engine_results(cfg: PipelineConfig, engine: str) -> Path:
+    return cfg.results_dir / f"eval_{engine}.json"
+
+
+def evaluate_engine(cfg: PipelineConfig, record: StageRecord, engine: str) -> dict:
+    """An OCR engine (``tesseract``, ``rapidocr``) on the same test samples, into ``results/pipeline/eval_<engine>.json``."""
+    from gemma_ocr.evaluation import EvalConfig, evaluate
+
+    output = engine_results(cfg, engine)
+    stage = f"evaluate {output.name}"
+    inputs = fingerprint(cfg.test_json, engine, cfg.tesseract_lang)
+    resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
+    out = evaluate(EvalConfig(backend=engine, tesseract_lang=cfg.tesseract_lang, data_file=cfg.test_json,
+                              output_file=output, top_k=cfg.eval_top_k, workers=cfg.eval_workers, resume=resume,
+                              ci_resamples=cfg.bootstrap_resamples, show_progress=False))
+    record.done(stage, inputs)
+    log.info("evaluate: %s -> %s (%d read, %d resumed)", out.model_name, output, out.requested, out.resumed)
+    return out.document
+
+
+def compare_with_engines(cfg: PipelineConfig, tuned: dict, engines: dict[str, dict]):
+    """The fine-tuned model against each engine on the same samples (``results/pipeline/comparison_engines.json``)."""
+    from gemma_ocr.comparison import compare_documents
+
+    found = {}
+    for engine, doc in engines.items():
+        found[engine] = compare_documents([(str(engine_results(cfg, engine)), doc), (str(cfg.tuned_results), tuned)],
+                                          n_resamples=cfg.bootstrap_resamples, seed=cfg.seed)
+    atomic_write_json(cfg.results_dir / "comparison_engines.json", {e: c.to_dict() for e, c in found.items()})
+    return found
+
+
 def compare(cfg: PipelineConfig, base: dict, tuned: dict):
     """The fine-tuned model's CER against the base's on the same samples, with a paired bootstrap interval."""
     from gemma_ocr.comparison import compare_cer
@@ -366,6 +403,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
         results[f"{BASE_ROW} ({cfg.base_model.name})"] = base
         results[f"{TUNED_ROW} ({cfg.merged_dir.name})"] = tuned
         results["comparison"] = compare(cfg, base, tuned)
+        engines = {engine: evaluate_engine(cfg, record, engine) for engine in cfg.compare_with}
+        for doc in engines.values():
+            results[doc["model_name"]] = doc  # e.g. tesseract-5.3.0 eng psm7
+        if engines:
+            results["engine_comparison"] = compare_with_engines(cfg, tuned, engines)
         error_report(cfg)
     return results
 
@@ -386,7 +428,7 @@ def format_table(results: dict[str, Any]) -> str:
     """CER/F1 (micro, raw and normalized) of each model side by side, how varied its answers are, and the gain."""
     from gemma_ocr.answers import document_profile
 
-    docs = {name: doc for name, doc in results.items() if isinstance(doc, dict)}
+    docs = {name: doc for name, doc in results.items() if isinstance(doc, dict) and "samples" in doc}
     lines = [f"{'model':<34} {'CER':>8} {'F1':>8} {'CER norm':>9} {'F1 norm':>8} {'samples':>8} {'errors':>7} "
              f"{'distinct':>9} {'cut':>6}"]
     warnings = []
@@ -410,6 +452,12 @@ def format_table(results: dict[str, Any]) -> str:
                      f"{diff.describe()}.")
         if not diff.excludes_zero:
             lines.append("The interval includes zero: no difference shown on these samples.")
+    for engine, comparison in (results.get("engine_comparison") or {}).items():
+        (candidate,) = comparison.candidates
+        d, test = candidate.overall.cer, candidate.overall.test
+        lines.append(f"Fine-tuned against {comparison.baseline_name}: CER {d.baseline_cer:.4f} -> {d.candidate_cer:.4f}; "
+                     f"{d.describe()}; permutation test p = {test.p_value:.4g} (python core/compare_results.py "
+                     f"for the slices).")
     lines.extend(warnings)
     limited = {(d.get("total_samples"), d.get("dataset_samples")) for d in docs.values()
                if d.get("dataset_samples") and d["total_samples"] < d["dataset_samples"]}

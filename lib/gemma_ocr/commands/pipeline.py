@@ -14,6 +14,7 @@ from pathlib import Path
 from gemma_ocr.cli import none_or_int
 from gemma_ocr.config import DEFAULT_MODEL_NAME
 from gemma_ocr.data.split import parse_ratio
+from gemma_ocr.engines import ENGINES
 from gemma_ocr.pipeline import PipelineConfig, format_table, run_pipeline
 
 
@@ -35,11 +36,18 @@ def main() -> None:
     p.add_argument("--eval-workers", type=int, default=defaults.eval_workers)
     p.add_argument("--search-trials", type=int, default=defaults.search_trials,
                    help="Optuna trials before the final training (0: none)")
+    p.add_argument("--compare-with", nargs="+", choices=list(ENGINES), default=[], metavar="ENGINE",
+                   help="OCR engines that read the test set too, beside the models, each compared with the fine-tuned "
+                        "one: tesseract (apt-get install tesseract-ocr tesseract-ocr-eng), rapidocr "
+                        "(pip install -e '.[engines]')")
+    p.add_argument("--tesseract-lang", default=defaults.tesseract_lang,
+                   help="with --compare-with tesseract: its language data (eng; khm for Khmer)")
     args = p.parse_args()
     cfg = PipelineConfig(root=args.root, base_model=args.base_model, n_samples=args.n_samples,
                          non_test_ratio=args.non_test_ratio, seed=args.seed, force=args.force,
                          train_config=args.train_config, eval_top_k=args.eval_top_k, eval_workers=args.eval_workers,
-                         search_trials=args.search_trials)
+                         search_trials=args.search_trials, compare_with=tuple(args.compare_with),
+                         tesseract_lang=args.tesseract_lang)
     results = run_pipeline(cfg)
     print(format_table(results))
     report = cfg.error_report_dir / "report.html"
