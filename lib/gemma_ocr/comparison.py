@@ -132,6 +132,12 @@ class SignificanceTest:
     method: str = PERMUTATION_METHOD
     sign_test_method: str = SIGN_TEST_METHOD
 
+    def describe(self) -> str:
+        """The permutation test's p-value in words (the smallest it can show is 1 / (permutations + 1))."""
+        if self.p_value <= 1 / (self.n_permutations + 1) + 1e-12:
+            return f"p <= {self.p_value:.2g} (none of {self.n_permutations} random sign flips reached the difference)"
+        return f"p = {self.p_value:.4f} (paired permutation test, {self.n_permutations} random sign flips)"
+
 
 @dataclass(frozen=True)
 class PairedResult:

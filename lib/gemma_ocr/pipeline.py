@@ -456,8 +456,7 @@ def format_table(results: dict[str, Any]) -> str:
         (candidate,) = comparison.candidates
         d, test = candidate.overall.cer, candidate.overall.test
         lines.append(f"Fine-tuned against {comparison.baseline_name}: CER {d.baseline_cer:.4f} -> {d.candidate_cer:.4f}; "
-                     f"{d.describe()}; permutation test p = {test.p_value:.4g} (python core/compare_results.py "
-                     f"for the slices).")
+                     f"{d.describe()}; {test.describe()}; per slice: python core/compare_results.py.")
     lines.extend(warnings)
     limited = {(d.get("total_samples"), d.get("dataset_samples")) for d in docs.values()
                if d.get("dataset_samples") and d["total_samples"] < d["dataset_samples"]}
