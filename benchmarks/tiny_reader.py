@@ -36,7 +36,8 @@ def _children_cpu() -> float:
 
 
 def rebuild(work: Path) -> None:
-    from gemma_ocr.modeling.reader import CARD_FILE, DEFAULT_READER_DIR, ReaderRecipe, pretrain_reader
+    from gemma_ocr.layout import LAYOUT
+    from gemma_ocr.modeling.reader import CARD_FILE, ReaderRecipe, pretrain_reader
 
     recipe = ReaderRecipe()
     report = pretrain_reader(work / "reader", recipe, work_dir=work / "build")
@@ -45,7 +46,7 @@ def rebuild(work: Path) -> None:
     print("| step | CPU s | held-out CER (50 lines) |\n| ---: | ---: | ---: |")
     for point in report.curve:
         print(f"| {point['step']} | {point['cpu_s']:.0f} | {point['cer']:.3f} |")
-    shipped = REPO / DEFAULT_READER_DIR / CARD_FILE
+    shipped = REPO / LAYOUT.reader / CARD_FILE
     same = (json.loads(shipped.read_text())["weights_sha256"] == report.weights_sha256) if shipped.is_file() else None
     print(f"\nheld-out CER {report.heldout_cer:.4f} on {report.heldout_lines} lines (target <= {recipe.target_cer}); "
           f"{report.cpu_seconds:.0f} CPU s, {report.wall_seconds:.0f} s wall; weights identical to the shipped "

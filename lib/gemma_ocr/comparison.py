@@ -34,6 +34,7 @@ import numpy as np
 from gemma_ocr.bootstrap import (DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED, cluster_sums, percentile_interval,
                                  ratio, resampled_sums)
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, check_profile, check_unit, score_pairs
 from gemma_ocr.results import (STATUS_ERROR, ProfileName, UnitName, check_results_document, clusters_of,
                                sample_status)
@@ -371,9 +372,6 @@ def compare_documents(documents: Sequence[tuple[str, dict[str, Any]]], normalize
 
 # ------------------------------------------------------------------------------------------------ the command
 
-DEFAULT_COMPARISON_FILE = "results/comparison.json"
-
-
 @dataclass
 class CompareConfig:
     """What compare_results.py compares and how. Fields are the flags."""
@@ -381,7 +379,7 @@ class CompareConfig:
     results: Sequence[str] = field(default=(), metadata={
         "positional": True, "metavar": "RESULTS",
         "help": "results JSON files of evaluate.py on the same data: the baseline first, then the models to compare"})
-    output: str = field(default=DEFAULT_COMPARISON_FILE, metadata={"help": "where to write the comparison (JSON)"})
+    output: str = field(default=str(LAYOUT.comparison), metadata={"help": "where to write the comparison (JSON)"})
     normalized: bool = field(default=False, metadata={
         "help": "compare normalized text (the files' normalization profile, or --normalization)"})
     normalization: ProfileName | None = field(default=None, metadata={

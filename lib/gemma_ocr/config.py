@@ -20,12 +20,12 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import FieldError, Layer, Settings, load_config, resolve
 
-__all__ = ["DEFAULT_INSTRUCTION", "DEFAULT_MODEL_NAME", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
+__all__ = ["DEFAULT_INSTRUCTION", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
            "train_config_class"]
 
-DEFAULT_MODEL_NAME = "models/tiny-gemma3-reader"  # the shipped tiny reader (gemma_ocr.modeling.reader)
 DEFAULT_INSTRUCTION = "請給我 OCR 結果"
 REPORTERS = ("none", "wandb", "tensorboard", "all")
 SCHEDULERS_NEEDING_EVAL = ("reduce_lr_on_plateau", "greedy")  # transformers refuses them without an eval split
@@ -83,9 +83,9 @@ class OcrArguments:
     """The project's own training settings, and the trainer settings whose meaning it changes."""
 
     # data and model
-    model_name: str = arg(DEFAULT_MODEL_NAME, "base model: a Gemma 3 VLM folder or hub id (default: the shipped "
+    model_name: str = arg(str(LAYOUT.reader), "base model: a Gemma 3 VLM folder or hub id (default: the shipped "
                                               "tiny reader)")
-    input_data: str = arg("data/input/ocr_non_test.json", "OCR data JSON [{image_path, ocr_text}]")
+    input_data: str = arg(str(LAYOUT.non_test_json), "OCR data JSON [{image_path, ocr_text}]")
     instruction: str = arg(DEFAULT_INSTRUCTION, "the OCR instruction sent with each image")
     train_split: str = arg("train[:90%]", "training slice of the data file, e.g. train[:90%]")
     val_split: str = arg("train[90%:]", "validation slice, e.g. train[90%:]; empty for no validation")
@@ -132,7 +132,7 @@ class OcrArguments:
                                          "WANDB_API_KEY)")
     wandb_project: str = arg("gemma-ocr", "W&B project")
     wandb_group: str | None = arg(None, "W&B run group")
-    output_dir: str = arg("models/gemma-ocr", "where the adapter, processor, checkpoints and metrics go",
+    output_dir: str = arg(str(LAYOUT.adapter), "where the adapter, processor, checkpoints and metrics go",
                           aliases=["--lora-output-dir"])
     resume_from_checkpoint: bool | str | None = arg(False, "resume from the last checkpoint in output_dir (true), or "
                                                            "from the given checkpoint folder", aliases=["--resume"])

@@ -47,14 +47,13 @@ from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.engines import SERVER, Engine, EngineConfig, open_engine
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, read_json
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, ScoringConfig, build_document, sample_status
 from gemma_ocr.settings import FieldError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://localhost:8000/v1/chat/completions"
-DEFAULT_DATA_FILE = "data/input/ocr_test.json"
-DEFAULT_OUTPUT_FILE = "results/gemma_evaluation.json"
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 # MIME types every OpenAI-compatible server decodes; other formats are re-encoded as PNG.
 _PASS_THROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
@@ -140,9 +139,9 @@ def check_settings(cfg: RequestConfig) -> None:
 class EvalConfig(RequestConfig, ScoringConfig):
     """What to evaluate, where the results go, how it is scored, and the server settings."""
 
-    data_file: str | os.PathLike[str] = field(default=DEFAULT_DATA_FILE, metadata={
+    data_file: str | os.PathLike[str] = field(default=str(LAYOUT.test_json), metadata={
         "help": "[{image_path, ocr_text}] JSON"})
-    output_file: str | os.PathLike[str] = field(default=DEFAULT_OUTPUT_FILE, metadata={
+    output_file: str | os.PathLike[str] = field(default=str(LAYOUT.evaluation), metadata={
         "help": "results JSON (resumed if it exists)"})
     top_k: int | None = field(default=100, metadata={"help": "evaluate the first K samples; None for all"})
 

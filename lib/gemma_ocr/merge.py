@@ -34,11 +34,10 @@ from typing import Any
 from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, read_json, reporting_write_errors
+from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_LORA_DIR = "models/gemma-ocr"
-DEFAULT_OUTPUT_DIR = "models/merged-gemma-ocr"
 ARCHITECTURE = "Gemma3ForConditionalGeneration"
 PROCESSOR_CLASS = "Gemma3Processor"
 BYTES_PER_PARAM = 2  # bf16
@@ -174,7 +173,7 @@ def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False
     return out
 
 
-def merge_adapter(lora_dir: str | os.PathLike[str] = DEFAULT_LORA_DIR, output_dir: str | os.PathLike[str] = DEFAULT_OUTPUT_DIR,
+def merge_adapter(lora_dir: str | os.PathLike[str] = LAYOUT.adapter, output_dir: str | os.PathLike[str] = LAYOUT.merged,
                   base_model: str | None = None, backend: str = "peft", verify: bool = True,
                   check_free_disk: bool = True, overwrite: bool = False) -> MergeReport:
     """Merge ``lora_dir`` into its bf16 base and save to ``output_dir``; verify unless ``verify`` is False.

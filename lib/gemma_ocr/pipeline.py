@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.config import DEFAULT_MODEL_NAME
 from gemma_ocr.data.records import load_raw_records, load_records, write_records
 from gemma_ocr.data.split import DEFAULT_NON_TEST_RATIO, split_non_test
 from gemma_ocr.data.synthetic import SHIFTED_DIGITS, generate_dataset, is_synthetic
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
+from gemma_ocr.layout import LAYOUT, Layout
 from gemma_ocr.results import build_document
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
 
@@ -55,12 +55,12 @@ BASE_ROW, TUNED_ROW = "base", "fine-tuned"
 @dataclass
 class PipelineConfig:
     root: Path = Path(".")
-    base_model: Path = Path(DEFAULT_MODEL_NAME)  # the shipped tiny reader; relative to the working folder
+    base_model: Path = LAYOUT.reader  # the shipped tiny reader; relative to the working folder
     n_samples: int = SHIFTED_DIGITS.n_samples
     seed: int = 42
     non_test_ratio: float = DEFAULT_NON_TEST_RATIO
     force: bool = False
-    train_config: Path = Path("configs/hyperparm_configs/default.json")
+    train_config: Path = LAYOUT.train_config
     eval_top_k: int | None = 200  # first test samples scored per model, baselines included (None: all)
     eval_workers: int = 2
     eval_max_tokens: int = 40
@@ -71,20 +71,21 @@ class PipelineConfig:
     tesseract_lang: str = "eng"  # Tesseract's language data for compare_with (khm for Khmer test sets)
 
     @property
-    def work_models(self) -> Path:
-        return self.root / "models/pipeline"
+    def layout(self) -> Layout:
+        return Layout(self.root)
 
     @property
     def adapter_dir(self) -> Path:
-        return self.work_models / "gemma-ocr"
+        """The manual workflow's adapter folder name, in the pipeline's own models folder."""
+        return self.layout.pipeline_models / LAYOUT.adapter.name
 
     @property
     def merged_dir(self) -> Path:
-        return self.work_models / "merged-gemma-ocr"
+        return self.layout.pipeline_models / LAYOUT.merged.name
 
     @property
     def studies_dir(self) -> Path:
-        return self.root / "optuna_studies"
+        return self.layout.studies
 
     @property
     def best_config(self) -> Path:
@@ -92,19 +93,19 @@ class PipelineConfig:
 
     @property
     def raw_json(self) -> Path:
-        return self.root / "data/raw_data/ocr.json"
+        return self.layout.raw_json
 
     @property
     def non_test_json(self) -> Path:
-        return self.root / "data/input/ocr_non_test.json"
+        return self.layout.non_test_json
 
     @property
     def test_json(self) -> Path:
-        return self.root / "data/input/ocr_test.json"
+        return self.layout.test_json
 
     @property
     def results_dir(self) -> Path:
-        return self.root / "results/pipeline"
+        return self.layout.pipeline_results
 
     @property
     def base_results(self) -> Path:
@@ -128,7 +129,7 @@ class PipelineConfig:
 
     @property
     def search_trials_dir(self) -> Path:
-        return self.root / "models/hyperparam_search" / SEARCH_STUDY
+        return self.layout.search_trials / SEARCH_STUDY
 
 
 # ---------------------------------------------------------------- what each kept output was made from
@@ -196,7 +197,7 @@ def check_base_model(cfg: PipelineConfig) -> None:
     """One line naming the pipeline's own flag when the base model is not a Gemma 3 checkpoint folder or hub id."""
     from gemma_ocr.modeling.loading import check_gemma3_vlm
 
-    if not cfg.base_model.exists() and cfg.base_model == Path(DEFAULT_MODEL_NAME):
+    if not cfg.base_model.exists() and cfg.base_model == LAYOUT.reader:
         raise GemmaOcrError(f"the default base model {cfg.base_model} is not here: run the pipeline from the "
                             "repository's root folder (it ships there), or pass --base-model")
     try:

@@ -36,11 +36,11 @@ from gemma_ocr.data.records import OcrRecord, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.evaluation import RequestConfig, check_settings, open_reader, server_gone_error
 from gemma_ocr.io import atomic_write_text, check_writable
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
 
 log = logging.getLogger(__name__)
 
-DEFAULT_OUTPUT_FILE = "results/transcriptions.jsonl"
 DATA_FILE_SUFFIXES = (".json", ".tsv", ".txt", ".csv", ".jsonl")
 STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
 
@@ -53,7 +53,7 @@ class TranscribeConfig(RequestConfig):
         "positional": True, "metavar": "INPUT",
         "help": "image files, folders of images, or OCR data files (.json/.tsv/.txt/.csv/.jsonl: their image paths; "
                 "no texts needed)"})
-    output_file: str | os.PathLike[str] = field(default=DEFAULT_OUTPUT_FILE, metadata={
+    output_file: str | os.PathLike[str] = field(default=str(LAYOUT.transcriptions), metadata={
         "help": "JSON Lines file of the transcriptions (resumed if it exists)"})
     image_key: str | None = field(default=None, metadata={
         "help": "image column (.csv) or key (.jsonl) of data-file inputs, when not one of the usual names"})
@@ -222,7 +222,7 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
 
 
 def transcribe_with_khmer_cnn(checkpoint: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]],
-                              output_file: str | os.PathLike[str] = DEFAULT_OUTPUT_FILE,
+                              output_file: str | os.PathLike[str] = LAYOUT.transcriptions,
                               model_name: str | None = None, resume: bool = True,
                               image_key: str | None = None) -> TranscribeOutcome:
     """Transcribe with a Khmer-digits CNN checkpoint (no server) into the same file layout.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gemma_ocr.config import arg
 from gemma_ocr.search.analysis import analyze
-from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ConfigParser, FieldError, Settings
 
 analysis = functools.partial(arg, group="analysis")
@@ -23,11 +23,11 @@ class AnalyzeArguments(Settings):
     """What to analyse and where the report goes."""
 
     study_name: str | None = analysis(None, "the study to analyse")
-    output_dir: Path | None = analysis(None, "where the report goes (null: reports/<study_name>)")
+    output_dir: Path | None = analysis(None, f"where the report goes (null: {LAYOUT.reports}/<study_name>)")
     compare: list[str] | None = analysis(None, "other studies to compare with", metavar="STUDY")
     storage: str | None = analysis(None, "Optuna storage URL (null: sqlite:///<studies_dir>/<study>.db for each study)")
     top_n: int = analysis(10, "how many best trials the table lists")
-    studies_dir: Path = analysis(DEFAULT_STUDIES_DIR, "where default SQLite databases are")
+    studies_dir: Path = analysis(LAYOUT.studies, "where default SQLite databases are")
 
     def validate(self) -> None:
         super().validate()

@@ -9,13 +9,14 @@ from pathlib import Path
 from gemma_ocr.data.records import load_records
 from gemma_ocr.data.stats import plot_splits, split_stats
 from gemma_ocr.io import atomic_write_json
+from gemma_ocr.layout import LAYOUT
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--train-file", default="data/input/ocr_non_test.json")
-    p.add_argument("--test-file", default="data/input/ocr_test.json")
-    p.add_argument("--output-dir", default="core/data_analysis/output")
+    p.add_argument("--train-file", default=str(LAYOUT.non_test_json))
+    p.add_argument("--test-file", default=str(LAYOUT.test_json))
+    p.add_argument("--output-dir", default=str(LAYOUT.data_analysis))
     args = p.parse_args()
     stats = [split_stats("non_test", load_records(args.train_file)), split_stats("test", load_records(args.test_file))]
     out = Path(args.output_dir)

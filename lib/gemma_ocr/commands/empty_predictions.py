@@ -7,13 +7,14 @@ from pathlib import Path
 
 from gemma_ocr.data.stats import empty_predictions
 from gemma_ocr.io import atomic_write_json, read_json
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.results import check_results_document
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--input", default="results/gemma_evaluation.json", help="results file written by evaluate.py")
-    p.add_argument("--output", default=None, help="JSON list of the empty samples (default: core/data_analysis/output/<name>_empty.json)")
+    p.add_argument("--input", default=str(LAYOUT.evaluation), help="results file written by evaluate.py")
+    p.add_argument("--output", default=None, help=f"JSON list of the empty samples (default: {LAYOUT.data_analysis}/<name>_empty.json)")
     p.add_argument("--show", type=int, default=20, help="how many to print")
     args = p.parse_args()
     doc = read_json(args.input, "results file")
@@ -23,6 +24,6 @@ def main() -> None:
     print(f"{len(empty)} of {total} samples have an empty prediction ({len(empty) / max(total, 1):.1%})")
     for s in empty[: args.show]:
         print(f"  {s.get('image_path')}\tlabel={s.get('label')!r}")
-    out = Path(args.output or f"core/data_analysis/output/{Path(args.input).stem}_empty.json")
+    out = Path(args.output or LAYOUT.data_analysis / f"{Path(args.input).stem}_empty.json")
     atomic_write_json(out, {"source": args.input, "total_samples": total, "empty_predictions": len(empty), "samples": empty})
     print(f"list -> {out}")

@@ -12,15 +12,15 @@ from pathlib import Path
 
 from gemma_ocr.error_analysis import analyze_file, compare, shown_char
 from gemma_ocr.error_report import write_report
-from gemma_ocr.evaluation import DEFAULT_OUTPUT_FILE
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("results", nargs="?", default=DEFAULT_OUTPUT_FILE, help=f"results JSON of evaluate.py (default {DEFAULT_OUTPUT_FILE})")
+    p.add_argument("results", nargs="?", default=str(LAYOUT.evaluation), help=f"results JSON of evaluate.py (default {LAYOUT.evaluation})")
     p.add_argument("--baseline", help="results JSON of another model on the same data (e.g. the base model) to compare with")
-    p.add_argument("--output-dir", help="where to write the report (default: reports/errors/<results file name>)")
+    p.add_argument("--output-dir", help=f"where to write the report (default: {LAYOUT.error_reports}/<results file name>)")
     p.add_argument("--worst", type=int, default=30, help="how many worst samples (and regressions) to show")
     p.add_argument("--normalized", action="store_true",
                    help="compare normalized text (whitespace and punctuation removed), as the normalized CER does")
@@ -35,7 +35,7 @@ def main() -> None:
     analysis = analyze_file(args.results, normalized=args.normalized, profile=profile, unit=args.char_unit)
     comparison = (compare(analysis, analyze_file(args.baseline, args.normalized, profile, args.char_unit))
                   if args.baseline else None)
-    output_dir = Path(args.output_dir or Path("reports/errors") / Path(args.results).stem)
+    output_dir = Path(args.output_dir or LAYOUT.error_reports / Path(args.results).stem)
     report = write_report(analysis, output_dir, worst=args.worst, comparison=comparison)
     totals = report.summary_data["totals"]
     print(f"{analysis.model_name}: CER {analysis.cer_micro:.4f} ({analysis.text}) = {totals['edits']} edits / "

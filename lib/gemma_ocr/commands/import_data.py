@@ -10,18 +10,18 @@ from gemma_ocr.data.images import check_images
 from gemma_ocr.data.records import write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
+from gemma_ocr.layout import LAYOUT
 
 SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "
                "NAME.txt; or a labels file: .tsv/.txt (path<TAB>text per line), .csv (header with image and text "
                "columns), .jsonl (one object per line), .parquet (e.g. a Hugging Face dataset's shard, images "
                "embedded or as paths), .json (either of the project's layouts). Several sources are joined in order")
-DEFAULT_OUTPUT = "data/raw_data/ocr.json"
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     p.add_argument("source", nargs="+", help=SOURCE_HELP)
-    p.add_argument("--output", default=DEFAULT_OUTPUT, help="raw OCR file to write [{img_path, ocr_results}]")
+    p.add_argument("--output", default=str(LAYOUT.raw_json), help="raw OCR file to write [{img_path, ocr_results}]")
     p.add_argument("--image-root", help="folder the labels file's image paths are relative to (default: the labels file's folder)")
     p.add_argument("--image-key", help="image column (.csv/.parquet) or key (.jsonl) when not one of the usual names")
     p.add_argument("--text-key", help="text column (.csv/.parquet) or key (.jsonl) when not one of the usual names")
@@ -54,7 +54,7 @@ def main() -> None:
               f"e.g. {result.orphan_texts[0]} (an image with the same name and another extension?)")
     if result.empty_texts:
         print(f"note: {result.empty_texts} samples have an empty transcription (they teach the model to answer nothing)")
-    if output == Path(DEFAULT_OUTPUT):
+    if output == LAYOUT.raw_json:
         print("next: python core/split_dataset.py")
     else:
         print(f"next: python core/split_dataset.py --input {output}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from gemma_ocr.layout import LAYOUT
 
 
 def main() -> None:
@@ -11,7 +12,7 @@ def main() -> None:
 
     d = GeneratorConfig()
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--output-dir", default="generated_data")
+    p.add_argument("--output-dir", default=str(LAYOUT.khmer_data))
     p.add_argument("--n-train", type=int, default=d.n_train)
     p.add_argument("--n-val", type=int, default=d.n_val)
     p.add_argument("--seed", type=int, default=d.seed)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from gemma_ocr.layout import LAYOUT
 
 
 def main() -> int:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--config", default="configs/khmer_digits/phase3_simple_configs.yaml", help="experiment YAML file")
+    p.add_argument("--config", default=str(LAYOUT.khmer_experiments), help="experiment YAML file")
     p.add_argument("--experiments", nargs="+", default=None, help="names of experiments to run (default: all)")
-    p.add_argument("--output-dir", default="training_output", help="one folder per experiment is made here")
+    p.add_argument("--output-dir", default=str(LAYOUT.khmer_runs), help="one folder per experiment is made here")
     p.add_argument("--results-file", default=None,
                    help="results JSON (default: <output-dir>/hyperparameter_tuning_results_<time>.json)")
     p.add_argument("--threads", type=int, default=None,

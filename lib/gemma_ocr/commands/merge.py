@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from gemma_ocr.merge import ATOL, DEFAULT_LORA_DIR, DEFAULT_OUTPUT_DIR, RTOL, merge_adapter
+from gemma_ocr.layout import LAYOUT
+from gemma_ocr.merge import ATOL, RTOL, merge_adapter
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--lora_dir", "--lora-dir", default=DEFAULT_LORA_DIR, help="adapter folder written by sft_gemma.py")
-    p.add_argument("--output_dir", "--output-dir", default=DEFAULT_OUTPUT_DIR, help="merged checkpoint folder")
+    p.add_argument("--lora_dir", "--lora-dir", default=str(LAYOUT.adapter), help="adapter folder written by sft_gemma.py")
+    p.add_argument("--output_dir", "--output-dir", default=str(LAYOUT.merged), help="merged checkpoint folder")
     p.add_argument("--base-model", default=None,
                    help="base checkpoint (default: base_model_name_or_path of the adapter's adapter_config.json)")
     p.add_argument("--backend", choices=("peft", "unsloth"), default="peft",

@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 
 from gemma_ocr.cli import none_or_int
-from gemma_ocr.config import DEFAULT_MODEL_NAME
 from gemma_ocr.data.split import parse_ratio
 from gemma_ocr.engines import ENGINES
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.pipeline import PipelineConfig, format_table, run_pipeline
 
 
@@ -22,9 +22,9 @@ def main() -> None:
     defaults = PipelineConfig()
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", type=Path, default=Path("."), help="folder that holds data/, models/, results/")
-    p.add_argument("--base-model", type=Path, default=Path(DEFAULT_MODEL_NAME),
-                   help=f"Gemma 3 checkpoint to fine-tune (default: the shipped tiny reader, {DEFAULT_MODEL_NAME})")
+    p.add_argument("--root", type=Path, default=Path("."), help=f"folder that holds {LAYOUT.data}/, {LAYOUT.models}/, {LAYOUT.results}/")
+    p.add_argument("--base-model", type=Path, default=LAYOUT.reader,
+                   help=f"Gemma 3 checkpoint to fine-tune (default: the shipped tiny reader, {LAYOUT.reader})")
     p.add_argument("--n-samples", type=int, default=defaults.n_samples, help="synthetic lines to render")
     p.add_argument("--non-test-ratio", type=parse_ratio, default="1:5",
                    help="share of the data for training and validation, e.g. 1:5 or 0.2 (the rest is the test set)")

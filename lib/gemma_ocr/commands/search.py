@@ -12,11 +12,10 @@ are the training parameters: for the gemma backend any field of `gemma-ocr train
 
 from __future__ import annotations
 
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.search.config import FixedOverrides, SearchArguments
 from gemma_ocr.search.runner import resolve_settings, run_search
 from gemma_ocr.settings import ConfigParser
-
-DEFAULT_CONFIG = "configs/hyperparm_configs/default.json"
 
 
 def parser() -> ConfigParser:
@@ -24,13 +23,13 @@ def parser() -> ConfigParser:
     p = ConfigParser([SearchArguments, FixedOverrides], config_file=False, description=__doc__,
                      usage="%(prog)s [flags] [--config FILE]  (--help lists them)")
     p.add_argument("--config", metavar="FILE", help="JSON/YAML with search_space, search settings and fixed training "
-                                                    f"parameters (default: fixed parameters of {DEFAULT_CONFIG})")
+                                                    f"parameters (default: fixed parameters of {LAYOUT.train_config})")
     return p
 
 
 def main() -> int:
     [(_, flags), (_, fixed)], args = parser().parse_layers()
-    summary = run_search(resolve_settings(args.config, overrides=flags, fixed_overrides=fixed, default_config=DEFAULT_CONFIG))
+    summary = run_search(resolve_settings(args.config, overrides=flags, fixed_overrides=fixed, default_config=LAYOUT.train_config))
     c = summary.counts
     print(f"study {summary.study_name} ({summary.storage})")
     print(f"this run: {len(summary.trials_run)} trial(s) {summary.trials_run}")

@@ -6,12 +6,13 @@ import argparse
 import signal
 import time
 
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.serving import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT, ENGINES, start_server
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("model_dir", help="merged checkpoint folder (e.g. models/merged-gemma-ocr)")
+    p.add_argument("model_dir", help=f"merged checkpoint folder (e.g. {LAYOUT.merged})")
     p.add_argument("--engine", choices=ENGINES, default="transformers",
                    help="transformers: embedded, CPU or GPU; vllm: production (CUDA)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT)

@@ -9,12 +9,13 @@ from gemma_ocr.data.images import check_images
 from gemma_ocr.data.records import load_raw_records, write_records
 from gemma_ocr.data.split import DEFAULT_SEED, parse_ratio, split_non_test
 from gemma_ocr.io import check_writable
+from gemma_ocr.layout import LAYOUT
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--input", default="data/raw_data/ocr.json", help="raw file [{img_path, ocr_results}]")
-    p.add_argument("--output-dir", default="data/input", help="folder for ocr_non_test.json and ocr_test.json")
+    p.add_argument("--input", default=str(LAYOUT.raw_json), help="raw file [{img_path, ocr_results}]")
+    p.add_argument("--output-dir", default=str(LAYOUT.input), help=f"folder for {LAYOUT.non_test_json.name} and {LAYOUT.test_json.name}")
     p.add_argument("--non-test-ratio", default="1/6", help="share of non_test data: 0.2, 1/6 or 1:5 (non_test:test)")
     p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--check-images", action="store_true", help="decode every image first; stop naming the missing or corrupt ones")
@@ -27,12 +28,12 @@ def main() -> None:
     if args.check_images:
         check_images(records, args.input)
     split = split_non_test(records, ratio, args.seed)
-    write_records(split.non_test, out / "ocr_non_test.json")
-    write_records(split.test, out / "ocr_test.json")
+    write_records(split.non_test, out / LAYOUT.non_test_json.name)
+    write_records(split.test, out / LAYOUT.test_json.name)
     n = len(records)
     print(f"Loaded {n} records from {args.input}")
-    print(f"non_test: {len(split.non_test):6d} ({len(split.non_test) / max(n, 1):.1%}) -> {out / 'ocr_non_test.json'}")
-    print(f"test:     {len(split.test):6d} ({len(split.test) / max(n, 1):.1%}) -> {out / 'ocr_test.json'}")
+    print(f"non_test: {len(split.non_test):6d} ({len(split.non_test) / max(n, 1):.1%}) -> {out / LAYOUT.non_test_json.name}")
+    print(f"test:     {len(split.test):6d} ({len(split.test) / max(n, 1):.1%}) -> {out / LAYOUT.test_json.name}")
     print(f"seed {args.seed}, non_test ratio {ratio:.4f}")
     for name, part in (("non_test", split.non_test), ("test", split.test)):
         if not part:

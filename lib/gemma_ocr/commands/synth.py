@@ -8,11 +8,12 @@ from pathlib import Path
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
+from gemma_ocr.layout import LAYOUT
 
 
 def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
-    p.add_argument("--output-dir", default="data/raw_data")
+    p.add_argument("--output-dir", default=str(LAYOUT.raw_data))
     p.add_argument("--n-samples", type=int, default=300)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--scripts", nargs="+", default=["latin", "khmer", "cjk"], choices=["latin", "khmer", "cjk"],
@@ -20,14 +21,14 @@ def main() -> None:
     p.add_argument("--blur", type=float, default=0.0, help="max Gaussian blur radius")
     p.add_argument("--noise", type=float, default=0.0, help="max noise std (0-255)")
     p.add_argument("--rotation", type=float, default=0.0, help="max rotation in degrees")
-    p.add_argument("--force", action="store_true", help="replace an ocr.json in --output-dir that holds other (e.g. imported) data")
+    p.add_argument("--force", action="store_true", help=f"replace a {LAYOUT.raw_json.name} in --output-dir that holds other (e.g. imported) data")
     args = p.parse_args()
     check_writable(args.output_dir, "--output-dir", folder=True)
-    existing = Path(args.output_dir) / "ocr.json"
+    existing = Path(args.output_dir) / LAYOUT.raw_json.name
     if existing.exists() and not args.force and not is_synthetic(existing):
         raise GemmaOcrError(f"{existing} holds data this program did not write (imported or edited?): pass --force "
                             f"to replace it, or --output-dir another folder")
     config = SyntheticConfig(n_samples=args.n_samples, seed=args.seed, scripts=tuple(args.scripts),
                              blur=args.blur, noise=args.noise, rotation=args.rotation)
     records = generate_dataset(args.output_dir, config)
-    print(f"Wrote {len(records)} images and {args.output_dir}/ocr.json")
+    print(f"Wrote {len(records)} images and {existing}")

@@ -11,12 +11,12 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.modeling.reader import DEFAULT_READER_DIR, READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
+from gemma_ocr.layout import LAYOUT
+from gemma_ocr.modeling.reader import READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
 from gemma_ocr.modeling.tiny import build_tiny_gemma3
-
-RANDOM_DIR = "models/tiny-gemma3-random"
 
 
 def main() -> None:
@@ -25,7 +25,7 @@ def main() -> None:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pretrain", action="store_true", help="pretrain the tiny reader (the shipped default model)")
     p.add_argument("--output-dir", default=None,
-                   help=f"folder for the checkpoint (default: {DEFAULT_READER_DIR} with --pretrain, else {RANDOM_DIR})")
+                   help=f"folder for the checkpoint (default: {LAYOUT.reader} with --pretrain, else {LAYOUT.random_model})")
     p.add_argument("--seed", type=int, default=recipe.seed, help="weight initialisation (and training order)")
     g = p.add_argument_group("pretraining (--pretrain)")
     g.add_argument("--lines", type=int, default=recipe.lines, help="pretraining lines to render")
@@ -54,13 +54,13 @@ def main() -> None:
                               target_cer=args.target_cer, curve_every=args.curve_every)
         kept = _without_option(sys.argv[1:], "--work-dir")  # where the run is kept does not change the result
         command = "python core/make_tiny_model.py " + shlex.join(kept)
-        report = pretrain_reader(args.output_dir or DEFAULT_READER_DIR, recipe, work_dir=args.work_dir, command=command)
+        report = pretrain_reader(args.output_dir or LAYOUT.reader, recipe, work_dir=args.work_dir, command=command)
         print(f"Wrote the tiny reader to {report.output_dir}: held-out CER {report.heldout_cer:.4f} on "
               f"{report.heldout_lines} lines (target <= {recipe.target_cer}), {report.cpu_seconds:.0f} CPU-s "
               f"({report.wall_seconds:.0f} s wall)")
         return
-    output_dir = args.output_dir or RANDOM_DIR
-    if output_dir.rstrip("/") == DEFAULT_READER_DIR:
+    output_dir = args.output_dir or str(LAYOUT.random_model)
+    if Path(output_dir) == LAYOUT.reader:
         raise GemmaOcrError(f"--output-dir {output_dir} holds the shipped reader: a random model goes elsewhere "
                             "(or rebuild the reader with --pretrain)")
     chars = args.chars or ""

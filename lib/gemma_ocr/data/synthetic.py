@@ -28,6 +28,7 @@ from gemma_ocr.data.fonts import cjk_font, font_family, khmer_font, latin_font, 
 from gemma_ocr.data.records import OcrRecord, write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json, reporting_write_errors
+from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def render_line(text: str, font: ImageFont.FreeTypeFont, rng: random.Random, con
     return image.convert("RGB")
 
 
-def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None, json_name: str = "ocr.json") -> list[OcrRecord]:
+def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None, json_name: str = LAYOUT.raw_json.name) -> list[OcrRecord]:
     """Render ``config.n_samples`` lines to ``out_dir/images/`` and write ``out_dir/<json_name>`` in the raw layout."""
     from tqdm import tqdm
 

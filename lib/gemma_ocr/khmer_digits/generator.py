@@ -36,6 +36,7 @@ from gemma_ocr.data.records import OcrRecord, write_records
 from gemma_ocr.io import atomic_write_text
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
 from gemma_ocr.khmer_digits.vocab import DIGITS, MAX_DIGITS, MAX_SEQUENCE_LENGTH
+from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ def generate_samples(n: int, config: GeneratorConfig, seed: int) -> list[tuple[s
     return out
 
 
-def generate_dataset(output_dir: str | Path = "generated_data", config: GeneratorConfig | None = None) -> Path:
+def generate_dataset(output_dir: str | Path = LAYOUT.khmer_data, config: GeneratorConfig | None = None) -> Path:
     """Render the train and val splits to ``output_dir`` and write ``metadata.yaml``; returns its path."""
     import yaml
     from tqdm import tqdm

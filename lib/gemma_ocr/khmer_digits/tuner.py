@@ -29,11 +29,11 @@ from typing import Any
 from gemma_ocr.io import atomic_write_json, atomic_write_text, read_yaml
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, ExperimentFailedError
 from gemma_ocr.khmer_digits.utils import TrainingConfig, slug
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import unknown_key
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONFIG = "configs/khmer_digits/phase3_simple_configs.yaml"
 
 # Section key -> TrainingConfig field.
 SECTIONS: dict[str, dict[str, str]] = {
@@ -115,7 +115,7 @@ class HyperparameterTuner:
 
     num_threads: int | None = None
 
-    def __init__(self, config_file: str | Path = DEFAULT_CONFIG, output_dir: str | Path = "training_output",
+    def __init__(self, config_file: str | Path = LAYOUT.khmer_experiments, output_dir: str | Path = LAYOUT.khmer_runs,
                  results_file: str | Path | None = None, num_threads: int | None = None):
         if num_threads is not None and num_threads < 0:
             raise ConfigurationError(f"--threads must be >= 0 (0: torch's default), got {num_threads}")
@@ -250,7 +250,7 @@ class HyperparameterTuner:
         return str(self.results_file)
 
 
-def run_single_experiment(experiment_name: str, experiment_config: dict[str, Any], output_dir: str | Path = "training_output") -> dict[str, Any]:
+def run_single_experiment(experiment_name: str, experiment_config: dict[str, Any], output_dir: str | Path = LAYOUT.khmer_runs) -> dict[str, Any]:
     """Run one experiment outside a tuner file (same record as :meth:`HyperparameterTuner.run_single_experiment`)."""
     tuner = HyperparameterTuner.__new__(HyperparameterTuner)
     tuner.config_file, tuner.config = Path("<dict>"), {"experiments": {experiment_name: experiment_config}}

@@ -18,6 +18,7 @@ import torch
 from gemma_ocr.io import atomic_write_json, atomic_write_text, read_yaml
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError
 from gemma_ocr.khmer_digits.losses import LOSS_TYPES
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import FieldError, Settings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class TrainingConfig(Settings):
     vocab_size: int = 13
     max_sequence_length: int = 9
     # Data
-    metadata_path: str = "generated_data/metadata.yaml"
+    metadata_path: str = str(LAYOUT.khmer_metadata)
     train_split: str = "train"
     val_split: str = "val"
     batch_size: int = 32
@@ -91,7 +92,7 @@ class TrainingConfig(Settings):
     early_stopping_mode: str = "max"
     # Output
     experiment_name: str = "hyperparameter_experiment"
-    output_dir: str = "training_output"
+    output_dir: str = str(LAYOUT.khmer_runs)
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainingConfig:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.layout import LAYOUT
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +67,7 @@ def check_gemma3_vlm(model_name: str) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - any failure here is "cannot find that model"
             raise GemmaOcrError(
                 f"model {model_name!r} is neither a local folder nor a reachable hub id ({type(e).__name__}); "
-                "check --model-name (the default, the tiny reader, ships in models/tiny-gemma3-reader)"
+                f"check --model-name (the default, the tiny reader, ships in {LAYOUT.reader})"
             ) from None
     model_type = config.get("model_type")
     archs = config.get("architectures") or []

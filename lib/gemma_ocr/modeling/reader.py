@@ -24,13 +24,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.config import DEFAULT_INSTRUCTION, DEFAULT_MODEL_NAME
+from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, atomic_write_text
+from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_READER_DIR = DEFAULT_MODEL_NAME
 CARD_FILE = "reader.json"
 #: The reader's shape: 64 px images in 8 px patches, one image token per patch (no pooling), two layers per tower.
 READER_ARCHITECTURE: dict[str, int] = {
@@ -193,7 +193,7 @@ def _weights_sha256(folder: Path) -> str:
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
-def pretrain_reader(output_dir: str | os.PathLike[str] = DEFAULT_READER_DIR, recipe: ReaderRecipe | None = None,
+def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: ReaderRecipe | None = None,
                     work_dir: str | os.PathLike[str] | None = None, command: str | None = None) -> ReaderReport:
     """Build the reader from random weights by ``recipe``; write it to ``output_dir`` only if it reaches its target.
 
@@ -309,7 +309,7 @@ def model_card(card: dict[str, Any]) -> str:
     arch = card["architecture"]
     data = card["pretraining_data"]
     recipe = card["recipe"]
-    return f"""# tiny-gemma3-reader
+    return f"""# {LAYOUT.reader.name}
 
 A tiny `Gemma3ForConditionalGeneration` ({card['parameters']:,} parameters, fp32) pretrained from random
 weights by gemma-ocr's own training code until it reads printed lines of digits. It is the suite's default

@@ -22,7 +22,8 @@ from gemma_ocr.plotting import save_png
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.search.export import jsonable, now
 from gemma_ocr.search.liveness import retried
-from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR, default_storage, journal_path, mask, open_storage, sqlite_path
+from gemma_ocr.layout import LAYOUT
+from gemma_ocr.search.storage import default_storage, journal_path, mask, open_storage, sqlite_path
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ class StudyReport:
 # ---------------------------------------------------------------------------- loading
 
 
-def load_study(study_name: str, storage: str | None = None, studies_dir: str | Path = DEFAULT_STUDIES_DIR) -> optuna.Study:
+def load_study(study_name: str, storage: str | None = None, studies_dir: str | Path = LAYOUT.studies) -> optuna.Study:
     """Open an existing study; one clear line when its database or the study is missing."""
     url = storage or default_storage(study_name, studies_dir)
     for path in (sqlite_path(url), journal_path(url)):
@@ -464,13 +465,13 @@ def analyze(
     compare: list[str] | None = None,
     storage: str | None = None,
     top_n: int = 10,
-    studies_dir: str | Path = DEFAULT_STUDIES_DIR,
+    studies_dir: str | Path = LAYOUT.studies,
 ) -> StudyReport:
     """Analyse ``study_name`` (and compare it with ``compare``) into ``output_dir`` (default reports/{study})."""
     if top_n < 1:
         raise GemmaOcrError(f"--top-n must be at least 1, got {top_n}")
     study = load_study(study_name, storage, studies_dir)
-    out = Path(output_dir) if output_dir else Path("reports") / study_name
+    out = Path(output_dir) if output_dir else LAYOUT.reports / study_name
     others = [load_study(name, storage, studies_dir) for name in (compare or [])]
     report = analyze_study(study, out, top_n)
     if others:

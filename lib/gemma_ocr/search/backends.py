@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
 from gemma_ocr.search.pruning import TrialReporter
 from gemma_ocr.search.space import ParamSpec, probe_points
@@ -147,7 +148,7 @@ class KhmerCnnBackend:
         return {k: v for k, v in result.items() if k != "config"}
 
     def export_config(self, fixed: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-        config = self._backend.trial_config({**fixed, **params}, "models/khmer-digits-best").to_dict()
+        config = self._backend.trial_config({**fixed, **params}, LAYOUT.khmer_best).to_dict()
         return config
 
 

@@ -28,7 +28,8 @@ from gemma_ocr.config import MAX_SEED, arg
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json, read_yaml
 from gemma_ocr.search.space import ParamSpec, parse_search_space
-from gemma_ocr.search.storage import DEFAULT_STUDIES_DIR, GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_RETRY_S
+from gemma_ocr.layout import LAYOUT
+from gemma_ocr.search.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_RETRY_S
 from gemma_ocr.settings import FieldError, Layer, Settings, unknown_key
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,8 @@ class SearchArguments(Settings):
                                       "postgresql://user:pass@host/db, or journal:PATH")
     resume: bool = study(False, "continue the study of this name (its stored search space unless --config is given); "
                                 "creates it when missing, so every worker of a shared study passes --resume")
-    base_output_dir: Path = study(Path("models/hyperparam_search"), "per-trial folders go here, one study per folder")
-    studies_dir: Path = study(DEFAULT_STUDIES_DIR, "default SQLite databases and the best params/config files go here")
+    base_output_dir: Path = study(LAYOUT.search_trials, "per-trial folders go here, one study per folder")
+    studies_dir: Path = study(LAYOUT.studies, "default SQLite databases and the best params/config files go here")
     pruner: Literal["median", "none"] = study("median", "median: stop trials whose evaluations trail the others; none")
     pruner_n_startup_trials: int = study(5, "trials completed before pruning starts", aliases=["--pruner-startup-trials"])
     pruner_n_warmup_steps: int = study(10, "training steps of a trial before it can be pruned",

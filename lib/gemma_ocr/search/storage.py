@@ -34,10 +34,10 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)
 
-DEFAULT_STUDIES_DIR = Path("optuna_studies")
 #: A running trial's worker records a heartbeat this often (seconds).
 HEARTBEAT_INTERVAL_S = 15
 #: A running trial without a heartbeat for this long belongs to a dead worker: it is failed and retried.
@@ -54,7 +54,7 @@ STORAGE_ERRORS = (StorageInternalError, sqlalchemy.exc.SQLAlchemyError)
 StaleCallback = Callable[[optuna.Study, FrozenTrial], None]
 
 
-def default_storage(study_name: str, studies_dir: str | Path = DEFAULT_STUDIES_DIR) -> str:
+def default_storage(study_name: str, studies_dir: str | Path = LAYOUT.studies) -> str:
     """``sqlite:///optuna_studies/{study}.db`` (relative to the working directory)."""
     return f"sqlite:///{Path(studies_dir) / f'{study_name}.db'}"
 
@@ -87,7 +87,7 @@ def journal_path(url: str) -> Path | None:
         if rest.startswith("//"):
             rest = rest[2:]
         if not rest:
-            raise GemmaOcrError("--storage journal: needs a file path, e.g. journal:optuna_studies/NAME.log")
+            raise GemmaOcrError(f"--storage journal: needs a file path, e.g. journal:{LAYOUT.studies / 'NAME.log'}")
         return Path(rest)
     if "://" not in url and url.endswith((".log", ".journal")):
         return Path(url)
