@@ -180,3 +180,55 @@ def test_did_you_mean_prefers_the_longer_shared_prefix():
     assert did_you_mean("zzz", ["lora_r"]) == ""
     assert did_you_mean("adamw", ["grokadamw", "adamw_torch", "adamw_8bit"]) == "; did you mean 'adamw_torch'?"
     assert str(unknown_key("f", "zzz", ["a", "b"])) == "f: unknown key 'zzz' (known: a, b)"
+
+
+def test_a_program_without_a_settings_class_has_the_same_errors():
+    """ArgumentParser + flag_value: the layer's value check and error lines, for plain argparse flags."""
+    from gemma_ocr.settings import ArgumentParser, flag_value
+
+    p = ArgumentParser()
+    p.add_argument("--seed", type=flag_value(int), default=42)
+    p.add_argument("--ratio", type=flag_value(float, parse=lambda t: float(t.split(":")[0]) / 2))
+    p.add_argument("--input", required=True)
+    assert p.parse_args(["--input", "a", "--seed", "7", "--ratio", "1:x"]).seed == 7
+    assert p.parse_args(["--input", "a", "--ratio", "1:x"]).ratio == 0.5
+    for argv, line in [
+        (["--input", "a", "--seed", "x"], "--seed must be an integer, got 'x'"),
+        (["--input", "a", "--sed", "3"], "unknown flag --sed; did you mean --seed?"),
+        (["--input", "a", "--ratio", "y"], "--ratio could not convert string to float: 'y'"),
+        (["--input"], "--input: expected one argument (see --help)"),
+        ([], "the following arguments are required: --input (see --help)"),
+        (["--input", "a", "b"], "unexpected argument 'b' (see --help)"),
+    ]:
+        with pytest.raises(GemmaOcrError) as err:
+            p.parse_args(argv)
+        assert str(err.value) == line, argv
+    with pytest.raises(GemmaOcrError) as err:  # the same value, through the layer
+        ConfigParser([Study, Fixed]).parse_settings(["x", "--trials", "x"])
+    assert str(err.value) == "--trials must be an integer, got 'x'"
+
+
+def test_a_field_reads_text_with_its_parse():
+    @dataclass
+    class Split(Settings):
+        share: float = field(default=0.5, metadata={"parse": lambda t: eval(t.replace(":", "/(1+"), {}) if ":" in t
+                                                     else float(t)})
+
+    assert ConfigParser(Split).parse_settings(["--share", "0.25"])[0].share == 0.25
+    assert resolve(Split, Layer("f.yaml", {"share": 0.75})).share == 0.75  # a number from a file needs no parse
+    with pytest.raises(GemmaOcrError, match=r"^--share could not convert string to float: 'x'$"):
+        ConfigParser(Split).parse_settings(["--share", "x"])
+
+
+def test_flags_left_for_another_program_and_a_light_import(tmp_path):
+    import subprocess
+    import sys
+
+    p = ConfigParser([Study, Fixed], config_file=False)
+    study, _, ns = p.parse_settings(["x", "--trials", "2", "--tensor-parallel-size", "2"], known_only=True)
+    assert study.n_trials == 2 and ns.extra == ["--tensor-parallel-size", "2"]
+    # the layer itself does not import transformers (a second): only building a ConfigParser does
+    code = ("import sys, gemma_ocr.settings, gemma_ocr.config, gemma_ocr.layout; "
+            "assert 'transformers' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
+                   env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "lib")})

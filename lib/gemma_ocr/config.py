@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import FieldError, Layer, Settings, load_config, resolve
+from gemma_ocr.settings import FieldError, Layer, Settings, load_config, resolve, setting
 
 __all__ = ["DEFAULT_INSTRUCTION", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
            "train_config_class"]
@@ -70,12 +70,8 @@ FIXED: dict[str, tuple[Any, str]] = {
 SECRET_FIELDS = ("hub_token",)
 
 
-def arg(default: Any, help: str, **metadata: Any) -> Any:
-    """A settings field: ``default`` (lists and dicts copied per instance) and its ``--help`` text."""
-    meta = {"help": help, "group": PROJECT, **metadata}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+#: A field of :class:`OcrArguments` (:func:`gemma_ocr.settings.setting` under the project's heading of ``--help``).
+arg = functools.partial(setting, group=PROJECT)
 
 
 @dataclass

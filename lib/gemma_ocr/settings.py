@@ -8,6 +8,10 @@ one value check, for file values and flag text alike), :func:`resolve` (defaults
 a file, a stored definition, the command line) and :class:`ConfigParser` (``--config FILE`` + flags;
 :meth:`~ConfigParser.parse_layers` for a caller that adds a layer of its own). Every error a user can
 cause is one :class:`~gemma_ocr.errors.GemmaOcrError` line naming the key or flag and the closest valid name.
+
+A small program with no settings dataclass (split, count-score, ...) uses :class:`ArgumentParser` (argparse with
+the same errors) and :func:`flag_value` (the same value check); it does not import transformers, which only
+:class:`ConfigParser` needs (it takes a second).
 """
 
 from __future__ import annotations
@@ -23,12 +27,10 @@ import os
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
-
-from transformers import HfArgumentParser
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json, read_yaml
@@ -247,6 +249,16 @@ def _coerce_union(value: Any, tp: Any) -> Any:
 # -------------------------------------------------------------------- layers
 
 
+def setting(default: Any, help: str, **metadata: Any) -> Any:
+    """A settings field: ``default`` (lists and dicts copied per instance), its ``--help`` text and more metadata:
+    ``aliases`` (more flag spellings), ``group`` (its heading in ``--help``), ``metavar``, ``choices``,
+    ``positional``, ``parse`` (reads a text value, e.g. ``1:5`` as a ratio; raises ValueError with the reason)."""
+    meta = {"help": help, **metadata}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 def settings_fields(cls: type) -> dict[str, tuple[dataclasses.Field, Any]]:
     """``name -> (field, type hint)`` of the fields a settings dataclass takes in ``__init__``."""
     hints = typing.get_type_hints(cls)
@@ -306,8 +318,15 @@ def resolve(cls: type, *layers: Layer, base: Any = None, ignore: frozenset[str] 
 
 
 def check_field(spec: tuple[dataclasses.Field, Any], value: Any) -> Any:
-    """``value`` for one field (as :func:`settings_fields` gives it): :func:`coerce` plus its ``choices``."""
+    """``value`` for one field (as :func:`settings_fields` gives it): its ``parse`` for text, :func:`coerce`,
+    its ``choices``."""
     f, tp = spec
+    parse = f.metadata.get("parse")
+    if parse is not None and isinstance(value, str):
+        try:
+            value = parse(value)
+        except ValueError as e:
+            raise Mismatch(str(e)) from None
     out = coerce(value, tp)
     choices = f.metadata.get("choices")
     if choices is not None and out is not None:
@@ -405,6 +424,8 @@ def _flag_views(cls: type) -> list[type]:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
         shown = str(default) if isinstance(default, Path) else repr(default)
+        if isinstance(default, float) and len(shown) > 12:
+            shown = f"{default:.6g}"  # 1/6: 0.166667
         meta["help"] = (str(meta.get("help") or name.replace("_", " ")) + f" (default: {shown})").replace("%", "%%")
         title = f.metadata.get("group") or getattr(cls, "_argument_group_name", None) or "settings"
         groups.setdefault(title, []).append((name, _argparse_type(tp), field(default=None, metadata=meta)))
@@ -416,7 +437,63 @@ def _flag_views(cls: type) -> list[type]:
     return views
 
 
-class ConfigParser(HfArgumentParser):
+def flag_value(tp: Any, parse: Callable[[str], Any] | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` that reads a flag's text as the layer reads it: ``parse`` (if any), then :func:`coerce`.
+
+    For the flags of a program with no settings dataclass; its errors are those of :func:`resolve`
+    (``--seed must be an integer, got 'x'``).
+    """
+    def convert(text: str) -> Any:
+        try:
+            return coerce(parse(text) if parse is not None else text, tp)
+        except ValueError as e:  # Mismatch included
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = type_name(tp)
+    convert.layer_value = True  # type: ignore[attr-defined]
+    return convert
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the layer's errors: one line naming the flag (a bad value, a missing one), an unknown
+    flag with the closest known one, no abbreviations. The parser of programs with no settings dataclass,
+    and the base of :class:`ConfigParser`."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.flags: dict[str, str] = {}  # dest -> the flag messages name (default: the flag given)
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> argparse.Namespace:  # type: ignore[override]
+        namespace, extra = self.parse_known_args(args, namespace)
+        if extra:
+            self.refuse(extra)
+        return namespace
+
+    def refuse(self, extra: list[str]) -> typing.NoReturn:
+        """The error for arguments no flag takes: the first, with the closest flag."""
+        first = extra[0]
+        if not first.startswith("-"):
+            raise GemmaOcrError(f"unexpected argument {first!r} (see --help)")
+        flag = first.split("=", 1)[0]
+        known = sorted({o for o in self._option_string_actions if o.startswith("--") and "_" not in o})
+        hint = did_you_mean(flag.replace("_", "-"), known, quote=False) or " (see --help)"
+        raise GemmaOcrError(f"unknown flag {flag}{hint}")
+
+    def error(self, message: str) -> typing.NoReturn:
+        """argparse's own errors (a flag without its value, a bad value, ...) as one line naming the flag."""
+        match = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
+        if match:
+            action = self._option_string_actions.get(match.group(1))
+            flag = self.flags.get(action.dest, match.group(1)) if action else match.group(1)
+            if action is not None and getattr(action.type, "layer_value", False):  # worded as resolve() words it
+                raise GemmaOcrError(f"{flag} {match.group(2)}")
+            message = f"{flag}: {match.group(2)}"
+        raise GemmaOcrError(f"{message} (see --help)")
+
+
+class ConfigParser(ArgumentParser):
     """The flags of settings dataclasses, made by transformers' HfArgumentParser, and ``--config FILE``.
 
     A flag left out is "not given" rather than its default, so :meth:`parse_settings` keeps
@@ -428,14 +505,14 @@ class ConfigParser(HfArgumentParser):
 
     def __init__(self, dataclass_types: type | Sequence[type], *, config_file: bool = True,
                  ignore_keys: frozenset[str] | set[str] = frozenset(), **kwargs: Any):
-        kwargs.setdefault("allow_abbrev", False)
-        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        from transformers import HfArgumentParser  # here, not at import: it takes a second to import
+
         kwargs.setdefault("usage", "%(prog)s [flags]" + (" [--config FILE]" if config_file else "") + "  (--help lists them)")
         self.settings_types = [dataclass_types] if isinstance(dataclass_types, type) else list(dataclass_types)
         self.ignore_keys = frozenset(ignore_keys)
-        self.flags: dict[str, str] = {}  # dest -> the flag messages name
         self._config_file = config_file
-        super().__init__([view for cls in self.settings_types for view in _flag_views(cls)], **kwargs)
+        fields = HfArgumentParser([view for cls in self.settings_types for view in _flag_views(cls)], add_help=False)
+        super().__init__(parents=[fields], **kwargs)
         for cls in self.settings_types:
             for name, (f, tp) in settings_fields(cls).items():
                 if f.metadata.get("positional"):  # e.g. the images of `transcribe`
@@ -465,14 +542,18 @@ class ConfigParser(HfArgumentParser):
             self.add_argument(*negatives, action="store_false", dest=f.name, default=argparse.SUPPRESS,
                               help=argparse.SUPPRESS)
 
-
     # ---------------------------------------------------------------- parsing
 
-    def parse_layers(self, args: Sequence[str] | None = None) -> tuple[list[tuple[Layer, Layer]], argparse.Namespace]:
-        """``[(file layer, command-line layer) per settings class]`` and a namespace of the other flags."""
+    def parse_layers(self, args: Sequence[str] | None = None, known_only: bool = False
+                     ) -> tuple[list[tuple[Layer, Layer]], argparse.Namespace]:
+        """``[(file layer, command-line layer) per settings class]`` and a namespace of the other flags.
+
+        ``known_only``: arguments no flag takes are left in the namespace's ``extra`` (a list) instead of
+        refused (e.g. the flags serve.py hands on to the engine).
+        """
         namespace, extra = self.parse_known_args(args)
-        if extra:
-            self._refuse(extra)
+        if extra and not known_only:
+            self.refuse(extra)
         given = vars(namespace)
         path = given.pop("config", None) if self._config_file else None
         file_values = load_config(path) if path else {}
@@ -486,29 +567,13 @@ class ConfigParser(HfArgumentParser):
             flagged = {k: given.pop(k) for k in list(given) if k in keys}
             layers.append((Layer(str(path or "config file"), {k: v for k, v in file_values.items() if k in keys}),
                            Layer(COMMAND_LINE, flagged, {k: self.flags[k] for k in keys})))
+        if known_only:
+            given["extra"] = extra
         return layers, argparse.Namespace(**given)
 
-    def parse_settings(self, args: Sequence[str] | None = None,
-                       error: type[GemmaOcrError] = GemmaOcrError) -> tuple[Any, ...]:
+    def parse_settings(self, args: Sequence[str] | None = None, error: type[GemmaOcrError] = GemmaOcrError,
+                       known_only: bool = False) -> tuple[Any, ...]:
         """``(instance per settings class..., namespace of the other flags)``: defaults < ``--config`` < flags."""
-        layers, namespace = self.parse_layers(args)
+        layers, namespace = self.parse_layers(args, known_only)
         return (*(resolve(cls, file, flags, error=error) for cls, (file, flags) in zip(self.settings_types, layers)),
                 namespace)
-
-    def _refuse(self, extra: list[str]) -> None:
-        first = extra[0]
-        if not first.startswith("-"):
-            raise GemmaOcrError(f"unexpected argument {first!r} (see --help)")
-        flag = first.split("=", 1)[0]
-        known = sorted({o for o in self._option_string_actions if o.startswith("--") and "_" not in o})
-        hint = did_you_mean(flag.replace("_", "-"), known, quote=False) or " (see --help)"
-        raise GemmaOcrError(f"unknown flag {flag}{hint}")
-
-    def error(self, message: str) -> typing.NoReturn:
-        """argparse's own errors (a flag without its value, ...) as one line naming the flag."""
-        match = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
-        if match:
-            action = self._option_string_actions.get(match.group(1))
-            flag = self.flags.get(action.dest, match.group(1)) if action else match.group(1)
-            message = f"{flag}: {match.group(2)}"
-        raise GemmaOcrError(f"{message} (see --help)")
