@@ -122,7 +122,7 @@ def test_parse_ratio_forms():
     assert parse_ratio("1/6") == pytest.approx(1 / 6)
     assert parse_ratio("1:5") == pytest.approx(1 / 6)
     assert parse_ratio("0.25") == 0.25
-    with pytest.raises(GemmaOcrError, match="1/6 or 1:5"):
+    with pytest.raises(ValueError, match="1/6 or 1:5"):
         parse_ratio("a third")
 
 

@@ -131,3 +131,38 @@ def test_pipeline_help_names_the_shipped_reader():
     assert "tiny reader" in run_cli("pipeline.py", "--help").stdout
     assert "the shipped tiny reader" in run_cli("sft_gemma.py", "--help").stdout
     assert os.path.isdir(REPO / "models/tiny-gemma3-reader")
+
+
+def test_pipeline_settings_come_from_defaults_a_config_file_and_flags(tmp_path):
+    from pathlib import Path
+
+    from gemma_ocr.errors import GemmaOcrError
+    from gemma_ocr.layout import LAYOUT
+    from gemma_ocr.pipeline import PipelineConfig
+    from gemma_ocr.settings import ConfigParser
+
+    def parse(*argv):
+        return ConfigParser(PipelineConfig).parse_settings(list(argv))[0]
+
+    defaults = parse()
+    assert (defaults.base_model, defaults.train_config, defaults.eval_top_k) == (LAYOUT.reader, LAYOUT.train_config, 200)
+    config = tmp_path / "job.yaml"
+    config.write_text("n_samples: 50\nnon_test_ratio: '1:1'\neval_top_k: null\nseed: 7\nstages: [data, split]\n")
+    cfg = parse("--config", str(config), "--seed", "8", "--root", str(tmp_path))
+    assert (cfg.n_samples, cfg.non_test_ratio, cfg.eval_top_k, cfg.seed) == (50, 0.5, None, 8)
+    assert cfg.stages == ("data", "split") and cfg.root == tmp_path and cfg.test_json == tmp_path / LAYOUT.test_json
+    assert parse("--non-test-ratio", "0.25", "--eval-top-k", "None").non_test_ratio == 0.25
+    for argv, line in [
+        (["--non-test-ratio", "1:x"], "--non-test-ratio must be a fraction such as 0.2, 1/6 or 1:5"),
+        (["--stages", "data", "trian"], "--stages item 2 must be one of data, split, baseline, search, train, merge, "
+                                        "evaluate, got 'trian'; did you mean 'train'?"),
+        (["--eval-workers", "0"], "--eval-workers must be >= 1, got 0"),
+        (["--n-sample", "5"], "unknown flag --n-sample; did you mean --n-samples?"),
+    ]:
+        with pytest.raises(GemmaOcrError) as e:
+            parse(*argv)
+        assert str(e.value).startswith(line), (argv, str(e.value))
+    config.write_text('{"eval_topk": 5}')
+    with pytest.raises(GemmaOcrError, match=r"job.yaml: unknown key 'eval_topk'; did you mean 'eval_top_k'\?"):
+        parse("--config", str(config))
+    assert parse("--base-model", "google/gemma-3-4b-it").base_model == Path("google/gemma-3-4b-it")

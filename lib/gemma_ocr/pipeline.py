@@ -30,16 +30,19 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from gemma_ocr.data.records import load_raw_records, load_records, write_records
-from gemma_ocr.data.split import DEFAULT_NON_TEST_RATIO, split_non_test
+from gemma_ocr.config import MAX_SEED
+from gemma_ocr.data.split import DEFAULT_NON_TEST_RATIO, parse_ratio, ratio_problem, split_non_test
 from gemma_ocr.data.synthetic import SHIFTED_DIGITS, generate_dataset, is_synthetic
+from gemma_ocr.engines import ENGINES
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.layout import LAYOUT, Layout
 from gemma_ocr.results import build_document
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
+from gemma_ocr.settings import FieldError, Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +55,53 @@ EMPTY_BASELINE, MAJORITY_BASELINE = "empty-answer baseline", "majority-label bas
 BASE_ROW, TUNED_ROW = "base", "fine-tuned"
 
 
+STAGES = ("data", "split", "baseline", "search", "train", "merge", "evaluate")
+job = functools.partial(setting, group="pipeline settings (also keys of the --config file)")
+
+
 @dataclass
-class PipelineConfig:
-    root: Path = Path(".")
-    base_model: Path = LAYOUT.reader  # the shipped tiny reader; relative to the working folder
-    n_samples: int = SHIFTED_DIGITS.n_samples
-    seed: int = 42
-    non_test_ratio: float = DEFAULT_NON_TEST_RATIO
-    force: bool = False
-    train_config: Path = LAYOUT.train_config
-    eval_top_k: int | None = 200  # first test samples scored per model, baselines included (None: all)
-    eval_workers: int = 2
-    eval_max_tokens: int = 40
-    search_trials: int = 3  # 0: no search, train with train_config as it is
-    bootstrap_resamples: int = BOOTSTRAP_RESAMPLES
-    stages: tuple[str, ...] = ("data", "split", "baseline", "search", "train", "merge", "evaluate")
-    compare_with: tuple[str, ...] = ()  # OCR engines read the test set beside the models: tesseract, rapidocr
-    tesseract_lang: str = "eng"  # Tesseract's language data for compare_with (khm for Khmer test sets)
+class PipelineConfig(Settings):
+    """The main job's settings: each field a key of a ``--config`` file and a flag of core/pipeline.py."""
+
+    root: Path = job(Path("."), f"folder that holds {LAYOUT.data}/, {LAYOUT.models}/ and {LAYOUT.results}/ "
+                                "(--base-model and --train-config are relative to the working folder)")
+    base_model: Path = job(LAYOUT.reader, "Gemma 3 checkpoint (folder or hub id) to fine-tune; by default the "
+                                          "shipped tiny reader")
+    n_samples: int = job(SHIFTED_DIGITS.n_samples, "synthetic lines to render when there is no data")
+    non_test_ratio: float = job(DEFAULT_NON_TEST_RATIO, "share of the data for training and validation, e.g. 1:5 "
+                                                        "(the default) or 0.2; the rest is the test set",
+                                parse=parse_ratio)
+    seed: int = job(42, "seed of the data, the split's shuffle aside, the search, the training and the bootstrap")
+    force: bool = job(False, "redo every stage, also those whose outputs are current")
+    train_config: Path = job(LAYOUT.train_config, "training config: the search's fixed parameters, and the final "
+                                                  "training's without a search")
+    eval_top_k: int | None = job(200, "first test samples scored per model, baselines included (None: all)")
+    eval_workers: int = job(2, "parallel requests of each evaluation")
+    eval_max_tokens: int = job(40, "longest answer in tokens")
+    search_trials: int = job(3, "Optuna trials before the final training (0: none, train with --train-config)")
+    bootstrap_resamples: int = job(BOOTSTRAP_RESAMPLES, "resamples of the paired bootstrap interval")
+    stages: tuple[Literal[STAGES], ...] = job(STAGES, "the stages to run, in this order whatever the order given")
+    compare_with: tuple[Literal[ENGINES], ...] = job((), "OCR engines that read the test set too, beside the models, "
+                                                        "each compared with the fine-tuned one: tesseract (apt-get "
+                                                        "install tesseract-ocr tesseract-ocr-eng), rapidocr (pip "
+                                                        "install -e '.[engines]')", metavar="ENGINE")
+    tesseract_lang: str = job("eng", "with --compare-with tesseract: its language data (eng; khm for Khmer)")
+
+    def validate(self) -> None:
+        """Types, then ranges; raise :class:`FieldError` on the first bad field."""
+        super().validate()
+        if ratio_problem(self.non_test_ratio):
+            raise FieldError("non_test_ratio", ratio_problem(self.non_test_ratio))
+        for name, low in (("n_samples", 1), ("eval_workers", 1), ("eval_max_tokens", 1), ("bootstrap_resamples", 1),
+                          ("search_trials", 0)):
+            if getattr(self, name) < low:
+                raise FieldError(name, f"must be >= {low}, got {getattr(self, name)}")
+        if self.eval_top_k is not None and self.eval_top_k < 1:
+            raise FieldError("eval_top_k", f"must be >= 1 (or None for all), got {self.eval_top_k}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise FieldError("seed", f"must be in [0, {MAX_SEED}], got {self.seed}")
+        if not self.stages:
+            raise FieldError("stages", f"names no stage (the stages: {', '.join(STAGES)})")
 
     @property
     def layout(self) -> Layout:

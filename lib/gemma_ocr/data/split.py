@@ -30,28 +30,32 @@ def split_non_test(items: Sequence[T], non_test_ratio: float = DEFAULT_NON_TEST_
     return Split(non_test=shuffled[:n_non_test], test=shuffled[n_non_test:])
 
 
+def ratio_problem(ratio: float) -> str:
+    """Why ``ratio`` cannot be the non_test share ("" when it can): both parts need a share, 0 < ratio < 1."""
+    return "" if 0.0 < ratio < 1.0 else f"must be between 0 and 1 (exclusive), got {ratio:g}"
+
+
 def check_ratio(ratio: float) -> float:
-    """The non_test share must leave both parts non-empty in principle: 0 < ratio < 1."""
-    if not 0.0 < ratio < 1.0:
-        raise GemmaOcrError(f"--non-test-ratio must be between 0 and 1 (exclusive), got {ratio:g}")
+    """``ratio``, or one line saying why it cannot be the non_test share."""
+    problem = ratio_problem(ratio)
+    if problem:
+        raise GemmaOcrError(f"--non-test-ratio {problem}")
     return ratio
 
 
 def parse_ratio(text: str) -> float:
-    """Accept ``0.2``, ``1/6`` or ``1:5`` (non_test:test)."""
+    """``0.2``, ``1/6`` or ``1:5`` (non_test:test) as a number; a ValueError saying how to write it otherwise."""
     text = text.strip()
     try:
         if ":" in text:
             a, b = (float(x) for x in text.split(":"))
-            ratio = a / (a + b)
-        elif "/" in text:
+            return a / (a + b)
+        if "/" in text:
             a, b = (float(x) for x in text.split("/"))
-            ratio = a / b
-        else:
-            ratio = float(text)
+            return a / b
+        return float(text)
     except (ValueError, ZeroDivisionError):
-        raise GemmaOcrError(f"--non-test-ratio {text!r}: write a fraction such as 0.2, 1/6 or 1:5") from None
-    return check_ratio(ratio)
+        raise ValueError(f"must be a fraction such as 0.2, 1/6 or 1:5 (non_test:test), got {text!r}") from None
 
 
 def parse_split_spec(spec: str, n: int) -> slice:
