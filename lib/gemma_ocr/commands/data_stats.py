@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -10,10 +9,11 @@ from gemma_ocr.data.records import load_records
 from gemma_ocr.data.stats import plot_splits, split_stats
 from gemma_ocr.io import atomic_write_json
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import ArgumentParser
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--train-file", default=str(LAYOUT.non_test_json))
     p.add_argument("--test-file", default=str(LAYOUT.test_json))
     p.add_argument("--output-dir", default=str(LAYOUT.data_analysis))

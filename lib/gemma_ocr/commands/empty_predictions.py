@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from gemma_ocr.data.stats import empty_predictions
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import ArgumentParser, flag_value
 from gemma_ocr.results import check_results_document
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--input", default=str(LAYOUT.evaluation), help="results file written by evaluate.py")
     p.add_argument("--output", default=None, help=f"JSON list of the empty samples (default: {LAYOUT.data_analysis}/<name>_empty.json)")
-    p.add_argument("--show", type=int, default=20, help="how many to print")
+    p.add_argument("--show", type=flag_value(int), default=20, help="how many to print")
     args = p.parse_args()
     doc = read_json(args.input, "results file")
     check_results_document(doc, args.input)

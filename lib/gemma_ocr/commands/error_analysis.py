@@ -7,21 +7,21 @@ the plots as PNG files.
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from gemma_ocr.error_analysis import analyze_file, compare, shown_char
 from gemma_ocr.error_report import write_report
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
+from gemma_ocr.settings import ArgumentParser, flag_value
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("results", nargs="?", default=str(LAYOUT.evaluation), help=f"results JSON of evaluate.py (default {LAYOUT.evaluation})")
     p.add_argument("--baseline", help="results JSON of another model on the same data (e.g. the base model) to compare with")
     p.add_argument("--output-dir", help=f"where to write the report (default: {LAYOUT.error_reports}/<results file name>)")
-    p.add_argument("--worst", type=int, default=30, help="how many worst samples (and regressions) to show")
+    p.add_argument("--worst", type=flag_value(int), default=30, help="how many worst samples (and regressions) to show")
     p.add_argument("--normalized", action="store_true",
                    help="compare normalized text (whitespace and punctuation removed), as the normalized CER does")
     p.add_argument("--normalization", choices=list(NORMALIZATION_PROFILES), default=DEFAULT_PROFILE,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from gemma_ocr.data.importing import import_sources
@@ -11,6 +10,7 @@ from gemma_ocr.data.records import write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import ArgumentParser
 
 SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "
                "NAME.txt; or a labels file: .tsv/.txt (path<TAB>text per line), .csv (header with image and text "
@@ -19,7 +19,7 @@ SOURCE_HELP = ("a folder of images (searched recursively), each with its transcr
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("source", nargs="+", help=SOURCE_HELP)
     p.add_argument("--output", default=str(LAYOUT.raw_json), help="raw OCR file to write [{img_path, ocr_results}]")
     p.add_argument("--image-root", help="folder the labels file's image paths are relative to (default: the labels file's folder)")

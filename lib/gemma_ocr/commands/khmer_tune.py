@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
-
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import ArgumentParser, flag_value
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--config", default=str(LAYOUT.khmer_experiments), help="experiment YAML file")
     p.add_argument("--experiments", nargs="+", default=None, help="names of experiments to run (default: all)")
     p.add_argument("--output-dir", default=str(LAYOUT.khmer_runs), help="one folder per experiment is made here")
     p.add_argument("--results-file", default=None,
                    help="results JSON (default: <output-dir>/hyperparameter_tuning_results_<time>.json)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=flag_value(int), default=None,
                    help="torch CPU threads of every experiment (default: each experiment's training.num_threads, "
                         "1 unless set; 0: torch's default, all cores)")
     p.add_argument("--list", action="store_true", help="list the file's experiments and exit")

@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import time
 
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import ArgumentParser, flag_value
 from gemma_ocr.serving import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT, ENGINES, start_server
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("model_dir", help=f"merged checkpoint folder (e.g. {LAYOUT.merged})")
     p.add_argument("--engine", choices=ENGINES, default="transformers",
                    help="transformers: embedded, CPU or GPU; vllm: production (CUDA)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    p.add_argument("--port", type=flag_value(int), default=DEFAULT_PORT)
     p.add_argument("--host", default=DEFAULT_HOST, help="0.0.0.0 to accept other machines")
     p.add_argument("--served-model-name", default=None, help="name clients send (default: the folder's name)")
     p.add_argument("--dtype", default=None, help="vllm: bfloat16 (default); transformers: bfloat16 on CUDA, float32 on CPU")
-    p.add_argument("--max-model-len", type=int, default=DEFAULT_MAX_MODEL_LEN, help="vllm: context length")
-    p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds to wait for the model to load")
+    p.add_argument("--max-model-len", type=flag_value(int), default=DEFAULT_MAX_MODEL_LEN, help="vllm: context length")
+    p.add_argument("--startup-timeout", type=flag_value(float), default=900.0, help="seconds to wait for the model to load")
     p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
     args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
 

@@ -2,26 +2,27 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from gemma_ocr.data.images import check_images
 from gemma_ocr.data.records import load_raw_records, write_records
-from gemma_ocr.data.split import DEFAULT_SEED, parse_ratio, split_non_test
+from gemma_ocr.data.split import DEFAULT_SEED, check_ratio, parse_ratio, split_non_test
 from gemma_ocr.io import check_writable
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import ArgumentParser, flag_value
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--input", default=str(LAYOUT.raw_json), help="raw file [{img_path, ocr_results}]")
     p.add_argument("--output-dir", default=str(LAYOUT.input), help=f"folder for {LAYOUT.non_test_json.name} and {LAYOUT.test_json.name}")
-    p.add_argument("--non-test-ratio", default="1/6", help="share of non_test data: 0.2, 1/6 or 1:5 (non_test:test)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    p.add_argument("--non-test-ratio", type=flag_value(float, parse=parse_ratio), default="1/6",
+                   help="share of non_test data: 0.2, 1/6 or 1:5 (non_test:test)")
+    p.add_argument("--seed", type=flag_value(int), default=DEFAULT_SEED)
     p.add_argument("--check-images", action="store_true", help="decode every image first; stop naming the missing or corrupt ones")
     args = p.parse_args()
 
-    ratio = parse_ratio(args.non_test_ratio)
+    ratio = check_ratio(args.non_test_ratio)
     out = Path(args.output_dir)
     check_writable(out, "--output-dir", folder=True)
     records = load_raw_records(args.input)

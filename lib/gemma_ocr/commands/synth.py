@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import ArgumentParser, flag_value
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
+    p = ArgumentParser(description=__doc__)
     p.add_argument("--output-dir", default=str(LAYOUT.raw_data))
-    p.add_argument("--n-samples", type=int, default=300)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--n-samples", type=flag_value(int), default=300)
+    p.add_argument("--seed", type=flag_value(int), default=42)
     p.add_argument("--scripts", nargs="+", default=["latin", "khmer", "cjk"], choices=["latin", "khmer", "cjk"],
                    help="cjk is used only where a CJK font is installed")
-    p.add_argument("--blur", type=float, default=0.0, help="max Gaussian blur radius")
-    p.add_argument("--noise", type=float, default=0.0, help="max noise std (0-255)")
-    p.add_argument("--rotation", type=float, default=0.0, help="max rotation in degrees")
+    p.add_argument("--blur", type=flag_value(float), default=0.0, help="max Gaussian blur radius")
+    p.add_argument("--noise", type=flag_value(float), default=0.0, help="max noise std (0-255)")
+    p.add_argument("--rotation", type=flag_value(float), default=0.0, help="max rotation in degrees")
     p.add_argument("--force", action="store_true", help=f"replace a {LAYOUT.raw_json.name} in --output-dir that holds other (e.g. imported) data")
     args = p.parse_args()
     check_writable(args.output_dir, "--output-dir", folder=True)

@@ -13,13 +13,13 @@ import os
 from gemma_ocr.data.records import resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.settings import ConfigParser, flag_value
 from gemma_ocr.transcription import TranscribeConfig, TranscribeOutcome, transcribe, transcribe_with_khmer_cnn
 
 
 def main() -> int:
     p = ConfigParser(TranscribeConfig, description=__doc__)
-    p.add_argument("--show", type=int, default=5, help="print the first N transcriptions (0: none)")
+    p.add_argument("--show", type=flag_value(int), default=5, help="print the first N transcriptions (0: none)")
     cfg, args = p.parse_settings()
     if cfg.backend == "khmer-cnn":
         from pathlib import Path
