@@ -79,3 +79,75 @@ def test_pip_install_editable_installs_the_console_script(tmp_path):
     assert script.is_file()
     proc = gemma_ocr("split", "--help", executable=[str(script)], env={"PYTHONPATH": site})
     assert proc.returncode == 0 and proc.stdout.startswith("usage: gemma-ocr split"), proc.stderr
+
+
+#: What a command needs before a flag is looked at (its positional and required arguments).
+POSITIONAL = {"import": ["scans/"], "transcribe": ["a.png"], "serve": ["models/x"], "count-score": ["--input", "a", "--output", "b"]}
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_every_command_refuses_a_bad_flag_in_one_line_before_any_work(name, monkeypatch, tmp_path):
+    """Every program reads its flags through the configuration layer's parsers: a mistyped flag (serve hands
+    unknown flags to its engine: a bad value there) is one error line naming it, and nothing runs."""
+    import importlib
+
+    from gemma_ocr.errors import GemmaOcrError
+
+    module = importlib.import_module(f"gemma_ocr.commands.{COMMANDS[name][0]}")
+    monkeypatch.chdir(tmp_path)  # nothing is written here
+    argv, expected = ["--port", "eighty"], r"^--port must be an integer, got 'eighty'$"
+    if name != "serve":
+        argv, expected = ["--no-such-setting", "1"], r"^unknown flag --no-such-setting( \(see --help\))?$"
+    monkeypatch.setattr(sys, "argv", [name, *POSITIONAL.get(name, []), *argv])
+    with pytest.raises(GemmaOcrError, match=expected):
+        module.main()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(("name", "argv", "line"), [
+    ("tiny-model", ["--pretrain", "--lines", "0"], "--lines must be >= 1, got 0"),
+    ("tiny-model", ["--output-dir", "models/tiny-gemma3-reader"], "--output-dir models/tiny-gemma3-reader holds the "
+                                                                  "shipped reader: a random model goes elsewhere"),
+    ("khmer generate", ["--max-digits", "9"], "--max-digits must be in [1, 8], got 9"),
+    ("khmer generate", ["--height", "8"], "--height must be >= 16, got 8"),
+    ("merge", ["--backend", "pef"], "--backend must be one of peft, unsloth, got 'pef'; did you mean 'peft'?"),
+    ("split", ["--seed", "x"], "--seed must be an integer, got 'x'"),
+    ("split", ["--non-test-ratio", "1:"], "--non-test-ratio must be a fraction such as 0.2, 1/6 or 1:5"),
+    ("synth", ["--n-samples", "many"], "--n-samples must be an integer, got 'many'"),
+    ("pipeline", ["--stages", "data", "trian"], "--stages item 2 must be one of data, split, baseline, search, train"),
+])
+def test_a_bad_value_is_one_line_naming_the_flag(name, argv, line, monkeypatch, tmp_path):
+    import importlib
+
+    from gemma_ocr.errors import GemmaOcrError
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [name, *argv])
+    with pytest.raises(GemmaOcrError) as e:
+        importlib.import_module(f"gemma_ocr.commands.{COMMANDS[name][0]}").main()
+    assert str(e.value).startswith(line), str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_of_merge_tiny_model_and_khmer_generate_keep_their_flags():
+    from gemma_ocr.commands.khmer_generate import GenerateArguments
+    from gemma_ocr.commands.merge import MergeArguments
+    from gemma_ocr.commands.tiny_model import TinyModelArguments
+    from gemma_ocr.khmer_digits.generator import GeneratorConfig
+    from gemma_ocr.modeling.reader import ReaderRecipe
+    from gemma_ocr.settings import ConfigParser
+
+    merge, _ = ConfigParser(MergeArguments, config_file=False).parse_settings(
+        ["--lora_dir", "a", "--output-dir", "b", "--no-verify", "--skip-disk-check", "--overwrite"])
+    assert (str(merge.lora_dir), str(merge.output_dir), merge.verify, merge.skip_disk_check, merge.overwrite) == (
+        "a", "b", False, True, True)
+    tiny, recipe, _ = ConfigParser([TinyModelArguments, ReaderRecipe], config_file=False).parse_settings(
+        ["--pretrain", "--lines", "40", "--max-steps", "2", "--anneal-steps", "0", "--threads", "1", "--seed", "3",
+         "--target-cer", "0.5", "--curve-every", "0", "--work-dir", "w"])
+    assert tiny.pretrain and str(tiny.work_dir) == "w"
+    assert recipe == ReaderRecipe(lines=40, max_steps=2, anneal_steps=0, seed=3, target_cer=0.5, curve_every=0)
+    out, generator, _ = ConfigParser([GenerateArguments, GeneratorConfig], config_file=False).parse_settings(
+        ["--n-train", "4", "--n-val", "2", "--height", "40", "--width", "160", "--export-json", "v.json",
+         "--export-split", "train"])
+    assert (generator.n_train, generator.n_val, generator.image_height, generator.image_width) == (4, 2, 40, 160)
+    assert (str(out.export_json), out.export_split) == ("v.json", "train")

@@ -12,9 +12,10 @@ from PIL import Image
 
 from gemma_ocr.data.records import load_records
 from gemma_ocr.khmer_digits.dataset import KhmerDigitsDataset, fit_image, get_train_transforms, get_val_transforms
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
+from gemma_ocr.khmer_digits.exceptions import DataLoaderError
 from gemma_ocr.khmer_digits.generator import GeneratorConfig, Renderer, export_ocr_json, generate_samples, load_metadata, random_label
 from gemma_ocr.khmer_digits.vocab import DIGITS, EOS_IDX, PAD_IDX, decode, encode
+from gemma_ocr.settings import FieldError
 
 
 @pytest.fixture(scope="module")
@@ -107,5 +108,5 @@ def test_data_errors_are_one_clear_line(tmp_path, dataset_meta):
         KhmerDigitsDataset(dataset_meta, "test")
     with pytest.raises(DataLoaderError, match="not a Khmer digit"):
         encode("12")
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(FieldError, match=r"'min_digits' must be in \[1, 8\], got 0"):
         GeneratorConfig(min_digits=0).validate()

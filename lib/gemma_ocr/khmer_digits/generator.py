@@ -22,54 +22,64 @@ Image paths are relative to the metadata file's folder.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 from gemma_ocr.data.fonts import khmer_font
 from gemma_ocr.data.records import OcrRecord, write_records
+from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_text
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
 from gemma_ocr.khmer_digits.vocab import DIGITS, MAX_DIGITS, MAX_SEQUENCE_LENGTH
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import FieldError, Settings, setting
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val")
 
 
+rendering = functools.partial(setting, group="what to render")
+
+
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(Settings):
     """What to render. Degradation maxima are drawn uniformly per image."""
 
-    n_train: int = 10000
-    n_val: int = 1000
-    seed: int = 42
-    image_height: int = 32
-    image_width: int = 128
-    min_digits: int = 1
-    max_digits: int = MAX_DIGITS
-    min_font_size: int = 16
-    max_font_size: int = 30
-    rotation: float = 3.0  # max absolute rotation in degrees
-    blur: float = 0.8  # max Gaussian blur radius
-    noise: float = 12.0  # max std of additive Gaussian noise (0-255 scale)
-    vary_weight: bool = True  # random font weight/width (variable font axes)
+    error: ClassVar[type[GemmaOcrError]] = ConfigurationError
+
+    n_train: int = rendering(10000, "training images")
+    n_val: int = rendering(1000, "validation images")
+    seed: int = rendering(42, "seed of the labels and the degradations")
+    image_height: int = rendering(32, "image height (the models take 32)", aliases=["--height"])
+    image_width: int = rendering(128, "image width (the models take 128)", aliases=["--width"])
+    min_digits: int = rendering(1, "fewest digits of a label")
+    max_digits: int = rendering(MAX_DIGITS, "most digits of a label")
+    min_font_size: int = rendering(16, "smallest font size")
+    max_font_size: int = rendering(30, "largest font size")
+    rotation: float = rendering(3.0, "max absolute rotation in degrees")
+    blur: float = rendering(0.8, "max Gaussian blur radius")
+    noise: float = rendering(12.0, "max std of additive Gaussian noise (0-255)")
+    vary_weight: bool = rendering(True, "random font weight and width (the variable font's axes)")
 
     def validate(self) -> None:
-        if not 1 <= self.min_digits <= self.max_digits <= MAX_DIGITS:
-            raise ConfigurationError(f"generator: need 1 <= min_digits <= max_digits <= {MAX_DIGITS}, got {self.min_digits}..{self.max_digits}")
-        if self.n_train < 0 or self.n_val < 0:
-            raise ConfigurationError("generator: n_train and n_val must be >= 0")
-        if self.image_height < 16 or self.image_width < 32:
-            raise ConfigurationError("generator: images must be at least 16 high and 32 wide")
-        if not 6 <= self.min_font_size <= self.max_font_size:
-            raise ConfigurationError(f"generator: need 6 <= min_font_size <= max_font_size, got {self.min_font_size}..{self.max_font_size}")
+        """Types, then ranges; raise :class:`FieldError` on the first bad field."""
+        super().validate()
+        for name, low, high in (("min_digits", 1, self.max_digits), ("max_digits", self.min_digits, MAX_DIGITS),
+                                ("n_train", 0, None), ("n_val", 0, None), ("image_height", 16, None),
+                                ("image_width", 32, None), ("min_font_size", 6, self.max_font_size),
+                                ("max_font_size", self.min_font_size, None)):
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+                raise FieldError(name, f"must be {bounds}, got {value}")
 
 
 def random_label(rng: random.Random, config: GeneratorConfig) -> str:

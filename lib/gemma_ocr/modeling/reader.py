@@ -12,6 +12,7 @@ fails and writes nothing. The folder it writes is a complete hub-layout checkpoi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import logging
 import math
@@ -28,6 +29,7 @@ from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.settings import FieldError, Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -42,28 +44,47 @@ CHECKPOINT_FILES = ("model.safetensors", "config.json", "generation_config.json"
                     "tokenizer.json", "tokenizer_config.json", "chat_template.jinja")
 
 
+recipe_field = functools.partial(setting, group="pretraining recipe (--pretrain)")
+
+
 @dataclass
-class ReaderRecipe:
+class ReaderRecipe(Settings):
     """Everything that decides the reader: data, steps, seed, threads, and the CER it must reach."""
 
-    lines: int = 10_000
-    data_seed: int = 1
-    heldout_lines: int = 200
-    heldout_seed: int = 2
-    seed: int = 0  # model initialisation and training order
-    max_steps: int = 6_000
-    batch_size: int = 16
-    learning_rate: float = 3e-3
-    warmup_steps: float = 0.02  # a fraction of max_steps
-    lr_scheduler_type: str = "constant_with_warmup"
-    anneal_steps: int = 1_500  # then every weight again from that result, the learning rate falling linearly to 0
-    anneal_learning_rate: float = 1e-3
-    threads: int = 1
-    target_cer: float = 0.10
-    max_new_tokens: int = 16
-    instruction: str = DEFAULT_INSTRUCTION
-    curve_every: int = 500  # also measure held-out CER every N steps (the learning curve); 0: at the end only
-    curve_lines: int = 50
+    lines: int = recipe_field(10_000, "pretraining lines to render")
+    data_seed: int = recipe_field(1, "seed of the pretraining lines")
+    heldout_lines: int = recipe_field(200, "held-out lines the target is checked on")
+    heldout_seed: int = recipe_field(2, "seed of the held-out lines")
+    seed: int = recipe_field(0, "weight initialisation and training order (also of a random-weight model)")
+    max_steps: int = recipe_field(6_000, "optimizer steps at the full learning rate")
+    batch_size: int = recipe_field(16, "lines per step")
+    learning_rate: float = recipe_field(3e-3, "learning rate of the first run")
+    warmup_steps: float = recipe_field(0.02, "warm-up, as a fraction of max_steps")
+    lr_scheduler_type: str = recipe_field("constant_with_warmup", "scheduler of the first run")
+    anneal_steps: int = recipe_field(1_500, "then every weight again from that result, the learning rate falling "
+                                      "linearly to 0 (0: no annealing)")
+    anneal_learning_rate: float = recipe_field(1e-3, "learning rate the annealing starts from")
+    threads: int = recipe_field(1, "torch threads (1 is fastest on a shared CPU)")
+    target_cer: float = recipe_field(0.10, "fail, writing nothing, when the held-out CER is above this")
+    max_new_tokens: int = recipe_field(16, "longest answer when the held-out lines are read")
+    instruction: str = recipe_field(DEFAULT_INSTRUCTION, "the OCR instruction it learns to answer")
+    curve_every: int = recipe_field(500, "also measure held-out CER every N steps, on the first curve_lines held-out "
+                                   "lines (0: at the end only)")
+    curve_lines: int = recipe_field(50, "held-out lines of each point of the learning curve")
+
+    def validate(self) -> None:
+        """Types, then ranges; raise :class:`FieldError` on the first bad field."""
+        super().validate()
+        for names, low in ((("lines", "heldout_lines", "max_steps", "batch_size", "threads", "max_new_tokens",
+                             "curve_lines"), 1), (("anneal_steps", "curve_every"), 0)):
+            for name in names:
+                if getattr(self, name) < low:
+                    raise FieldError(name, f"must be >= {low}, got {getattr(self, name)}")
+        for name in ("learning_rate", "anneal_learning_rate"):
+            if getattr(self, name) <= 0:
+                raise FieldError(name, f"must be > 0, got {getattr(self, name)}")
+        if not 0.0 <= self.warmup_steps < 1.0:
+            raise FieldError("warmup_steps", f"must be a fraction in [0, 1), got {self.warmup_steps}")
 
     def train_settings(self) -> dict[str, Any]:
         """The TrainConfig fields of the pretraining run (model, data and output folders aside)."""
