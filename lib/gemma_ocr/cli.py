@@ -62,17 +62,6 @@ def run(main: Callable[[], int | None]) -> None:
     sys.exit(code or 0)
 
 
-def none_or_int(value: str) -> int | None:
-    """argparse type for flags such as ``--top-k None``."""
-    if value.strip().lower() in {"none", "all", ""}:
-        return None
-    try:
-        n = int(value)
-    except ValueError:
-        raise ValueError(f"expected an integer or None, got {value!r}") from None
-    return n
-
-
 def usage() -> str:
     width = max(len(name) for name in COMMANDS)
     rows = [f"  {name:<{width}}  {summary} (core/{script})" for name, (_, script, summary) in COMMANDS.items()]

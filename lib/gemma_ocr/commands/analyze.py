@@ -10,12 +10,11 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_ocr.config import arg
 from gemma_ocr.search.analysis import analyze
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ConfigParser, FieldError, Settings
+from gemma_ocr.settings import ConfigParser, FieldError, Settings, setting
 
-analysis = functools.partial(arg, group="analysis")
+analysis = functools.partial(setting, group="analysis")
 
 
 @dataclass
