@@ -149,10 +149,8 @@ class TrainConfigMethods(Settings):
             raise FieldError("max_steps", f"must be > 0, or -1 to train for num_train_epochs, got {c.max_steps}")
         if c.num_train_epochs < 0 or (c.num_train_epochs == 0 and c.max_steps == -1):
             raise FieldError("num_train_epochs", f"must be > 0 (or set max_steps > 0), got {c.num_train_epochs}")
-        for name in ("lora_r", "lora_alpha", "per_device_train_batch_size", "per_device_eval_batch_size",
-                     "gradient_accumulation_steps", "max_seq_length"):
-            if getattr(c, name) < 1:
-                raise FieldError(name, f"must be >= 1, got {getattr(c, name)}")
+        c.at_least(1, "lora_r", "lora_alpha", "per_device_train_batch_size", "per_device_eval_batch_size",
+                   "gradient_accumulation_steps", "max_seq_length")
         for name, meaning in (("save_total_limit", "keep every checkpoint"), ("max_train_samples", "use them all"),
                               ("max_eval_samples", "use them all")):
             if getattr(c, name) is not None and getattr(c, name) < 1:
@@ -165,9 +163,7 @@ class TrainConfigMethods(Settings):
             if steps <= 0 or (isinstance(steps, float) and steps >= 1):
                 raise FieldError(name, f"must be a whole number of steps >= 1 or a fraction of the run in (0, 1), "
                                        f"got {steps}")
-        for name in ("weight_decay", "max_grad_norm", "warmup_steps"):
-            if getattr(c, name) < 0:
-                raise FieldError(name, f"must be >= 0, got {getattr(c, name)}")
+        c.at_least(0, "weight_decay", "max_grad_norm", "warmup_steps")
         if not 0 <= c.seed <= MAX_SEED:
             raise FieldError("seed", f"must be in [0, {MAX_SEED}], got {c.seed}")
         if c.lr_scheduler_type in SCHEDULERS_NEEDING_EVAL and not c.val_split:

@@ -92,10 +92,8 @@ class PipelineConfig(Settings):
         super().validate()
         if ratio_problem(self.non_test_ratio):
             raise FieldError("non_test_ratio", ratio_problem(self.non_test_ratio))
-        for name, low in (("n_samples", 1), ("eval_workers", 1), ("eval_max_tokens", 1), ("bootstrap_resamples", 1),
-                          ("search_trials", 0)):
-            if getattr(self, name) < low:
-                raise FieldError(name, f"must be >= {low}, got {getattr(self, name)}")
+        self.at_least(1, "n_samples", "eval_workers", "eval_max_tokens", "bootstrap_resamples")
+        self.at_least(0, "search_trials")
         if self.eval_top_k is not None and self.eval_top_k < 1:
             raise FieldError("eval_top_k", f"must be >= 1 (or None for all), got {self.eval_top_k}")
         if not 0 <= self.seed <= MAX_SEED:

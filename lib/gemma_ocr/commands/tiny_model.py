@@ -38,8 +38,7 @@ class TinyModelArguments(Settings):
 
     def validate(self) -> None:
         super().validate()
-        if self.image_size < 8:
-            raise FieldError("image_size", f"must be >= 8, got {self.image_size}")
+        self.at_least(8, "image_size")
         if self.output_dir is not None and not self.pretrain and self.output_dir == LAYOUT.reader:
             raise FieldError("output_dir", f"{self.output_dir} holds the shipped reader: a random model goes "
                                            "elsewhere (or rebuild the reader with --pretrain)")

@@ -118,14 +118,11 @@ class TrainingConfig(Settings):
             value = getattr(self, name)
             if value not in allowed and not (name == "device" and str(value).startswith("cuda:")):
                 raise FieldError(name, f"must be one of {', '.join(allowed)}, got {value!r}")
-        for name in ("batch_size", "num_epochs", "save_every_n_epochs", "keep_n_checkpoints", "log_every_n_steps", "step_size"):
-            if getattr(self, name) < 1:
-                raise FieldError(name, f"must be >= 1, got {getattr(self, name)}")
+        self.at_least(1, "batch_size", "num_epochs", "save_every_n_epochs", "keep_n_checkpoints", "log_every_n_steps",
+                      "step_size")
         if self.learning_rate <= 0:
             raise FieldError("learning_rate", f"must be > 0, got {self.learning_rate}")
-        for name in ("weight_decay", "gradient_clip_norm", "warmup_epochs", "min_lr", "num_workers", "num_threads"):
-            if getattr(self, name) < 0:
-                raise FieldError(name, f"must be >= 0, got {getattr(self, name)}")
+        self.at_least(0, "weight_decay", "gradient_clip_norm", "warmup_epochs", "min_lr", "num_workers", "num_threads")
         if not 0 <= self.label_smoothing < 1:
             raise FieldError("label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         if len(self.optimizer_betas) != 2:

@@ -75,11 +75,8 @@ class ReaderRecipe(Settings):
     def validate(self) -> None:
         """Types, then ranges; raise :class:`FieldError` on the first bad field."""
         super().validate()
-        for names, low in ((("lines", "heldout_lines", "max_steps", "batch_size", "threads", "max_new_tokens",
-                             "curve_lines"), 1), (("anneal_steps", "curve_every"), 0)):
-            for name in names:
-                if getattr(self, name) < low:
-                    raise FieldError(name, f"must be >= {low}, got {getattr(self, name)}")
+        self.at_least(1, "lines", "heldout_lines", "max_steps", "batch_size", "threads", "max_new_tokens", "curve_lines")
+        self.at_least(0, "anneal_steps", "curve_every")
         for name in ("learning_rate", "anneal_learning_rate"):
             if getattr(self, name) <= 0:
                 raise FieldError(name, f"must be > 0, got {getattr(self, name)}")

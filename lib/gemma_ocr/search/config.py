@@ -82,12 +82,8 @@ class SearchArguments(Settings):
     def validate(self) -> None:
         """Types, then ranges; raise :class:`FieldError` on the first bad field."""
         super().validate()
-        for names, low in ((("n_trials", "max_total_trials", "n_jobs", "heartbeat_interval", "pruner_interval_steps"), 1),
-                           (("pruner_n_startup_trials", "pruner_n_warmup_steps", "storage_retry_timeout"), 0)):
-            for name in names:
-                value = getattr(self, name)
-                if value is not None and value < low:
-                    raise FieldError(name, f"must be >= {low}, got {value}")
+        self.at_least(1, "n_trials", "max_total_trials", "n_jobs", "heartbeat_interval", "pruner_interval_steps")
+        self.at_least(0, "pruner_n_startup_trials", "pruner_n_warmup_steps", "storage_retry_timeout")
         if self.timeout is not None and self.timeout <= 0:
             raise FieldError("timeout", f"must be positive seconds, got {self.timeout}")
         if self.sampler_seed is not None and not 0 <= self.sampler_seed <= MAX_SEED:
