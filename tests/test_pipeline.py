@@ -157,6 +157,7 @@ def test_pipeline_settings_come_from_defaults_a_config_file_and_flags(tmp_path):
         (["--stages", "data", "trian"], "--stages item 2 must be one of data, split, baseline, search, train, merge, "
                                         "evaluate, got 'trian'; did you mean 'train'?"),
         (["--eval-workers", "0"], "--eval-workers must be >= 1, got 0"),
+        (["--eval-top-k", "0"], "--eval-top-k must be >= 1, got 0"),
         (["--n-sample", "5"], "unknown flag --n-sample; did you mean --n-samples?"),
     ]:
         with pytest.raises(GemmaOcrError) as e:

@@ -164,8 +164,7 @@ class TrainConfigMethods(Settings):
                 raise FieldError(name, f"must be a whole number of steps >= 1 or a fraction of the run in (0, 1), "
                                        f"got {steps}")
         c.at_least(0, "weight_decay", "max_grad_norm", "warmup_steps")
-        if not 0 <= c.seed <= MAX_SEED:
-            raise FieldError("seed", f"must be in [0, {MAX_SEED}], got {c.seed}")
+        c.at_least(0, "seed", most=MAX_SEED)
         if c.lr_scheduler_type in SCHEDULERS_NEEDING_EVAL and not c.val_split:
             raise FieldError("lr_scheduler_type", f"{c.lr_scheduler_type!r} needs evaluation: set val_split "
                                                   "or choose another scheduler")

@@ -92,12 +92,9 @@ class PipelineConfig(Settings):
         super().validate()
         if ratio_problem(self.non_test_ratio):
             raise FieldError("non_test_ratio", ratio_problem(self.non_test_ratio))
-        self.at_least(1, "n_samples", "eval_workers", "eval_max_tokens", "bootstrap_resamples")
+        self.at_least(1, "n_samples", "eval_top_k", "eval_workers", "eval_max_tokens", "bootstrap_resamples")
         self.at_least(0, "search_trials")
-        if self.eval_top_k is not None and self.eval_top_k < 1:
-            raise FieldError("eval_top_k", f"must be >= 1 (or None for all), got {self.eval_top_k}")
-        if not 0 <= self.seed <= MAX_SEED:
-            raise FieldError("seed", f"must be in [0, {MAX_SEED}], got {self.seed}")
+        self.at_least(0, "seed", most=MAX_SEED)
         if not self.stages:
             raise FieldError("stages", f"names no stage (the stages: {', '.join(STAGES)})")
 

@@ -373,13 +373,14 @@ class Settings:
         """A checked copy with ``changes`` applied."""
         return resolve(type(self), Layer("config", changes), base=self, error=self.error)
 
-    def at_least(self, low: float, *names: str) -> None:
-        """A range check for :meth:`validate`: :class:`FieldError` on the first of ``names`` below ``low``
-        (None passes: not set)."""
+    def at_least(self, low: float, *names: str, most: float | None = None) -> None:
+        """A range check for :meth:`validate`: :class:`FieldError` on the first of ``names`` below ``low`` (or
+        above ``most``); None passes (not set)."""
         for name in names:
             value = getattr(self, name)
-            if value is not None and value < low:
-                raise FieldError(name, f"must be >= {low}, got {value}")
+            if value is not None and (value < low or (most is not None and value > most)):
+                raise FieldError(name, f"must be >= {low}, got {value}" if most is None else
+                                 f"must be in [{low}, {most}], got {value}")
 
     def validate(self) -> None:
         """Check every field's type (a value set from Python included); subclasses add range checks."""

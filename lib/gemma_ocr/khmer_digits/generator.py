@@ -39,7 +39,7 @@ from gemma_ocr.io import atomic_write_text
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
 from gemma_ocr.khmer_digits.vocab import DIGITS, MAX_DIGITS, MAX_SEQUENCE_LENGTH
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import FieldError, Settings, setting
+from gemma_ocr.settings import Settings, setting
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +72,13 @@ class GeneratorConfig(Settings):
     def validate(self) -> None:
         """Types, then ranges; raise :class:`FieldError` on the first bad field."""
         super().validate()
-        for name, low, high in (("min_digits", 1, self.max_digits), ("max_digits", self.min_digits, MAX_DIGITS),
-                                ("n_train", 0, None), ("n_val", 0, None), ("image_height", 16, None),
-                                ("image_width", 32, None), ("min_font_size", 6, self.max_font_size),
-                                ("max_font_size", self.min_font_size, None)):
-            value = getattr(self, name)
-            if value < low or (high is not None and value > high):
-                bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
-                raise FieldError(name, f"must be {bounds}, got {value}")
+        self.at_least(1, "min_digits", most=self.max_digits)
+        self.at_least(self.min_digits, "max_digits", most=MAX_DIGITS)
+        self.at_least(0, "n_train", "n_val")
+        self.at_least(16, "image_height")
+        self.at_least(32, "image_width")
+        self.at_least(6, "min_font_size", most=self.max_font_size)
+        self.at_least(self.min_font_size, "max_font_size")
 
 
 def random_label(rng: random.Random, config: GeneratorConfig) -> str:

@@ -86,8 +86,7 @@ class SearchArguments(Settings):
         self.at_least(0, "pruner_n_startup_trials", "pruner_n_warmup_steps", "storage_retry_timeout")
         if self.timeout is not None and self.timeout <= 0:
             raise FieldError("timeout", f"must be positive seconds, got {self.timeout}")
-        if self.sampler_seed is not None and not 0 <= self.sampler_seed <= MAX_SEED:
-            raise FieldError("sampler_seed", f"must be in [0, {MAX_SEED}], got {self.sampler_seed}")
+        self.at_least(0, "sampler_seed", most=MAX_SEED)
         if self.grace_period <= self.heartbeat_interval:
             raise FieldError("grace_period", f"must be above heartbeat_interval ({self.heartbeat_interval} s), "
                                              f"got {self.grace_period}")
