@@ -48,7 +48,7 @@ EVALUATE_FLAGS = {
     "--model-name": ("gemma-12b", "model_name", "gemma-12b"),
     "--save-interval": ("50", "save_interval", 50),
 }
-OTHER_FLAGS = {  # programs whose flags are their own argparse definitions
+OTHER_FLAGS = {  # programs whose seed flags are checked in their --help
     "hyperparameter_search.py": ["--study-name", "--search-mode", "--n-trials", "--timeout", "--resume", "--config",
                                  "--storage", "--model-name", "--input-data", "--instruction", "--base-output-dir"],
     "analyze_hyperparam_results.py": ["--study-name", "--output-dir", "--compare"],
