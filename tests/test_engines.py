@@ -180,8 +180,8 @@ def test_the_pipeline_puts_tesseract_beside_the_fine_tuned_model(line_data, tmp_
 
     cfg = PipelineConfig(root=tmp_path, compare_with=("tesseract",), eval_top_k=None, bootstrap_resamples=500)
     records = [r for r in load_records(line_data) if Path(r.image_path).name.startswith("line")]
-    cfg.test_json.parent.mkdir(parents=True)
-    write_records(records, cfg.test_json)
+    cfg.layout.test_json.parent.mkdir(parents=True)
+    write_records(records, cfg.layout.test_json)
     cfg.results_dir.mkdir(parents=True)
     tesseract = evaluate_engine(cfg, StageRecord(cfg.state_file), "tesseract")
     assert tesseract["overall_cer"] == 0.0 and tesseract["total_samples"] == len(LINES)

@@ -113,18 +113,18 @@ def test_force_re_renders_synthetic_data_but_never_replaces_your_own(tmp_path):
 
     cfg = PipelineConfig(root=tmp_path, n_samples=6)
     make_data(cfg)
-    assert is_synthetic(cfg.raw_json) and len(load_raw_records(cfg.raw_json)) == 6
-    assert all(r.text.isdigit() for r in load_raw_records(cfg.raw_json))  # the shifted distribution: digits
+    assert is_synthetic(cfg.layout.raw_json) and len(load_raw_records(cfg.layout.raw_json)) == 6
+    assert all(r.text.isdigit() for r in load_raw_records(cfg.layout.raw_json))  # the shifted distribution: digits
     make_data(PipelineConfig(root=tmp_path, n_samples=9))  # kept without --force
-    assert len(load_raw_records(cfg.raw_json)) == 6
+    assert len(load_raw_records(cfg.layout.raw_json)) == 6
     make_data(PipelineConfig(root=tmp_path, n_samples=9, force=True))  # synthetic: re-rendered
-    assert len(load_raw_records(cfg.raw_json)) == 9
+    assert len(load_raw_records(cfg.layout.raw_json)) == 9
 
-    own = load_raw_records(cfg.raw_json)[:2]  # e.g. written by core/import_ocr_data.py --force
-    write_records(own, cfg.raw_json, raw=True)
-    assert not is_synthetic(cfg.raw_json)
+    own = load_raw_records(cfg.layout.raw_json)[:2]  # e.g. written by core/import_ocr_data.py --force
+    write_records(own, cfg.layout.raw_json, raw=True)
+    assert not is_synthetic(cfg.layout.raw_json)
     make_data(PipelineConfig(root=tmp_path, n_samples=9, force=True))
-    assert load_raw_records(cfg.raw_json) == own
+    assert load_raw_records(cfg.layout.raw_json) == own
 
 
 def test_pipeline_help_names_the_shipped_reader():
@@ -150,7 +150,7 @@ def test_pipeline_settings_come_from_defaults_a_config_file_and_flags(tmp_path):
     config.write_text("n_samples: 50\nnon_test_ratio: '1:1'\neval_top_k: null\nseed: 7\nstages: [data, split]\n")
     cfg = parse("--config", str(config), "--seed", "8", "--root", str(tmp_path))
     assert (cfg.n_samples, cfg.non_test_ratio, cfg.eval_top_k, cfg.seed) == (50, 0.5, None, 8)
-    assert cfg.stages == ("data", "split") and cfg.root == tmp_path and cfg.test_json == tmp_path / LAYOUT.test_json
+    assert cfg.stages == ("data", "split") and cfg.root == tmp_path and cfg.layout.test_json == tmp_path / LAYOUT.test_json
     assert parse("--non-test-ratio", "0.25", "--eval-top-k", "None").non_test_ratio == 0.25
     for argv, line in [
         (["--non-test-ratio", "1:x"], "--non-test-ratio must be a fraction such as 0.2, 1/6 or 1:5"),

@@ -112,24 +112,8 @@ class PipelineConfig(Settings):
         return self.layout.pipeline_models / LAYOUT.merged.name
 
     @property
-    def studies_dir(self) -> Path:
-        return self.layout.studies
-
-    @property
     def best_config(self) -> Path:
-        return self.studies_dir / f"{SEARCH_STUDY}_best_config.json"
-
-    @property
-    def raw_json(self) -> Path:
-        return self.layout.raw_json
-
-    @property
-    def non_test_json(self) -> Path:
-        return self.layout.non_test_json
-
-    @property
-    def test_json(self) -> Path:
-        return self.layout.test_json
+        return self.layout.studies / f"{SEARCH_STUDY}_best_config.json"
 
     @property
     def results_dir(self) -> Path:
@@ -236,29 +220,29 @@ def check_base_model(cfg: PipelineConfig) -> None:
 
 def make_data(cfg: PipelineConfig) -> None:
     """Render synthetic lines into data/raw_data/ unless data is there; ``--force`` re-renders only synthetic data."""
-    if cfg.raw_json.exists():
+    if cfg.layout.raw_json.exists():
         if not cfg.force:
-            log.info("data: %s exists, kept", cfg.raw_json)
+            log.info("data: %s exists, kept", cfg.layout.raw_json)
             return
-        if not is_synthetic(cfg.raw_json):
+        if not is_synthetic(cfg.layout.raw_json):
             log.info("data: %s is not synthetic data rendered here: kept (--force never replaces your own data)",
-                     cfg.raw_json)
+                     cfg.layout.raw_json)
             return
-    generate_dataset(cfg.raw_json.parent, dataclasses.replace(SHIFTED_DIGITS, n_samples=cfg.n_samples, seed=cfg.seed))
-    log.info("data: %d synthetic lines of digits in %s -> %s", cfg.n_samples, SHIFTED_DIGITS.font, cfg.raw_json)
+    generate_dataset(cfg.layout.raw_json.parent, dataclasses.replace(SHIFTED_DIGITS, n_samples=cfg.n_samples, seed=cfg.seed))
+    log.info("data: %d synthetic lines of digits in %s -> %s", cfg.n_samples, SHIFTED_DIGITS.font, cfg.layout.raw_json)
 
 
 def split_data(cfg: PipelineConfig) -> None:
-    split = split_non_test(load_raw_records(cfg.raw_json), cfg.non_test_ratio)
-    write_records(split.non_test, cfg.non_test_json)
-    write_records(split.test, cfg.test_json)
+    split = split_non_test(load_raw_records(cfg.layout.raw_json), cfg.non_test_ratio)
+    write_records(split.non_test, cfg.layout.non_test_json)
+    write_records(split.test, cfg.layout.test_json)
     log.info("split: %d non_test, %d test", len(split.non_test), len(split.test))
 
 
 def baselines(cfg: PipelineConfig) -> dict[str, dict]:
     """Score trivial models on the samples the served models get: empty answers, and the most common training
     label where a training label repeats (with unique labels it would be an arbitrary one)."""
-    train, test = load_records(cfg.non_test_json), load_records(cfg.test_json)
+    train, test = load_records(cfg.layout.non_test_json), load_records(cfg.layout.test_json)
     scored = test if cfg.eval_top_k is None else test[: cfg.eval_top_k]
     answers = {EMPTY_BASELINE: ("", "baseline_empty.json")}
     common = Counter(r.text for r in train).most_common(1)
@@ -281,16 +265,16 @@ def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
 
     if cfg.search_trials <= 0:
         return None
-    inputs = fingerprint(cfg.non_test_json, cfg.train_config, cfg.base_model, PIPELINE_SEARCH_SPACE,
+    inputs = fingerprint(cfg.layout.non_test_json, cfg.train_config, cfg.base_model, PIPELINE_SEARCH_SPACE,
                          cfg.search_trials, cfg.seed)
     if record.keeps(cfg, "search", cfg.best_config, cfg.best_config.is_file(), inputs):
         return cfg.best_config
-    (cfg.studies_dir / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)  # its trials were made from other inputs
+    (cfg.layout.studies / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)  # its trials were made from other inputs
     cfg.best_config.unlink(missing_ok=True)
     settings = resolve_settings(
-        None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.studies_dir, default_config=cfg.train_config,
+        None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.layout.studies, default_config=cfg.train_config,
         overrides={"n_trials": cfg.search_trials, "sampler_seed": cfg.seed, "base_output_dir": cfg.search_trials_dir},
-        fixed_overrides={"model_name": str(cfg.base_model), "input_data": str(cfg.non_test_json)},
+        fixed_overrides={"model_name": str(cfg.base_model), "input_data": str(cfg.layout.non_test_json)},
     )
     settings.search_space = parse_search_space(PIPELINE_SEARCH_SPACE)
     settings.fixed = {k: v for k, v in settings.fixed.items() if k not in settings.search_space}
@@ -310,12 +294,12 @@ def train(cfg: PipelineConfig, record: StageRecord, config_file: Path | None = N
     from gemma_ocr.training import tune
 
     config_file = config_file or cfg.train_config
-    inputs = fingerprint(cfg.non_test_json, config_file, cfg.base_model, cfg.seed)
+    inputs = fingerprint(cfg.layout.non_test_json, config_file, cfg.base_model, cfg.seed)
     if record.keeps(cfg, "train", cfg.adapter_dir, (cfg.adapter_dir / "adapter_config.json").is_file(), inputs):
         return cfg.adapter_dir
     config = resolve_config(config_file, {
         "model_name": str(cfg.base_model),
-        "input_data": str(cfg.non_test_json),
+        "input_data": str(cfg.layout.non_test_json),
         "output_dir": str(cfg.adapter_dir),
         "seed": cfg.seed,
     })
@@ -352,10 +336,10 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
     from gemma_ocr.serving import start_server
 
     stage = f"evaluate {output.name}"
-    inputs = fingerprint(model_dir, cfg.test_json, cfg.eval_max_tokens)
+    inputs = fingerprint(model_dir, cfg.layout.test_json, cfg.eval_max_tokens)
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
     with start_server(model_dir, startup_timeout=300) as (url, name):
-        settings = EvalConfig(urls=[url], data_file=cfg.test_json, output_file=output, top_k=cfg.eval_top_k,
+        settings = EvalConfig(urls=[url], data_file=cfg.layout.test_json, output_file=output, top_k=cfg.eval_top_k,
                               workers=cfg.eval_workers, model_name=name, save_interval=50,
                               max_tokens=cfg.eval_max_tokens, resume=resume)
         settings.flags = {"resume": "--force", "top_k": "--eval-top-k", "workers": "--eval-workers"}  # pipeline.py's
@@ -375,9 +359,9 @@ def evaluate_engine(cfg: PipelineConfig, record: StageRecord, engine: str) -> di
 
     output = engine_results(cfg, engine)
     stage = f"evaluate {output.name}"
-    inputs = fingerprint(cfg.test_json, engine, cfg.tesseract_lang)
+    inputs = fingerprint(cfg.layout.test_json, engine, cfg.tesseract_lang)
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
-    out = evaluate(EvalConfig(backend=engine, tesseract_lang=cfg.tesseract_lang, data_file=cfg.test_json,
+    out = evaluate(EvalConfig(backend=engine, tesseract_lang=cfg.tesseract_lang, data_file=cfg.layout.test_json,
                               output_file=output, top_k=cfg.eval_top_k, workers=cfg.eval_workers, resume=resume,
                               ci_resamples=cfg.bootstrap_resamples, show_progress=False))
     record.done(stage, inputs)
