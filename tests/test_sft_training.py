@@ -171,6 +171,22 @@ def test_pruning_exception_propagates(tiny_model_dir, ocr_data, tmp_path):  # no
         tune(config, callbacks=[PruneAtFirstEval()])
 
 
+def test_torch_threads_hold_while_training_and_are_restored(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811
+    import torch
+
+    class ThreadsAtFirstEval(TrainerCallback):
+        def on_evaluate(self, args, state, control, **kwargs):
+            raise Pruned(f"{torch.get_num_threads()} threads")
+
+    before = torch.get_num_threads()
+    with pytest.raises(Pruned, match="^2 threads$"):
+        tune(small_config(tiny_model_dir, ocr_data, tmp_path / "threads", torch_threads=2),
+             callbacks=[ThreadsAtFirstEval()])
+    assert torch.get_num_threads() == before == 1
+    with pytest.raises(Pruned, match="^1 threads$"):  # 0: torch's setting is left alone
+        tune(small_config(tiny_model_dir, ocr_data, tmp_path / "default"), callbacks=[ThreadsAtFirstEval()])
+
+
 def test_bad_inputs_are_one_clear_line(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811
     def fails(config, pattern):
         with pytest.raises(GemmaOcrError, match=pattern) as err:

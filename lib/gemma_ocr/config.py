@@ -117,6 +117,8 @@ class OcrArguments:
     dataloader_persistent_workers: bool | None = arg(None, "keep the workers between epochs (null: when there are "
                                                            "workers)")
     dataloader_pin_memory: bool | None = arg(None, "pinned host memory for batches (null: with CUDA)")
+    torch_threads: int = arg(0, "torch CPU threads while training (0: torch's default, one per core; 1 is fastest "
+                                "for a small model on a shared CPU)")
     # evaluation, checkpoints, logging
     eval_steps: int | float = arg(50, "evaluate every N steps (a number in (0, 1) is a fraction of the run)")
     save_steps: int | float = arg(50, "save a checkpoint every N steps (or a fraction of the run)")
@@ -168,6 +170,7 @@ class TrainConfigMethods(Settings):
         if c.lr_scheduler_type in SCHEDULERS_NEEDING_EVAL and not c.val_split:
             raise FieldError("lr_scheduler_type", f"{c.lr_scheduler_type!r} needs evaluation: set val_split "
                                                   "or choose another scheduler")
+        c.at_least(0, "torch_threads")
         if c.dataloader_num_workers is not None and c.dataloader_num_workers < 0:
             raise FieldError("dataloader_num_workers", f"must be >= 0 (or null for auto), got {c.dataloader_num_workers}")
         for r in c.report_to:

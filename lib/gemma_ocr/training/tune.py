@@ -6,6 +6,8 @@ import gc
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +214,11 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     output_dir, history, ...}``. GPU/CPU memory is released before returning.
     """
     config.validate()
+    with torch_threads(config.torch_threads):
+        return _train(config, callbacks)
+
+
+def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
     check_writable(config.output_dir, "output_dir", folder=True)
     started = time.time()
     if config.backend == "unsloth":
@@ -273,6 +280,20 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
         del trainer, model, processor
         tracking.finish()
         release_memory()
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch CPU threads (0: leave torch's setting), then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def release_memory() -> None:
