@@ -89,13 +89,14 @@ def test_server_killed_mid_run_then_resume_loses_and_repeats_nothing(tiny_server
         out = tmp_path / "r.json"
         cfg = _cfg(f"http://127.0.0.1:{port}", eval_data, out, top_k=None, workers=2, save_interval=1,
                    max_retries=1, backoff_base=0.05, max_tokens=24)
-        five = threading.Event()
+        five, stopped = threading.Event(), threading.Event()
         count = [0]
 
-        def on_sample(_):
+        def on_sample(_):  # the pool takes no new sample until the server is gone (a batching server is quick)
             count[0] += 1
             if count[0] >= 5:
                 five.set()
+                stopped.wait(150)
 
         errors: list[BaseException] = []
         t = threading.Thread(target=lambda: errors.append(_catch(lambda: evaluate(cfg, on_sample=on_sample))))
@@ -109,8 +110,10 @@ def test_server_killed_mid_run_then_resume_loses_and_repeats_nothing(tiny_server
             serve.kill()
             pytest.fail(f"serve.py did not stop within 120 s of Ctrl-C; its output:\n{serve.communicate()[0]}")
         assert code == 0, serve.communicate()[0]
+        stopped.set()
         t.join(120)
     finally:
+        stopped.set()
         if serve.poll() is None:
             serve.kill()
     with pytest.raises(requests.ConnectionError):

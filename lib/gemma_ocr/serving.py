@@ -23,6 +23,7 @@ manager does).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -48,6 +49,8 @@ ENGINES = ("transformers", "vllm")
 DEFAULT_PORT = 8000
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_MODEL_LEN = 8192
+DEFAULT_MAX_BATCH_SIZE = 8  # embedded server: most requests generated together
+DEFAULT_MAX_WAIT = 0.1  # embedded server: seconds a forming batch waits for requests still being read
 PARENT_PID_ENV = "GEMMA_OCR_SERVER_PARENT_PID"
 # The signal a server gets when its parent dies: the embedded server holds nothing worth a graceful exit;
 # vLLM's API server shuts its engine processes down on SIGTERM.
@@ -301,18 +304,27 @@ def start_server(
 # ---------------------------------------------------------------- the embedded server (child process)
 
 
-def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtype: str | None = None):  # -> FastAPI
-    """The FastAPI app of transformers' serving stack for one local model, answering to ``served_model_name``."""
+def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtype: str | None = None,
+              max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait: float = DEFAULT_MAX_WAIT):  # -> FastAPI
+    """The FastAPI app of transformers' serving stack for one local model, answering to ``served_model_name``.
+
+    Generation goes through :class:`gemma_ocr.batching.BatchingGenerateManager` (concurrent requests
+    batched; ``max_batch_size=1``: one at a time). Non-streaming chat completions also take ``stop``
+    (the stack's own handling failed: HTTP 500) and ``logprobs``/``top_logprobs`` (it ignored them).
+    """
     import torch
     from fastapi import HTTPException
     from fastapi.responses import JSONResponse
+    from openai.types.completion_usage import CompletionUsage
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
     from transformers.cli.serving.model_manager import ModelManager
     from transformers.cli.serving.response import ResponseHandler
     from transformers.cli.serving.server import build_server
     from transformers.cli.serving.transcription import TranscriptionHandler
-    from transformers.cli.serving.utils import GenerationState
+    from transformers.cli.serving.utils import GenerationState, parse_assistant_message
+
+    from gemma_ocr.batching import BatchingGenerateManager, GenerationJob, current_arrival, tokenizer_of
 
     if dtype is None:  # bf16 on a GPU; fp32 on a CPU (exact and faster there); never fp16 for Gemma 3
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
@@ -333,7 +345,51 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             return served_model_name, model, processor
 
     class Chat(_ServedName, ChatCompletionHandler):
-        pass
+        async def handle_request(self, body: dict, request_id: str):  # type: ignore[override]
+            if body.get("stream"):
+                return await super().handle_request(body, request_id)
+            return await self._batched(body, request_id)
+
+        async def _batched(self, body: dict, request_id: str):
+            """A non-streaming chat completion through the batching manager."""
+            self._validate_request(body)
+            stop = stop_strings(body.pop("stop", None))
+            top_logprobs = logprobs_option(body.pop("logprobs", None), body.pop("top_logprobs", None))
+            model_id, model, processor = self._resolve_model(body)
+            modality = self.model_manager.get_model_modality(model, processor=processor)
+            generation = self.generation_state.get_manager(model_id)
+            with current_arrival.get() or generation.arrival() as arrival:
+                inputs = await asyncio.to_thread(self._prompt, body, processor, modality)
+                config = self._build_generation_config(body, model.generation_config)
+                future = generation.submit(GenerationJob(model, processor, inputs, config, stop, top_logprobs))
+                arrival.done()
+            result = await asyncio.wrap_future(future)
+            content, reasoning, tool_calls = parse_assistant_message(
+                processor, model, result.token_ids, input_ids=inputs["input_ids"], cleaned_content=result.text,
+                tools=body.get("tools"))
+            if result.stop_string is not None:
+                content = result.text
+            prompt_tokens, completion_tokens = inputs["input_ids"].shape[-1], len(result.token_ids)
+            calls = [{"id": f"{request_id}_tool_call_{i}", "type": "function",
+                      "function": {"name": c.name, "arguments": c.arguments}} for i, c in enumerate(tool_calls or [])]
+            response = self._build_completion(
+                request_id, content, model_id, finish_reason="tool_calls" if calls else result.finish_reason,
+                usage=CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                                      total_tokens=prompt_tokens + completion_tokens),
+                tool_calls=calls or None, reasoning_content=reasoning)
+            choice = response["choices"][0]
+            if result.stop_string is not None:
+                choice["stop_reason"] = result.stop_string  # as vLLM names it
+            if result.logprobs is not None:
+                choice["logprobs"] = {"content": openai_logprobs(tokenizer_of(processor), result.logprobs)}
+            return JSONResponse(response, media_type="application/json")
+
+        def _prompt(self, body: dict, processor, modality) -> dict:
+            """The request's prompt tensors (images decoded, chat template applied): run off the event loop."""
+            messages = self.get_processor_inputs_from_messages(body["messages"], modality)
+            kwargs = {**self.chat_template_kwargs, **(body.get("chat_template_kwargs") or {})}
+            return dict(processor.apply_chat_template(messages, add_generation_prompt=True, tools=body.get("tools"),
+                                                      return_tensors="pt", return_dict=True, tokenize=True, **kwargs))
 
     class Completion(_ServedName, CompletionHandler):
         pass
@@ -341,7 +397,24 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     class Response(_ServedName, ResponseHandler):
         pass
 
-    state = GenerationState(continuous_batching=False, compile=False, cb_config=None)
+    class Batching(GenerationState):
+        """One batching manager per model, for every handler."""
+
+        def __init__(self) -> None:
+            super().__init__(continuous_batching=False, compile=False, cb_config=None)
+            self._batching: dict[str, BatchingGenerateManager] = {}
+
+        def get_manager(self, model_id: str, use_cb: bool = False) -> BatchingGenerateManager:  # type: ignore[override]
+            if model_id not in self._batching:
+                self._batching[model_id] = BatchingGenerateManager(max_batch_size, max_wait)
+            return self._batching[model_id]
+
+        def shutdown(self) -> None:
+            for m in self._batching.values():
+                m.stop()
+            super().shutdown()
+
+    state = Batching()
     handlers: dict[str, Any] = {
         "completion_handler": Completion(model_manager=manager, generation_state=state),
         "response_handler": Response(model_manager=manager, generation_state=state),
@@ -357,6 +430,26 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
                        **{k: v for k, v in handlers.items() if k in accepted})
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/models"]
 
+    chat_path = "/v1/chat/completions"
+
+    class CountArrivals:
+        """ASGI middleware: a chat completion counts as arriving from its first byte (its body is still to come)."""
+
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != chat_path:
+                return await self.app(scope, receive, send)
+            with state.get_manager(served_model_name).arrival() as arrival:
+                token = current_arrival.set(arrival)
+                try:
+                    await self.app(scope, receive, send)
+                finally:
+                    current_arrival.reset(token)
+
+    app.add_middleware(CountArrivals)
+
     @app.get("/v1/models")
     def list_models():
         return JSONResponse({"object": "list", "data": [
@@ -364,6 +457,48 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
         ]})
 
     return app
+
+
+MAX_STOP_STRINGS = 4  # the OpenAI API's limit
+MAX_TOP_LOGPROBS = 20
+
+
+def stop_strings(value: Any) -> tuple[str, ...]:
+    """A request's ``stop`` (a string, a list of up to 4, or null) as a tuple; anything else is HTTP 400."""
+    from fastapi import HTTPException
+
+    if value is None:
+        return ()
+    values = [value] if isinstance(value, str) else value
+    if (not isinstance(values, list) or len(values) > MAX_STOP_STRINGS
+            or not all(isinstance(s, str) and s for s in values)):
+        raise HTTPException(status_code=400, detail=f"`stop` must be a non-empty string or a list of up to "
+                                                    f"{MAX_STOP_STRINGS} of them, got {value!r}")
+    return tuple(values)
+
+
+def logprobs_option(logprobs: Any, top_logprobs: Any) -> int | None:
+    """``logprobs``/``top_logprobs`` of a request: None (no log-probabilities) or how many alternatives to list."""
+    from fastapi import HTTPException
+
+    if logprobs not in (None, True, False):
+        raise HTTPException(status_code=400, detail=f"`logprobs` must be true or false, got {logprobs!r}")
+    if top_logprobs is not None:
+        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise HTTPException(status_code=400, detail=f"`top_logprobs` must be a whole number from 0 to "
+                                                        f"{MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
+        if not logprobs:
+            raise HTTPException(status_code=400, detail="`top_logprobs` needs `logprobs: true`")
+    return (top_logprobs or 0) if logprobs else None
+
+
+def openai_logprobs(tokenizer: Any, logprobs: Sequence[Any]) -> list[dict[str, Any]]:
+    """``choices[0].logprobs.content`` in the OpenAI layout from :class:`gemma_ocr.batching.TokenLogprob` s."""
+    def entry(token_id: int, logprob: float) -> dict[str, Any]:
+        text = tokenizer.decode([token_id], skip_special_tokens=False)
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]} for t in logprobs]
 
 
 def _child_main(argv: Sequence[str] | None = None) -> None:
@@ -377,11 +512,18 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--served-model-name", default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default=None, help="bfloat16 or float32 (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                   help="most requests generated together (1: one at a time)")
+    p.add_argument("--max-wait", type=float, default=DEFAULT_MAX_WAIT,
+                   help="seconds a forming batch waits for requests still being read")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
+    if args.max_batch_size < 1 or not args.max_wait >= 0:
+        p.error("--max-batch-size must be >= 1 and --max-wait >= 0")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     name = args.served_model_name or default_served_name(args.model_dir)
-    app = build_app(args.model_dir, name, device=args.device, dtype=args.dtype)
+    app = build_app(args.model_dir, name, device=args.device, dtype=args.dtype,
+                    max_batch_size=args.max_batch_size, max_wait=args.max_wait)
     log.info("serving %s as %r on http://%s:%d", args.model_dir, name, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
 

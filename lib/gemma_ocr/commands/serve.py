@@ -5,9 +5,17 @@ from __future__ import annotations
 import signal
 import time
 
+from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ArgumentParser, flag_value
-from gemma_ocr.serving import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT, ENGINES, start_server
+from gemma_ocr.serving import (
+    DEFAULT_HOST,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_PORT,
+    ENGINES,
+    start_server,
+)
 
 
 def main() -> None:
@@ -20,9 +28,19 @@ def main() -> None:
     p.add_argument("--served-model-name", default=None, help="name clients send (default: the folder's name)")
     p.add_argument("--dtype", default=None, help="vllm: bfloat16 (default); transformers: bfloat16 on CUDA, float32 on CPU")
     p.add_argument("--max-model-len", type=flag_value(int), default=DEFAULT_MAX_MODEL_LEN, help="vllm: context length")
+    p.add_argument("--max-batch-size", type=flag_value(int), default=None,
+                   help=f"transformers: most concurrent requests generated together (default {DEFAULT_MAX_BATCH_SIZE}; "
+                        f"1: one at a time)")
     p.add_argument("--startup-timeout", type=flag_value(float), default=900.0, help="seconds to wait for the model to load")
     p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
     args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
+    if args.max_batch_size is not None:
+        if args.engine != "transformers":
+            raise GemmaOcrError("--max-batch-size is the embedded server's (--engine transformers); vLLM batches "
+                                "by itself (its --max-num-seqs caps a batch)")
+        if args.max_batch_size < 1:
+            raise GemmaOcrError(f"--max-batch-size must be >= 1 (1: one request at a time), got {args.max_batch_size}")
+        extra = ["--max-batch-size", str(args.max_batch_size), *extra]
 
     def on_term(*_):  # `kill PID` and a closed terminal stop the server like Ctrl-C does
         raise KeyboardInterrupt

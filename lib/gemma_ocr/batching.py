@@ -1,0 +1,390 @@
+"""Batched generation for the embedded server: requests that arrive together run as one ``generate`` call.
+
+transformers' serving stack runs one ``model.generate`` per request, and its continuous batching
+serves text-only models (not Gemma 3 with an image). :class:`BatchingGenerateManager` takes the
+place of its generation manager behind the same handlers. One inference thread takes the queued
+requests whose generation settings match (up to ``max_batch_size``), left-pads their prompts, runs
+them as one batch and gives each request its own answer, ended where that request ends:
+
+* at an end-of-turn/EOS token (``finish_reason`` ``stop``), at the request's own ``max_tokens``
+  (``length``), or at one of its ``stop`` strings (``stop``; the text ends before the stop string,
+  as the OpenAI API and vLLM have it);
+* with the log-probability of each generated token, and of the ``top_logprobs`` most likely ones,
+  when the request asks for ``logprobs``: the log-softmax of the scores the token was chosen from
+  (at temperature 0 without penalties: the model's own logits, what vLLM returns), the final
+  end-of-turn token included, as vLLM does.
+
+Padding is masked out, so a greedy answer is the one the request gets alone. While requests are
+still being read and prepared (counted from the moment they reach the server: :meth:`~BatchingGenerateManager.arrival`)
+the thread waits for them, up to ``max_wait`` seconds, so that clients that send together share a
+batch; a lone request does not wait.
+Streaming requests run alone, in arrival order, on the same thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import (
+    GenerationConfig,
+    LogitsProcessor,
+    LogitsProcessorList,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.cli.serving.utils import BaseGenerateManager, DirectStreamer, _GenerationCancelled, _StreamError
+
+from gemma_ocr.serving import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT
+
+log = logging.getLogger(__name__)
+
+# Per-token inputs, left-padded to the longest prompt of a batch (the value padding takes).
+_PADDED_INPUTS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
+_UNBATCHED_SETTINGS = ("max_new_tokens", "max_length", "stop_strings")  # settled per request
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log-probability and the most likely alternatives at its step."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass
+class Generation:
+    """One request's answer."""
+
+    token_ids: list[int]  # generated tokens, the final EOS/end-of-turn included (as ``generate`` returns them)
+    text: str  # decoded without special tokens, cut before a stop string
+    finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
+    stop_string: str | None = None  # the stop string that ended it
+    logprobs: list[TokenLogprob] | None = None  # None: not asked for
+
+
+@dataclass
+class GenerationJob:
+    """A request waiting for the inference thread."""
+
+    model: Any
+    processor: Any
+    inputs: dict[str, torch.Tensor]  # one prompt: [1, L] token tensors, pixel values
+    config: GenerationConfig
+    stop: tuple[str, ...] = ()
+    top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: and the k most likely
+    future: Future = field(default_factory=Future)
+    key: tuple = ()
+
+    def __post_init__(self) -> None:
+        self.key = batch_key(self)
+
+
+def batch_key(job: GenerationJob) -> tuple:
+    """Jobs with equal keys can share a batch: the same model, decoding settings and input layout."""
+    settings = {k: v for k, v in job.config.to_dict().items() if k not in _UNBATCHED_SETTINGS}
+    layout = tuple(sorted((name, str(value.dtype), None if name in _PADDED_INPUTS else tuple(value.shape[1:]))
+                          for name, value in job.inputs.items() if isinstance(value, torch.Tensor)))
+    untensored = any(not isinstance(v, torch.Tensor) for v in job.inputs.values())
+    return (id(job.model), json.dumps(settings, sort_keys=True, default=str), layout, untensored and id(job))
+
+
+def collate(inputs: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One batch of single-prompt inputs: token tensors left-padded to the longest, the others concatenated."""
+    if len(inputs) == 1:  # exactly what one-at-a-time generation gets
+        return dict(inputs[0])
+    longest = max(x["input_ids"].shape[-1] for x in inputs)
+    batch: dict[str, torch.Tensor] = {}
+    for name in inputs[0]:
+        values = [x[name] for x in inputs]
+        if name in _PADDED_INPUTS:
+            fill = pad_token_id if name == "input_ids" else _PADDED_INPUTS[name]
+            values = [torch.nn.functional.pad(v, (longest - v.shape[-1], 0), value=fill) for v in values]
+        batch[name] = torch.cat(values)
+    if "attention_mask" not in batch:
+        lengths = [x["input_ids"].shape[-1] for x in inputs]
+        batch["attention_mask"] = torch.stack([torch.arange(longest) >= longest - n for n in lengths]).long()
+    return batch
+
+
+def eos_token_ids(config: GenerationConfig) -> set[int]:
+    eos = config.eos_token_id
+    if eos is None:
+        return set()
+    return {int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])}
+
+
+class _Rows:
+    """Per-request bookkeeping of one batch: tokens, log-probabilities, where each request ends."""
+
+    def __init__(self, jobs: Sequence[GenerationJob], tokenizer: Any):
+        self.jobs = list(jobs)
+        self.tokenizer = tokenizer
+        self.eos = [eos_token_ids(j.config) for j in jobs]
+        self.limits = [j.config.max_new_tokens for j in jobs]
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.logprobs: list[list[TokenLogprob] | None] = [[] if j.top_logprobs is not None else None for j in jobs]
+        self.finish: list[str | None] = [None] * len(jobs)
+        self.stop_string: list[str | None] = [None] * len(jobs)
+        self.top_k = max((j.top_logprobs or 0 for j in jobs), default=0)
+        self.wants_logprobs = any(j.top_logprobs is not None for j in jobs)
+        self.step_logprobs: torch.Tensor | None = None  # [batch, vocab] of the step whose token comes next
+        # A stop string spans at most 4 tokens per character (byte-fallback tokens) plus special tokens.
+        self.stop_window = [4 * max((len(s) for s in j.stop), default=0) + 8 for j in jobs]
+
+    def record_scores(self, scores: torch.Tensor) -> None:
+        if self.wants_logprobs:
+            self.step_logprobs = torch.log_softmax(scores.float(), dim=-1)
+
+    def add(self, row: int, token: int) -> None:
+        """Take ``token`` as request ``row``'s next one and decide whether it has ended."""
+        tokens = self.tokens[row]
+        tokens.append(token)
+        if self.logprobs[row] is not None and self.step_logprobs is not None:
+            lp = self.step_logprobs[row]
+            k = self.jobs[row].top_logprobs or 0
+            top: tuple[tuple[int, float], ...] = ()
+            if k:
+                values, ids = torch.topk(lp, min(k, lp.shape[-1]))
+                top = tuple(zip(ids.tolist(), values.tolist()))
+            self.logprobs[row].append(TokenLogprob(token, float(lp[token]), top))
+        if token in self.eos[row]:
+            self.finish[row] = "stop"
+        elif self.jobs[row].stop and self._stop_string(row):
+            self.finish[row] = "stop"
+        elif self.limits[row] is not None and len(tokens) >= self.limits[row]:
+            self.finish[row] = "length"
+
+    def _stop_string(self, row: int) -> bool:
+        tail = self.tokenizer.decode(self.tokens[row][-self.stop_window[row]:], skip_special_tokens=True)
+        found = [s for s in self.jobs[row].stop if s in tail]
+        if found:
+            self.stop_string[row] = found[0]
+        return bool(found)
+
+    def result(self, row: int) -> Generation:
+        tokens = self.tokens[row]
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        if self.stop_string[row] is not None:
+            cuts = [text.find(s) for s in self.jobs[row].stop if s in text]
+            text = text[: min(cuts)] if cuts else text
+        return Generation(tokens, text, self.finish[row] or "length", self.stop_string[row], self.logprobs[row])
+
+
+class _RecordScores(LogitsProcessor):
+    """Keeps each step's log-probabilities for :class:`_EndPerRow` (the scores pass unchanged)."""
+
+    def __init__(self, rows: _Rows):
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.rows.record_scores(scores)
+        return scores
+
+
+class _EndPerRow(StoppingCriteria):
+    """Records each request's new token and ends the requests that are done (EOS, stop string, own limit)."""
+
+    def __init__(self, rows: _Rows):
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        rows = self.rows
+        for row, token in enumerate(input_ids[:, -1].tolist()):
+            if rows.finish[row] is None:
+                rows.add(row, token)
+        return torch.tensor([f is not None for f in rows.finish], dtype=torch.bool, device=input_ids.device)
+
+
+def tokenizer_of(processor: Any) -> Any:
+    """The text tokenizer of a processor (a tokenizer is its own)."""
+    return getattr(processor, "tokenizer", processor)
+
+
+def generate_batch(jobs: Sequence[GenerationJob]) -> list[Generation]:
+    """Run ``jobs`` (equal :func:`batch_key`) as one ``generate`` call; their answers in order."""
+    model, processor = jobs[0].model, jobs[0].processor
+    tokenizer = tokenizer_of(processor)
+    config = GenerationConfig.from_dict(jobs[0].config.to_dict())
+    config.max_new_tokens = max(j.config.max_new_tokens or 20 for j in jobs)
+    config.stop_strings = None
+    pad = config.pad_token_id if config.pad_token_id is not None else tokenizer.pad_token_id
+    if pad is None:
+        pad = next(iter(eos_token_ids(config)), 0)
+        config.pad_token_id = pad
+    inputs = collate([j.inputs for j in jobs], int(pad))
+    inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    rows = _Rows(jobs, tokenizer)
+    kwargs: dict[str, Any] = {}
+    if hasattr(model, "has_talker"):
+        kwargs["generation_mode"] = "text"
+    with torch.inference_mode():
+        model.generate(**inputs, generation_config=config, logits_processor=LogitsProcessorList([_RecordScores(rows)]),
+                       stopping_criteria=StoppingCriteriaList([_EndPerRow(rows)]), **kwargs)
+    return [rows.result(i) for i in range(len(jobs))]
+
+
+class Arrival:
+    """A request on its way to :meth:`BatchingGenerateManager.submit` (see :meth:`~BatchingGenerateManager.arrival`)."""
+
+    def __init__(self, manager: BatchingGenerateManager):
+        self._manager: BatchingGenerateManager | None = manager
+        manager._count_arrival(+1)
+
+    def done(self) -> None:
+        """No longer on its way (idempotent)."""
+        if self._manager is not None:
+            self._manager._count_arrival(-1)
+            self._manager = None
+
+    def __enter__(self) -> Arrival:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.done()
+
+
+#: The arrival of the request being handled, set by the server's middleware when the request comes in.
+current_arrival: contextvars.ContextVar[Arrival | None] = contextvars.ContextVar("current_arrival", default=None)
+
+
+@dataclass
+class _StreamJob:
+    """A streaming request: generated alone, its tokens pushed to the handler's queue."""
+
+    run: Any  # () -> None
+
+
+class BatchingGenerateManager(BaseGenerateManager):
+    """transformers' generation manager interface, with concurrent non-streaming requests batched."""
+
+    def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait: float = DEFAULT_MAX_WAIT):
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.max_batch_size, self.max_wait = max_batch_size, max_wait
+        self._jobs: deque[GenerationJob | _StreamJob] = deque()
+        self._cond = threading.Condition()
+        self._preparing = 0
+        self._closed = False
+        self.batch_sizes: list[int] = []  # of the batches run so far (for tests and logs)
+        self._thread = threading.Thread(target=self._work, name="batched-generate", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------ what the handlers call
+
+    def arrival(self) -> Arrival:
+        """Count a request that has reached the server and will be submitted: a forming batch waits for it
+        until :meth:`Arrival.done` (called once it is submitted, or has failed)."""
+        return Arrival(self)
+
+    def _count_arrival(self, change: int) -> None:
+        with self._cond:
+            self._preparing += change
+            self._cond.notify_all()
+
+    def submit(self, job: GenerationJob) -> Future:
+        """Queue ``job``; its future gets the :class:`Generation` (or the exception generation raised)."""
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the generation manager has stopped")
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return job.future
+
+    async def generate(self, job: GenerationJob) -> Generation:
+        return await asyncio.wrap_future(self.submit(job))
+
+    async def generate_non_streaming(self, model, processor, inputs, gen_config, request_id):  # type: ignore[override]
+        """The interface of transformers' managers (used by /v1/completions and /v1/responses)."""
+        result = await self.generate(GenerationJob(model, processor, dict(inputs), gen_config))
+        return result.text, inputs["input_ids"].shape[-1], result.token_ids
+
+    def generate_streaming(self, model, processor, inputs, gen_config, request_id, response_parser=None):  # type: ignore[override]
+        """Stream one request's tokens (alone, in arrival order). A ``stop`` string ends it; the streamed text
+        keeps it (the tokens are out before the string is complete)."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        tokenizer = tokenizer_of(processor)
+        streamer = DirectStreamer(tokenizer._tokenizer, loop, queue, response_parser=response_parser)
+        # StopStringCriteria needs the tokenizer's vocabulary: the processor has none (HTTP 500 before).
+        kwargs = {**inputs, "streamer": streamer, "generation_config": gen_config, "tokenizer": tokenizer}
+        if hasattr(model, "has_talker"):
+            kwargs["generation_mode"] = "text"
+
+        def run() -> None:
+            try:
+                with torch.inference_mode():
+                    model.generate(**kwargs)
+            except _GenerationCancelled:
+                loop.call_soon_threadsafe(queue.put_nowait, None)
+            except Exception as e:  # the stream ends with the error, as transformers' own manager does
+                loop.call_soon_threadsafe(queue.put_nowait, _StreamError(str(e)))
+
+        with self._cond:
+            self._jobs.append(_StreamJob(run))
+            self._cond.notify_all()
+        return queue, streamer
+
+    def stop(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    # ------------------------------------------------------------ the inference thread
+
+    def _take(self) -> list[GenerationJob] | _StreamJob | None:
+        """The next batch (or streaming job), once there is one; None when stopped."""
+        with self._cond:
+            while not self._jobs:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            first = self._jobs.popleft()
+            if isinstance(first, _StreamJob):
+                return first
+            batch = [first]
+            deadline = time.monotonic() + self.max_wait
+            while len(batch) < self.max_batch_size:
+                match = next((j for j in self._jobs if isinstance(j, GenerationJob) and j.key == first.key), None)
+                if match is not None:
+                    self._jobs.remove(match)
+                    batch.append(match)
+                    continue
+                remaining = deadline - time.monotonic()
+                if self._preparing == 0 or remaining <= 0 or self._closed:
+                    break
+                self._cond.wait(remaining)
+            return batch
+
+    def _work(self) -> None:
+        while True:
+            taken = self._take()
+            if taken is None:
+                return
+            if isinstance(taken, _StreamJob):
+                taken.run()
+                continue
+            self.batch_sizes.append(len(taken))
+            t = time.perf_counter()
+            try:
+                results = generate_batch(taken)
+            except Exception as e:  # every request of the batch gets the error (HTTP 500)
+                log.exception("generation failed for a batch of %d", len(taken))
+                for job in taken:
+                    job.future.set_exception(e)
+                continue
+            log.info("batch of %d in %.3fs", len(taken), time.perf_counter() - t)
+            for job, result in zip(taken, results):
+                job.future.set_result(result)
+

@@ -1,0 +1,143 @@
+"""The embedded server's generation: batches of concurrent requests, ``stop``, ``logprobs``, really served."""
+
+from __future__ import annotations
+
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import requests
+from eval_fixtures import eval_env
+
+from gemma_ocr.data.records import load_records
+from gemma_ocr.evaluation import build_request, encode_image
+from gemma_ocr.serving import start_server
+
+INSTRUCTIONS = ("OCR", "Read the text in this image")  # two prompt lengths: batches get left padding
+
+
+def _chat(session: requests.Session, url: str, body: dict) -> dict:
+    r = session.post(url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+@pytest.fixture(scope="module")
+def images(eval_data) -> list[str]:
+    return [encode_image(r.image_path) for r in load_records(eval_data)]
+
+
+def test_stop_ends_the_answer_before_the_stop_string_and_the_connection_stays_usable(tiny_server, images):
+    """`stop` used to be HTTP 500 (transformers' stop-string check asked the processor for a vocabulary) and the
+    next request on the same keep-alive connection was reset."""
+    import openai
+
+    url, name = tiny_server
+    with requests.Session() as s:
+        full = _chat(s, url, build_request(name, images[0], "OCR", 12))["choices"][0]["message"]["content"]
+        assert len(full) >= 4, full
+        stop = full[2:4]
+        body = {**build_request(name, images[0], "OCR", 12), "stop": [stop, "never printed"]}
+        choice = _chat(s, url, body)["choices"][0]
+        assert choice["message"]["content"] == full[: full.find(stop)]
+        assert choice["finish_reason"] == "stop" and choice["stop_reason"] == stop
+        again = _chat(s, url, build_request(name, images[0], "OCR", 12))  # the same connection
+        assert again["choices"][0]["message"]["content"] == full
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=60)
+    resp = client.chat.completions.create(model=name, temperature=0, max_tokens=12, stop=stop,
+                                          messages=build_request(name, images[0], "OCR", 12)["messages"])
+    assert resp.choices[0].message.content == full[: full.find(stop)] and resp.choices[0].finish_reason == "stop"
+
+
+def test_logprobs_are_the_models_own_and_name_each_generated_token(tiny_server, merged_model, images, eval_data):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    url, name = tiny_server
+    body = {**build_request(name, images[0], "OCR", 8), "logprobs": True, "top_logprobs": 3}
+    with requests.Session() as s:
+        response = _chat(s, url, body)
+        plain = _chat(s, url, build_request(name, images[0], "OCR", 8))
+    choice = response["choices"][0]
+    content = choice["logprobs"]["content"]
+    assert choice["message"]["content"] == plain["choices"][0]["message"]["content"]  # asking changes no answer
+    assert len(content) == response["usage"]["completion_tokens"] == 8 and choice["finish_reason"] == "length"
+    assert "".join(t["token"] for t in content) == choice["message"]["content"]
+    for t in content:
+        top = t["top_logprobs"]
+        assert len(top) == 3 and [x["logprob"] for x in top] == sorted((x["logprob"] for x in top), reverse=True)
+        assert t["logprob"] <= 0 and top[0]["token"] == t["token"] and top[0]["logprob"] == t["logprob"]  # greedy
+        assert sum(math.exp(x["logprob"]) for x in top) <= 1 + 1e-6
+        assert t["bytes"] == list(t["token"].encode())
+    # The first token's log-probability is the model's own: the log-softmax of its logits on the same prompt.
+    folder = merged_model[0]
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    messages = [{"role": "user", "content": [{"type": "image", "url": load_records(eval_data)[0].image_path},
+                                             {"type": "text", "text": "OCR"}]}]
+    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                           return_tensors="pt")
+    with torch.no_grad():
+        first = torch.log_softmax(model(**inputs).logits[0, -1].float(), dim=-1)
+    assert abs(first.max().item() - content[0]["logprob"]) < 1e-4
+    with requests.Session() as s:
+        refused = s.post(url + "/v1/chat/completions", timeout=60, json={**body, "logprobs": False})
+        assert refused.status_code == 400 and "top_logprobs" in refused.text
+        assert s.post(url + "/v1/chat/completions", timeout=60, json={**body, "stop": [1]}).status_code == 400
+
+
+@pytest.mark.slow
+def test_concurrent_requests_are_batched_and_answer_as_one_at_a_time(merged_model, images, tmp_path):
+    """Eight clients at once on a batching server get what a one-at-a-time server answers, token for token."""
+    bodies = [{**build_request("m", image, INSTRUCTIONS[i % 2], 6 + i % 5), "logprobs": True}
+              for i, image in enumerate(images)]
+    answers = {}
+    for mode, flags in (("sequential", ["--max-batch-size", "1"]), ("batched", [])):
+        log_file = tmp_path / f"{mode}.log"
+        with start_server(merged_model[0], served_model_name="m", env=eval_env(), startup_timeout=180,
+                          log_file=log_file, extra_args=["--log-level", "warning", *flags]) as (url, _):
+            with requests.Session() as s, ThreadPoolExecutor(8 if mode == "batched" else 1) as pool:
+                s.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=8))
+                answers[mode] = list(pool.map(lambda b: _chat(s, url, b)["choices"][0], bodies))
+        sizes = [int(line.split()[3]) for line in log_file.read_text().splitlines() if " batch of " in line]
+        assert sizes and (max(sizes) > 1 if mode == "batched" else max(sizes) == 1), (mode, sizes)
+    for one, together in zip(answers["sequential"], answers["batched"]):
+        assert together["message"]["content"] == one["message"]["content"]
+        assert together["finish_reason"] == one["finish_reason"]
+        assert [t["token"] for t in together["logprobs"]["content"]] == [t["token"] for t in one["logprobs"]["content"]]
+        for a, b in zip(together["logprobs"]["content"], one["logprobs"]["content"]):
+            assert a["logprob"] == pytest.approx(b["logprob"], abs=1e-4)
+
+
+def test_generate_batch_matches_one_at_a_time_with_padding_limits_and_stops(merged_model, eval_data):
+    """In process: one batch of prompts of two lengths, each with its own max_new_tokens and stop strings."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from gemma_ocr.batching import GenerationJob, generate_batch
+
+    torch.set_num_threads(1)
+    folder = merged_model[0]
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    config = model.generation_config
+    config.do_sample = False
+    jobs = []
+    for i, record in enumerate(load_records(eval_data)[:4]):
+        messages = [{"role": "user", "content": [{"type": "image", "url": record.image_path},
+                                                 {"type": "text", "text": INSTRUCTIONS[i % 2]}]}]
+        inputs = dict(processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                    return_dict=True, return_tensors="pt"))
+        job_config = type(config).from_dict({**config.to_dict(), "max_new_tokens": 5 + 2 * i})
+        jobs.append((inputs, job_config))
+    alone = [generate_batch([GenerationJob(model, processor, x, c, top_logprobs=0)])[0] for x, c in jobs]
+    assert len({x["input_ids"].shape[-1] for x, _ in jobs}) == 2
+    stop = alone[3].text[3:5]
+    together = generate_batch([GenerationJob(model, processor, x, c, stop=(stop,) if i == 3 else (), top_logprobs=0)
+                               for i, (x, c) in enumerate(jobs)])
+    for i, (a, b) in enumerate(zip(alone[:3], together[:3])):
+        assert b.token_ids == a.token_ids and b.text == a.text and len(b.token_ids) == 5 + 2 * i
+        assert b.finish_reason == a.finish_reason == "length"
+        assert [t.logprob for t in b.logprobs] == pytest.approx([t.logprob for t in a.logprobs], abs=1e-4)
+    assert together[3].text == alone[3].text[: alone[3].text.find(stop)]
+    assert together[3].finish_reason == "stop" and together[3].stop_string == stop
