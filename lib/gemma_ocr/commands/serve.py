@@ -22,7 +22,10 @@ def main() -> None:
     p = ArgumentParser(description=__doc__)
     p.add_argument("model_dir", help=f"merged checkpoint folder (e.g. {LAYOUT.merged})")
     p.add_argument("--engine", choices=ENGINES, default="transformers",
-                   help="transformers: embedded, CPU or GPU; vllm: production (CUDA)")
+                   help="transformers: embedded, CPU or GPU; vllm: production (its CUDA or CPU build)")
+    p.add_argument("--vllm-python", default=None, metavar="PATH",
+                   help="vllm: the python of the venv that has vLLM (e.g. .venv-vllm/bin/python from "
+                        "scripts/build_vllm_env.sh; default: this one, or the vllm command on PATH)")
     p.add_argument("--port", type=flag_value(int), default=DEFAULT_PORT)
     p.add_argument("--host", default=DEFAULT_HOST, help="0.0.0.0 to accept other machines")
     p.add_argument("--served-model-name", default=None, help="name clients send (default: the folder's name)")
@@ -49,7 +52,8 @@ def main() -> None:
     signal.signal(signal.SIGHUP, on_term)
     with start_server(args.model_dir, engine=args.engine, port=args.port, host=args.host,
                       served_model_name=args.served_model_name, dtype=args.dtype, max_model_len=args.max_model_len,
-                      startup_timeout=args.startup_timeout, log_file=args.log_file, extra_args=extra) as (url, name):
+                      startup_timeout=args.startup_timeout, log_file=args.log_file, extra_args=extra,
+                      vllm_python=args.vllm_python) as (url, name):
         print(f"serving {args.model_dir} ({args.engine}) at {url}  model name: {name}", flush=True)
         print(f"evaluate: python core/evaluate.py --vllm-url {url}/v1/chat/completions --model-name {name}", flush=True)
         print(f"transcribe: python core/transcribe.py IMAGES... --vllm-url {url} --model-name {name}", flush=True)
