@@ -94,11 +94,18 @@ def write_data(path: Path, items: list[tuple[str, str]]) -> Path:
 
 
 class ScriptedServer:
-    """A local HTTP server that answers chat completions from a script (for retry behaviour only)."""
+    """A local HTTP server that answers chat completions from a script (retry behaviour, crafted answers).
 
-    def __init__(self, statuses: list[int], model: str = "m"):
+    ``answers``: the choices to give in turn (``{"content", "finish_reason", "logprobs": [floats]}``; the
+    last one repeats); ``refuse_logprobs``: answer HTTP 400 to a request that asks for log-probabilities.
+    """
+
+    def __init__(self, statuses: list[int], model: str = "m", answers: list[dict] | None = None,
+                 refuse_logprobs: bool = False):
         self.statuses = list(statuses)
+        self.answers = list(answers or [{"content": "hello", "finish_reason": "stop"}])
         self.requests = 0
+        self.bodies: list[dict] = []
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -120,11 +127,19 @@ class ScriptedServer:
                     self._send(200, {"object": "list", "data": [{"id": model, "object": "model"}]})
 
             def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 owner.requests += 1
+                owner.bodies.append(body)
                 code = owner.statuses.pop(0) if owner.statuses else 200
-                if code == 200:
-                    self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": "hello"}}]})
+                if refuse_logprobs and body.get("logprobs"):
+                    self._send(400, {"error": "logprobs is not supported"})
+                elif code == 200:
+                    answer = owner.answers.pop(0) if len(owner.answers) > 1 else owner.answers[0]
+                    choice = {"index": 0, "finish_reason": answer.get("finish_reason"),
+                              "message": {"role": "assistant", "content": answer["content"]}}
+                    if answer.get("logprobs") is not None and body.get("logprobs"):
+                        choice["logprobs"] = {"content": [{"token": "?", "logprob": v} for v in answer["logprobs"]]}
+                    self._send(200, {"choices": [choice]})
                 else:
                     self._send(code, {"error": f"scripted {code}"})
 

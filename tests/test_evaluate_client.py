@@ -38,7 +38,9 @@ def test_results_follow_the_seed_layout_and_top_k(tiny_server, eval_data, tmp_pa
     assert [s["label"] for s in doc["samples"]] == labels  # the first K, in order
     for s in doc["samples"]:
         assert {"image_path", "label", "prediction", "cer_score", "f1_score", "normalized_cer_score", "status"} <= set(s)
-        assert s["status"] in ("ok", "empty")
+        assert s["status"] in ("ok", "empty", "truncated", "repetition") and s["finish_reason"] in ("stop", "length")
+        assert (s["status"] == "truncated") == (s["finish_reason"] == "length" and s["status"] != "repetition")
+        assert s["min_logprob"] <= s["mean_logprob"] <= 0  # the embedded server returns log-probabilities
     # overall figures are the micro averages of the per-sample predictions (empty predictions included)
     scores = score_pairs([s["prediction"] for s in doc["samples"]], labels)
     assert doc["overall_cer"] == pytest.approx(aggregate(scores).cer_micro)
@@ -172,8 +174,12 @@ def test_retries_only_transient_failures(eval_data, tmp_path):
         doc = evaluate(_cfg(s.url, eval_data, tmp_path / "a.json", top_k=1, model_name="m", backoff_base=0.01)).document
         assert s.requests == 3 and doc["samples"][0]["status"] == "ok"
     with ScriptedServer([400]) as s:  # a client error is not retried
-        doc = evaluate(_cfg(s.url, eval_data, tmp_path / "b.json", top_k=1, model_name="m", backoff_base=0.01)).document
+        doc = evaluate(_cfg(s.url, eval_data, tmp_path / "b.json", top_k=1, model_name="m", backoff_base=0.01,
+                            logprobs=False)).document
         assert s.requests == 1 and doc["samples"][0]["status"] == "error" and "HTTP 400" in doc["samples"][0]["error"]
+    with ScriptedServer([400, 400]) as s:  # asked again without logprobs: still refused, so not about them
+        doc = evaluate(_cfg(s.url, eval_data, tmp_path / "b2.json", top_k=1, model_name="m")).document
+        assert s.requests == 2 and doc["samples"][0]["status"] == "error" and "HTTP 400" in doc["samples"][0]["error"]
     with ScriptedServer([500, 500, 500]) as s:  # retries run out: recorded as an error, retried on resume
         doc = evaluate(_cfg(s.url, eval_data, tmp_path / "c.json", top_k=1, model_name="m", max_retries=2, backoff_base=0.01)).document
         assert s.requests == 3 and doc["samples"][0]["status"] == "error"

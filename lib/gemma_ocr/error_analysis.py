@@ -9,6 +9,8 @@ From a results file of ``evaluate.py`` (and optionally a baseline's, on the same
 * **characters**: for each reference character, how often it was missed or misread.
 * **CER by reference length**, **slices** (per script, line length and source: :mod:`gemma_ocr.slices`), and
   the **worst samples** with their image and the edits highlighted.
+* **statuses** (truncated, repetition: :mod:`gemma_ocr.degenerate`) and **CER against confidence** (the
+  least confident token's probability, where the server returned log-probabilities).
 * **against a baseline**: the samples matched by image and label, how many got better or worse, the largest
   regressions.
 
@@ -18,6 +20,7 @@ and the plots as PNG files.
 
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,7 +33,7 @@ from gemma_ocr.io import read_json
 from gemma_ocr.metrics import cer as sample_cer
 from gemma_ocr.metrics import (DEFAULT_PROFILE, DEFAULT_UNIT, as_units, normalization_description, normalize_text,
                                split_units)
-from gemma_ocr.results import STATUS_ERROR, check_results_document, clusters_of, sample_status
+from gemma_ocr.results import STATUS_ERROR, STATUSES, check_results_document, clusters_of, sample_status
 from gemma_ocr.slices import LENGTH_BUCKETS, sample_slices, slice_order
 
 if TYPE_CHECKING:
@@ -60,6 +63,8 @@ class SampleErrors:
     label: str | None = None  # the reference as the data has it (before normalization); None: ``reference``
     source: str | None = None  # the page or document the data names for it
     unit: str = DEFAULT_UNIT  # what one character is (gemma_ocr.metrics.CHARACTER_UNITS)
+    status: str = "ok"  # ok, empty, truncated or repetition (gemma_ocr.results)
+    min_logprob: float | None = None  # the least confident token's log-probability, where the server gave them
 
     @property
     def length(self) -> int:
@@ -152,6 +157,16 @@ class ErrorAnalysis:
         ``{dimension: [{slice, samples, cer_micro, edits, reference_chars}]}``; they add up to the totals."""
         return slice_table(self.samples, self.unit)
 
+    def status_counts(self) -> dict[str, int]:
+        """Samples by status, the failed requests included."""
+        counts = Counter(s.status for s in self.samples)
+        counts[STATUS_ERROR] = len(self.failed)
+        return {status: counts.get(status, 0) for status in STATUSES}
+
+    def confidence(self) -> list[tuple[float, float, str]]:
+        """(least confident token's probability, CER, status) of each scored sample that has log-probabilities."""
+        return [(math.exp(s.min_logprob), s.cer, s.status) for s in self.scored if s.min_logprob is not None]
+
     def worst(self, n: int) -> list[SampleErrors]:
         """The ``n`` samples with the highest CER (most edits first among equals)."""
         return sorted(self.samples, key=lambda s: (-s.cer, -s.edits, s.index))[:n]
@@ -172,6 +187,10 @@ def analyze_document(document: Any, source: str = "results file", normalized: bo
             reference, prediction = normalize_text(reference, profile), normalize_text(prediction, profile)
         sample = align(int(s.get("index", position)), str(s.get("image_path", "")), reference, prediction, unit)
         sample.label, sample.source = s.get("label") or "", s.get("source")
+        sample.status = sample_status(s)
+        lowest = s.get("min_logprob")
+        if isinstance(lowest, (int, float)) and not isinstance(lowest, bool) and math.isfinite(lowest):
+            sample.min_logprob = float(lowest)
         analysed.append(sample)
     text = f"normalized ({profile}): {normalization_description(profile)}" if normalized else "raw"
     answered = [s for s in samples if sample_status(s) != STATUS_ERROR]

@@ -54,6 +54,7 @@ def write_report(analysis: ErrorAnalysis, output_dir: str | os.PathLike[str], wo
     plots = [p for p in (_cer_histogram(analysis, comparison, out / "cer_histogram.png"),
                          _cer_by_length(analysis, comparison, out / "cer_by_length.png"),
                          _confusions_plot(analysis, out / "confusions.png"),
+                         _confidence_plot(analysis, out / "cer_vs_confidence.png"),
                          _scatter(comparison, out / "cer_vs_baseline.png") if comparison else None) if p]
     summary_path = atomic_write_json(out / "summary.json", summary)
     page = atomic_write_text(out / "report.html", _html(analysis, summary, plots, worst, comparison))
@@ -71,6 +72,7 @@ def summarize(analysis: ErrorAnalysis, worst: int, comparison: Comparison | None
         "scored_samples": len(analysis.samples),
         "empty_references": len(analysis.samples) - len(analysis.scored),
         "failed_samples": len(analysis.failed),
+        "status_counts": analysis.status_counts(),
         "cer_micro": analysis.cer_micro,
         "totals": analysis.totals(),
         "confusions": analysis.confusions(100),
@@ -115,7 +117,7 @@ def paired_figures(comparison: Comparison, n_resamples: int = DEFAULT_RESAMPLES,
 
 def _sample_row(s: SampleErrors) -> dict[str, Any]:
     return {"index": s.index, "image_path": s.image_path, "reference": s.reference, "prediction": s.prediction,
-            "cer": s.cer, "edits": s.edits}
+            "cer": s.cer, "edits": s.edits, "status": s.status}
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -176,6 +178,30 @@ def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
     use_font_for("".join(labels), ax.get_yticklabels())
     ax.set_xlabel("count (red: misread, purple: missed, orange: extra)")
     ax.set_title("Most frequent character errors (reference → prediction)")
+    return save_png(fig, path)
+
+
+STATUS_COLOURS = {"ok": MODEL_COLOUR, "empty": "tab:gray", "truncated": "tab:orange", "repetition": "tab:red"}
+
+
+def _confidence_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
+    """Per sample: CER against the probability of its least confident token (where the server gave them)."""
+    import matplotlib.pyplot as plt
+
+    points = analysis.confidence()
+    if not points:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for status, colour in STATUS_COLOURS.items():
+        chosen = [(p, c) for p, c, s in points if s == status]
+        if chosen:
+            ax.scatter([p for p, _ in chosen], [min(c, 1.5) for _, c in chosen], s=12, alpha=0.6, color=colour,
+                       label=f"{status} ({len(chosen)})")
+    ax.set_xscale("log")
+    ax.set_xlabel("probability of the least confident token (log scale)")
+    ax.set_ylabel("CER (above 1.5 shown at 1.5)")
+    ax.set_title("CER against confidence: low-confidence lines are the ones to check")
+    ax.legend(fontsize=8)
     return save_png(fig, path)
 
 
@@ -276,6 +302,8 @@ def _sample_rows(samples: list[tuple[SampleErrors, SampleErrors | None]]) -> lis
         if base is not None:
             texts += f'<div class="text muted">baseline: {html.escape(base.prediction) or MISSING}</div>'
         cer = f"{s.cer:.3f}" + (f"<br><span class=muted>was {base.cer:.3f}</span>" if base is not None else "")
+        if s.status != "ok":
+            cer += f"<br><span class=muted>{html.escape(s.status)}</span>"
         rows.append([str(s.index), _thumbnail(s.image_path) + f'<div class="muted">{html.escape(s.image_path)}</div>',
                      texts, cer])
     return rows
@@ -293,7 +321,11 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
                     [[str(summary["samples"]), str(summary["scored_samples"]), str(summary["empty_references"]),
                       str(summary["failed_samples"]), str(totals["reference_chars"]), str(totals["edits"]),
                       f"{summary['cer_micro']:.4f}", str(totals["substitutions"]), str(totals["deletions"]),
-                      str(totals["insertions"])]], numeric=set(range(10)))]
+                      str(totals["insertions"])]], numeric=set(range(10))),
+             _table(list(summary["status_counts"]), [[str(n) for n in summary["status_counts"].values()]],
+                    numeric=set(range(len(summary["status_counts"])))),
+             '<p class=muted>truncated: cut at max_tokens; repetition: caught in a repetition loop; both are '
+             'scored as they are (gemma_ocr.degenerate states the rule)</p>']
     for who, flags in ((analysis.model_name, summary["answers"]["flags"]),
                        *(((summary["baseline"]["model_name"], summary["baseline"]["answers"]["flags"]),)
                          if comparison is not None else ())):

@@ -1,16 +1,20 @@
 """Threaded evaluation client of an OpenAI-compatible chat-completions endpoint (vLLM, the embedded server).
 
 Each image goes as a base64 data URL with the instruction in one chat-completions request
-(temperature 0). Workers share one ``requests.Session`` (a connection pool per server); several
-server URLs share the load round-robin. A request is retried only on connection errors,
-timeouts and HTTP 408/429/5xx, with exponential backoff and jitter. Every sample ends with a
-status: ``ok``, ``empty`` (the model answered nothing: scored as an empty prediction) or
-``error`` (the request failed, or the image is missing/corrupt: recorded with its message,
-never scored, retried when the run is resumed).
+(temperature 0, token log-probabilities asked for). Workers share one ``requests.Session`` (a
+connection pool per server); several server URLs share the load round-robin. A request is retried
+only on connection errors, timeouts and HTTP 408/429/5xx, with exponential backoff and jitter.
+Every sample ends with a status: ``ok``, ``empty`` (the model answered nothing: scored as an empty
+prediction), ``truncated`` (cut at max_tokens), ``repetition`` (a repetition loop; the rule is in
+:mod:`gemma_ocr.degenerate`) or ``error`` (the request failed, or the image is missing/corrupt:
+recorded with its message, never scored, retried when the run is resumed). Truncated and repetition
+answers are scored like the others and counted apart; ``retry_temperature`` asks for them once more
+at that temperature (off by default). An answer records its ``finish_reason`` and, where the server
+returns log-probabilities, the mean and the minimum log-probability of its tokens (its confidence).
 
 Results are written atomically every ``save_interval`` finished samples and at the end, in the
 layout of :mod:`gemma_ocr.results`. Rerunning the same command resumes: samples already ``ok``
-or ``empty`` are kept as they are, ``error`` and missing ones are requested again. A rerun never
+(or truncated/repetition) are kept as they are, ``error`` and missing ones are requested again. A rerun never
 shrinks a results file: one that holds samples this run would not keep (a smaller ``top_k``, a
 changed data file) is refused. When every worker's requests time out in a row, or every server
 refuses connections, the run stops early with what it saved.
@@ -47,8 +51,18 @@ from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.engines import SERVER, Engine, EngineConfig, open_engine
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, read_json
+from gemma_ocr.degenerate import STATUS_RULES, answer_status
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, ScoringConfig, build_document, sample_status
+from gemma_ocr.results import (
+    ANSWERED,
+    STATUS_ERROR,
+    STATUS_REPETITION,
+    STATUS_TRUNCATED,
+    STATUSES,
+    ScoringConfig,
+    build_document,
+    sample_status,
+)
 from gemma_ocr.settings import FieldError
 
 log = logging.getLogger(__name__)
@@ -79,6 +93,12 @@ class RequestConfig(EngineConfig):
     max_retries: int = field(default=3, metadata={
         "help": "extra attempts of a request after connection errors, timeouts, 408/429/5xx"})
     max_tokens: int = field(default=512, metadata={"help": "longest answer in tokens"})
+    logprobs: bool = field(default=True, metadata={
+        "help": "ask for token log-probabilities (each answer's confidence: mean and minimum); a server that "
+                "refuses them is asked without"})
+    retry_temperature: float | None = field(default=None, metadata={
+        "help": "ask once more at this temperature for an answer cut at max_tokens or caught in a repetition "
+                "loop, and keep the retry if it is neither (None: no retry)"})
     resume: bool = field(default=True, metadata={"help": "resume an existing output file (--no-resume starts over)"})
     wait_server: float = field(default=10.0, metadata={"help": "seconds to wait for the server's /health"})
     backoff_base: float = field(default=0.5, metadata={"help": "first retry delay in seconds (doubles per retry)"})
@@ -125,6 +145,9 @@ class RequestConfig(EngineConfig):
             raise refuse("wait_server", "must be a number of seconds >= 0")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise refuse("max_image_pixels", "must be a pixel count >= 1, or None for no limit")
+        if self.retry_temperature is not None and not (math.isfinite(self.retry_temperature)
+                                                       and 0 < self.retry_temperature <= 2):
+            raise refuse("retry_temperature", "must be a temperature above 0 and at most 2, or None for no retry")
 
 
 def check_settings(cfg: RequestConfig) -> None:
@@ -327,9 +350,11 @@ def encode_image(path: str, max_pixels: int | None = DEFAULT_MAX_IMAGE_PIXELS) -
     return f"data:{mime};base64," + base64.b64encode(data).decode("ascii")
 
 
-def build_request(model_name: str, image_url: str, instruction: str, max_tokens: int) -> dict[str, Any]:
-    """The chat-completions body: one user turn with the image then the instruction, greedy decoding."""
-    return {
+def build_request(model_name: str, image_url: str, instruction: str, max_tokens: int,
+                  logprobs: bool = False) -> dict[str, Any]:
+    """The chat-completions body: one user turn with the image then the instruction, greedy decoding
+    (``logprobs``: with each generated token's log-probability)."""
+    body = {
         "model": model_name,
         "messages": [
             {
@@ -343,6 +368,44 @@ def build_request(model_name: str, image_url: str, instruction: str, max_tokens:
         "temperature": 0.0,
         "max_tokens": max_tokens,
     }
+    if logprobs:
+        body["logprobs"] = True
+    return body
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What the server answered: the text, why it ended, and its tokens' log-probabilities (None: not given)."""
+
+    text: str
+    finish_reason: str | None = None  # "stop", or "length" when cut at max_tokens
+    logprobs: tuple[float, ...] | None = None
+
+    def confidence(self) -> dict[str, float]:
+        """``mean_logprob`` and ``min_logprob`` of the answer's tokens, where the server gave them."""
+        if not self.logprobs:
+            return {}
+        return {"mean_logprob": round(sum(self.logprobs) / len(self.logprobs), 6), "min_logprob": round(min(self.logprobs), 6)}
+
+
+def parse_answer(response: dict[str, Any]) -> Answer:
+    """The :class:`Answer` of a chat-completions response (KeyError, IndexError, TypeError... when it is none)."""
+    choice = response["choices"][0]
+    content = choice["message"].get("content")
+    if content is not None and not isinstance(content, str):
+        raise TypeError(f"content is {type(content).__name__}")
+    tokens = (choice.get("logprobs") or {}).get("content")
+    logprobs = None
+    if isinstance(tokens, list) and tokens:
+        values = [t.get("logprob") for t in tokens if isinstance(t, dict)]
+        if values and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values):
+            logprobs = tuple(float(v) for v in values)
+    reason = choice.get("finish_reason")
+    return Answer(content or "", reason if isinstance(reason, str) else None, logprobs)
+
+
+class _LogprobsRefused(Exception):
+    """A 400/422 to a request that asked for log-probabilities: asked again without."""
 
 
 class _Transient(Exception):
@@ -367,6 +430,7 @@ class Client:
         self.stop = stop or threading.Event()
         self.timeout_limit = max(3, cfg.workers)
         self._timeouts_in_a_row = 0
+        self._no_logprobs = False  # a server refused them once and answered without
         self._rr = itertools.count()
         self._lock = threading.Lock()
 
@@ -374,7 +438,7 @@ class Client:
         with self._lock:
             return self.endpoints[next(self._rr) % len(self.endpoints)]
 
-    def _post_once(self, body: dict[str, Any]) -> tuple[str, str | None]:
+    def _post_once(self, body: dict[str, Any]) -> Answer:
         ep = self._next_endpoint()
         try:
             r = self.session.post(ep.chat, json=body, timeout=self.cfg.timeout)
@@ -392,26 +456,37 @@ class Client:
             self._timeouts_in_a_row = 0  # the server answered: it is not hung
         if r.status_code in RETRY_STATUS:
             raise _Transient(f"HTTP {r.status_code} from {ep.base}: {r.text[:200]}", connection=False)
+        if r.status_code in (400, 422) and body.get("logprobs"):
+            raise _LogprobsRefused(f"HTTP {r.status_code} from {ep.base}: {r.text[:300]}")
         if r.status_code != 200:
             raise GemmaOcrError(f"HTTP {r.status_code} from {ep.base}: {r.text[:300]}")
         try:
-            choice = r.json()["choices"][0]
-            content = choice["message"].get("content")
+            return parse_answer(r.json())
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             raise GemmaOcrError(f"unexpected response from {ep.base}: {r.text[:300]}") from None
-        return content or "", choice.get("finish_reason")
 
-    def complete(self, body: dict[str, Any]) -> str:
+    def complete(self, body: dict[str, Any]) -> Answer:
         """The model's answer; raises :class:`_Transient` once the retries are spent (or the run stops),
-        :class:`ServerGone` when the servers hang, GemmaOcrError on a 4xx."""
-        return self.complete_choice(body)[0]
-
-    def complete_choice(self, body: dict[str, Any]) -> tuple[str, str | None]:
-        """The model's answer and why it ended (``finish_reason``: "stop", or "length" when cut at max_tokens)."""
+        :class:`ServerGone` when the servers hang, GemmaOcrError on a 4xx. A server that refuses
+        ``logprobs`` (HTTP 400/422, then answers without) is asked without them from then on."""
         attempt = 0
         while True:
+            if self._no_logprobs:
+                body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
             try:
                 return self._post_once(body)
+            except _LogprobsRefused as refused:
+                try:
+                    answer = self._post_once({k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")})
+                except _LogprobsRefused:  # cannot happen: the body asks for none
+                    raise GemmaOcrError(str(refused)) from None
+                except GemmaOcrError:
+                    raise GemmaOcrError(str(refused)) from None  # the same refusal: not about log-probabilities
+                if not self._no_logprobs:
+                    self._no_logprobs = True
+                    log.warning("the server refused logprobs (%s); asking without, so answers have no confidence",
+                                str(refused)[:160])
+                return answer
             except _Transient:
                 if attempt >= self.cfg.max_retries or self.stop.is_set():
                     raise
@@ -441,14 +516,17 @@ def _settings_differ(doc: dict[str, Any], cfg: EvalConfig, generation: bool = Tr
         return ""
     if "instruction" in doc and doc["instruction"] != cfg.instruction:
         return f"instruction {doc['instruction']!r}, not {cfg.instruction!r}"
-    tokens = (doc.get("generation") or {}).get("max_tokens")
+    generation = doc.get("generation") or {}
+    tokens = generation.get("max_tokens")
     if tokens is not None and tokens != cfg.max_tokens:
         return f"{cfg.flag('max_tokens') or 'max_tokens'} {tokens}, not {cfg.max_tokens}"
+    retry = generation.get("retry_temperature")
+    if "retry_temperature" in generation and retry != cfg.retry_temperature:
+        return f"{cfg.flag('retry_temperature') or 'retry_temperature'} {retry}, not {cfg.retry_temperature}"
     return ""
 
 
 _DOCUMENT_FIELDS = {"model_name": str, "data_file": str, "instruction": str, "generation": dict, "engine": dict}
-_SAMPLE_STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
 
 
 def read_results(path: Path, fix: str) -> tuple[dict[str, Any], list[tuple[int, dict[str, Any]]]]:
@@ -480,8 +558,8 @@ def read_results(path: Path, fix: str) -> tuple[dict[str, Any], list[tuple[int, 
             for name in ("label", "prediction", "error"):
                 if sample.get(name) is not None and not isinstance(sample[name], str):
                     problem = f"field {name!r} is {sample[name]!r}, not a string"
-            if sample.get("status") is not None and sample["status"] not in _SAMPLE_STATUSES:
-                problem = f"field 'status' is {sample['status']!r}, not one of {', '.join(_SAMPLE_STATUSES)}"
+            if sample.get("status") is not None and sample["status"] not in STATUSES:
+                problem = f"field 'status' is {sample['status']!r}, not one of {', '.join(STATUSES)}"
         if problem:
             raise GemmaOcrError(f"{where} {problem}; fix the file, or {fix}")
         seen.add(index)
@@ -508,7 +586,7 @@ def _shrinking(path: Path, lost: list[tuple[int, dict[str, Any]]], selected: Seq
 
 def _resumable(path: Path, model_name: str, cfg: EvalConfig, selected: Sequence[OcrRecord], dataset_size: int,
                generation: bool = True, engine: dict[str, Any] | None = None) -> dict[int, dict[str, Any]]:
-    """The finished samples (ok/empty) of an earlier run into ``path`` to keep, by index.
+    """The finished samples (all but errors) of an earlier run into ``path`` to keep, by index.
 
     Refused in one line: a file of another model or settings, and one holding samples this run would not keep.
     """
@@ -526,20 +604,38 @@ def _resumable(path: Path, model_name: str, cfg: EvalConfig, selected: Sequence[
     lost = [(i, s) for i, s in samples if (i, s["image_path"], s.get("label") or "") not in wanted]
     if lost:
         raise _shrinking(path, lost, selected, dataset_size, doc, cfg)
-    return {i: s for i, s in samples if sample_status(s) in (STATUS_OK, STATUS_EMPTY)}
+    return {i: s for i, s in samples if sample_status(s) in ANSWERED}
 
 
-def _sample(index: int, record: OcrRecord, prediction: str | None, error: str | None, latency: float | None) -> dict[str, Any]:
+def _sample(index: int, record: OcrRecord, answer: Answer | None, error: str | None, latency: float | None) -> dict[str, Any]:
+    """A finished sample: the answer with its status, finish_reason and confidence, or the error."""
     s: dict[str, Any] = {"index": index, "image_path": record.image_path, "label": record.text}
     if record.source is not None:
         s["source"] = record.source
-    if error is not None:
-        s.update(prediction=None, status=STATUS_ERROR, error=error)
+    if error is not None or answer is None:
+        s.update(prediction=None, status=STATUS_ERROR, error=error or "no answer")
     else:
-        s.update(prediction=prediction, status=STATUS_OK if (prediction or "").strip() else STATUS_EMPTY)
+        s.update(prediction=answer.text, status=answer_status(answer.text, answer.finish_reason, record.text))
+        if answer.finish_reason:
+            s["finish_reason"] = answer.finish_reason
+        s.update(answer.confidence())
     if latency is not None:
         s["latency_s"] = round(latency, 4)
     return s
+
+
+def _with_retry(s: dict[str, Any], retry: dict[str, Any], temperature: float) -> dict[str, Any]:
+    """``s`` after its retry at ``temperature``: the retry's answer where it is not degenerate (or failed)."""
+    degenerate = (STATUS_TRUNCATED, STATUS_REPETITION, STATUS_ERROR)
+    keep = retry if retry["status"] not in degenerate else s
+    answer_keys = ("prediction", "status", "finish_reason", "mean_logprob", "min_logprob", "error")
+    summary = {"temperature": temperature, "kept": "retry" if keep is retry else "first",
+               "first": {k: s[k] for k in answer_keys if k in s}, "retry": {k: retry[k] for k in answer_keys if k in retry}}
+    out = {k: v for k, v in s.items() if k not in answer_keys}
+    out.update({k: keep[k] for k in answer_keys if k in keep})
+    out["latency_s"] = round(s.get("latency_s", 0.0) + retry.get("latency_s", 0.0), 4)  # both requests
+    out["retry"] = summary
+    return out
 
 
 def make_session(n_endpoints: int, workers: int) -> requests.Session:
@@ -621,7 +717,8 @@ def open_reader(cfg: RequestConfig) -> Reader:
             return request_all(session, endpoints, cfg, model_name, *args, **kwargs)
 
         fields = {"server_urls": [ep.base for ep in endpoints], "instruction": cfg.instruction,
-                  "generation": {"temperature": 0.0, "max_tokens": cfg.max_tokens}}
+                  "generation": {"temperature": 0.0, "max_tokens": cfg.max_tokens, "logprobs": cfg.logprobs,
+                                 "retry_temperature": cfg.retry_temperature}}
         return Reader(model_name, fields, ask, session.close, generation=True)
     allow_image_pixels(cfg.max_image_pixels)
     engine = open_engine(cfg)
@@ -647,7 +744,7 @@ def read_with_engine(engine: Engine, cfg: RequestConfig, todo: list[tuple[int, O
     try:
         for index, text, error, seconds in engine.read([(i, r.image_path) for i, r in todo], cfg.workers,
                                                        cfg.max_image_pixels):
-            s = _sample(index, records[index], text, error, seconds)
+            s = _sample(index, records[index], None if error is not None else Answer(text or ""), error, seconds)
             results[index] = s
             if on_sample is not None:
                 on_sample(s)
@@ -685,6 +782,7 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
             "dataset_samples": len(records),
             "top_k": cfg.top_k,
             **reader.fields,
+            "status_rules": STATUS_RULES,
         }
 
         def save(complete: bool, final: bool = False) -> dict[str, Any]:
@@ -750,9 +848,17 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
             return _sample(index, record, None, f"{e}{too_large_hint}", None)
         except GemmaOcrError as e:
             return _sample(index, record, None, str(e), None)
-        body = build_request(model_name, url, cfg.instruction, cfg.max_tokens)
+        body = build_request(model_name, url, cfg.instruction, cfg.max_tokens, cfg.logprobs)
+        s = ask(index, record, body, t)
+        if cfg.retry_temperature is not None and s["status"] in (STATUS_TRUNCATED, STATUS_REPETITION):
+            retry = ask(index, record, {**body, "temperature": cfg.retry_temperature}, time.perf_counter())
+            flags = {k: retry.pop(k) for k in ("_connection", "_gone") if k in retry}  # the pool still hears of them
+            s = {**_with_retry(s, retry, cfg.retry_temperature), **flags}
+        return s
+
+    def ask(index: int, record: OcrRecord, body: dict[str, Any], t: float) -> dict[str, Any]:
         try:
-            text, finish_reason = client.complete_choice(body)
+            answer = client.complete(body)
         except _Transient as e:
             s = _sample(index, record, None, f"{e} (after {cfg.max_retries + 1} attempts)", time.perf_counter() - t)
             s["_connection"] = e.connection
@@ -763,10 +869,7 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
             return s
         except GemmaOcrError as e:
             return _sample(index, record, None, str(e), time.perf_counter() - t)
-        s = _sample(index, record, text, None, time.perf_counter() - t)
-        if finish_reason:
-            s["finish_reason"] = finish_reason
-        return s
+        return _sample(index, record, answer, None, time.perf_counter() - t)
 
     requested = since_save = consecutive_dead = 0
     aborted = ""

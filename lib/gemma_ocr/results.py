@@ -7,7 +7,7 @@ Layout (the seed's, extended; fields are only ever added)::
      "character_unit": "codepoint", "normalization_profile": "seed", "normalization": "<what was applied>",
      "metrics": {raw: {...}, normalized: {...}, by_unit: {codepoint: .., grapheme: ..}, slices: {...},
                  confidence_interval: {method, resamples, seed, clustered_by, ...}, ...},
-     "status_counts": {ok, empty, error},
+     "status_counts": {ok, empty, truncated, repetition, error},
      "samples": [{"image_path", "label", "prediction", "status", "cer_score", "f1_score",
                   "normalized_cer_score", "normalized_f1_score", ...}]}
 
@@ -15,7 +15,9 @@ Layout (the seed's, extended; fields are only ever added)::
 :mod:`gemma_ocr.metrics`); the ``normalized_*`` ones on the text after ``normalization_profile``. Both
 units are reported side by side in ``metrics.by_unit``, the slices (:mod:`gemma_ocr.slices`) in
 ``metrics.slices``, the 95% bootstrap intervals (:mod:`gemma_ocr.bootstrap`) beside each micro figure.
-Samples with status ``error`` (the request failed) are never scored as predictions.
+Samples with status ``error`` (the request failed) are never scored as predictions. ``truncated`` (cut
+at max_tokens) and ``repetition`` (a repetition loop; :mod:`gemma_ocr.degenerate` has the rule) are
+answers, counted apart and scored.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ from gemma_ocr.settings import FieldError
 from gemma_ocr.slices import sample_slices, slice_figures
 
 STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
+STATUS_TRUNCATED, STATUS_REPETITION = "truncated", "repetition"
+STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_TRUNCATED, STATUS_REPETITION, STATUS_ERROR)
+ANSWERED = frozenset(STATUSES) - {STATUS_ERROR}  # a finished sample: kept on resume, scored
 ProfileName = Literal["raw", "seed", "nfc", "nfkc", "caseless"]  # the keys of metrics.NORMALIZATION_PROFILES
 UnitName = Literal["codepoint", "grapheme"]  # the keys of metrics.CHARACTER_UNITS
 
@@ -166,7 +171,7 @@ def build_document(samples: list[dict[str, Any]], model_name: str, scoring: Scor
         "total_samples": len(samples),
         "timestamp": _dt.datetime.now().isoformat(timespec="seconds"),
         "model_name": model_name,
-        "status_counts": {k: counts.get(k, 0) for k in (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)},
+        "status_counts": {k: counts.get(k, 0) for k in STATUSES},
         "metrics": metrics,
         **extra,
         "samples": samples,
@@ -184,9 +189,9 @@ def check_results_document(document: Any, source: str = "results file") -> dict[
         for name in ("label", "prediction"):
             if s[name] is not None and not isinstance(s[name], str):
                 raise GemmaOcrError(f"{source}: sample {i} field {name!r} is {s[name]!r}, not a string (fix the file)")
-        if s.get("status") is not None and s["status"] not in (STATUS_OK, STATUS_EMPTY, STATUS_ERROR):
+        if s.get("status") is not None and s["status"] not in STATUSES:
             raise GemmaOcrError(f"{source}: sample {i} field 'status' is {s['status']!r}, not one of "
-                                f"{STATUS_OK}, {STATUS_EMPTY}, {STATUS_ERROR} (fix the file)")
+                                f"{', '.join(STATUSES)} (fix the file)")
     return document
 
 

@@ -7,12 +7,17 @@ threads, retries, several servers, the same image encoding and instruction as ev
 
 The output is a JSON Lines file, one object per image in input order::
 
-    {"image_path": "scans/p1.png", "text": "...", "status": "ok", "model": "gemma-ocr", "latency_s": 0.41}
+    {"image_path": "scans/p1.png", "text": "...", "status": "ok", "model": "gemma-ocr", "latency_s": 0.41,
+     "finish_reason": "stop", "mean_logprob": -0.02, "min_logprob": -0.41}
 
-``status`` is ``ok``, ``empty`` (the model answered nothing) or ``error`` (with ``error``: the request
-failed or the image is unreadable; ``text`` is null). Image paths are relative to the output file's
+``status`` is ``ok``, ``empty`` (the model answered nothing), ``truncated`` (cut at max_tokens),
+``repetition`` (a repetition loop, :mod:`gemma_ocr.degenerate`) or ``error`` (with ``error``: the
+request failed or the image is unreadable; ``text`` is null). ``mean_logprob``/``min_logprob``: the
+confidence of the answer's tokens, where the server returns log-probabilities. With ``review_below``
+(``--review-below P``) a row gets ``"review": true`` when its least confident token has a probability
+below P, or it is truncated or a repetition loop. Image paths are relative to the output file's
 folder. The file is written atomically every ``save_interval`` images; rerunning the same command
-resumes: ``ok``/``empty`` images are kept, failed and missing ones are requested again. Rows of other
+resumes: answered images are kept, failed and missing ones are requested again. Rows of other
 images already in the file stay (before this run's), so several runs can fill one file; ``resume=False``
 (``--no-resume``) starts it over.
 
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -37,12 +43,21 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.evaluation import RequestConfig, check_settings, open_reader, server_gone_error
 from gemma_ocr.io import atomic_write_text, check_writable
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
+from gemma_ocr.results import (
+    ANSWERED,
+    STATUS_EMPTY,
+    STATUS_ERROR,
+    STATUS_OK,
+    STATUS_REPETITION,
+    STATUS_TRUNCATED,
+    STATUSES,
+)
+from gemma_ocr.settings import FieldError
 
 log = logging.getLogger(__name__)
 
 DATA_FILE_SUFFIXES = (".json", ".tsv", ".txt", ".csv", ".jsonl")
-STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
+ROW_ANSWER_FIELDS = ("error", "latency_s", "finish_reason", "mean_logprob", "min_logprob", "retry")
 
 
 @dataclass
@@ -57,6 +72,15 @@ class TranscribeConfig(RequestConfig):
         "help": "JSON Lines file of the transcriptions (resumed if it exists)"})
     image_key: str | None = field(default=None, metadata={
         "help": "image column (.csv) or key (.jsonl) of data-file inputs, when not one of the usual names"})
+    review_below: float | None = field(default=None, metadata={
+        "metavar": "P",
+        "help": "mark a row \"review\": true when its least confident token has a probability below P "
+                "(0 < P <= 1), or it is truncated or a repetition loop (None: no marks)"})
+
+    def validate(self) -> None:
+        super().validate()
+        if self.review_below is not None and not (0 < self.review_below <= 1):
+            raise FieldError("review_below", f"must be a probability above 0 and at most 1, got {self.review_below!r}")
 
 
 @dataclass
@@ -72,6 +96,10 @@ class TranscribeOutcome:
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.rows)
+
+    @property
+    def to_review(self) -> int:
+        return sum(bool(r.get("review")) for r in self.rows)
 
 
 # ---------------------------------------------------------------- inputs
@@ -113,14 +141,25 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], image_key: str | No
 # ---------------------------------------------------------------- the file
 
 
-def _row(sample: dict[str, Any], model_name: str, folder: Path) -> dict[str, Any]:
+def _row(sample: dict[str, Any], model_name: str, folder: Path, review_below: float | None = None) -> dict[str, Any]:
     """The output row of a finished request (a sample of the evaluation client)."""
     row: dict[str, Any] = {"image_path": os.path.relpath(sample["image_path"], folder), "text": sample["prediction"],
                            "status": sample["status"], "model": model_name}
-    for key in ("error", "latency_s"):
+    for key in ROW_ANSWER_FIELDS:
         if key in sample:
             row[key] = sample[key]
+    if review_below is not None and needs_review(row, review_below):
+        row["review"] = True
     return row
+
+
+def needs_review(row: dict[str, Any], below: float) -> bool:
+    """A row to check by hand: its least confident token's probability is below ``below``, or it is
+    truncated or a repetition loop."""
+    if row["status"] in (STATUS_TRUNCATED, STATUS_REPETITION):
+        return True
+    lowest = row.get("min_logprob")
+    return isinstance(lowest, (int, float)) and lowest < math.log(below)
 
 
 def write_transcriptions(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
@@ -165,6 +204,14 @@ def _earlier_rows(path: Path, model_name: str, fix: str) -> list[dict[str, Any]]
     return rows
 
 
+def _remarked(row: dict[str, Any], review_below: float | None) -> dict[str, Any]:
+    """A kept row with its review mark as this run's ``review_below`` sets it."""
+    row = {k: v for k, v in row.items() if k != "review"}
+    if review_below is not None and row["status"] != STATUS_ERROR and needs_review(row, review_below):
+        row["review"] = True
+    return row
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -186,13 +233,13 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
         wanted = set(images)
         others = [{**r, "image_path": os.path.relpath(r["image_path"], folder)}  # kept in the file as they are
                   for r in earlier if r["image_path"] not in wanted]
-        done = {r["image_path"]: r for r in earlier if r["status"] in (STATUS_OK, STATUS_EMPTY)}
+        done = {r["image_path"]: r for r in earlier if r["status"] in ANSWERED}
         rows: dict[int, dict[str, Any]] = {}
         todo: list[tuple[int, OcrRecord]] = []
         for i, image in enumerate(images):
             old = done.get(image)
             if old is not None:
-                rows[i] = {**old, "image_path": os.path.relpath(image, folder)}
+                rows[i] = _remarked({**old, "image_path": os.path.relpath(image, folder)}, cfg.review_below)
             else:
                 todo.append((i, OcrRecord(image, "")))
         resumed = len(rows)
@@ -200,7 +247,7 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
             log.info("resuming %s: %d images done, %d to request", output, resumed, len(todo))
 
         def finished(sample: dict[str, Any]) -> None:  # the pool has just put ``sample`` into ``rows``
-            row = _row(sample, model_name, folder)
+            row = _row(sample, model_name, folder, cfg.review_below)
             rows[sample["index"]] = row
             if on_row is not None:
                 on_row(row)
@@ -213,6 +260,9 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
         elapsed = time.perf_counter() - t0
         save(True)
         ordered = [rows[i] for i in sorted(rows)]
+        if cfg.review_below is not None and not any("min_logprob" in r for r in ordered if r["status"] != STATUS_ERROR):
+            log.warning("the server returned no token log-probabilities: --review-below marked only truncated and "
+                        "repetition rows")
         if stats.get("aborted"):
             failed = sum(r["status"] == STATUS_ERROR for r in ordered)
             raise server_gone_error(stats["aborted"], output, len(ordered) - failed, failed)

@@ -41,6 +41,7 @@ def main() -> None:
     print(f"{analysis.model_name}: CER {analysis.cer_micro:.4f} ({analysis.text}) = {totals['edits']} edits / "
           f"{totals['reference_chars']} reference chars: {totals['substitutions']} misread, "
           f"{totals['deletions']} missed, {totals['insertions']} extra")
+    print("statuses: " + ", ".join(f"{k} {n}" for k, n in report.summary_data["status_counts"].items()))
     for c in report.summary_data["confusions"][:5]:
         print(f"  {c['count']:>5}  {shown_char(c['reference'])} -> {shown_char(c['prediction'])}  ({c['kind']})")
     if comparison is not None:

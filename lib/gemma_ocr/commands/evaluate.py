@@ -45,7 +45,7 @@ def print_summary(doc: dict, limit: str, timing: str, output_file) -> int:
     """Print the figures of a results document; exit code 1 when any sample failed."""
     m, c = doc["metrics"], doc["status_counts"]
     print(f"model: {doc['model_name']}   samples: {doc['total_samples']}{limit}")
-    print(f"status: ok {c['ok']}, empty {c['empty']}, error {c['error']}   {timing}".rstrip())
+    print(f"status: {', '.join(f'{k} {n}' for k, n in c.items())}   {timing}".rstrip())
     for label, key in (("raw", "raw"), ("normalized", "normalized")):
         mm = m[key]
         print(f"{label:<10} CER micro {mm['cer_micro']:.4f} {interval_text(mm.get('cer_micro_ci95'))}  CER macro "
@@ -59,5 +59,10 @@ def print_summary(doc: dict, limit: str, timing: str, output_file) -> int:
     if m.get("confidence_interval"):
         print(f"[low, high]: {method_text(m['confidence_interval'])}")
     print("CER micro = total edits / total reference chars (overall_cer); macro = mean per-sample CER; errors are not scored")
+    degenerate = {k: c.get(k, 0) for k in ("truncated", "repetition") if c.get(k)}
+    if degenerate:
+        rules = doc.get("status_rules") or {}
+        for k, n in degenerate.items():
+            print(f"note: {n} answers {k} ({rules.get(k, k)}); scored as they are")
     print(f"-> {output_file}")
     return 1 if c["error"] else 0

@@ -12,7 +12,7 @@ import os
 
 from gemma_ocr.data.records import resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK
+from gemma_ocr.results import STATUS_ERROR, STATUSES
 from gemma_ocr.settings import ConfigParser, flag_value
 from gemma_ocr.transcription import TranscribeConfig, TranscribeOutcome, transcribe, transcribe_with_khmer_cnn
 
@@ -37,8 +37,8 @@ def main() -> int:
 
 def print_summary(out: TranscribeOutcome, show: int) -> int:
     """Counts, the first ``show`` transcriptions and the first failures; exit code 1 when any image failed."""
-    print(f"model: {out.model_name}   images: {len(out.rows)}   ok {out.count(STATUS_OK)}, "
-          f"empty {out.count(STATUS_EMPTY)}, error {out.count(STATUS_ERROR)}   "
+    counts = ", ".join(f"{status} {out.count(status)}" for status in STATUSES)
+    print(f"model: {out.model_name}   images: {len(out.rows)}   {counts}   "
           f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s")
     folder = out.output_file.parent.resolve()
 
@@ -52,5 +52,7 @@ def print_summary(out: TranscribeOutcome, show: int) -> int:
         print(f"  failed {shown(row)}: {row['error']}")
     if failed:
         print(f"{len(failed)} images failed; rerun the same command to retry them")
+    if out.to_review:
+        print(f"{out.to_review} lines marked \"review\": true (low confidence, cut at max_tokens or a repetition loop)")
     print(f"-> {out.output_file}")
     return 1 if failed else 0
