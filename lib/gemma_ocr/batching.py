@@ -14,10 +14,11 @@ them as one batch and gives each request its own answer, ended where that reques
   (at temperature 0 without penalties: the model's own logits, what vLLM returns), the final
   end-of-turn token included, as vLLM does.
 
-Padding is masked out, so a greedy answer is the one the request gets alone. While requests are
-still being read and prepared (counted from the moment they reach the server: :meth:`~BatchingGenerateManager.arrival`)
-the thread waits for them, up to ``max_wait`` seconds, so that clients that send together share a
-batch; a lone request does not wait.
+Padding is masked out, so a greedy answer is the one the request gets alone. A forming batch waits,
+up to ``max_wait`` seconds, for requests still being read and prepared (counted from the moment they
+reach the server: :meth:`~BatchingGenerateManager.arrival`), and for as many requests as the previous
+batch had (the clients it answered tend to come back together), so that clients that send together
+share a batch; a lone client's request does not wait.
 Streaming requests run alone, in arrival order, on the same thread.
 """
 
@@ -29,7 +30,7 @@ import json
 import logging
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -285,8 +286,9 @@ class BatchingGenerateManager(BaseGenerateManager):
         self._jobs: deque[GenerationJob | _StreamJob] = deque()
         self._cond = threading.Condition()
         self._preparing = 0
+        self._last_batch = 1  # the clients a batch answers tend to come back together: the next one waits for as many
         self._closed = False
-        self.batch_sizes: list[int] = []  # of the batches run so far (for tests and logs)
+        self.batch_sizes: Counter[int] = Counter()  # batches run so far, by size (the server's /stats)
         self._thread = threading.Thread(target=self._work, name="batched-generate", daemon=True)
         self._thread.start()
 
@@ -364,6 +366,7 @@ class BatchingGenerateManager(BaseGenerateManager):
                 return first
             batch = [first]
             deadline = time.monotonic() + self.max_wait
+            expected = min(self._last_batch, self.max_batch_size)
             while len(batch) < self.max_batch_size:
                 match = next((j for j in self._jobs if isinstance(j, GenerationJob) and j.key == first.key), None)
                 if match is not None:
@@ -371,9 +374,11 @@ class BatchingGenerateManager(BaseGenerateManager):
                     batch.append(match)
                     continue
                 remaining = deadline - time.monotonic()
-                if self._preparing == 0 or remaining <= 0 or self._closed:
+                coming = self._preparing > 0 or len(batch) < expected
+                if not coming or remaining <= 0 or self._closed:
                     break
                 self._cond.wait(remaining)
+            self._last_batch = len(batch)
             return batch
 
     def _work(self) -> None:
@@ -384,7 +389,7 @@ class BatchingGenerateManager(BaseGenerateManager):
             if isinstance(taken, _StreamJob):
                 taken.run()
                 continue
-            self.batch_sizes.append(len(taken))
+            self.batch_sizes[len(taken)] += 1
             t = time.perf_counter()
             try:
                 results = generate_batch(taken)
@@ -393,7 +398,7 @@ class BatchingGenerateManager(BaseGenerateManager):
                 for job in taken:
                     job.future.set_exception(e)
                 continue
-            log.info("batch of %d in %.3fs", len(taken), time.perf_counter() - t)
+            log.debug("batch of %d in %.3fs", len(taken), time.perf_counter() - t)
             for job, result in zip(taken, results):
                 job.future.set_result(result)
 

@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import inspect
+import itertools
 import json
 import logging
 import os
@@ -423,7 +425,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     from transformers.cli.serving.response import ResponseHandler
     from transformers.cli.serving.server import build_server
     from transformers.cli.serving.transcription import TranscriptionHandler
-    from transformers.cli.serving.utils import GenerationState, parse_assistant_message
+    from transformers.cli.serving.utils import X_REQUEST_ID, GenerationState, parse_assistant_message
 
     from gemma_ocr.batching import BatchingGenerateManager, GenerationJob, current_arrival, tokenizer_of
 
@@ -434,6 +436,8 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     created = int(time.time())
     manager = ModelManager(device=device, dtype=dtype, model_timeout=-1, force_model=model_dir)
 
+    loaded: list = []  # (model, processor) once loaded: the manager restarts a timer thread on every lookup
+
     class _ServedName:
         """Accept the served name (or the folder path) in ``model`` and answer with the served name."""
 
@@ -442,7 +446,10 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             if requested not in (None, served_model_name, model_dir):
                 raise HTTPException(status_code=404, detail=f"The model `{requested}` does not exist. Served: {served_model_name}")
             body["model"] = model_dir
+            if loaded and any(m.model is loaded[0] for m in manager.loaded_models.values()):
+                return served_model_name, loaded[0], loaded[1]
             _, model, processor = super()._resolve_model(body)  # type: ignore[misc]
+            loaded[:] = [model, processor]
             return served_model_name, model, processor
 
     class Chat(_ServedName, ChatCompletionHandler):
@@ -484,7 +491,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             if result.stop_string is not None:
                 choice["stop_reason"] = result.stop_string  # as vLLM names it
             if result.logprobs is not None:
-                choice["logprobs"] = {"content": openai_logprobs(tokenizer_of(processor), result.logprobs)}
+                choice["logprobs"] = {"content": openai_logprobs(tokenizer_of(processor), result.logprobs, token_texts)}
             return JSONResponse(response, media_type="application/json")
 
         def _prompt(self, body: dict, processor, modality) -> dict:
@@ -518,6 +525,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             super().shutdown()
 
     state = Batching()
+    token_texts: dict[int, str] = {}
     handlers: dict[str, Any] = {
         "completion_handler": Completion(model_manager=manager, generation_state=state),
         "response_handler": Response(model_manager=manager, generation_state=state),
@@ -534,24 +542,51 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/models"]
 
     chat_path = "/v1/chat/completions"
+    request_ids = itertools.count(1)
+    run_id = f"{os.getpid():x}{created:x}"
 
-    class CountArrivals:
-        """ASGI middleware: a chat completion counts as arriving from its first byte (its body is still to come)."""
+    class RequestIds:
+        """ASGI middleware: each request's id (its x-request-id header, or a new one), on the request's state
+        and the response's header; in place of the stack's own middleware of that, which costs a task and
+        stream copies per request."""
 
         def __init__(self, app):
             self.app = app
 
         async def __call__(self, scope, receive, send):
-            if scope["type"] != "http" or scope.get("method") != "POST" or scope.get("path") != chat_path:
+            if scope["type"] != "http":
                 return await self.app(scope, receive, send)
+            given = dict(scope.get("headers") or ()).get(X_REQUEST_ID.encode())
+            request_id = given.decode("latin-1") if given else f"chatcmpl-{run_id}-{next(request_ids)}"
+            scope.setdefault("state", {})["request_id"] = request_id
+
+            async def send_with_id(message):
+                if message["type"] == "http.response.start":
+                    message = {**message, "headers": [*message.get("headers", []),
+                                                      (X_REQUEST_ID.encode(), request_id.encode("latin-1"))]}
+                await send(message)
+
+            if scope.get("method") != "POST" or scope.get("path") != chat_path:
+                return await self.app(scope, receive, send_with_id)
+            # a chat completion counts as arriving from its first byte (its body is still to come)
             with state.get_manager(served_model_name).arrival() as arrival:
                 token = current_arrival.set(arrival)
                 try:
-                    await self.app(scope, receive, send)
+                    await self.app(scope, receive, send_with_id)
                 finally:
                     current_arrival.reset(token)
 
-    app.add_middleware(CountArrivals)
+    app.user_middleware = [m for m in app.user_middleware
+                           if getattr(m.kwargs.get("dispatch"), "__name__", "") != "request_id_middleware"]
+    app.add_middleware(RequestIds)
+
+    @app.get("/stats")
+    def stats():
+        """How the embedded server has batched: batches run by size, requests answered."""
+        managers = list(state._batching.values())
+        sizes = sum((m.batch_sizes for m in managers), collections.Counter())
+        return JSONResponse({"max_batch_size": max_batch_size, "requests": sum(k * n for k, n in sizes.items()),
+                             "batches": {str(k): sizes[k] for k in sorted(sizes)}})
 
     @app.get("/v1/models")
     def list_models():
@@ -608,10 +643,15 @@ def logprobs_option(logprobs: Any, top_logprobs: Any) -> int | None:
     return (top_logprobs or 0) if logprobs else None
 
 
-def openai_logprobs(tokenizer: Any, logprobs: Sequence[Any]) -> list[dict[str, Any]]:
-    """``choices[0].logprobs.content`` in the OpenAI layout from :class:`gemma_ocr.batching.TokenLogprob` s."""
+def openai_logprobs(tokenizer: Any, logprobs: Sequence[Any], texts: dict[int, str] | None = None) -> list[dict[str, Any]]:
+    """``choices[0].logprobs.content`` in the OpenAI layout from :class:`gemma_ocr.batching.TokenLogprob` s
+    (``texts``: a cache of token texts by id)."""
+    texts = {} if texts is None else texts
+
     def entry(token_id: int, logprob: float) -> dict[str, Any]:
-        text = tokenizer.decode([token_id], skip_special_tokens=False)
+        text = texts.get(token_id)
+        if text is None:
+            text = texts[token_id] = tokenizer.decode([token_id], skip_special_tokens=False)
         return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
 
     return [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]} for t in logprobs]
