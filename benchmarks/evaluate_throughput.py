@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -37,13 +38,13 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from gemma_ocr.data.records import write_records  # noqa: E402
-from gemma_ocr.data.synthetic import WORDS, SyntheticConfig, generate_dataset  # noqa: E402
+from gemma_ocr.data.synthetic import READER_PRETRAINING, WORDS, SyntheticConfig, generate_dataset  # noqa: E402
 from gemma_ocr.evaluation import EvalConfig, build_request, encode_image, evaluate  # noqa: E402
 from gemma_ocr.metrics import score_pairs  # noqa: E402
+from gemma_ocr.modeling.reader import DEFAULT_READER_DIR  # noqa: E402
 
 WORKERS = (1, 4, 8, 16)
-DEFAULT_READER_DIR = "models/tiny-gemma3-reader"
-READER_DATA = SyntheticConfig(n_samples=64, seed=2, scripts=("digits",))  # the reader's distribution, held out
+READER_HELDOUT_SEED = 3  # lines of the reader's pretraining distribution it was not trained on
 
 
 class StubServer:
@@ -261,7 +262,7 @@ def main() -> None:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=200, help="images per stub run")
     p.add_argument("--latency", type=float, default=0.05, help="stub latency per request (s)")
-    p.add_argument("--real-images", type=int, default=64, help="images per real-server run")
+    p.add_argument("--real-images", type=int, default=256, help="images per real-server run")
     p.add_argument("--real-max-tokens", type=int, default=32)
     p.add_argument("--model", type=Path, default=Path(DEFAULT_READER_DIR), help="the model the real servers serve")
     p.add_argument("--real-data", type=Path, default=None,
@@ -280,7 +281,8 @@ def main() -> None:
         stub_benchmark(data, tmp_path, image_url, args.latency, args.images)
         if not args.skip_real:
             real = args.real_data or write_records(
-                generate_dataset(tmp_path / "reader", READER_DATA), tmp_path / "reader_test.json")
+                generate_dataset(tmp_path / "reader", dataclasses.replace(
+                    READER_PRETRAINING, n_samples=args.real_images, seed=READER_HELDOUT_SEED)), tmp_path / "reader_test.json")
             real_benchmark(args.model, real, tmp_path, args.real_images, args.real_max_tokens, args.vllm_python)
     metric_benchmark(args.pairs)
 

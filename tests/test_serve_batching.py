@@ -154,3 +154,23 @@ def test_requests_carry_an_id_and_stats_say_how_the_server_batched(tiny_server, 
     assert given.headers["x-request-id"] == "mine-1" and given.json()["id"] == "mine-1"
     assert made.headers["x-request-id"] == made.json()["id"] != "mine-1"
     assert stats["max_batch_size"] == 8 and stats["requests"] >= 2 and sum(stats["batches"].values()) >= 1
+
+
+def test_streaming_runs_through_the_same_thread_and_stops_at_a_stop_string(tiny_server, images):
+    import openai
+
+    url, name = tiny_server
+    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", timeout=60)
+    messages = build_request(name, images[0], "OCR", 12)["messages"]
+    full = client.chat.completions.create(model=name, temperature=0, max_tokens=12, messages=messages)
+    text = full.choices[0].message.content
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model=name, temperature=0, max_tokens=12, messages=messages, stream=True) if c.choices)
+    assert streamed == text
+    stop = text[2:4]
+    chunks = list(client.chat.completions.create(model=name, temperature=0, max_tokens=12, messages=messages,
+                                                 stream=True, stop=[stop]))
+    cut = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # the stream ends at the stop string (its tokens are out before the string is complete)
+    assert cut.startswith(text[: text.find(stop)]) and stop in cut and len(cut) < len(text)
+    assert chunks[-1].choices[0].finish_reason == "stop"
