@@ -321,7 +321,8 @@ class BatchingGenerateManager(BaseGenerateManager):
         result = await self.generate(GenerationJob(model, processor, dict(inputs), gen_config))
         return result.text, inputs["input_ids"].shape[-1], result.token_ids
 
-    def generate_streaming(self, model, processor, inputs, gen_config, request_id, response_parser=None):  # type: ignore[override]
+    def generate_streaming(self, model, processor, inputs, gen_config, request_id,  # type: ignore[override]
+                           response_parser=None):
         """Stream one request's tokens (alone, in arrival order). A ``stop`` string ends it; the streamed text
         keeps it (the tokens are out before the string is complete)."""
         loop = asyncio.get_running_loop()

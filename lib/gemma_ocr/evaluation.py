@@ -385,7 +385,8 @@ class Answer:
         """``mean_logprob`` and ``min_logprob`` of the answer's tokens, where the server gave them."""
         if not self.logprobs:
             return {}
-        return {"mean_logprob": round(sum(self.logprobs) / len(self.logprobs), 6), "min_logprob": round(min(self.logprobs), 6)}
+        mean = sum(self.logprobs) / len(self.logprobs)
+        return {"mean_logprob": round(mean, 6), "min_logprob": round(min(self.logprobs), 6)}
 
 
 def parse_answer(response: dict[str, Any]) -> Answer:
@@ -607,7 +608,8 @@ def _resumable(path: Path, model_name: str, cfg: EvalConfig, selected: Sequence[
     return {i: s for i, s in samples if sample_status(s) in ANSWERED}
 
 
-def _sample(index: int, record: OcrRecord, answer: Answer | None, error: str | None, latency: float | None) -> dict[str, Any]:
+def _sample(index: int, record: OcrRecord, answer: Answer | None, error: str | None,
+            latency: float | None) -> dict[str, Any]:
     """A finished sample: the answer with its status, finish_reason and confidence, or the error."""
     s: dict[str, Any] = {"index": index, "image_path": record.image_path, "label": record.text}
     if record.source is not None:
@@ -630,7 +632,8 @@ def _with_retry(s: dict[str, Any], retry: dict[str, Any], temperature: float) ->
     keep = retry if retry["status"] not in degenerate else s
     answer_keys = ("prediction", "status", "finish_reason", "mean_logprob", "min_logprob", "error")
     summary = {"temperature": temperature, "kept": "retry" if keep is retry else "first",
-               "first": {k: s[k] for k in answer_keys if k in s}, "retry": {k: retry[k] for k in answer_keys if k in retry}}
+               "first": {k: s[k] for k in answer_keys if k in s},
+               "retry": {k: retry[k] for k in answer_keys if k in retry}}
     out = {k: v for k, v in s.items() if k not in answer_keys}
     out.update({k: keep[k] for k in answer_keys if k in keep})
     out["latency_s"] = round(s.get("latency_s", 0.0) + retry.get("latency_s", 0.0), 4)  # both requests

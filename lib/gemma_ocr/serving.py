@@ -625,7 +625,8 @@ def logit_bias(value: Any) -> dict[str, float]:
             raise TypeError
         return {str(int(k)): float(v) for k, v in value.items() if not isinstance(v, bool)}
     except (TypeError, ValueError):
-        raise HTTPException(status_code=400, detail=f"`logit_bias` must map token ids to numbers, got {value!r}") from None
+        raise HTTPException(status_code=400,
+                            detail=f"`logit_bias` must map token ids to numbers, got {value!r}") from None
 
 
 def logprobs_option(logprobs: Any, top_logprobs: Any) -> int | None:
@@ -635,7 +636,8 @@ def logprobs_option(logprobs: Any, top_logprobs: Any) -> int | None:
     if logprobs not in (None, True, False):
         raise HTTPException(status_code=400, detail=f"`logprobs` must be true or false, got {logprobs!r}")
     if top_logprobs is not None:
-        if isinstance(top_logprobs, bool) or not isinstance(top_logprobs, int) or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+        whole = isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool)
+        if not whole or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
             raise HTTPException(status_code=400, detail=f"`top_logprobs` must be a whole number from 0 to "
                                                         f"{MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
         if not logprobs:
@@ -643,7 +645,8 @@ def logprobs_option(logprobs: Any, top_logprobs: Any) -> int | None:
     return (top_logprobs or 0) if logprobs else None
 
 
-def openai_logprobs(tokenizer: Any, logprobs: Sequence[Any], texts: dict[int, str] | None = None) -> list[dict[str, Any]]:
+def openai_logprobs(tokenizer: Any, logprobs: Sequence[Any],
+                    texts: dict[int, str] | None = None) -> list[dict[str, Any]]:
     """``choices[0].logprobs.content`` in the OpenAI layout from :class:`gemma_ocr.batching.TokenLogprob` s
     (``texts``: a cache of token texts by id)."""
     texts = {} if texts is None else texts
