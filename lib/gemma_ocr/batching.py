@@ -4,7 +4,8 @@ transformers' serving stack runs one ``model.generate`` per request, and its con
 serves text-only models (not Gemma 3 with an image). :class:`BatchingGenerateManager` takes the
 place of its generation manager behind the same handlers. One inference thread takes the queued
 requests whose generation settings match (up to ``max_batch_size``), left-pads their prompts, runs
-them as one batch and gives each request its own answer, ended where that request ends:
+them as one batch and gives each request its own answer, ended where that request ends (the chat
+handler's prompts are prepared, images decoded and chat template applied, on that thread too):
 
 * at an end-of-turn/EOS token (``finish_reason`` ``stop``), at the request's own ``max_tokens``
   (``length``), or at one of its ``stop`` strings (``stop``; the text ends before the stop string,
@@ -31,7 +32,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,12 +82,15 @@ class GenerationJob:
 
     model: Any
     processor: Any
-    inputs: dict[str, torch.Tensor]  # one prompt: [1, L] token tensors, pixel values
+    inputs: dict[str, torch.Tensor] | None  # one prompt: [1, L] token tensors, pixel values (None: ``prepare`` makes them)
     config: GenerationConfig
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: and the k most likely
     future: Future = field(default_factory=Future)
     key: tuple = ()
+    # Makes ``inputs`` on the inference thread (image decoding, chat template), between batches: threads that
+    # prepared prompts while a batch ran took the GIL from it and from each other at every torch call.
+    prepare: Callable[[], dict[str, torch.Tensor]] | None = None
 
     def __post_init__(self) -> None:
         self.key = batch_key(self)
@@ -95,6 +99,8 @@ class GenerationJob:
 def batch_key(job: GenerationJob) -> tuple:
     """Jobs with equal keys can share a batch: the same model, decoding settings and input layout."""
     settings = {k: _keyed(v) for k, v in job.config.to_dict().items() if k not in _UNBATCHED_SETTINGS}
+    if job.inputs is None:  # grouped again once prepared
+        return (id(job.model), json.dumps(settings, sort_keys=True, default=str), "to prepare")
     layout = tuple(sorted((name, str(value.dtype), None if name in _PADDED_INPUTS else tuple(value.shape[1:]))
                           for name, value in job.inputs.items() if isinstance(value, torch.Tensor)))
     untensored = any(not isinstance(v, torch.Tensor) for v in job.inputs.values())
@@ -157,18 +163,27 @@ class _Rows:
         if self.wants_logprobs:
             self.step_logprobs = torch.log_softmax(scores.float(), dim=-1)
 
+    def add_step(self, tokens: torch.Tensor) -> None:
+        """Take each unfinished request's new token (``tokens``: one per row) with its log-probabilities."""
+        chosen = top_ids = top_values = None
+        if self.step_logprobs is not None:  # one gather and one top-k for the whole batch
+            chosen = self.step_logprobs.gather(1, tokens[:, None].to(self.step_logprobs.device))[:, 0].tolist()
+            if self.top_k:
+                values, ids = torch.topk(self.step_logprobs, min(self.top_k, self.step_logprobs.shape[-1]))
+                top_ids, top_values = ids.tolist(), values.tolist()
+        for row, token in enumerate(tokens.tolist()):
+            if self.finish[row] is not None:
+                continue
+            if self.logprobs[row] is not None and chosen is not None:
+                k = self.jobs[row].top_logprobs or 0
+                top = tuple(zip(top_ids[row][:k], top_values[row][:k])) if k and top_ids is not None else ()
+                self.logprobs[row].append(TokenLogprob(token, chosen[row], top))
+            self.add(row, token)
+
     def add(self, row: int, token: int) -> None:
         """Take ``token`` as request ``row``'s next one and decide whether it has ended."""
         tokens = self.tokens[row]
         tokens.append(token)
-        if self.logprobs[row] is not None and self.step_logprobs is not None:
-            lp = self.step_logprobs[row]
-            k = self.jobs[row].top_logprobs or 0
-            top: tuple[tuple[int, float], ...] = ()
-            if k:
-                values, ids = torch.topk(lp, min(k, lp.shape[-1]))
-                top = tuple(zip(ids.tolist(), values.tolist()))
-            self.logprobs[row].append(TokenLogprob(token, float(lp[token]), top))
         if token in self.eos[row]:
             self.finish[row] = "stop"
         elif self.jobs[row].stop and self._stop_string(row):
@@ -211,9 +226,7 @@ class _EndPerRow(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         rows = self.rows
-        for row, token in enumerate(input_ids[:, -1].tolist()):
-            if rows.finish[row] is None:
-                rows.add(row, token)
+        rows.add_step(input_ids[:, -1])
         return torch.tensor([f is not None for f in rows.finish], dtype=torch.bool, device=input_ids.device)
 
 
@@ -390,16 +403,31 @@ class BatchingGenerateManager(BaseGenerateManager):
             if isinstance(taken, _StreamJob):
                 taken.run()
                 continue
-            self.batch_sizes[len(taken)] += 1
-            t = time.perf_counter()
-            try:
-                results = generate_batch(taken)
-            except Exception as e:  # every request of the batch gets the error (HTTP 500)
-                log.exception("generation failed for a batch of %d", len(taken))
-                for job in taken:
-                    job.future.set_exception(e)
-                continue
-            log.debug("batch of %d in %.3fs", len(taken), time.perf_counter() - t)
-            for job, result in zip(taken, results):
-                job.future.set_result(result)
+            groups: dict[tuple, list[GenerationJob]] = {}
+            for job in taken:
+                if job.inputs is None and job.prepare is not None:
+                    try:
+                        job.inputs = job.prepare()
+                    except Exception as e:  # that request's error (HTTP 500), not the batch's
+                        job.future.set_exception(e)
+                        continue
+                    job.key = batch_key(job)
+                groups.setdefault(job.key, []).append(job)
+            for group in groups.values():
+                self._run(group)
+
+    def _run(self, taken: list[GenerationJob]) -> None:
+        """Generate one batch of prepared jobs and hand each its answer (or the batch's error)."""
+        self.batch_sizes[len(taken)] += 1
+        t = time.perf_counter()
+        try:
+            results = generate_batch(taken)
+        except Exception as e:  # every request of the batch gets the error (HTTP 500)
+            log.exception("generation failed for a batch of %d", len(taken))
+            for job in taken:
+                job.future.set_exception(e)
+            return
+        log.debug("batch of %d in %.3fs", len(taken), time.perf_counter() - t)
+        for job, result in zip(taken, results):
+            job.future.set_result(result)
 

@@ -469,11 +469,13 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             modality = self.model_manager.get_model_modality(model, processor=processor)
             generation = self.generation_state.get_manager(model_id)
             with current_arrival.get() or generation.arrival() as arrival:
-                inputs = await asyncio.to_thread(self._prompt, body, processor, modality)
                 config = self._build_generation_config(body, model.generation_config)
-                future = generation.submit(GenerationJob(model, processor, inputs, config, stop, top_logprobs))
+                job = GenerationJob(model, processor, None, config, stop, top_logprobs,
+                                    prepare=lambda: self._prompt(body, processor, modality))
+                future = generation.submit(job)
                 arrival.done()
             result = await asyncio.wrap_future(future)
+            inputs = job.inputs
             content, reasoning, tool_calls = parse_assistant_message(
                 processor, model, result.token_ids, input_ids=inputs["input_ids"], cleaned_content=result.text,
                 tools=body.get("tools"))
