@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 from gemma_ocr.data.records import write_records  # noqa: E402
 from gemma_ocr.data.synthetic import READER_PRETRAINING, WORDS, SyntheticConfig, generate_dataset  # noqa: E402
 from gemma_ocr.evaluation import EvalConfig, build_request, encode_image, evaluate  # noqa: E402
+from gemma_ocr.layout import LAYOUT  # noqa: E402
 from gemma_ocr.metrics import score_pairs  # noqa: E402
-from gemma_ocr.modeling.reader import DEFAULT_READER_DIR  # noqa: E402
 
 WORKERS = (1, 4, 8, 16)
 READER_HELDOUT_SEED = 3  # lines of the reader's pretraining distribution it was not trained on
@@ -264,7 +264,7 @@ def main() -> None:
     p.add_argument("--latency", type=float, default=0.05, help="stub latency per request (s)")
     p.add_argument("--real-images", type=int, default=256, help="images per real-server run")
     p.add_argument("--real-max-tokens", type=int, default=32)
-    p.add_argument("--model", type=Path, default=Path(DEFAULT_READER_DIR), help="the model the real servers serve")
+    p.add_argument("--model", type=Path, default=LAYOUT.reader, help="the model the real servers serve")
     p.add_argument("--real-data", type=Path, default=None,
                    help="OCR data file for the real servers (default: lines of the reader's pretraining distribution)")
     p.add_argument("--vllm-python", default=None, help="the python of the venv that has vLLM (default: as serve.py finds it)")

@@ -25,12 +25,12 @@ from eval_fixtures import ROOT, eval_env, make_adapter
 from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.data.records import load_records, write_records
 from gemma_ocr.evaluation import EvalConfig, evaluate
-from gemma_ocr.modeling.reader import DEFAULT_READER_DIR
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.serving import find_vllm, start_server
 
 pytestmark = pytest.mark.vllm
 
-READER = ROOT / DEFAULT_READER_DIR
+READER = ROOT / LAYOUT.reader
 VLLM_PYTHON = Path(os.environ.get("GEMMA_OCR_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
 SAMPLES = 20
 MAX_TOKENS = 32
