@@ -7,6 +7,7 @@ import io
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -15,10 +16,12 @@ from eval_fixtures import ROOT, eval_env
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.evaluation import build_request, encode_image
 from gemma_ocr.serving import (
+    ServerProcess,
     VllmInstall,
     check_port_free,
     find_vllm,
     free_port,
+    group_alive,
     server_command,
     start_server,
     vllm_command,
@@ -160,3 +163,21 @@ def test_the_model_server_does_not_outlive_serve_py(how, merged_model):
         for p in server:  # an orphan would keep the port for the rest of the run
             if p.is_running():
                 p.kill()
+
+
+@pytest.mark.parametrize("lingers", [0.6, 60.0], ids=["exits-late", "ignores-sigterm"])
+def test_stop_waits_for_the_whole_process_group(lingers, tmp_path):
+    """A server whose leader exits on SIGTERM before its workers do (vLLM's API server and its engine
+    processes): stop returns once every process of the group has gone, killing what outlives the grace."""
+    worker = f'trap "" TERM; echo ready; exec sleep {lingers}'  # an ignored SIGTERM stays ignored through exec
+    leader = f"bash -c '{worker}' & trap 'exit 0' TERM; while :; do sleep 0.05; done"
+    server = ServerProcess(["bash", "-c", leader], "http://127.0.0.1:1", "m", log_file=tmp_path / "server.log")
+    server.start()
+    deadline = time.monotonic() + 10
+    while "ready" not in server.log_tail() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    server.stop(grace=2.0)
+    took = time.monotonic() - started
+    assert not group_alive(server.proc.pid), "a process of the server's group outlived stop()"
+    assert (0.3 < took < 1.9) if lingers < 2 else (1.9 < took < 8), took

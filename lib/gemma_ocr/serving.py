@@ -284,6 +284,28 @@ def guarded_command(cmd: Sequence[str], engine: str) -> list[str]:
     return [sys.executable, "-m", "gemma_ocr.serving", "--die-with-parent", PARENT_DEATH_SIGNAL[engine].name, "--", *cmd]
 
 
+def group_alive(pgid: int) -> bool:
+    """Whether a process of process group ``pgid`` is still running. Zombies do not count: in a container
+    whose init reaps nothing, an orphaned worker that has exited stays a zombie."""
+    proc = Path("/proc")
+    if sys.platform.startswith("linux") and proc.is_dir():
+        for stat in proc.glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (command)": state ppid pgrp
+            except (OSError, IndexError):
+                continue
+            if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class ServerProcess:
     """A server child process in its own process group."""
 
@@ -346,19 +368,26 @@ class ServerProcess:
                 time.sleep(0.3)
 
     def stop(self, grace: float = 15.0) -> None:
-        """SIGTERM the child's process group, SIGKILL it after ``grace`` seconds."""
+        """SIGTERM the child's process group and wait until every process of it has exited (vLLM's engine
+        processes outlive its API server by a moment); SIGKILL what is left after ``grace`` seconds."""
         proc = self.proc
         if proc is not None and proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
+        if proc is not None:
+            deadline = time.monotonic() + grace
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(grace)
-            except subprocess.TimeoutExpired:
+            while group_alive(proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if group_alive(proc.pid):
+                log.warning("the server's processes did not stop within %.0fs of SIGTERM: killing them", grace)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+                deadline = time.monotonic() + 5
+                while group_alive(proc.pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            proc.wait()
         if self._log is not None:
             self._log.close()
             self._log = None
