@@ -1,7 +1,8 @@
 """A real vLLM serves the merged tiny reader; evaluate.py scores it as it scores the embedded server.
 
 Opt-in (``pytest -m vllm``): it needs the vLLM venv (``scripts/build_vllm_env.sh``, or
-``GEMMA_OCR_VLLM_PYTHON=/path/to/python``) and starts vLLM (about 90 s on a CPU with --enforce-eager).
+``GEMMA_OCR_VLLM_PYTHON=/path/to/python``) and starts vLLM the way a user does, with
+``core/serve.py --engine vllm --vllm-python ...`` (about 30-90 s on a CPU with --enforce-eager).
 
 vLLM's CPU attention treats image tokens causally, while Gemma 3 (and transformers) attend
 bidirectionally within an image, so on the CPU build the answers are checked twice:
@@ -17,6 +18,9 @@ bidirectionally within an image, so on the CPU build the answers are checked twi
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +30,7 @@ from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.data.records import load_records, write_records
 from gemma_ocr.evaluation import EvalConfig, evaluate
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.serving import find_vllm, start_server
+from gemma_ocr.serving import check_port_free, find_vllm, free_port, group_alive, start_server
 
 pytestmark = pytest.mark.vllm
 
@@ -98,13 +102,43 @@ def _causal_answers(model_dir: Path, data: Path) -> list[str]:
     return answers
 
 
+def _serve_vllm(model_dir: Path, python: str, port: int) -> tuple[subprocess.Popen, list[str]]:
+    """``core/serve.py MODEL --engine vllm``, once it prints that it serves: the process and its output so far."""
+    serve = subprocess.Popen([sys.executable, str(ROOT / "core/serve.py"), str(model_dir), "--engine", "vllm",
+                              "--vllm-python", python, "--port", str(port), "--max-model-len", "512",
+                              "--startup-timeout", "900", "--enforce-eager"],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=eval_env())
+    lines: list[str] = []
+    while not (lines and lines[-1].startswith("serving ")):
+        line = serve.stdout.readline()
+        assert line, f"serve.py exited with {serve.wait()}:\n{''.join(lines)}"
+        lines.append(line)
+    return serve, lines
+
+
 def test_vllm_scores_the_merged_reader_as_the_embedded_server_does(vllm_install, merged_reader, reader_lines, tmp_path):
+    import psutil
+
     with start_server(merged_reader, env=eval_env(), startup_timeout=180) as (url, _):
         embedded = _evaluate(url, reader_lines, tmp_path / "embedded.json")
-    with start_server(merged_reader, engine="vllm", vllm_python=vllm_install.python, env=eval_env(),
-                      max_model_len=512, startup_timeout=900, extra_args=["--enforce-eager"]) as (url, name):
-        served = _evaluate(url, reader_lines, tmp_path / "vllm.json")
-    assert served["model_name"] == name == "merged-reader" and served["status_counts"]["error"] == 0
+    port = free_port()
+    serve, output = _serve_vllm(merged_reader, vllm_install.python, port)
+    try:
+        engine = psutil.Process(serve.pid).children()  # the exec wrapper became vLLM's API server
+        assert len(engine) == 1 and "vllm.entrypoints.openai.api_server" in " ".join(engine[0].cmdline())
+        group = os.getpgid(engine[0].pid)
+        workers = engine[0].children(recursive=True)  # vLLM's engine core and its worker, in the same group
+        assert workers and all(os.getpgid(w.pid) == group for w in workers)
+        served = _evaluate(f"http://127.0.0.1:{port}", reader_lines, tmp_path / "vllm.json")
+        serve.send_signal(signal.SIGTERM)  # as `kill PID` does
+        assert serve.wait(60) == 0, serve.stdout.read()
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+    assert not group_alive(group), "a vLLM process outlived serve.py"
+    check_port_free("127.0.0.1", port)
+    assert ("CPU build" in "".join(output)) == vllm_install.cpu  # the warning that its image attention is causal
+    assert served["model_name"] == "merged-reader" and served["status_counts"]["error"] == 0
     assert embedded["overall_cer"] <= 0.1, embedded["overall_cer"]  # the merged reader reads
     for s in served["samples"]:  # vLLM's answers carry what evaluation records
         assert s["finish_reason"] in ("stop", "length") and s["min_logprob"] <= s["mean_logprob"] <= 0
