@@ -174,3 +174,35 @@ def test_streaming_runs_through_the_same_thread_and_stops_at_a_stop_string(tiny_
     # the stream ends at the stop string (its tokens are out before the string is complete)
     assert cut.startswith(text[: text.find(stop)]) and stop in cut and len(cut) < len(text)
     assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_indexed_masks_give_the_same_logits_and_answers(merged_model, eval_data):
+    """Gemma 3's masks built by broadcasting (the embedded server's) equal transformers' vmap-built ones:
+    the same logits on a left-padded batch with two prompt lengths, and the same greedy answers."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from gemma_ocr.batching import INDEXED_SDPA, GenerationJob, generate_batch, use_indexed_masks
+
+    torch.set_num_threads(1)
+    folder = merged_model[0]
+    processor = AutoProcessor.from_pretrained(folder)
+    vmapped, indexed = (AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval() for _ in "ab")
+    assert vmapped.config._attn_implementation == "sdpa"
+    assert use_indexed_masks(indexed) and indexed.config.text_config._attn_implementation == INDEXED_SDPA
+    assert use_indexed_masks(indexed)  # again: no change
+    messages = [[{"role": "user", "content": [{"type": "image", "url": r.image_path},
+                                              {"type": "text", "text": INSTRUCTIONS[i % 2]}]}]
+                for i, r in enumerate(load_records(eval_data)[:4])]
+    batch = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                          return_tensors="pt", padding=True, padding_side="left")
+    assert not batch["attention_mask"].all()  # padded
+    with torch.no_grad():
+        assert torch.equal(vmapped(**batch).logits, indexed(**batch).logits)
+    config = vmapped.generation_config
+    config.do_sample, config.max_new_tokens = False, 8
+    prompts = [dict(processor.apply_chat_template(m, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                                  return_tensors="pt")) for m in messages]
+    answers = [[r.token_ids for r in generate_batch([GenerationJob(model, processor, x, config) for x in prompts])]
+               for model in (vmapped, indexed)]
+    assert answers[0] == answers[1]

@@ -456,7 +456,13 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     from transformers.cli.serving.transcription import TranscriptionHandler
     from transformers.cli.serving.utils import X_REQUEST_ID, GenerationState, parse_assistant_message
 
-    from gemma_ocr.batching import BatchingGenerateManager, GenerationJob, current_arrival, tokenizer_of
+    from gemma_ocr.batching import (
+        BatchingGenerateManager,
+        GenerationJob,
+        current_arrival,
+        tokenizer_of,
+        use_indexed_masks,
+    )
 
     if dtype is None:  # bf16 on a GPU; fp32 on a CPU (exact and faster there); never fp16 for Gemma 3
         dtype = "bfloat16" if torch.cuda.is_available() else "float32"
@@ -478,6 +484,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             if loaded and any(m.model is loaded[0] for m in manager.loaded_models.values()):
                 return served_model_name, loaded[0], loaded[1]
             _, model, processor = super()._resolve_model(body)  # type: ignore[misc]
+            use_indexed_masks(model)
             loaded[:] = [model, processor]
             return served_model_name, model, processor
 
