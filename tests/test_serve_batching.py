@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -206,3 +207,33 @@ def test_indexed_masks_give_the_same_logits_and_answers(merged_model, eval_data)
     answers = [[r.token_ids for r in generate_batch([GenerationJob(model, processor, x, config) for x in prompts])]
                for model in (vmapped, indexed)]
     assert answers[0] == answers[1]
+
+
+def test_prompts_prepared_together_are_those_prepared_alone(merged_model, eval_data):
+    """One processor call for a batch's chats (left-padded, then split) gives each chat the tensors it gets alone."""
+    import torch
+    from transformers import AutoProcessor
+
+    from gemma_ocr.batching import ChatPrompt, prepare_prompts
+
+    processor = AutoProcessor.from_pretrained(merged_model[0])
+    prompts = [ChatPrompt([{"role": "user", "content": [{"type": "image", "url": r.image_path},
+                                                        {"type": "text", "text": INSTRUCTIONS[i % 2]}]}])
+               for i, r in enumerate(load_records(eval_data)[:4])]
+    together = prepare_prompts(processor, prompts)
+    alone = [prepare_prompts(processor, [p])[0] for p in prompts]
+    assert len({x["input_ids"].shape[-1] for x in alone}) == 2  # two lengths: the batch call padded
+    for a, b in zip(alone, together):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+
+
+def test_a_broken_image_fails_only_its_own_request_in_a_batch(tiny_server, images):
+    url, name = tiny_server
+    bodies = [build_request(name, image, "OCR", 4) for image in images[:5]]
+    bodies.insert(2, build_request(name, "data:image/png;base64," + base64.b64encode(b"not a png").decode(), "OCR", 4))
+    with requests.Session() as s, ThreadPoolExecutor(len(bodies)) as pool:
+        s.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=len(bodies)))
+        codes = list(pool.map(lambda b: s.post(url + "/v1/chat/completions", json=b, timeout=60).status_code, bodies))
+        alone = s.post(url + "/v1/chat/completions", json=bodies[0], timeout=60)
+    assert codes[2] >= 400 and codes[:2] + codes[3:] == [200] * 5, codes
+    assert alone.status_code == 200

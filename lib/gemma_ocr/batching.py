@@ -35,7 +35,7 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,21 +82,55 @@ class Generation:
     logprobs: list[TokenLogprob] | None = None  # None: not asked for
 
 
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A chat to turn into prompt tensors: the processor's messages and the chat template's options."""
+
+    messages: list[dict[str, Any]]
+    options: dict[str, Any] = field(default_factory=dict)  # apply_chat_template keywords (tools, template kwargs)
+
+    def group(self) -> str:
+        """Prompts of equal groups are prepared in one processor call."""
+        return json.dumps(self.options, sort_keys=True, default=str)
+
+
+def prepare_prompts(processor: Any, prompts: Sequence[ChatPrompt]) -> list[dict[str, torch.Tensor]]:
+    """Each chat's prompt tensors ([1, L] tokens, its image's pixel values), as the processor makes them for that
+    chat alone; chats of one image each (and one group) go through the processor in one call, which costs a
+    third less per chat than one call each."""
+    def alone(prompt: ChatPrompt) -> dict[str, torch.Tensor]:
+        return dict(processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True,
+                                                  return_dict=True, return_tensors="pt", **prompt.options))
+
+    images = [sum(isinstance(part, dict) and part.get("type") == "image" for m in p.messages
+                  for part in (m.get("content") if isinstance(m.get("content"), list) else ())) for p in prompts]
+    if len(prompts) == 1 or any(n != 1 for n in images) or len({p.group() for p in prompts}) > 1:
+        return [alone(p) for p in prompts]
+    batch = processor.apply_chat_template([p.messages for p in prompts], add_generation_prompt=True, tokenize=True,
+                                          return_dict=True, return_tensors="pt", padding=True, padding_side="left",
+                                          **prompts[0].options)
+    if set(batch) - set(_PADDED_INPUTS) - {"pixel_values"} or batch["pixel_values"].shape[0] != len(prompts):
+        return [alone(p) for p in prompts]  # a layout this split does not know
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    return [{name: value[row:row + 1, -n:] if name in _PADDED_INPUTS else value[row:row + 1]
+             for name, value in batch.items()} for row, n in enumerate(lengths)]
+
+
 @dataclass
 class GenerationJob:
     """A request waiting for the inference thread."""
 
     model: Any
     processor: Any
-    inputs: dict[str, torch.Tensor] | None  # one prompt: [1, L] token tensors, pixel values (None: ``prepare`` makes them)
+    inputs: dict[str, torch.Tensor] | None  # one prompt: [1, L] token tensors, pixel values (None: from ``prompt``)
     config: GenerationConfig
     stop: tuple[str, ...] = ()
     top_logprobs: int | None = None  # None: no logprobs; 0: the chosen token's only; k: and the k most likely
     future: Future = field(default_factory=Future)
     key: tuple = ()
-    # Makes ``inputs`` on the inference thread (image decoding, chat template), between batches: threads that
-    # prepared prompts while a batch ran took the GIL from it and from each other at every torch call.
-    prepare: Callable[[], dict[str, torch.Tensor]] | None = None
+    # Made into ``inputs`` on the inference thread (image decoding, chat template), between batches: threads
+    # that prepared prompts while a batch ran took the GIL from it and from each other at every torch call.
+    prompt: ChatPrompt | None = None
 
     def __post_init__(self) -> None:
         self.key = batch_key(self)
@@ -435,18 +469,32 @@ class BatchingGenerateManager(BaseGenerateManager):
             if isinstance(taken, _StreamJob):
                 taken.run()
                 continue
+            self._prepare([j for j in taken if j.inputs is None and j.prompt is not None])
             groups: dict[tuple, list[GenerationJob]] = {}
             for job in taken:
-                if job.inputs is None and job.prepare is not None:
-                    try:
-                        job.inputs = job.prepare()
-                    except Exception as e:  # that request's error (HTTP 500), not the batch's
-                        job.future.set_exception(e)
-                        continue
-                    job.key = batch_key(job)
-                groups.setdefault(job.key, []).append(job)
+                if not job.future.done():
+                    groups.setdefault(job.key, []).append(job)
             for group in groups.values():
                 self._run(group)
+
+    def _prepare(self, jobs: list[GenerationJob]) -> None:
+        """Make the prompt tensors of ``jobs``, several at once where they can be; a prompt that fails (a broken
+        image) fails its own request only (HTTP 500)."""
+        by_processor: dict[int, list[GenerationJob]] = {}
+        for job in jobs:
+            by_processor.setdefault(id(job.processor), []).append(job)
+        for group in by_processor.values():
+            try:
+                prepared = prepare_prompts(group[0].processor, [j.prompt for j in group])
+            except Exception:
+                prepared = None  # find the request that failed
+            for i, job in enumerate(group):
+                try:
+                    job.inputs = prepared[i] if prepared is not None else prepare_prompts(job.processor, [job.prompt])[0]
+                except Exception as e:
+                    job.future.set_exception(e)
+                    continue
+                job.key = batch_key(job)
 
     def _run(self, taken: list[GenerationJob]) -> None:
         """Generate one batch of prepared jobs and hand each its answer (or the batch's error)."""

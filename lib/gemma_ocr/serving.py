@@ -458,6 +458,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
 
     from gemma_ocr.batching import (
         BatchingGenerateManager,
+        ChatPrompt,
         GenerationJob,
         current_arrival,
         tokenizer_of,
@@ -507,7 +508,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             with current_arrival.get() or generation.arrival() as arrival:
                 config = self._build_generation_config(body, model.generation_config)
                 job = GenerationJob(model, processor, None, config, stop, top_logprobs,
-                                    prepare=lambda: self._prompt(body, processor, modality))
+                                    prompt=self._prompt(body, modality))
                 future = generation.submit(job)
                 arrival.done()
             result = await asyncio.wrap_future(future)
@@ -532,12 +533,13 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
                 choice["logprobs"] = {"content": openai_logprobs(tokenizer_of(processor), result.logprobs, token_texts)}
             return JSONResponse(response, media_type="application/json")
 
-        def _prompt(self, body: dict, processor, modality) -> dict:
-            """The request's prompt tensors (images decoded, chat template applied): run off the event loop."""
+        def _prompt(self, body: dict, modality) -> ChatPrompt:
+            """The request's chat as the processor takes it (its tensors are made on the inference thread)."""
             messages = self.get_processor_inputs_from_messages(body["messages"], modality)
-            kwargs = {**self.chat_template_kwargs, **(body.get("chat_template_kwargs") or {})}
-            return dict(processor.apply_chat_template(messages, add_generation_prompt=True, tools=body.get("tools"),
-                                                      return_tensors="pt", return_dict=True, tokenize=True, **kwargs))
+            options = {**self.chat_template_kwargs, **(body.get("chat_template_kwargs") or {})}
+            if body.get("tools") is not None:
+                options["tools"] = body["tools"]
+            return ChatPrompt(messages, options)
 
     class Completion(_ServedName, CompletionHandler):
         pass
