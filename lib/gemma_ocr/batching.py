@@ -5,7 +5,7 @@ serves text-only models (not Gemma 3 with an image). :class:`BatchingGenerateMan
 place of its generation manager behind the same handlers. One inference thread takes the queued
 requests whose generation settings match (up to ``max_batch_size``), left-pads their prompts, runs
 them as one batch and gives each request its own answer, ended where that request ends (the chat
-handler's prompts are prepared, images decoded and chat template applied, on that thread too):
+handler's prompts are prepared on that thread too, a batch's in one processor call: :func:`prepare_prompts`):
 
 * at an end-of-turn/EOS token (``finish_reason`` ``stop``), at the request's own ``max_tokens``
   (``length``), or at one of its ``stop`` strings (``stop``; the text ends before the stop string,
