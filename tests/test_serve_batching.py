@@ -237,3 +237,10 @@ def test_a_broken_image_fails_only_its_own_request_in_a_batch(tiny_server, image
         alone = s.post(url + "/v1/chat/completions", json=bodies[0], timeout=60)
     assert codes[2] >= 400 and codes[:2] + codes[3:] == [200] * 5, codes
     assert alone.status_code == 200
+
+
+def test_torch_threads_reach_the_embedded_server(merged_model):
+    """serve.py --torch-threads N passes through to the server process, whatever OMP_NUM_THREADS says."""
+    env = {**eval_env(), "OMP_NUM_THREADS": "2"}
+    with start_server(merged_model[0], env=env, startup_timeout=180, extra_args=["--torch-threads", "1"]) as (url, _):
+        assert requests.get(url + "/stats", timeout=10).json()["torch_threads"] == 1

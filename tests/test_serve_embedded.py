@@ -11,6 +11,7 @@ import time
 
 import pytest
 import requests
+from conftest import assert_one_line_error, run_cli
 from eval_fixtures import ROOT, eval_env
 
 from gemma_ocr.errors import GemmaOcrError
@@ -101,6 +102,15 @@ def test_busy_port_and_adapter_folder_are_one_clear_error(tiny_server, merged_mo
     with pytest.raises(GemmaOcrError, match="is a LoRA adapter, not a model: merge it first"):
         with start_server(eval_adapter):
             pass
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--engine", "vllm", "--torch-threads", "1"], "--torch-threads is the embedded server's"),
+    (["--torch-threads", "0"], "--torch-threads must be >= 1, got 0"),
+    (["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
+])
+def test_serve_flags_are_checked_before_anything_starts(flags, fragment, tmp_path):
+    assert_one_line_error(run_cli("serve.py", str(tmp_path), *flags, check=False), fragment)
 
 
 @pytest.mark.parametrize("cpu", [False, True], ids=["cuda-build", "cpu-build"])

@@ -332,13 +332,16 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
 
     Finished samples of an earlier run are kept (resumed) while the model and the test data are the same.
     """
+    from gemma_ocr.config import resolve_config
     from gemma_ocr.evaluation import EvalConfig, evaluate
     from gemma_ocr.serving import start_server
 
     stage = f"evaluate {output.name}"
     inputs = fingerprint(model_dir, cfg.layout.test_json, cfg.eval_max_tokens)
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
-    with start_server(model_dir, startup_timeout=300) as (url, name):
+    threads = resolve_config(cfg.train_config, {}).torch_threads  # as training ran: one thread for the tiny reader
+    with start_server(model_dir, startup_timeout=300,
+                      extra_args=["--torch-threads", str(threads)] if threads else ()) as (url, name):
         settings = EvalConfig(urls=[url], data_file=cfg.layout.test_json, output_file=output, top_k=cfg.eval_top_k,
                               workers=cfg.eval_workers, model_name=name, save_interval=50,
                               max_tokens=cfg.eval_max_tokens, resume=resume)

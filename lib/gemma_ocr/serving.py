@@ -622,10 +622,13 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
 
     @app.get("/stats")
     def stats():
-        """How the embedded server has batched: batches run by size, requests answered."""
+        """How the embedded server has batched (batches run by size, requests answered), and its torch threads."""
         managers = list(state._batching.values())
         sizes = sum((m.batch_sizes for m in managers), collections.Counter())
-        return JSONResponse({"max_batch_size": max_batch_size, "requests": sum(k * n for k, n in sizes.items()),
+        import torch
+
+        return JSONResponse({"max_batch_size": max_batch_size, "torch_threads": torch.get_num_threads(),
+                             "requests": sum(k * n for k, n in sizes.items()),
                              "batches": {str(k): sizes[k] for k in sorted(sizes)}})
 
     @app.get("/v1/models")
@@ -715,10 +718,15 @@ def _child_main(argv: Sequence[str] | None = None) -> None:
                    help="most requests generated together (1: one at a time)")
     p.add_argument("--max-wait", type=float, default=DEFAULT_MAX_WAIT,
                    help="seconds a forming batch waits for requests still being read")
+    p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
-    if args.max_batch_size < 1 or not args.max_wait >= 0:
-        p.error("--max-batch-size must be >= 1 and --max-wait >= 0")
+    if args.max_batch_size < 1 or not args.max_wait >= 0 or args.torch_threads < 0:
+        p.error("--max-batch-size must be >= 1, --max-wait >= 0 and --torch-threads >= 0")
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     name = args.served_model_name or default_served_name(args.model_dir)
     app = build_app(args.model_dir, name, device=args.device, dtype=args.dtype,

@@ -34,6 +34,9 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=flag_value(int), default=None,
                    help=f"transformers: most concurrent requests generated together (default {DEFAULT_MAX_BATCH_SIZE}; "
                         f"1: one at a time)")
+    p.add_argument("--torch-threads", type=flag_value(int), default=None,
+                   help="transformers: torch CPU threads of the server (default: torch's, one per core; 1 is fastest "
+                        "for a small model on a shared CPU)")
     p.add_argument("--startup-timeout", type=flag_value(float), default=900.0, help="seconds to wait for the model to load")
     p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
     args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
@@ -44,6 +47,13 @@ def main() -> None:
         if args.max_batch_size < 1:
             raise GemmaOcrError(f"--max-batch-size must be >= 1 (1: one request at a time), got {args.max_batch_size}")
         extra = ["--max-batch-size", str(args.max_batch_size), *extra]
+    if args.torch_threads is not None:
+        if args.engine != "transformers":
+            raise GemmaOcrError("--torch-threads is the embedded server's (--engine transformers); vLLM's CPU build "
+                                "sets its own (VLLM_CPU_OMP_THREADS_BIND)")
+        if args.torch_threads < 1:
+            raise GemmaOcrError(f"--torch-threads must be >= 1, got {args.torch_threads}")
+        extra = ["--torch-threads", str(args.torch_threads), *extra]
 
     def on_term(*_):  # `kill PID` and a closed terminal stop the server like Ctrl-C does
         raise KeyboardInterrupt
