@@ -119,6 +119,7 @@ def test_wandb_offline_run_holds_the_metrics(trained):
     eval_rows = [r for r in rows if "eval/loss" in r]
     assert [r["train/global_step"] for r in eval_rows] == [0, 4, 8]
     assert eval_rows[-1]["eval/loss"] == pytest.approx(result["eval_loss"])
+    assert eval_rows[-1]["eval/cer"] == pytest.approx(result["eval_cer"])  # the CER evaluation is logged beside it
     assert any("train/loss" in r for r in rows)
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import FieldError, Layer, Settings, load_config, resolve, setting
+from gemma_ocr.settings import FieldError, Layer, Settings, did_you_mean, load_config, resolve, setting
 
 __all__ = ["DEFAULT_INSTRUCTION", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
            "train_config_class"]
@@ -68,6 +68,11 @@ FIXED: dict[str, tuple[Any, str]] = {
     "gradient_checkpointing_kwargs": (None, "is set from gradient_checkpointing and activation_offloading"),
 }
 SECRET_FIELDS = ("hub_token",)
+#: What the trainer's evaluation reports (with the ``eval_`` prefix) besides the CER evaluation's metrics.
+TRAINER_EVAL_METRICS = ("loss", "mean_token_accuracy")
+#: Gemma 3 image processor settings training, the CER evaluation, merge and serving share (saved with the processor).
+PAN_AND_SCAN_FIELDS = ("do_pan_and_scan", "pan_and_scan_max_num_crops", "pan_and_scan_min_crop_size",
+                       "pan_and_scan_min_ratio_to_activate")
 
 
 #: A field of :class:`OcrArguments` (:func:`gemma_ocr.settings.setting` under the project's heading of ``--help``).
@@ -119,8 +124,30 @@ class OcrArguments:
     dataloader_pin_memory: bool | None = arg(None, "pinned host memory for batches (null: with CUDA)")
     torch_threads: int = arg(0, "torch CPU threads while training (0: torch's default, one per core; 1 is fastest "
                                 "for a small model on a shared CPU)")
+    # image processing (Gemma 3's pan-and-scan: a long line read as several crops besides the whole image);
+    # null: the checkpoint's own setting. Saved with the processor, so merge and serving use the same.
+    do_pan_and_scan: bool | None = arg(None, "pan-and-scan: besides the whole image, crops of a long or tall image "
+                                             "each become image tokens too (null: the checkpoint's setting, off in "
+                                             "Gemma 3)")
+    pan_and_scan_max_num_crops: int | None = arg(None, "most crops per image (null: the checkpoint's, 4 in Gemma 3)")
+    pan_and_scan_min_crop_size: int | None = arg(None, "smallest crop side in pixels (null: the checkpoint's, 256 in "
+                                                       "Gemma 3)")
+    pan_and_scan_min_ratio_to_activate: float | None = arg(None, "crop only images whose aspect ratio is at least "
+                                                                 "this (null: the checkpoint's, 1.2 in Gemma 3)")
     # evaluation, checkpoints, logging
     eval_steps: int | float = arg(50, "evaluate every N steps (a number in (0, 1) is a fraction of the run)")
+    cer_eval_samples: int = arg(64, "validation images read by greedy generation at every evaluation: eval_cer, "
+                                    "eval_f1 and their normalized forms beside eval_loss (0: off)")
+    cer_eval_max_tokens: int | None = arg(None, "longest generated answer of that evaluation (null: twice the "
+                                                "longest reference in tokens, plus 16)")
+    metric_for_best_model: str | None = arg(None, "keep the checkpoint best by this metric as the output: eval_cer "
+                                                  "(recommended for OCR), eval_f1, eval_loss, ... (null: the last one)")
+    load_best_model_at_end: bool | None = arg(None, "end with the best checkpoint by metric_for_best_model (null: "
+                                                    "when metric_for_best_model is set)")
+    early_stopping_patience: int | None = arg(None, "stop after this many evaluations without an improvement of "
+                                                    "metric_for_best_model (null: never stop early)")
+    early_stopping_threshold: float = arg(0.0, "the smallest change of metric_for_best_model that counts as an "
+                                               "improvement")
     save_steps: int | float = arg(50, "save a checkpoint every N steps (or a fraction of the run)")
     logging_steps: int | float = arg(10, "log every N steps (or a fraction of the run)")
     max_train_samples: int | None = arg(None, "use only the first N training samples")
@@ -189,10 +216,41 @@ class TrainConfigMethods(Settings):
             raise FieldError("finetune_language_layers", "and finetune_vision_layers are both false: nothing to train")
         if not (c.finetune_attention_modules or c.finetune_mlp_modules or c.lora_target_modules):
             raise FieldError("finetune_attention_modules", "and finetune_mlp_modules are both false: nothing to train")
+        self._validate_evaluation()
         if not c.model_name:
             raise FieldError("model_name", "is empty")
         if not c.output_dir:
             raise FieldError("output_dir", "is empty (pass --lora-output-dir)")
+
+    def _validate_evaluation(self) -> None:
+        """The CER evaluation, pan-and-scan, the best checkpoint and early stopping."""
+        from gemma_ocr.training.cer_eval import CER_METRICS, is_cer_metric
+
+        c: Any = self
+        c.at_least(0, "cer_eval_samples", "early_stopping_threshold")
+        c.at_least(1, "cer_eval_max_tokens", "pan_and_scan_max_num_crops", "pan_and_scan_min_crop_size",
+                   "early_stopping_patience")
+        if c.pan_and_scan_min_ratio_to_activate is not None and c.pan_and_scan_min_ratio_to_activate <= 0:
+            raise FieldError("pan_and_scan_min_ratio_to_activate",
+                             f"must be > 0 (or null), got {c.pan_and_scan_min_ratio_to_activate}")
+        metric = c.metric_for_best_model
+        known = [f"eval_{name}" for name in (*TRAINER_EVAL_METRICS, *CER_METRICS)]
+        if metric is not None and f"eval_{metric.removeprefix('eval_')}" not in known:
+            raise FieldError("metric_for_best_model", f"{metric!r} is not a metric of the evaluation (one of "
+                                                      f"{', '.join(known)}){did_you_mean(metric, known)}")
+        if is_cer_metric(metric) and not (c.cer_eval_samples and c.val_split):
+            why = "cer_eval_samples is 0" if c.val_split else "there is no val_split"
+            raise FieldError("metric_for_best_model", f"{metric!r} comes from the CER evaluation, but {why}: set "
+                                                      "cer_eval_samples > 0 and a val_split, or choose eval_loss")
+        if metric is not None and not c.val_split:
+            raise FieldError("metric_for_best_model", f"{metric!r} needs evaluations: set a val_split")
+        if c.early_stopping_patience is not None and metric is None:
+            raise FieldError("early_stopping_patience", "watches metric_for_best_model, which is not set: set it "
+                                                        "(eval_cer for OCR, or eval_loss)")
+
+    def image_processor_kwargs(self) -> dict[str, Any]:
+        """The pan-and-scan settings given (not null), as the processor's keyword arguments."""
+        return {name: getattr(self, name) for name in PAN_AND_SCAN_FIELDS if getattr(self, name) is not None}
 
     @property
     def reporters(self) -> list[str]:

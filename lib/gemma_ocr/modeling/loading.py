@@ -161,12 +161,18 @@ def _attn_implementation(config: TrainConfig) -> str:
     return config.attn_implementation
 
 
-def load_processor(model_name: str):
-    """``AutoProcessor`` of the checkpoint, with a pad token set."""
+def load_processor(model_name: str, image_kwargs: dict[str, Any] | None = None):
+    """``AutoProcessor`` of the checkpoint, with a pad token set.
+
+    ``image_kwargs`` (pan-and-scan settings, :meth:`TrainConfig.image_processor_kwargs`) are given to
+    ``from_pretrained``: then every call of the processor uses them, and ``save_pretrained`` writes them where a
+    reload (the merge, the embedded server) takes them from. Setting the image processor's attributes after
+    loading is not enough: Gemma3Processor passes its own defaults (pan-and-scan off) to every call.
+    """
     from transformers import AutoProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(model_name)
+        processor = AutoProcessor.from_pretrained(model_name, **(image_kwargs or {}))
     except Exception as e:  # noqa: BLE001
         raise GemmaOcrError(f"cannot load the processor of {model_name} ({type(e).__name__}: {e})") from None
     tok = getattr(processor, "tokenizer", None)
@@ -175,6 +181,25 @@ def load_processor(model_name: str):
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return processor
+
+
+def saved_image_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The pan-and-scan settings a checkpoint folder's processor config holds (what vLLM needs to be told)."""
+    from gemma_ocr.config import PAN_AND_SCAN_FIELDS
+
+    folder = Path(model_dir)
+    for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
+        path = folder / name
+        if not path.is_file():
+            continue
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise GemmaOcrError(f"{path}: unreadable processor config; the checkpoint is damaged") from None
+        section = data.get(key) if key else data
+        if isinstance(section, dict):
+            return {k: section[k] for k in PAN_AND_SCAN_FIELDS if section.get(k) is not None}
+    return {}
 
 
 def load_base_model(config: TrainConfig):
@@ -192,7 +217,7 @@ def load_base_model(config: TrainConfig):
     device_map = _device_map()
     if device_map is not None:
         kwargs["device_map"] = device_map
-    processor = load_processor(config.model_name)
+    processor = load_processor(config.model_name, config.image_processor_kwargs())
     try:
         model = AutoModelForImageTextToText.from_pretrained(config.model_name, **kwargs)
     except (OSError, ValueError) as e:
@@ -323,6 +348,8 @@ def load_unsloth_model(config: TrainConfig):
         modules_to_save=[PROJECTOR_MODULE] if config.finetune_multimodal_projector else None,
     )
     FastVisionModel.for_training(model)
+    if config.image_processor_kwargs():  # the pan-and-scan settings, given the way they last (load_processor)
+        return model, load_processor(config.model_name, config.image_processor_kwargs())
     tok = getattr(processor, "tokenizer", processor)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

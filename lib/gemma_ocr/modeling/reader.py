@@ -116,36 +116,11 @@ class ReaderReport:
 
 def read_lines(model, processor, images: Sequence[Any], instruction: str = DEFAULT_INSTRUCTION,
                max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
-    """Greedy transcriptions of ``images`` by ``model``, prompted through the processor's chat template.
+    """Greedy transcriptions of ``images`` by ``model`` as the served model makes them
+    (:func:`gemma_ocr.training.cer_eval.generate_answers`), stripped."""
+    from gemma_ocr.training.cer_eval import generate_answers
 
-    The prompt is the one training and serving build (:func:`gemma_ocr.training.data.build_conversation`);
-    the answer is decoded without special tokens and stripped.
-    """
-    import torch
-
-    from gemma_ocr.training.data import build_conversation
-
-    prompt = processor.apply_chat_template(build_conversation(None, None, instruction), tokenize=False,
-                                           add_generation_prompt=True)
-    tokenizer = processor.tokenizer
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
-    texts: list[str] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(images), batch_size):
-            chunk = list(images[start:start + batch_size])
-            batch = processor(text=[prompt] * len(chunk), images=[[image] for image in chunk], padding=True,
-                              add_special_tokens=False, return_tensors="pt").to(model.device)
-            with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-            answers = out[:, batch["input_ids"].shape[1]:]
-            texts.extend(t.strip() for t in tokenizer.batch_decode(answers, skip_special_tokens=True))
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return texts
+    return [t.strip() for t in generate_answers(model, processor, images, instruction, max_new_tokens, batch_size)]
 
 
 def heldout_cer(model, processor, records, recipe: ReaderRecipe) -> float:

@@ -15,6 +15,7 @@ from gemma_ocr.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable
 from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
+from gemma_ocr.training.cer_eval import CER_METRICS, RUNTIME_METRIC, CerEvaluation, lower_is_better
 from gemma_ocr.training.data import OcrCollator, load_data
 from gemma_ocr.training.tracking import setup_tracking
 
@@ -107,7 +108,12 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         return default if value is None else value
 
     args = config.trainer_arguments()
+    metric = config.metric_for_best_model if has_eval else None
     args.update(
+        metric_for_best_model=metric,
+        load_best_model_at_end=auto(config.load_best_model_at_end, metric is not None) and has_eval,
+        # transformers takes every metric not ending in "loss" for one where higher is better: not CER
+        greater_is_better=auto(config.greater_is_better, None if metric is None else not lower_is_better(metric)),
         run_name=config.run_name or Path(config.output_dir).name,
         warmup_steps=config.warmup_steps or config.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         bf16=auto(config.bf16, config.load_in_4bit or compute_dtype() == torch.bfloat16),
@@ -149,6 +155,19 @@ def _make_trainer_class():
     from gemma_ocr.modeling.fast_path import triton_kernels_run_on
 
     class OcrSFTTrainer(SFTTrainer):
+        #: Greedy answers on a fixed validation slice, scored at every evaluation (None: off).
+        cer_evaluation: CerEvaluation | None = None
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                            metric_key_prefix="eval"):
+            """The loss evaluation, then eval_cer, eval_f1 ... of the CER evaluation into the same metrics (so
+            they are logged, reach the callbacks and count for metric_for_best_model)."""
+            output = super().evaluation_loop(dataloader, description, prediction_loss_only=prediction_loss_only,
+                                             ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix)
+            if self.cer_evaluation is not None and metric_key_prefix == "eval":
+                output.metrics.update(self.cer_evaluation.evaluate(self.model, metric_key_prefix, self.accelerator))
+            return output
+
         def _fused_head_usable(self, model) -> bool:
             device = next(model.parameters()).device
             return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and triton_kernels_run_on(device.type)
@@ -185,6 +204,11 @@ def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[st
     set_seed(config.seed)  # the LoRA initialisation draws from the global generators: the same seed, the same run
     model, processor = load_model(config)
     collator = OcrCollator(processor, config.instruction, config.max_seq_length)
+    callbacks = list(callbacks or [])
+    if config.early_stopping_patience is not None and val_ds is not None:
+        from transformers import EarlyStoppingCallback
+
+        callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     trainer = _make_trainer_class()(
         model=model,
         args=args,
@@ -192,15 +216,27 @@ def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[st
         eval_dataset=val_ds,
         data_collator=collator,
         processing_class=processor,
-        callbacks=list(callbacks or []),
+        callbacks=callbacks,
     )
+    trainer.cer_evaluation = CerEvaluation.from_config(config, processor, val_ds)
     return trainer, processor
 
 
+#: The evaluation figures of a run: in its result for the saved model, and per step in its history.
+EVAL_METRICS = ("eval_loss", *(f"eval_{name}" for name in CER_METRICS))
+
+
 def _history(log_history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    keep = ("step", "epoch", "loss", "eval_loss", "learning_rate", "grad_norm", "mean_token_accuracy",
-            "eval_mean_token_accuracy", "train_loss")
+    keep = ("step", "epoch", "loss", *EVAL_METRICS, f"eval_{RUNTIME_METRIC}", "eval_runtime", "learning_rate",
+            "grad_norm", "mean_token_accuracy", "eval_mean_token_accuracy", "train_loss")
     return [{k: v for k, v in entry.items() if k in keep} for entry in log_history]
+
+
+def chance_loss(model: Any) -> float | None:
+    """The validation loss of a model that guesses uniformly over its vocabulary: ln(vocabulary size)."""
+    config = getattr(model, "config", None)
+    vocab = getattr(getattr(config, "text_config", config), "vocab_size", None)
+    return math.log(vocab) if vocab else None
 
 
 def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
@@ -208,10 +244,12 @@ def tune(config: TrainConfig, callbacks: list | None = None) -> dict[str, Any]:
     validation split during training.
 
     ``callbacks``: extra ``transformers.TrainerCallback`` objects (e.g. a pruning callback reading
-    ``metrics["eval_loss"]`` in ``on_evaluate``); an exception they raise propagates to the caller.
-    Writes the adapter (``full``: the whole model), the processor, ``train_config.json`` and ``train_metrics.json`` to
-    ``config.output_dir`` and returns ``{eval_loss, first_eval_loss, train_loss, global_step,
-    output_dir, history, ...}``. GPU/CPU memory is released before returning.
+    ``metrics["eval_loss"]`` or ``metrics["eval_cer"]`` in ``on_evaluate``); an exception they raise propagates to
+    the caller. Writes the adapter (``full``: the whole model), the processor, ``train_config.json`` and
+    ``train_metrics.json`` to ``config.output_dir`` and returns ``{eval_loss, eval_cer, eval_f1,
+    eval_normalized_cer, eval_normalized_f1, eval_step, first_eval_loss, first_eval_cer, best_global_step,
+    train_loss, global_step, output_dir, history, ...}``: the eval figures are those of the saved model (the best
+    checkpoint with ``metric_for_best_model``). GPU/CPU memory is released before returning.
     """
     config.validate()
     with torch_threads(config.torch_threads):
@@ -241,22 +279,27 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
         train_output = trainer.train(resume_from_checkpoint=resume)
         state = trainer.state
         history = _history(state.log_history)
+        final_eval = _saved_model_eval(trainer, history) if val_ds is not None else {}
+        history = _history(state.log_history)  # with the final evaluation, when there was one
         evals = [e for e in history if "eval_loss" in e]
-        final_eval: dict[str, Any] = {}
-        if val_ds is not None:
-            if evals and evals[-1].get("step") == state.global_step:
-                final_eval = {"eval_loss": evals[-1]["eval_loss"]}
-            else:
-                final_eval = trainer.evaluate()
-                history = _history(state.log_history)
-                evals = [e for e in history if "eval_loss" in e]
         eval_loss = final_eval.get("eval_loss")
         train_loss = train_output.training_loss
         if eval_loss is not None and not math.isfinite(eval_loss):
             log.warning("eval_loss is %s: training diverged (lower the learning rate)", eval_loss)
+        cer_evaluation = trainer.cer_evaluation
         result: dict[str, Any] = {
-            "eval_loss": eval_loss,
+            **{name: final_eval.get(name) for name in EVAL_METRICS},
+            "eval_step": final_eval.get("step"),
             "first_eval_loss": evals[0]["eval_loss"] if evals else None,
+            "first_eval_cer": evals[0].get("eval_cer") if evals else None,
+            "chance_eval_loss": chance_loss(model),
+            "cer_eval_samples": len(cer_evaluation.image_paths) if cer_evaluation else 0,
+            "cer_eval_max_tokens": cer_evaluation.max_new_tokens if cer_evaluation else None,
+            "metric_for_best_model": trainer.args.metric_for_best_model,
+            "best_metric": state.best_metric,
+            "best_global_step": state.best_global_step,
+            "best_model_checkpoint": state.best_model_checkpoint,
+            "early_stopped": bool(config.early_stopping_patience) and state.global_step < state.max_steps,
             "train_loss": train_loss,
             "global_step": state.global_step,
             "epoch": state.epoch,
@@ -273,8 +316,12 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
             processor.save_pretrained(config.output_dir)
             atomic_write_json(Path(config.output_dir) / CONFIG_FILE, config.to_dict())
             atomic_write_json(Path(config.output_dir) / METRICS_FILE, result)
-            log.info("done: %d steps, train_loss %.4f, eval_loss %s -> %s", state.global_step, train_loss,
-                     f"{eval_loss:.4f}" if eval_loss is not None else "n/a", config.output_dir)
+            cer = result["eval_cer"]
+            log.info("done: %d steps, train_loss %.4f, eval_loss %s%s%s -> %s", state.global_step, train_loss,
+                     f"{eval_loss:.4f}" if eval_loss is not None else "n/a",
+                     f", eval_cer {cer:.4f}" if cer is not None else "",
+                     f" (the best checkpoint by {result['metric_for_best_model']}: step {result['eval_step']})"
+                     if trainer.args.load_best_model_at_end else "", config.output_dir)
         return result
     finally:
         del trainer, model, processor
@@ -294,6 +341,18 @@ def torch_threads(threads: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def _saved_model_eval(trainer: Any, history: list[dict[str, Any]]) -> dict[str, Any]:
+    """The evaluation figures of the model the run saves: the best checkpoint's when the trainer loaded it at the
+    end, else the last step's (evaluated now when the last step had no evaluation)."""
+    state, args = trainer.state, trainer.args
+    evals = {e["step"]: e for e in history if "eval_loss" in e}
+    if args.load_best_model_at_end and state.best_global_step in evals:
+        return evals[state.best_global_step]
+    if state.global_step in evals:
+        return evals[state.global_step]
+    return {**trainer.evaluate(), "step": state.global_step}
 
 
 def release_memory() -> None:
