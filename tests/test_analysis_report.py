@@ -96,3 +96,55 @@ def test_analyze_flags_are_read_by_the_settings_layer():
         with pytest.raises(GemmaOcrError) as e:
             parser.parse_settings(argv)
         assert str(e.value) == line
+
+
+def _curves_study(metric: str, values: list[float], chance: float | None = None) -> optuna.Study:
+    """Four trials reporting at steps 0, 8, 16 (the last pruned at step 8), as a gemma search stores them."""
+    study = optuna.create_study(study_name=f"by-{metric}", direction="minimize")
+    study.set_user_attr("metric", metric)
+    for value in values:
+        study.enqueue_trial({"learning_rate": value})
+
+    def objective(trial):
+        lr = trial.suggest_float("learning_rate", 0.0, 10.0)
+        if chance is not None:
+            trial.set_user_attr("metrics", {"chance_eval_loss": chance})
+        for step in (0, 8, 16):
+            trial.report(lr * (1 - step / 32), step)
+            if trial.number == 3 and step == 8:
+                raise optuna.TrialPruned()
+        return lr * 0.5
+
+    study.optimize(objective, n_trials=len(values))
+    return study
+
+
+def test_the_figures_name_each_trial_count_trials_whole_and_mark_what_learning_nothing_scores(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from gemma_ocr.search.analysis import _history_png, _intermediate_png, analyze_study
+
+    loss = _curves_study("eval_loss", [2.0, 3.0, 2.5, 4.0], chance=5.0)
+    ax = _intermediate_png(loss, "eval_loss").axes[0]
+    labels = ax.get_legend_handles_labels()[1]
+    assert labels[:4] == ["trial 0 (complete)", "trial 1 (complete)", "trial 2 (complete)", "trial 3 (pruned)"]
+    assert labels[4] == "chance: a uniform guess over 148 tokens (ln V = 5.00)"
+    assert "lower is better" in ax.get_ylabel()
+
+    fig = _history_png(loss, "eval_loss")
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    low, high = ax.get_xlim()
+    ticks = [t for t in ax.get_xticks() if low <= t <= high]
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks  # trial numbers, never 0.5
+    assert any(line.get_label().startswith("chance") and list(line.get_ydata()) == [5.0, 5.0] for line in ax.lines)
+
+    cer = _curves_study("eval_cer", [0.2, 0.4, 0.3, 0.6])
+    ax = _intermediate_png(cer, "eval_cer").axes[0]
+    assert "empty answer (CER 1)" in ax.get_legend_handles_labels()[1]
+
+    report = analyze_study(cer, tmp_path / "r")
+    assert any(n.startswith("importances from 3 completed trials are unreliable") for n in report.notes)
+    assert "unreliable" in (tmp_path / "r" / "report.md").read_text()
+    assert '"tickformat":"d"' in (tmp_path / "r" / "optimization_history.html").read_text()

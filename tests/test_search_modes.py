@@ -44,6 +44,7 @@ def test_sampling_modes_run_trials_and_export_the_best(tmp_path, mode):
     assert (best["n_trials"], best["n_complete"], best["n_pruned"], best["n_failed"]) == (5, 5, 0, 0)
     assert best["study_name"] == s.study_name and best["timestamp"]
     config = json.loads((s.studies_dir / f"{s.study_name}_best_config.json").read_text())
+    assert config.pop("_objective").startswith(f"val_mse (minimize): {study.best_value:.6g} in trial {study.best_trial.number}")
     assert config == study.best_params
 
 

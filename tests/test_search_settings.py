@@ -22,7 +22,7 @@ VALUES = {
     "backend": LINREG, "sampler_seed": 3, "storage": "journal:{tmp}/walk.log", "resume": True,
     "base_output_dir": Path("{tmp}/trials"), "studies_dir": Path("{tmp}/studies"), "pruner": "none",
     "pruner_n_startup_trials": 2, "pruner_n_warmup_steps": 0, "pruner_interval_steps": 3, "heartbeat_interval": 5,
-    "grace_period": 60, "storage_retry_timeout": 10.0, "progress": False,
+    "grace_period": 60, "storage_retry_timeout": 10.0, "progress": False, "objective": "cer",
 }
 
 

@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 FIGURES = ("param_importances", "optimization_history", "parallel_coordinate", "intermediate_values")
 STATE_COLORS = {"COMPLETE": "tab:blue", "PRUNED": "tab:orange", "FAIL": "tab:red", "RUNNING": "tab:gray"}
+STATE_STYLES = {"COMPLETE": "-", "PRUNED": "--", "FAIL": ":", "RUNNING": "-."}
+FEW_TRIALS = 20  # fewer completed trials than this: parameter importances are a hint, not a finding
+LEGEND_TRIALS = 12  # learning curves with a legend entry each (more: each curve's end is labelled only)
 
 
 @dataclass
@@ -63,6 +66,57 @@ def load_study(study_name: str, storage: str | None = None, studies_dir: str | P
 
 def metric_name(study: optuna.Study) -> str:
     return str(study.user_attrs.get("metric") or "objective")
+
+
+def metric_label(study: optuna.Study) -> str:
+    """The objective with its direction, for axes: ``eval_cer (lower is better)``."""
+    better = "lower" if study.direction == optuna.study.StudyDirection.MINIMIZE else "higher"
+    return f"{metric_name(study)} ({better} is better)"
+
+
+def reference_level(study: optuna.Study) -> tuple[float, str] | None:
+    """The value that says "learned nothing" for the study's objective, and its words: the loss of a uniform guess
+    over the vocabulary (ln V, from the trials' metrics), or the CER / F1 of an empty answer."""
+    metric = metric_name(study).removeprefix("eval_")
+    if metric.endswith("cer"):
+        return 1.0, "empty answer (CER 1)"
+    if metric.endswith("f1"):
+        return 0.0, "empty answer (F1 0)"
+    if metric.endswith("loss"):
+        for trial in study.get_trials(deepcopy=False):
+            chance = (trial.user_attrs.get("metrics") or {}).get("chance_eval_loss")
+            if isinstance(chance, (int, float)) and math.isfinite(chance):
+                return float(chance), f"chance: a uniform guess over {round(math.exp(chance)):,} tokens (ln V = {chance:.2f})"
+    return None
+
+
+def _mark_reference(ax: Any, study: optuna.Study, values: list[float]) -> None:
+    """Draw the reference level as a line when it is near the values, else name it above the plot's scale."""
+    level = reference_level(study)
+    if level is None or not values:
+        return
+    value, words = level
+    low, high = min(values), max(values)
+    if low - 0.5 * (high - low or abs(high) or 1) <= value <= high + 2 * (high - low or abs(high) or 1):
+        ax.axhline(value, color="black", linestyle=":", linewidth=1, label=words)
+    else:
+        ax.text(0.01, 0.98, f"{words}: {value:.3g}, off this scale", transform=ax.transAxes, va="top", fontsize=8,
+                color="dimgray")
+
+
+def _plotly_reference(fig: Any, study: optuna.Study) -> Any:
+    level = reference_level(study)
+    if level is not None:
+        fig.add_hline(y=level[0], line_dash="dot", annotation_text=level[1], annotation_position="top left")
+    return fig
+
+
+def importance_caveat(n_complete: int) -> str | None:
+    """What an importance from ``n_complete`` trials is worth, when that is little."""
+    if n_complete >= FEW_TRIALS:
+        return None
+    return (f"importances from {n_complete} completed trials are unreliable: fANOVA fits a forest to {n_complete} "
+            f"points, so a high share can be chance; read them as a hint until the study has {FEW_TRIALS} or more")
 
 
 # ---------------------------------------------------------------------------- figures
@@ -103,24 +157,27 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
     return {k: float(v) for k, v in values.items()}, None
 
 
-def _importance_figures(imp: dict[str, float], why: str | None) -> tuple[Any, Any]:
+def _importance_figures(imp: dict[str, float], why: str | None, n_complete: int) -> tuple[Any, Any]:
     import matplotlib.pyplot as plt
     import plotly.graph_objects as go
 
     if not imp:
         return _placeholder("Parameter importance", why or "not available")
     names = list(imp)[::-1]
+    title = f"Parameter importance ({n_complete} completed trials"
+    title += ": unreliable, a hint only)" if importance_caveat(n_complete) else ")"
     fig, ax = plt.subplots(figsize=(7, 0.5 * len(names) + 1.5))
-    ax.barh(names, [imp[n] for n in names], color="tab:blue")
+    ax.barh(names, [imp[n] for n in names], color="tab:gray" if importance_caveat(n_complete) else "tab:blue")
     ax.set_xlabel("importance (fANOVA)")
-    ax.set_title("Parameter importance")
+    ax.set_title(title)
     pfig = go.Figure(go.Bar(x=[imp[n] for n in names], y=names, orientation="h"))
-    pfig.update_layout(title="Parameter importance", xaxis_title="importance (fANOVA)")
+    pfig.update_layout(title=title, xaxis_title="importance (fANOVA)")
     return fig, pfig
 
 
 def _history_png(study: optuna.Study, metric: str) -> Any:
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -142,8 +199,10 @@ def _history_png(study: optuna.Study, metric: str) -> Any:
         for n in failed:
             ax.axvline(n, color="tab:red", alpha=0.2)
         ax.plot([], [], color="tab:red", alpha=0.3, label=f"failed ({len(failed)})")
+    _mark_reference(ax, study, [t.value for t in complete + pruned])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trials are whole numbers
     ax.set_xlabel("trial")
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric_label(study))
     ax.set_title(f"Optimization history of {study.study_name}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
@@ -191,28 +250,39 @@ def _parallel_png(study: optuna.Study, metric: str) -> Any:
     ax.set_xticks(xs, names, rotation=20)
     ax.set_yticks([])
     ax.set_title(f"Parallel coordinates (colour: {metric})")
-    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric)
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=metric_label(study))
     return fig
 
 
 def _intermediate_png(study: optuna.Study, metric: str) -> Any:
+    """Each trial's reported values against the step: a colour and a label per trial, the line style its state."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     trials = [t for t in study.trials if t.intermediate_values]
     if not trials:
         return _placeholder("Intermediate values", "no trial reported intermediate values")[0]
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for t in trials:
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    colors = plt.get_cmap("tab10" if len(trials) <= 10 else "tab20")
+    values = []
+    for i, t in enumerate(trials):
         steps = sorted(t.intermediate_values)
-        ax.plot(steps, [t.intermediate_values[s] for s in steps], color=STATE_COLORS.get(t.state.name, "black"),
-                alpha=0.7, marker="." if len(steps) < 30 else None)
-    for state, color in STATE_COLORS.items():
-        if any(t.state.name == state for t in trials):
-            ax.plot([], [], color=color, label=state.lower())
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{metric} (intermediate)")
-    ax.set_title("Learning curves reported to the pruner")
-    ax.legend()
+        ys = [t.intermediate_values[s] for s in steps]
+        values += ys
+        color = colors(i % colors.N)
+        ax.plot(steps, ys, color=color, linestyle=STATE_STYLES.get(t.state.name, "-"), alpha=0.85,
+                marker="." if len(steps) < 30 else None,
+                label=f"trial {t.number} ({t.state.name.lower()})" if len(trials) <= LEGEND_TRIALS else None)
+        ax.annotate(str(t.number), (steps[-1], ys[-1]), textcoords="offset points", xytext=(3, 0), fontsize=7,
+                    color=color, va="center")
+    _mark_reference(ax, study, values)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("step (a gemma trial's training step)")
+    ax.set_ylabel(f"{metric_label(study)}, reported")
+    shown = "" if len(trials) <= LEGEND_TRIALS else "; each curve ends in its trial number"
+    ax.set_title(f"Learning curves reported to the pruner ({len(trials)} trials; dashed: pruned{shown})")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return fig
 
 
@@ -292,6 +362,7 @@ def summarize(study: optuna.Study, imp: dict[str, float], top_n: int) -> dict[st
         "states": by_state,
         "best": {"trial": best.number, "value": best.value, "params": best.params} if best else None,
         "objective": _stats([t.value for t in complete]),
+        "reference": dict(zip(("value", "meaning"), reference_level(study))) if reference_level(study) else None,
         "duration_s": {"total": sum(durations), **{k: v for k, v in _stats(durations).items() if k in ("mean", "median", "max")}},
         "parameters": params,
         "failures": [{"trial": t.number, "error": _failure(t, again)} for t in trials if t.state == TrialState.FAIL],
@@ -349,19 +420,31 @@ def analyze_study(study: optuna.Study, output_dir: str | Path, top_n: int = 10) 
     out.mkdir(parents=True, exist_ok=True)
     report = StudyReport(study.study_name, out)
     metric = metric_name(study)
+    label = metric_label(study)
     imp, why = importances(study)
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
     if why:
         report.notes.append(why)
+    elif importance_caveat(n_complete):
+        report.notes.append(importance_caveat(n_complete))
 
-    png_imp, html_imp = _importance_figures(imp, why)
+    def history_html(s: optuna.Study) -> Any:
+        fig = _plotly_reference(vis.plot_optimization_history(s, target_name=metric), s)
+        return fig.update_xaxes(tickformat="d", title="trial").update_yaxes(title=label)
+
+    def curves_html(s: optuna.Study) -> Any:
+        fig = _plotly_reference(vis.plot_intermediate_values(s), s)
+        return fig.update_xaxes(tickformat="d", title="step").update_yaxes(title=f"{label}, reported")
+
+    png_imp, html_imp = _importance_figures(imp, why, n_complete)
     figures = {
         "param_importances": (png_imp, html_imp),
         "optimization_history": (_history_png(study, metric),
-                                 _plotly_or_placeholder(lambda s: vis.plot_optimization_history(s, target_name=metric), study, "Optimization history")),
+                                 _plotly_or_placeholder(history_html, study, "Optimization history")),
         "parallel_coordinate": (_parallel_png(study, metric),
-                                _plotly_or_placeholder(lambda s: vis.plot_parallel_coordinate(s, target_name=metric), study, "Parallel coordinates")),
+                                _plotly_or_placeholder(lambda s: vis.plot_parallel_coordinate(s, target_name=label), study, "Parallel coordinates")),
         "intermediate_values": (_intermediate_png(study, metric),
-                                _plotly_or_placeholder(vis.plot_intermediate_values, study, "Intermediate values")),
+                                _plotly_or_placeholder(curves_html, study, "Intermediate values")),
     }
     for name, (png, html) in figures.items():
         report.files[f"{name}.png"] = save_png(png, out / f"{name}.png")
@@ -385,6 +468,9 @@ def _report_markdown(report: StudyReport, rows: list[dict[str, Any]], imp: dict[
         + (f", {st['running']} running" if st["running"] else "") + f". Objective: {s['metric']} ({s['direction']}).",
         "",
     ]
+    if s.get("reference"):
+        lines += [f"Learned nothing: {s['reference']['meaning']} = {s['reference']['value']:.4g} (the dotted line in "
+                  "the figures).", ""]
     if s["best"]:
         lines += [f"**Best:** trial {s['best']['trial']}, {s['metric']} = {s['best']['value']:.6g}", ""]
         lines += [f"- `{k}`: {v}" for k, v in s["best"]["params"].items()] + [""]
@@ -445,12 +531,17 @@ def compare_studies(studies: list[optuna.Study], report: StudyReport) -> StudyRe
                      "best_value": bt.value if bt else None, "best_trial": bt.number if bt else None,
                      "best_params": ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                               for k, v in (bt.params.items() if bt else []))})
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trial")
-    ax.set_ylabel("best value so far")
+    ax.set_ylabel(f"best {metric_label(studies[0])} so far")
     ax.set_title("Study comparison")
     if ax.get_legend_handles_labels()[0]:
         ax.legend()
-    pfig.update_layout(title="Study comparison (best value so far)", xaxis_title="trial", yaxis_title="best value")
+    pfig.update_layout(title="Study comparison (best value so far)", xaxis_title="trial",
+                       yaxis_title=f"best {metric_label(studies[0])}")
+    pfig.update_xaxes(tickformat="d")
     report.files["comparison.png"] = save_png(fig, out / "comparison.png")
     report.files["comparison.html"] = _save_html(pfig, out / "comparison.html")
     report.files["comparison.csv"] = _write_csv(rows, out / "comparison.csv")
@@ -473,6 +564,12 @@ def analyze(
     study = load_study(study_name, storage, studies_dir)
     out = Path(output_dir) if output_dir else LAYOUT.reports / study_name
     others = [load_study(name, storage, studies_dir) for name in (compare or [])]
+    differ = [o for o in others if (metric_name(o), o.direction) != (metric_name(study), study.direction)]
+    if differ:
+        raise GemmaOcrError(
+            f"--compare: study {study_name} optimises {metric_label(study)}, but "
+            + ", ".join(f"{o.study_name} {metric_label(o)}" for o in differ)
+            + "; values of different objectives cannot share one axis: compare studies of the same objective")
     report = analyze_study(study, out, top_n)
     if others:
         compare_studies([study, *others], report)

@@ -49,7 +49,11 @@ class TrialContext:
 
 @runtime_checkable
 class Backend(Protocol):
-    """The objective of a search. ``metric`` is the value optimised in ``direction``."""
+    """The objective of a search. ``metric`` is the value optimised in ``direction``.
+
+    A backend may offer several objectives: ``objectives`` maps each name (``--objective``) to its
+    ``(metric, direction)``; :func:`use_objective` picks one.
+    """
 
     name: str
     metric: str
@@ -66,11 +70,16 @@ class Backend(Protocol):
 
 
 class GemmaBackend:
-    """LoRA SFT of a Gemma 3 model; the objective is the final ``eval_loss`` (minimised)."""
+    """LoRA SFT of a Gemma 3 model; the objective is the saved model's ``eval_loss`` (minimised), or with
+    ``--objective cer``/``f1`` the CER/F1 of its greedy answers on the validation slice."""
 
     name = "gemma"
     metric = "eval_loss"
     direction = "minimize"
+    objective = "eval_loss"
+    objectives = {"eval_loss": ("eval_loss", "minimize"), "cer": ("eval_cer", "minimize"), "f1": ("eval_f1", "maximize"),
+                  "normalized_cer": ("eval_normalized_cer", "minimize"),
+                  "normalized_f1": ("eval_normalized_f1", "maximize")}
     #: Set per trial by the search; a value for them in the config is replaced.
     per_trial_fields = ("output_dir", "run_name", "wandb_group")
 
@@ -91,7 +100,11 @@ class GemmaBackend:
                 raise GemmaOcrError(f"{source}: {name} is set per trial by the search and cannot be searched")
         where = f"{source}: search_space"
         for label, values in probe_points(space, where):  # every choice, not the first only
-            self._build(fixed, values, source, label or where)
+            config = self._build(fixed, values, source, label or where)
+            if self.metric != "eval_loss" and not (config.cer_eval_samples and config.val_split):
+                why = "cer_eval_samples is 0" if config.val_split else "val_split is empty"
+                raise GemmaOcrError(f"--objective {self.objective} is measured by the CER evaluation of each trial, but "
+                                    f"{why} in {label or source}: set cer_eval_samples > 0 and a val_split there")
 
     def run_trial(self, ctx: TrialContext) -> dict[str, Any]:
         values = dict(ctx.params, output_dir=str(ctx.output_dir), run_name=ctx.run_name, wandb_group=ctx.study_name)
@@ -116,6 +129,27 @@ class GemmaBackend:
         return config
 
 
+def use_objective(backend: Backend, objective: str | None) -> Backend:
+    """``backend`` set to optimise ``objective`` (a name of its ``objectives``, or the metric it names); None keeps
+    the backend's own. A name the backend does not offer is one line listing those it does."""
+    if objective is None:
+        return backend
+    offered: dict[str, tuple[str, str]] = dict(getattr(backend, "objectives", None) or
+                                               {backend.metric: (backend.metric, backend.direction)})
+    name = next((key for key, (metric, _) in offered.items() if objective in (key, metric)), None)
+    if name is None:
+        raise GemmaOcrError(f"--objective {objective!r}: the {backend.name} backend optimises "
+                            f"{' or '.join(offered)}; choose one of them")
+    backend.objective = name
+    backend.metric, backend.direction = offered[name]
+    return backend
+
+
+def objective_of(backend: Backend) -> str:
+    """The ``--objective`` name a backend optimises (its metric when it offers one objective only)."""
+    return str(getattr(backend, "objective", None) or backend.metric)
+
+
 class KhmerCnnBackend:
     """The Khmer-digits CRNN baseline (trains on a CPU in minutes); maximises validation character accuracy.
 
@@ -126,6 +160,8 @@ class KhmerCnnBackend:
     name = "khmer-cnn"
     metric = "char_accuracy"
     direction = "maximize"
+    objective = "char_accuracy"
+    objectives = {"char_accuracy": ("char_accuracy", "maximize")}
 
     def __init__(self) -> None:
         try:

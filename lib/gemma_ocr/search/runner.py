@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
-from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend
+from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend, objective_of, use_objective
 from gemma_ocr.search.config import (
     BUILTIN_SPACE,
     DEFAULT_N_TRIALS,
@@ -86,7 +86,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_ATTR = "gemma_ocr_search"  # study user attribute holding the search definition (for --resume)
 #: The settings stored with the study beside its search space and fixed parameters (a --resume without --config reuses them).
-STORED_SETTINGS = ("search_mode", "backend", "pruner", "pruner_n_startup_trials", "pruner_n_warmup_steps",
+STORED_SETTINGS = ("search_mode", "backend", "objective", "pruner", "pruner_n_startup_trials", "pruner_n_warmup_steps",
                    "pruner_interval_steps", "base_output_dir")
 WAIT_POLL_S = 2.0  # how often a waiting worker looks whether the trials it waits for ended (or need a retry)
 WORKERS_ATTR = "gemma_ocr_workers"  # how many workers have opened the study (each derives its own sampler seed)
@@ -276,6 +276,11 @@ class _Search:
                 self.study = optuna.load_study(study_name=settings.study_name, storage=self.storage, pruner=pruner)
             worker = int(self.study.user_attrs.get(WORKERS_ATTR, 0))
             self.study.set_user_attr(WORKERS_ATTR, worker + 1)
+        stored = self.study.user_attrs.get("metric")
+        if stored and stored != backend.metric and self.study.get_trials(deepcopy=False):
+            raise GemmaOcrError(
+                f"study {settings.study_name!r} optimises {stored}; --objective {objective_of(backend)} ({backend.metric}) "
+                f"would put its values beside those: resume it with its own objective, or use another --study-name")
         seed = worker_seed(settings.sampler_seed, worker)
         if seed != settings.sampler_seed:
             log.info("sampler seed %d (worker %d of study %s, derived from --sampler-seed %d)", seed, worker,
@@ -290,6 +295,7 @@ class _Search:
         self.meta = {
             "search_mode": settings.search_mode,
             "backend": backend.name,
+            "objective": objective_of(backend),
             "storage": mask(settings.storage),
             "search_space": space_to_dict(settings.search_space),
         }
@@ -410,7 +416,8 @@ class _Search:
         results_path = trial_results_path(self.s.base_output_dir, number)
         doc = self.docs[number] = {
             "study_name": self.s.study_name, "trial_number": number, "state": "RUNNING", "params": {},
-            "metrics": {}, "value": None, "metric": self.backend.metric, "error": None,
+            "metrics": {}, "value": None, "objective": objective_of(self.backend), "metric": self.backend.metric,
+            "direction": self.backend.direction, "error": None,
             "search_mode": self.s.search_mode, "backend": self.backend.name, "output_dir": str(trial_dir),
             "worker": worker_id(), "retry_of": None, "started": now(), "finished": None, "duration_s": None,
         }
@@ -511,6 +518,8 @@ class _Search:
             if best is None:
                 return None
             config = self.backend.export_config(dict(self.s.fixed), dict(best.params))
+            config = {"_objective": f"{self.backend.metric} ({self.backend.direction}): {best.value:.6g} in trial "
+                                    f"{best.number} of study {self.s.study_name}", **config}
             return export_best(self.study, self.s.studies_dir, self.backend.metric, config, self.meta, best)
         except (GemmaOcrError, OSError, *STORAGE_ERRORS) as e:
             log.warning("best configuration not written: %s", first_line(e))
@@ -588,7 +597,7 @@ def describe_error(e: BaseException) -> str:
 
 def run_search(settings: SearchSettings, backend: Backend | None = None) -> SearchSummary:
     """Run this worker's share of the study described by ``settings``; export the best configuration."""
-    backend = backend or get_backend(settings.backend)
+    backend = use_objective(backend or get_backend(settings.backend), settings.objective)
     backend.validate(settings.fixed, settings.search_space, settings.source)
     search = _Search(settings, backend)  # refuses a grid of continuous ranges; creates nothing yet
     check_trial_dirs(settings.base_output_dir, settings.study_name)
