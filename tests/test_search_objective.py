@@ -105,6 +105,12 @@ def test_an_objective_the_backend_lacks_or_cannot_measure_is_one_line(tmp_path):
     assert use_objective(GemmaBackend(), "eval_cer").objective == "cer"  # the metric's name works too
     with pytest.raises(GemmaOcrError, match="--objective 'wer': the gemma backend optimises eval_loss or cer or f1"):
         use_objective(GemmaBackend(), "wer")
+    two = use_objective(GemmaBackend(), "cer,train_seconds")
+    assert (two.objective, two.metrics, two.directions, two.metric) == (
+        "cer,train_seconds", ("eval_cer", "train_seconds"), ("minimize", "minimize"), "eval_cer")
+    for objective in ("cer,cer", "cer,f1,train_seconds"):
+        with pytest.raises(GemmaOcrError, match="give one objective, or two different ones joined by a comma"):
+            use_objective(GemmaBackend(), objective)
     with pytest.raises(GemmaOcrError, match="the khmer-cnn backend optimises char_accuracy"):
         use_objective(get_backend("khmer-cnn"), "cer")
     space = parse_search_space({"learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2}})
@@ -124,3 +130,49 @@ def test_pan_and_scan_is_searchable_like_any_field():
     bad = parse_search_space({"pan_and_scan_min_crop_size": {"type": "int", "low": 0, "high": 64}})
     with pytest.raises(GemmaOcrError, match="pan_and_scan_min_crop_size' must be >= 1, got 0"):
         GemmaBackend().validate({}, bad, "s.json")
+
+
+@pytest.mark.slow
+def test_a_two_objective_search_keeps_its_pareto_front_and_the_analysis_draws_it(cer_search):
+    """--objective cer,train_seconds: a study of both (no pruning there), the front in best-params, the search's
+    output and the analysis; the exported configuration is the front's best by CER."""
+    tmp, _, _ = cer_search
+    config = json.loads((tmp / "search.json").read_text())
+    config.update(max_steps=8, eval_steps=4, save_steps=8, logging_steps=4, pruner={"type": "none"})
+    (tmp / "two.json").write_text(json.dumps(config))
+    studies = tmp / "studies"
+    proc = run_cli("hyperparameter_search.py", "--config", str(tmp / "two.json"), "--search-mode", "grid",
+                   "--objective", "cer,train_seconds", "--no-progress", "--study-name", "cer-time", "--studies-dir",
+                   str(studies), "--base-output-dir", str(tmp / "two-trials"), timeout=600)
+    study = optuna.load_study(study_name="cer-time", storage=f"sqlite:///{studies / 'cer-time.db'}")
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
+    assert study.user_attrs["metric"] == "eval_cer,train_seconds"
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    for trial in study.trials:
+        metrics = json.loads((tmp / "two-trials" / f"trial_{trial.number}" / "train_metrics.json").read_text())
+        assert trial.values == [metrics["eval_cer"], metrics["train_seconds"]] and metrics["train_seconds"] > 0
+
+    def dominated(t):
+        return any(o.values[0] <= t.values[0] and o.values[1] <= t.values[1] and o.values != t.values
+                   for o in study.trials)
+
+    front = sorted(t.number for t in study.trials if not dominated(t))
+    best = json.loads((studies / "cer-time_best_params.json").read_text())
+    assert sorted(p["trial"] for p in best["pareto_front"]) == front
+    exported = min((t for t in study.trials if t.number in front), key=lambda t: t.values[0])
+    assert best["best_trial_number"] == exported.number and best["best_values"] == exported.values
+    assert [p["trial"] for p in best["pareto_front"] if p["exported"]] == [exported.number]
+    assert (best["metric"], best["direction"]) == ("eval_cer,train_seconds", "minimize,minimize")
+    saved = json.loads((studies / "cer-time_best_config.json").read_text())
+    assert "Pareto front" in saved["_objective"] and saved["learning_rate"] == exported.params["learning_rate"]
+    assert f"Pareto front ({len(front)} trials):" in proc.stdout
+
+    out = tmp / "two-report"
+    run_cli("analyze_hyperparam_results.py", "--study-name", "cer-time", "--studies-dir", str(studies), "--output-dir",
+            str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert [p["trial"] for p in summary["pareto_front"]] == [p["trial"] for p in best["pareto_front"]]
+    assert summary["metric"] == "eval_cer" and summary["best"]["trial"] == exported.number
+    report = (out / "report.md").read_text()
+    assert "## Pareto front" in report and "(pareto_front.png)" in report
+    assert (out / "pareto_front.png").stat().st_size > 5000 and "Plotly.newPlot" in (out / "pareto_front.html").read_text()

@@ -41,6 +41,10 @@ def main() -> int:
     print(f"best {summary.metric}: {summary.best_value:.6g} (trial {summary.best_trial})")
     for name, value in summary.best_params.items():
         print(f"  {name}: {value}")
+    if summary.pareto_front:
+        print(f"Pareto front ({len(summary.pareto_front)} trials):")
+        for point in summary.pareto_front:
+            print(f"  trial {point['trial']}: " + ", ".join(f"{k} {v:.6g}" for k, v in point["values"].items()))
     print(f"-> {summary.best_params_path}")
     print(f"-> {summary.best_config_path}")
     return 0

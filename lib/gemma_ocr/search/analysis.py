@@ -68,10 +68,20 @@ def metric_name(study: optuna.Study) -> str:
     return str(study.user_attrs.get("metric") or "objective")
 
 
+def objectives(study: optuna.Study) -> list[tuple[str, str]]:
+    """``(metric, direction)`` of each of the study's objectives (two in a two-objective study)."""
+    directions = [d.name.lower() for d in study.directions]
+    names = metric_name(study).split(",")
+    return list(zip(names if len(names) == len(directions) else [metric_name(study)] * len(directions), directions))
+
+
+def _label(metric: str, direction: str) -> str:
+    return f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)"
+
+
 def metric_label(study: optuna.Study) -> str:
-    """The objective with its direction, for axes: ``eval_cer (lower is better)``."""
-    better = "lower" if study.direction == optuna.study.StudyDirection.MINIMIZE else "higher"
-    return f"{metric_name(study)} ({better} is better)"
+    """The objective with its direction, for axes: ``eval_cer (lower is better)`` (both, in a two-objective study)."""
+    return ", ".join(_label(metric, direction) for metric, direction in objectives(study))
 
 
 def reference_level(study: optuna.Study) -> tuple[float, str] | None:
@@ -410,7 +420,12 @@ def _write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
 
 
 def analyze_study(study: optuna.Study, output_dir: str | Path, top_n: int = 10) -> StudyReport:
-    """Write every figure (PNG + HTML), the top-N table (CSV/Markdown), summary.json and report.md."""
+    """Write every figure (PNG + HTML), the top-N table (CSV/Markdown), summary.json and report.md.
+
+    A two-objective study gets its Pareto front (figure, table, summary) and the other figures of its first
+    objective."""
+    if len(study.directions) > 1:
+        return _analyze_two_objectives(study, output_dir, top_n)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -458,6 +473,68 @@ def analyze_study(study: optuna.Study, output_dir: str | Path, top_n: int = 10) 
     return report
 
 
+def first_objective_view(study: optuna.Study) -> optuna.Study:
+    """An in-memory copy of a two-objective study that holds only its first objective's values (same trial
+    numbers, parameters and attributes), for the figures drawn one objective at a time."""
+    (metric, direction), *_ = objectives(study)
+    view = optuna.create_study(study_name=study.study_name, direction=direction)
+    view.set_user_attr("metric", metric)
+    for trial in study.get_trials(deepcopy=True):
+        if trial.values is not None:
+            trial.values = trial.values[:1]
+        view.add_trial(trial)
+    return view
+
+
+def _pareto_png(study: optuna.Study, front: list[dict[str, Any]]) -> Any:
+    """Every completed trial in the plane of the two objectives; the front joined, each point of it numbered."""
+    import matplotlib.pyplot as plt
+
+    (m1, d1), (m2, d2) = objectives(study)
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    on_front = {p["trial"] for p in front}
+    fig, ax = plt.subplots(figsize=(8, 5))
+    rest = [t for t in complete if t.number not in on_front]
+    if rest:
+        ax.scatter([t.values[0] for t in rest], [t.values[1] for t in rest], color="tab:gray", alpha=0.6,
+                   label=f"dominated ({len(rest)})")
+        for t in rest:
+            ax.annotate(str(t.number), (t.values[0], t.values[1]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=7, color="dimgray")
+    xs, ys = [p["values"][m1] for p in front], [p["values"][m2] for p in front]
+    ax.plot(xs, ys, color="tab:red", marker="o", label=f"Pareto front ({len(front)})")
+    for p, x, y in zip(front, xs, ys):
+        ax.annotate(f"{p['trial']}" + (" (exported)" if p["exported"] else ""), (x, y), textcoords="offset points",
+                    xytext=(4, 4), fontsize=8)
+    ax.set_xlabel(_label(m1, d1))
+    ax.set_ylabel(_label(m2, d2))
+    ax.set_title(f"Pareto front of {study.study_name} ({len(complete)} completed trials; numbers: trials)")
+    ax.legend()
+    return fig
+
+
+def _analyze_two_objectives(study: optuna.Study, output_dir: str | Path, top_n: int) -> StudyReport:
+    from optuna import visualization as vis
+
+    from gemma_ocr.search.export import pareto_front
+
+    pairs = objectives(study)
+    report = analyze_study(first_objective_view(study), output_dir, top_n)
+    out = report.output_dir
+    front = pareto_front(study, pairs)
+    html = _plotly_or_placeholder(lambda s: vis.plot_pareto_front(s, target_names=[_label(*p) for p in pairs]), study,
+                                  "Pareto front")
+    report.files["pareto_front.png"] = save_png(_pareto_png(study, front), out / "pareto_front.png")
+    report.files["pareto_front.html"] = _save_html(html, out / "pareto_front.html")
+    report.summary.update(objectives=[{"metric": m, "direction": d} for m, d in pairs], pareto_front=front)
+    report.files["summary.json"] = atomic_write_json(out / "summary.json", report.summary)
+    imp = {k: v["importance"] for k, v in report.summary["parameters"].items() if v.get("importance") is not None}
+    imp = dict(sorted(imp.items(), key=lambda kv: -kv[1]))
+    report.files["report.md"] = atomic_write_text(out / "report.md", _report_markdown(
+        report, top_trials(first_objective_view(study), top_n), imp, top_n))
+    return report
+
+
 def _report_markdown(report: StudyReport, rows: list[dict[str, Any]], imp: dict[str, float], top_n: int) -> str:
     s = report.summary
     st = s["states"]
@@ -465,9 +542,20 @@ def _report_markdown(report: StudyReport, rows: list[dict[str, Any]], imp: dict[
         f"# Hyperparameter search: {s['study_name']}",
         "",
         f"{s['n_trials']} trials: {st['complete']} complete, {st['pruned']} pruned, {st['fail']} failed"
-        + (f", {st['running']} running" if st["running"] else "") + f". Objective: {s['metric']} ({s['direction']}).",
+        + (f", {st['running']} running" if st["running"] else "") + ". Objective" + (
+            "s: " + ", ".join(f"{o['metric']} ({o['direction']})" for o in s["objectives"]) if s.get("objectives")
+            else f": {s['metric']} ({s['direction']})") + ".",
         "",
     ]
+    if s.get("pareto_front"):
+        (m1, d1), (m2, d2) = ((o["metric"], o["direction"]) for o in s["objectives"])
+        lines += ["## Pareto front", "",
+                  f"Two objectives: {_label(m1, d1)} and {_label(m2, d2)}. On the front, no trial is better in one "
+                  f"without being worse in the other; the exported configuration is the front's best by {m1}. The "
+                  f"figures below show {m1} only.", "",
+                  "![Pareto front](pareto_front.png)", "", "[interactive version](pareto_front.html)", "",
+                  _markdown_table([{"trial": p["trial"], **p["values"], **p["params"],
+                                    "exported": "yes" if p["exported"] else ""} for p in s["pareto_front"]]), ""]
     if s.get("reference"):
         lines += [f"Learned nothing: {s['reference']['meaning']} = {s['reference']['value']:.4g} (the dotted line in "
                   "the figures).", ""]
@@ -564,7 +652,7 @@ def analyze(
     study = load_study(study_name, storage, studies_dir)
     out = Path(output_dir) if output_dir else LAYOUT.reports / study_name
     others = [load_study(name, storage, studies_dir) for name in (compare or [])]
-    differ = [o for o in others if (metric_name(o), o.direction) != (metric_name(study), study.direction)]
+    differ = [o for o in others if objectives(o) != objectives(study)]
     if differ:
         raise GemmaOcrError(
             f"--compare: study {study_name} optimises {metric_label(study)}, but "
@@ -572,8 +660,9 @@ def analyze(
             + "; values of different objectives cannot share one axis: compare studies of the same objective")
     report = analyze_study(study, out, top_n)
     if others:
-        compare_studies([study, *others], report)
-        rows = top_trials(study, top_n)
+        studies = [first_objective_view(s) if len(s.directions) > 1 else s for s in (study, *others)]
+        compare_studies(studies, report)
+        rows = top_trials(studies[0], top_n)
         imp = {k: v["importance"] for k, v in report.summary["parameters"].items() if v.get("importance") is not None}
         imp = dict(sorted(imp.items(), key=lambda kv: -kv[1]))
         report.files["report.md"] = atomic_write_text(out / "report.md", _report_markdown(report, rows, imp, top_n))

@@ -79,7 +79,8 @@ class GemmaBackend:
     objective = "eval_loss"
     objectives = {"eval_loss": ("eval_loss", "minimize"), "cer": ("eval_cer", "minimize"), "f1": ("eval_f1", "maximize"),
                   "normalized_cer": ("eval_normalized_cer", "minimize"),
-                  "normalized_f1": ("eval_normalized_f1", "maximize")}
+                  "normalized_f1": ("eval_normalized_f1", "maximize"),
+                  "train_seconds": ("train_seconds", "minimize")}  # with another: cer,train_seconds (a Pareto front)
     #: Set per trial by the search; a value for them in the config is replaced.
     per_trial_fields = ("output_dir", "run_name", "wandb_group")
 
@@ -95,13 +96,16 @@ class GemmaBackend:
         return resolve(self._config.TrainConfig, Layer(source, fixed), Layer(where, params))
 
     def validate(self, fixed: dict[str, Any], space: dict[str, ParamSpec], source: str) -> None:
+        from gemma_ocr.training.cer_eval import is_cer_metric
+
         for name in self.per_trial_fields:
             if name in space:
                 raise GemmaOcrError(f"{source}: {name} is set per trial by the search and cannot be searched")
         where = f"{source}: search_space"
+        by_cer = any(is_cer_metric(metric) for metric, _ in objective_metrics(self))
         for label, values in probe_points(space, where):  # every choice, not the first only
             config = self._build(fixed, values, source, label or where)
-            if self.metric != "eval_loss" and not (config.cer_eval_samples and config.val_split):
+            if by_cer and not (config.cer_eval_samples and config.val_split):
                 why = "cer_eval_samples is 0" if config.val_split else "val_split is empty"
                 raise GemmaOcrError(f"--objective {self.objective} is measured by the CER evaluation of each trial, but "
                                     f"{why} in {label or source}: set cer_eval_samples > 0 and a val_split there")
@@ -131,23 +135,44 @@ class GemmaBackend:
 
 def use_objective(backend: Backend, objective: str | None) -> Backend:
     """``backend`` set to optimise ``objective`` (a name of its ``objectives``, or the metric it names); None keeps
-    the backend's own. A name the backend does not offer is one line listing those it does."""
+    the backend's own. Two names joined by a comma (``cer,train_seconds``) make a two-objective study: its
+    ``metrics``/``directions`` hold both, ``metric``/``direction`` the first. A name the backend does not offer is
+    one line listing those it does."""
     if objective is None:
         return backend
     offered: dict[str, tuple[str, str]] = dict(getattr(backend, "objectives", None) or
                                                {backend.metric: (backend.metric, backend.direction)})
-    name = next((key for key, (metric, _) in offered.items() if objective in (key, metric)), None)
-    if name is None:
-        raise GemmaOcrError(f"--objective {objective!r}: the {backend.name} backend optimises "
-                            f"{' or '.join(offered)}; choose one of them")
-    backend.objective = name
-    backend.metric, backend.direction = offered[name]
+    names = []
+    for given in (part.strip() for part in objective.split(",")):
+        name = next((key for key, (metric, _) in offered.items() if given in (key, metric)), None)
+        if name is None:
+            raise GemmaOcrError(f"--objective {given!r}: the {backend.name} backend optimises "
+                                f"{' or '.join(offered)}; choose one of them (or two, joined by a comma)")
+        names.append(name)
+    if len(names) > 2 or len(set(names)) < len(names):
+        raise GemmaOcrError(f"--objective {objective!r}: give one objective, or two different ones joined by a comma "
+                            "(e.g. cer,train_seconds)")
+    backend.objective = ",".join(names)
+    backend.metrics = tuple(offered[n][0] for n in names)
+    backend.directions = tuple(offered[n][1] for n in names)
+    backend.metric, backend.direction = backend.metrics[0], backend.directions[0]
     return backend
 
 
 def objective_of(backend: Backend) -> str:
     """The ``--objective`` name a backend optimises (its metric when it offers one objective only)."""
     return str(getattr(backend, "objective", None) or backend.metric)
+
+
+def objective_metrics(backend: Backend) -> list[tuple[str, str]]:
+    """``(metric, direction)`` of each objective a backend optimises: one, or two in a two-objective study."""
+    return list(zip(getattr(backend, "metrics", None) or (backend.metric,),
+                    getattr(backend, "directions", None) or (backend.direction,)))
+
+
+def study_metric(backend: Backend) -> str:
+    """The objective as a study records it (its ``metric`` attribute): ``eval_cer``, or ``eval_cer,train_seconds``."""
+    return ",".join(metric for metric, _ in objective_metrics(backend))
 
 
 class KhmerCnnBackend:

@@ -62,8 +62,9 @@ class SearchArguments(Settings):
     backend: str = study("gemma", "what a trial trains: gemma, khmer-cnn, or package.module:attribute")
     objective: str | None = study(None, "what the search optimises (gemma: eval_loss, the validation loss; cer or f1 "
                                         "of greedy answers on the validation slice, what OCR users measure (cer is "
-                                        "recommended); normalized_cer, normalized_f1). null: the backend's own "
-                                        "(gemma eval_loss, khmer-cnn char_accuracy)")
+                                        "recommended); normalized_cer, normalized_f1; two joined by a comma, e.g. "
+                                        "cer,train_seconds: a two-objective study and its Pareto front). null: the "
+                                        "backend's own (gemma eval_loss, khmer-cnn char_accuracy)")
     sampler_seed: int | None = study(None, "Optuna sampler seed (null: unseeded); a resumed study and each further "
                                            "worker derive their own from it")
     storage: str | None = study(None, "Optuna storage: sqlite:///PATH.db (null: <studies_dir>/<study>.db), "

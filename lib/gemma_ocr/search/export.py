@@ -62,11 +62,39 @@ def trial_counts(study: optuna.Study) -> dict[str, int]:
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best complete trial, or None when no trial has completed."""
+    """The best complete trial, or None when no trial has completed. In a two-objective study: the trial of the
+    Pareto front best by the first objective (the one whose configuration is exported)."""
+    if len(study.directions) > 1:
+        front = study.best_trials
+        if not front:
+            return None
+        sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
+        return min(front, key=lambda t: (sign * t.values[0], t.number))
     try:
         return study.best_trial
     except ValueError:
         return None
+
+
+def pareto_front(study: optuna.Study, objectives: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """A two-objective study's Pareto front (no trial is better in one objective without being worse in the
+    other), by the first objective: ``{"trial", "values": {metric: value}, "params"}`` each; empty for one objective."""
+    if len(study.directions) < 2:
+        return []
+    best = best_trial(study)
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else -1
+    front = sorted(study.best_trials, key=lambda t: (sign * t.values[0], t.number))
+    return jsonable([{"trial": t.number, "values": dict(zip((m for m, _ in objectives), t.values)), "params": t.params,
+                      "exported": best is not None and t.number == best.number} for t in front])
+
+
+def objective_comment(study: optuna.Study, trial: FrozenTrial, objectives: list[tuple[str, str]]) -> str:
+    """The best-config file's ``_objective`` line: what was optimised and what this configuration reached."""
+    reached = ", ".join(f"{metric} ({direction}) {value:.6g}" for (metric, direction), value in zip(objectives, trial.values))
+    if len(objectives) == 1:
+        return f"{reached.replace(') ', '): ', 1)} in trial {trial.number} of study {study.study_name}"
+    return (f"{reached} in trial {trial.number} of study {study.study_name}: of its Pareto front of "
+            f"{len(study.best_trials)} trials, the best by {objectives[0][0]} (the others: _best_params.json)")
 
 
 def trial_results_path(base_output_dir: Path, number: int) -> Path:
@@ -106,11 +134,14 @@ def write_trial_results(path: Path, document: dict[str, Any]) -> Path:
 def best_params_document(study: optuna.Study, trial: FrozenTrial, metric: str, meta: dict[str, Any]) -> dict[str, Any]:
     """``{study}_best_params.json``: the best parameters with the study's metadata."""
     counts = trial_counts(study)
+    directions = [d.name.lower() for d in study.directions]
     return jsonable({
         "study_name": study.study_name,
-        "best_value": trial.value,
+        "best_value": trial.values[0],
         "metric": metric,
-        "direction": study.direction.name.lower(),
+        "direction": ",".join(directions),
+        **({"best_values": trial.values,
+            "pareto_front": pareto_front(study, list(zip(metric.split(","), directions)))} if len(directions) > 1 else {}),
         "best_trial_number": trial.number,
         "best_params": trial.params,
         "best_metrics": trial.user_attrs.get("metrics", {}),

@@ -42,7 +42,16 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
-from gemma_ocr.search.backends import DEFAULT_SPACES, Backend, TrialContext, get_backend, objective_of, use_objective
+from gemma_ocr.search.backends import (
+    DEFAULT_SPACES,
+    Backend,
+    TrialContext,
+    get_backend,
+    objective_metrics,
+    objective_of,
+    study_metric,
+    use_objective,
+)
 from gemma_ocr.search.config import (
     BUILTIN_SPACE,
     DEFAULT_N_TRIALS,
@@ -60,6 +69,8 @@ from gemma_ocr.search.export import (
     export_best,
     jsonable,
     now,
+    objective_comment,
+    pareto_front,
     trial_counts,
     trial_results_path,
     write_trial_results,
@@ -106,6 +117,8 @@ class SearchSummary:
     best_params_path: Path | None
     best_config_path: Path | None
     metric: str
+    #: A two-objective study's Pareto front: ``{"trial", "values": {metric: value}, "params"}`` each (else empty).
+    pareto_front: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 def default_study_name() -> str:
@@ -266,30 +279,31 @@ class _Search:
                                         settings.storage_retry_timeout)
         self.liveness = Liveness(self.storage, settings.storage, settings.study_name, settings.heartbeat_interval,
                                  settings.grace_period, stale)
-        direction, pruner = backend.direction, make_pruner(settings)
+        objectives = objective_metrics(backend)
+        metric, directions, pruner = study_metric(backend), [d for _, d in objectives], make_pruner(settings)
         with self._lock():
             try:
                 self.study = optuna.create_study(study_name=settings.study_name, storage=self.storage, pruner=pruner,
-                                                 direction=direction)
+                                                 directions=directions)
                 self.created = True
             except optuna.exceptions.DuplicatedStudyError:
                 self.study = optuna.load_study(study_name=settings.study_name, storage=self.storage, pruner=pruner)
             worker = int(self.study.user_attrs.get(WORKERS_ATTR, 0))
             self.study.set_user_attr(WORKERS_ATTR, worker + 1)
         stored = self.study.user_attrs.get("metric")
-        if stored and stored != backend.metric and self.study.get_trials(deepcopy=False):
+        if stored and stored != metric and self.study.get_trials(deepcopy=False):
             raise GemmaOcrError(
-                f"study {settings.study_name!r} optimises {stored}; --objective {objective_of(backend)} ({backend.metric}) "
+                f"study {settings.study_name!r} optimises {stored}; --objective {objective_of(backend)} ({metric}) "
                 f"would put its values beside those: resume it with its own objective, or use another --study-name")
         seed = worker_seed(settings.sampler_seed, worker)
         if seed != settings.sampler_seed:
             log.info("sampler seed %d (worker %d of study %s, derived from --sampler-seed %d)", seed, worker,
                      settings.study_name, settings.sampler_seed)
         self.study.sampler = self._sampler(seed)
-        if self.study.direction.name.lower() != direction:
+        if [d.name.lower() for d in self.study.directions] != directions:
             raise GemmaOcrError(
-                f"study {settings.study_name!r} {self.study.direction.name.lower()}s, but backend {backend.name} "
-                f"{direction}s {backend.metric}; use another --study-name"
+                f"study {settings.study_name!r} {', '.join(d.name.lower() for d in self.study.directions)}s, but backend "
+                f"{backend.name} {', '.join(directions)}s {metric}; use another --study-name"
             )
         check_compatible(self.study, settings.search_space, settings.space_source)
         self.meta = {
@@ -303,10 +317,10 @@ class _Search:
             "search_space": space_to_dict(settings.search_space),
             "fixed": settings.fixed,
             "settings": {name: getattr(settings, name) for name in STORED_SETTINGS},
-            "metric": backend.metric,
+            "metric": metric,
             "updated": now(),
         }))
-        self.study.set_user_attr("metric", backend.metric)
+        self.study.set_user_attr("metric", metric)
 
     def discard_if_unused(self) -> None:
         """Delete the study again when this run created it and no trial was started in it."""
@@ -395,7 +409,7 @@ class _Search:
         as a dead worker's (no heartbeat came through for the grace period, e.g. a long outage)."""
         doc = self.docs[number]
         state = TrialState[doc["state"]]
-        value = doc["value"] if state == TrialState.COMPLETE else None
+        value = doc.get("values") or doc["value"] if state == TrialState.COMPLETE else None
         try:
             frozen = retrying(lambda: self.study.tell(number, value, state=state, skip_if_finished=True),
                               f"trial {number}: recording its result")
@@ -410,7 +424,7 @@ class _Search:
 
     # ------------------------------------------------------------------ one trial
 
-    def _objective(self, trial: Trial) -> float:
+    def _objective(self, trial: Trial) -> float | list[float]:
         number = self.local.number = trial.number
         trial_dir = self.s.base_output_dir / f"trial_{number}"
         results_path = trial_results_path(self.s.base_output_dir, number)
@@ -442,11 +456,17 @@ class _Search:
             with self.liveness.beating(trial):
                 metrics = self.backend.run_trial(ctx)
             doc["metrics"] = metrics = jsonable(metrics)
-            value = metrics.get(self.backend.metric) if isinstance(metrics, dict) else None
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                raise GemmaOcrError(f"the objective {self.backend.metric!r} is missing or not finite in the trial's metrics: {value!r}")
-            doc.update(state="COMPLETE", value=float(value))
-            return float(value)
+            values = []
+            for metric, _ in objective_metrics(self.backend):
+                value = metrics.get(metric) if isinstance(metrics, dict) else None
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                    raise GemmaOcrError(f"the objective {metric!r} is missing or not finite in the trial's metrics: {value!r}")
+                values.append(float(value))
+            doc.update(state="COMPLETE", value=values[0])
+            if len(values) > 1:
+                doc["values"] = values
+                return values
+            return values[0]
         except optuna.TrialPruned as e:
             doc.update(state="PRUNED", pruned=str(e) or "pruned")
             doc["intermediate"] = [list(x) for x in reporter.history] if reporter else []
@@ -507,7 +527,7 @@ class _Search:
         if self.bar is not None:
             self.bar.update(1)
             if best is not None:
-                self.bar.set_postfix({f"best {self.backend.metric}": f"{best.value:.4g}", "trial": best.number})
+                self.bar.set_postfix({f"best {self.backend.metric}": f"{best.values[0]:.4g}", "trial": best.number})
         shown = f"{doc['value']:.6g}" if doc["value"] is not None else "-"
         log.info("trial %d %s (%s %s)", trial.number, trial.state.name, self.backend.metric, shown)
 
@@ -518,9 +538,8 @@ class _Search:
             if best is None:
                 return None
             config = self.backend.export_config(dict(self.s.fixed), dict(best.params))
-            config = {"_objective": f"{self.backend.metric} ({self.backend.direction}): {best.value:.6g} in trial "
-                                    f"{best.number} of study {self.s.study_name}", **config}
-            return export_best(self.study, self.s.studies_dir, self.backend.metric, config, self.meta, best)
+            config = {"_objective": objective_comment(self.study, best, objective_metrics(self.backend)), **config}
+            return export_best(self.study, self.s.studies_dir, study_metric(self.backend), config, self.meta, best)
         except (GemmaOcrError, OSError, *STORAGE_ERRORS) as e:
             log.warning("best configuration not written: %s", first_line(e))
             return None
@@ -625,10 +644,11 @@ def run_search(settings: SearchSettings, backend: Backend | None = None) -> Sear
         storage=mask(settings.storage),
         trials_run=sorted(search.trials_run),
         counts=trial_counts(search.study),
-        best_value=best.value if best else None,
+        best_value=best.values[0] if best else None,
         best_trial=best.number if best else None,
         best_params=dict(best.params) if best else {},
         best_params_path=exported[0] if exported else None,
         best_config_path=exported[1] if exported else None,
         metric=backend.metric,
+        pareto_front=pareto_front(search.study, objective_metrics(backend)),
     )

@@ -301,6 +301,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
             "best_model_checkpoint": state.best_model_checkpoint,
             "early_stopped": bool(config.early_stopping_patience) and state.global_step < state.max_steps,
             "train_loss": train_loss,
+            "train_seconds": train_output.metrics.get("train_runtime"),
             "global_step": state.global_step,
             "epoch": state.epoch,
             "output_dir": str(config.output_dir),
