@@ -50,6 +50,7 @@ SEARCH_STUDY = "pipeline"
 #: What the pipeline's search varies: the built-in space, how fast the adapters learn and whether the vision
 #: tower gets adapters too (the shift is in the glyphs' shapes, which the SigLIP tower sees).
 PIPELINE_SEARCH_SPACE = DEFAULT_SEARCH_SPACE
+SEARCH_OBJECTIVE = "cer"  # trials are chosen and pruned by the CER of generated answers, not by the loss
 BOOTSTRAP_RESAMPLES = 10_000
 EMPTY_BASELINE, MAJORITY_BASELINE = "empty-answer baseline", "majority-label baseline"
 BASE_ROW, TUNED_ROW = "base", "fine-tuned"
@@ -266,14 +267,15 @@ def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
     if cfg.search_trials <= 0:
         return None
     inputs = fingerprint(cfg.layout.non_test_json, cfg.train_config, cfg.base_model, PIPELINE_SEARCH_SPACE,
-                         cfg.search_trials, cfg.seed)
+                         cfg.search_trials, cfg.seed, SEARCH_OBJECTIVE)
     if record.keeps(cfg, "search", cfg.best_config, cfg.best_config.is_file(), inputs):
         return cfg.best_config
     (cfg.layout.studies / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)  # its trials were made from other inputs
     cfg.best_config.unlink(missing_ok=True)
     settings = resolve_settings(
         None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.layout.studies, default_config=cfg.train_config,
-        overrides={"n_trials": cfg.search_trials, "sampler_seed": cfg.seed, "base_output_dir": cfg.search_trials_dir},
+        overrides={"n_trials": cfg.search_trials, "sampler_seed": cfg.seed, "base_output_dir": cfg.search_trials_dir,
+                   "objective": SEARCH_OBJECTIVE},
         fixed_overrides={"model_name": str(cfg.base_model), "input_data": str(cfg.layout.non_test_json)},
     )
     settings.search_space = parse_search_space(PIPELINE_SEARCH_SPACE)
