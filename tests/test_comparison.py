@@ -30,6 +30,16 @@ def test_a_model_better_on_every_sample_has_an_interval_below_zero():
     assert "2000 resamples, seed 1" in diff.describe()
 
 
+def test_the_relative_change_is_told_only_from_a_baseline_that_makes_errors():
+    """Against an engine at CER 0.0014 a relative change reads as "+4950%": the line gives the difference alone."""
+    near_perfect = doc([(l, l if i else l[:5], "ok") for i, l in enumerate(LABELS)])   # one edit in 240 characters
+    worse = doc([(l, l[:5], "ok") for l in LABELS])
+    line = compare_cer(near_perfect, worse, n_resamples=200, seed=0).describe()
+    assert "%)" not in line and line.startswith("CER difference +0.16")
+    worst = doc([(l, l[:3], "ok") for l in LABELS])                                   # CER 1/6 -> 0.5
+    assert compare_cer(worse, worst, n_resamples=200, seed=0).describe().startswith("CER difference +0.3333 (+200%)")
+
+
 def test_no_difference_on_average_gives_an_interval_around_zero():
     base = doc([(l, l if i % 2 else "", "ok") for i, l in enumerate(LABELS)])
     tuned = doc([(l, "" if i % 2 else l, "ok") for i, l in enumerate(LABELS)])

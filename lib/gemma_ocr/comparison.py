@@ -42,6 +42,7 @@ from gemma_ocr.slices import sample_slices, slice_order
 
 PERMUTATION_METHOD = "paired permutation test: random sign flips of the per-sample edit differences (two-sided)"
 SIGN_TEST_METHOD = "exact two-sided sign test on the samples whose CER went down or up"
+RELATIVE_CHANGE_FROM = 0.01  # the one-line description gives the relative change from a baseline CER of 1% up
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,8 @@ class CerDifference:
 
     def describe(self) -> str:
         """One line: the difference, its interval and how it was drawn."""
-        rel = f" ({self.relative_change:+.0%})" if self.relative_change is not None else ""
+        # against a baseline that makes almost no errors a relative change reads as "+4950%": the difference says it
+        rel = f" ({self.relative_change:+.0%})" if self.baseline_cer >= RELATIVE_CHANGE_FROM else ""
         return (f"CER difference {self.difference:+.4f}{rel}, {self.confidence:.0%} interval "
                 f"[{self.low:+.4f}, {self.high:+.4f}] (paired bootstrap over {self.samples} samples, "
                 f"{self.n_resamples} resamples, seed {self.seed})")
