@@ -40,20 +40,19 @@ def main() -> None:
     p.add_argument("--startup-timeout", type=flag_value(float), default=900.0, help="seconds to wait for the model to load")
     p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
     args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
-    if args.max_batch_size is not None:
+    embedded_only = {  # flag: what vLLM has instead, and what 1 means
+        "--max-batch-size": ("vLLM batches by itself (its --max-num-seqs caps a batch)", " (1: one request at a time)"),
+        "--torch-threads": ("vLLM's CPU build sets its own (VLLM_CPU_OMP_THREADS_BIND)", ""),
+    }
+    for flag, (in_vllm, one) in embedded_only.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
         if args.engine != "transformers":
-            raise GemmaOcrError("--max-batch-size is the embedded server's (--engine transformers); vLLM batches "
-                                "by itself (its --max-num-seqs caps a batch)")
-        if args.max_batch_size < 1:
-            raise GemmaOcrError(f"--max-batch-size must be >= 1 (1: one request at a time), got {args.max_batch_size}")
-        extra = ["--max-batch-size", str(args.max_batch_size), *extra]
-    if args.torch_threads is not None:
-        if args.engine != "transformers":
-            raise GemmaOcrError("--torch-threads is the embedded server's (--engine transformers); vLLM's CPU build "
-                                "sets its own (VLLM_CPU_OMP_THREADS_BIND)")
-        if args.torch_threads < 1:
-            raise GemmaOcrError(f"--torch-threads must be >= 1, got {args.torch_threads}")
-        extra = ["--torch-threads", str(args.torch_threads), *extra]
+            raise GemmaOcrError(f"{flag} is the embedded server's (--engine transformers); {in_vllm}")
+        if value < 1:
+            raise GemmaOcrError(f"{flag} must be >= 1{one}, got {value}")
+        extra = [flag, str(value), *extra]
 
     def on_term(*_):  # `kill PID` and a closed terminal stop the server like Ctrl-C does
         raise KeyboardInterrupt
