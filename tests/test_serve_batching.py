@@ -157,6 +157,22 @@ def test_requests_carry_an_id_and_stats_say_how_the_server_batched(tiny_server, 
     assert stats["max_batch_size"] == 8 and stats["requests"] >= 2 and sum(stats["batches"].values()) >= 1
 
 
+def test_chat_bodies_the_short_path_does_not_take_get_the_apps_own_answers(tiny_server, images):
+    """A chat completion whose body is not a JSON object takes the app's route (its 422, the body read once
+    already and given again); errors of the short path go to the app's handlers (404 with its ``detail``)."""
+    url, name = tiny_server
+    with requests.Session() as s:
+        not_json = s.post(url + "/v1/chat/completions", data=b"{not json", timeout=30,
+                          headers={"content-type": "application/json", "x-request-id": "bad-1"})
+        a_list = s.post(url + "/v1/chat/completions", json=[1, 2], timeout=30)
+        unknown = s.post(url + "/v1/chat/completions", json=build_request("nope", images[0], "OCR", 2), timeout=30)
+        fine = s.post(url + "/v1/chat/completions", json=build_request(name, images[0], "OCR", 2), timeout=60)
+    assert not_json.status_code == 422 and not_json.headers["x-request-id"] == "bad-1", not_json.text
+    assert a_list.status_code == 422 and "detail" in a_list.json()
+    assert unknown.status_code == 404 and "nope" in unknown.json()["detail"] and unknown.headers["x-request-id"]
+    assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] is not None
+
+
 def test_streaming_runs_through_the_same_thread_and_stops_at_a_stop_string(tiny_server, images):
     import openai
 

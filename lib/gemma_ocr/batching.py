@@ -107,7 +107,8 @@ def prepare_prompts(processor: Any, prompts: Sequence[ChatPrompt]) -> list[dict[
     if len(prompts) == 1 or any(n != 1 for n in images) or len({p.group() for p in prompts}) > 1:
         return [alone(p) for p in prompts]
     batch = processor.apply_chat_template([p.messages for p in prompts], add_generation_prompt=True, tokenize=True,
-                                          return_dict=True, return_tensors="pt", padding=True, padding_side="left",
+                                          return_dict=True, return_tensors="pt",
+                                          processor_kwargs={"padding": True, "padding_side": "left"},
                                           **prompts[0].options)
     if set(batch) - set(_PADDED_INPUTS) - {"pixel_values"} or batch["pixel_values"].shape[0] != len(prompts):
         return [alone(p) for p in prompts]  # a layout this split does not know
@@ -131,20 +132,27 @@ class GenerationJob:
     # Made into ``inputs`` on the inference thread (image decoding, chat template), between batches: threads
     # that prepared prompts while a batch ran took the GIL from it and from each other at every torch call.
     prompt: ChatPrompt | None = None
+    settings: str = ""  # the decoding settings a batch shares, as JSON (made from ``config`` once)
 
     def __post_init__(self) -> None:
+        self.settings = self.settings or decoding_settings(self.config)
         self.key = batch_key(self)
+
+
+def decoding_settings(config: GenerationConfig) -> str:
+    """The settings of ``config`` that jobs of one batch share (all but the per-request limits), as JSON."""
+    settings = {k: _keyed(v) for k, v in config.to_dict().items() if k not in _UNBATCHED_SETTINGS}
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
 def batch_key(job: GenerationJob) -> tuple:
     """Jobs with equal keys can share a batch: the same model, decoding settings and input layout."""
-    settings = {k: _keyed(v) for k, v in job.config.to_dict().items() if k not in _UNBATCHED_SETTINGS}
     if job.inputs is None:  # grouped again once prepared
-        return (id(job.model), json.dumps(settings, sort_keys=True, default=str), "to prepare")
+        return (id(job.model), job.settings, "to prepare")
     layout = tuple(sorted((name, str(value.dtype), None if name in _PADDED_INPUTS else tuple(value.shape[1:]))
                           for name, value in job.inputs.items() if isinstance(value, torch.Tensor)))
     untensored = any(not isinstance(v, torch.Tensor) for v in job.inputs.values())
-    return (id(job.model), json.dumps(settings, sort_keys=True, default=str), layout, untensored and id(job))
+    return (id(job.model), job.settings, layout, untensored and id(job))
 
 
 def _keyed(value: Any) -> Any:

@@ -451,6 +451,9 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     import torch
     from fastapi import HTTPException
     from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import Request
     from openai.types.completion_usage import CompletionUsage
     from transformers.cli.serving.chat_completion import ChatCompletionHandler
     from transformers.cli.serving.completion import CompletionHandler
@@ -581,7 +584,8 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
         from transformers.cli.serving.systemone import SystemOneHandler
 
         handlers["systemone_handler"] = SystemOneHandler(model_manager=manager, generation_state=state)
-    app = build_server(manager, Chat(model_manager=manager, generation_state=state),
+    chat = Chat(model_manager=manager, generation_state=state)
+    app = build_server(manager, chat,
                        **{k: v for k, v in handlers.items() if k in accepted})
     app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/models"]
 
@@ -592,7 +596,10 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     class RequestIds:
         """ASGI middleware: each request's id (its x-request-id header, or a new one), on the request's state
         and the response's header; in place of the stack's own middleware of that, which costs a task and
-        stream copies per request."""
+        stream copies per request. A chat completion with a JSON object for a body goes straight to the chat
+        handler, and its errors to the app's exception handlers (the stack's routing, dependency solving and
+        inner middleware cost about as much CPU as a batched request's share of generation); any other body
+        takes the app's route, which answers as it always has."""
 
         def __init__(self, app):
             self.app = app
@@ -616,9 +623,56 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             with state.get_manager(served_model_name).arrival() as arrival:
                 token = current_arrival.set(arrival)
                 try:
-                    await self.app(scope, receive, send_with_id)
+                    await self.chat(scope, receive, send_with_id, request_id)
                 finally:
                     current_arrival.reset(token)
+
+        async def chat(self, scope, receive, send, request_id: str) -> None:
+            chunks, more = [], True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                chunks.append(message.get("body", b""))
+                more = message.get("more_body", False)
+            raw = b"".join(chunks)
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                body = None
+            content_type = dict(scope.get("headers") or ()).get(b"content-type", b"")
+            if not isinstance(body, dict) or not content_type.startswith(b"application/json"):
+                return await self.app(scope, replay(raw, receive), send)
+            try:
+                response = await chat.handle_request(body, request_id)
+            except Exception as e:
+                handler = exception_handler(e)
+                if handler is None:
+                    raise  # the app's server-error middleware answers 500
+                request = Request(scope, replay(raw, receive))
+                response = await handler(request, e) if inspect.iscoroutinefunction(handler) else \
+                    await run_in_threadpool(handler, request, e)
+            await response(scope, receive, send)
+
+    def replay(raw: bytes, receive):
+        """An ASGI receive that gives the body read already, then what ``receive`` gives."""
+        sent = False
+
+        async def receive_again():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": raw, "more_body": False}
+            return await receive()
+
+        return receive_again
+
+    def exception_handler(error: Exception):
+        """The app's handler of ``error`` (by HTTP status, then by class), as its exception middleware picks it."""
+        handlers = app.exception_handlers
+        if isinstance(error, StarletteHTTPException) and error.status_code in handlers:
+            return handlers[error.status_code]
+        return next((handlers[c] for c in type(error).__mro__ if c in handlers and c is not Exception), None)
 
     app.user_middleware = [m for m in app.user_middleware
                            if getattr(m.kwargs.get("dispatch"), "__name__", "") != "request_id_middleware"]
