@@ -56,6 +56,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_MODEL_LEN = 8192
 DEFAULT_MAX_BATCH_SIZE = 8  # embedded server: most requests generated together
 DEFAULT_MAX_WAIT = 0.1  # embedded server: seconds a forming batch waits for requests still being read
+MAX_CACHED_GENERATION_CONFIGS = 64  # embedded server: generation configs kept, one per set of request options
 GIB = 1 << 30
 PARENT_PID_ENV = "GEMMA_OCR_SERVER_PARENT_PID"
 # The signal a server gets when its parent dies: the embedded server holds nothing worth a graceful exit;
@@ -468,6 +469,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
         ChatPrompt,
         GenerationJob,
         current_arrival,
+        decoding_settings,
         tokenizer_of,
         use_indexed_masks,
     )
@@ -480,6 +482,8 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     manager = ModelManager(device=device, dtype=dtype, model_timeout=-1, force_model=model_dir)
 
     loaded: list = []  # (model, processor) once loaded: the manager restarts a timer thread on every lookup
+    modalities: dict[int, Any] = {}  # by id(model)
+    generation_configs: dict[tuple[int, str], tuple[Any, str]] = {}  # by model and request options
 
     class _ServedName:
         """Accept the served name (or the folder path) in ``model`` and answer with the served name."""
@@ -510,12 +514,14 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             stop = stop_strings(body.pop("stop", None))
             top_logprobs = logprobs_option(body.pop("logprobs", None), body.pop("top_logprobs", None))
             model_id, model, processor = self._resolve_model(body)
-            modality = self.model_manager.get_model_modality(model, processor=processor)
+            if id(model) not in modalities:
+                modalities[id(model)] = self.model_manager.get_model_modality(model, processor=processor)
+            modality = modalities[id(model)]
             generation = self.generation_state.get_manager(model_id)
             with current_arrival.get() or generation.arrival() as arrival:
-                config = self._build_generation_config(body, model.generation_config)
+                config, settings = self._generation_config(body, model)
                 job = GenerationJob(model, processor, None, config, stop, top_logprobs,
-                                    prompt=self._prompt(body, modality))
+                                    prompt=self._prompt(body, modality), settings=settings)
                 future = generation.submit(job)
                 arrival.done()
             result = await asyncio.wrap_future(future)
@@ -539,6 +545,22 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             if result.logprobs is not None:
                 choice["logprobs"] = {"content": openai_logprobs(tokenizer_of(processor), result.logprobs, token_texts)}
             return JSONResponse(response, media_type="application/json")
+
+        def _generation_config(self, body: dict, model) -> tuple[Any, str]:
+            """The request's generation config and its :func:`~gemma_ocr.batching.decoding_settings`, made once for
+            each set of request options (a request with a ``seed`` always anew: the stack seeds torch on the way).
+            Jobs only read their config."""
+            if body.get("seed") is not None:
+                config = self._build_generation_config(body, model.generation_config)
+                return config, decoding_settings(config)
+            options = json.dumps({k: v for k, v in body.items() if k != "messages"}, sort_keys=True, default=str)
+            key = (id(model), options)
+            if key not in generation_configs:
+                if len(generation_configs) >= MAX_CACHED_GENERATION_CONFIGS:
+                    generation_configs.pop(next(iter(generation_configs)))
+                config = self._build_generation_config(body, model.generation_config)
+                generation_configs[key] = config, decoding_settings(config)
+            return generation_configs[key]
 
         def _prompt(self, body: dict, modality) -> ChatPrompt:
             """The request's chat as the processor takes it (its tensors are made on the inference thread)."""
