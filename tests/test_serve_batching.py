@@ -173,6 +173,19 @@ def test_chat_bodies_the_short_path_does_not_take_get_the_apps_own_answers(tiny_
     assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] is not None
 
 
+def test_each_set_of_request_options_gets_its_own_generation_settings(tiny_server, images):
+    """Generation configs are made once per set of request options: requests that differ in one option only
+    (max_tokens, a seed) still get their own, in any order."""
+    url, name = tiny_server
+    short, longer = build_request(name, images[0], "OCR", 1), build_request(name, images[0], "OCR", 6)
+    with requests.Session() as s:
+        tokens = [_chat(s, url, body)["usage"]["completion_tokens"] for body in (short, longer, short, longer)]
+        seeded = [_chat(s, url, {**longer, "seed": seed})["choices"][0]["message"]["content"] for seed in (1, 2)]
+        plain = _chat(s, url, longer)["choices"][0]["message"]["content"]
+    assert tokens[0] == tokens[2] == 1 and 1 < tokens[1] == tokens[3] <= 6, tokens
+    assert seeded == [plain, plain]  # greedy: a seed changes nothing, and is no new batch setting
+
+
 def test_streaming_runs_through_the_same_thread_and_stops_at_a_stop_string(tiny_server, images):
     import openai
 
