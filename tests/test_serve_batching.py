@@ -273,3 +273,40 @@ def test_torch_threads_reach_the_embedded_server(merged_model):
     env = {**eval_env(), "OMP_NUM_THREADS": "2"}
     with start_server(merged_model[0], env=env, startup_timeout=180, extra_args=["--torch-threads", "1"]) as (url, _):
         assert requests.get(url + "/stats", timeout=10).json()["torch_threads"] == 1
+
+
+def test_a_forming_batch_prepares_its_prompts_while_the_rest_is_on_its_way(merged_model, eval_data):
+    """In process: the prompt of a request taken into a batch is made while the batch waits for one still on its
+    way; the late one joins the same batch, and both get their answers."""
+    import time
+
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from gemma_ocr.batching import BatchingGenerateManager, ChatPrompt, GenerationJob
+
+    torch.set_num_threads(1)
+    folder = merged_model[0]
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(folder)
+    config = type(model.generation_config).from_dict({**model.generation_config.to_dict(), "do_sample": False,
+                                                      "max_new_tokens": 4})
+    prompts = [ChatPrompt([{"role": "user", "content": [{"type": "image", "url": r.image_path},
+                                                        {"type": "text", "text": "OCR"}]}])
+               for r in load_records(eval_data)[:2]]
+    manager = BatchingGenerateManager(max_batch_size=8, max_wait=30)
+    try:
+        late = manager.arrival()
+        first = GenerationJob(model, processor, None, config, prompt=prompts[0])
+        manager.submit(first)
+        deadline = time.monotonic() + 20
+        while first.inputs is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert first.inputs is not None and not first.future.done()  # prepared, still waiting for the late one
+        second = GenerationJob(model, processor, None, config, prompt=prompts[1])
+        manager.submit(second)
+        late.done()
+        answers = [job.future.result(timeout=60) for job in (first, second)]
+    finally:
+        manager.stop()
+    assert manager.batch_sizes == {2: 1} and all(a.token_ids for a in answers)

@@ -5,7 +5,8 @@ serves text-only models (not Gemma 3 with an image). :class:`BatchingGenerateMan
 place of its generation manager behind the same handlers. One inference thread takes the queued
 requests whose generation settings match (up to ``max_batch_size``), left-pads their prompts, runs
 them as one batch and gives each request its own answer, ended where that request ends (the chat
-handler's prompts are prepared on that thread too, a batch's in one processor call: :func:`prepare_prompts`):
+handler's prompts are prepared on that thread too, those a forming batch has taken while it waits for more,
+together in one processor call: :func:`prepare_prompts`):
 
 * at an end-of-turn/EOS token (``finish_reason`` ``stop``), at the request's own ``max_tokens``
   (``length``), or at one of its ``stop`` strings (``stop``; the text ends before the stop string,
@@ -455,8 +456,9 @@ class BatchingGenerateManager(BaseGenerateManager):
             batch = [first]
             deadline = time.monotonic() + self.max_wait
             expected = min(self._last_batch, self.max_batch_size)
+            group = first.key[:2]  # the model and decoding settings, prompts prepared or not
             while len(batch) < self.max_batch_size:
-                match = next((j for j in self._jobs if isinstance(j, GenerationJob) and j.key == first.key), None)
+                match = next((j for j in self._jobs if isinstance(j, GenerationJob) and j.key[:2] == group), None)
                 if match is not None:
                     self._jobs.remove(match)
                     batch.append(match)
@@ -465,6 +467,14 @@ class BatchingGenerateManager(BaseGenerateManager):
                 coming = self._preparing > 0 or len(batch) < expected
                 if not coming or remaining <= 0 or self._closed:
                     break
+                unprepared = [j for j in batch if j.inputs is None and j.prompt is not None]
+                if unprepared:  # while the others are on their way: off the path from the last arrival to generate
+                    self._cond.release()
+                    try:
+                        self._prepare(unprepared)
+                    finally:
+                        self._cond.acquire()
+                    continue
                 self._cond.wait(remaining)
             self._last_batch = len(batch)
             return batch
