@@ -464,6 +464,9 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
     from transformers.cli.serving.transcription import TranscriptionHandler
     from transformers.cli.serving.utils import X_REQUEST_ID, GenerationState, parse_assistant_message
 
+    # transformers >= 5.18 reads the request's tools when it parses an answer (for tool calls); 5.17 does not
+    parse_takes_tools = "tools" in inspect.signature(parse_assistant_message).parameters
+
     from gemma_ocr.batching import (
         BatchingGenerateManager,
         ChatPrompt,
@@ -528,7 +531,7 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             inputs = job.inputs
             content, reasoning, tool_calls = parse_assistant_message(
                 processor, model, result.token_ids, input_ids=inputs["input_ids"], cleaned_content=result.text,
-                tools=body.get("tools"))
+                **({"tools": body.get("tools")} if parse_takes_tools else {}))
             if result.stop_string is not None:
                 content = result.text
             prompt_tokens, completion_tokens = inputs["input_ids"].shape[-1], len(result.token_ids)

@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 MAX_RETRIES = 2
 HEARTBEAT_ATTR = "heartbeat"
 RESULTS_ATTR = "results_file"  # where the trial's results file is, for whoever finds its worker dead
+# Telling a trial that another process has finished meanwhile: study.tell raises ValueError; the storage raises
+# UpdateFinishedTrialError (a RuntimeError) since Optuna 4.3, a plain RuntimeError before.
+TRIAL_ALREADY_FINISHED: tuple[type[Exception], ...] = (
+    ValueError, getattr(optuna.exceptions, "UpdateFinishedTrialError", RuntimeError))
 
 
 #: Optuna's retry callback (named RetryHeartbeatStaleTrialCallback since Optuna 4.9).
@@ -166,7 +170,7 @@ class Liveness:
                 continue
             try:
                 failed = study.tell(trial.number, state=TrialState.FAIL)
-            except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            except TRIAL_ALREADY_FINISHED:
                 continue  # its worker finished it after all
             self.on_stale(study, failed)
 

@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
@@ -75,7 +74,8 @@ from gemma_ocr.search.export import (
     trial_results_path,
     write_trial_results,
 )
-from gemma_ocr.search.liveness import RESULTS_ATTR, Liveness, StaleTrials, counted, retry_of, running_trials
+from gemma_ocr.search.liveness import (RESULTS_ATTR, TRIAL_ALREADY_FINISHED, Liveness, StaleTrials, counted, retry_of,
+                                       running_trials)
 from gemma_ocr.search.pruning import TrialReporter, make_pruner
 from gemma_ocr.search.space import ParamSpec, build_grid, grid_points, grid_size, parse_search_space, space_to_dict, suggest_all
 from gemma_ocr.search.storage import (
@@ -394,7 +394,7 @@ class _Search:
             self.study.optimize(self._objective, n_trials=1, catch=(Exception,), callbacks=[self._finished])
         except Exception as e:  # from Optuna's side of the loop: the objective's own errors are caught there
             number = self.local.number
-            told = isinstance(e, (ValueError, UpdateFinishedTrialError))  # the trial was failed meanwhile
+            told = isinstance(e, TRIAL_ALREADY_FINISHED)  # the trial was failed meanwhile
             # when the storage is away, Optuna 5.0's tell can also end in an UnboundLocalError of its own
             if number is None or number not in self.docs or not (told or connection_error(e)):
                 raise  # before the trial started: the worker loop tries again or stops
