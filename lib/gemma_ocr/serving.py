@@ -74,7 +74,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 def port_holders(port: int) -> list[tuple[int, str]]:
     """The processes listening on TCP ``port`` as (pid, command line); empty when none is visible here."""
     try:
-        import psutil  # a dependency of accelerate
+        import psutil
     except ImportError:
         return []
     try:
