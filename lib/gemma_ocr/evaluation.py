@@ -738,31 +738,47 @@ def read_with_engine(engine: Engine, cfg: RequestConfig, todo: list[tuple[int, O
                      on_sample: Callable[[dict[str, Any]], None] | None = None, desc: str = "evaluate") -> dict[str, Any]:
     """Read ``todo`` with a local OCR engine into ``results`` (by index, the samples :func:`request_all` makes),
     saving every ``save_interval`` samples; Ctrl-C saves what finished before it goes on."""
-    from tqdm.auto import tqdm
-
     records = dict(todo)
-    since_save = 0
-    bar = tqdm(total=len(todo) + len(results), initial=len(results), desc=f"{desc} ({engine.name})", unit="img",
-               disable=not cfg.show_progress, dynamic_ncols=True)
+    collect = _Collector(cfg, len(todo), results, save, on_sample, f"{desc} ({engine.name})")
     try:
         for index, text, error, seconds in engine.read([(i, r.image_path) for i, r in todo], cfg.workers,
                                                        cfg.max_image_pixels):
-            s = _sample(index, records[index], None if error is not None else Answer(text or ""), error, seconds)
-            results[index] = s
-            if on_sample is not None:
-                on_sample(s)
-            bar.update(1)
-            since_save += 1
-            if since_save >= cfg.save_interval:
-                save(False)
-                since_save = 0
+            collect.add(_sample(index, records[index], None if error is not None else Answer(text or ""), error,
+                                seconds))
     except KeyboardInterrupt:
         save(False)
         log.warning("interrupted: %d samples saved in %s; rerun the same command to resume", len(results), output)
         raise
     finally:
-        bar.close()
+        collect.close()
     return {"requested": len(todo), "aborted": ""}
+
+
+class _Collector:
+    """Finished samples into ``results`` (by index): ``on_sample``, the progress bar, a save every
+    ``save_interval`` samples."""
+
+    def __init__(self, cfg: RequestConfig, todo: int, results: dict[int, dict[str, Any]], save: Callable[[bool], Any],
+                 on_sample: Callable[[dict[str, Any]], None] | None, desc: str):
+        from tqdm.auto import tqdm
+
+        self.cfg, self.results, self.save, self.on_sample = cfg, results, save, on_sample
+        self.since_save = 0
+        self.bar = tqdm(total=todo + len(results), initial=len(results), desc=desc, unit="img",
+                        disable=not cfg.show_progress, dynamic_ncols=True)
+
+    def add(self, s: dict[str, Any]) -> None:
+        self.results[s["index"]] = s
+        if self.on_sample is not None:
+            self.on_sample(s)
+        self.bar.update(1)
+        self.since_save += 1
+        if self.since_save >= self.cfg.save_interval:
+            self.save(False)
+            self.since_save = 0
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None = None) -> EvalOutcome:
@@ -837,8 +853,6 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
               todo: list[tuple[int, OcrRecord]], results: dict[int, dict[str, Any]], save: Callable[[bool], Any],
               on_sample: Callable[[dict[str, Any]], None] | None, desc: str) -> dict[str, Any]:
     """Send ``todo`` through a pool of workers, filling ``results``; stop early if every server is gone or hung."""
-    from tqdm.auto import tqdm
-
     too_large_hint = f"; {cfg.flag('max_image_pixels')} raises the limit" if cfg.flag("max_image_pixels") else ""
 
     def work(index: int, record: OcrRecord) -> dict[str, Any]:
@@ -874,11 +888,10 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
             return _sample(index, record, None, str(e), time.perf_counter() - t)
         return _sample(index, record, answer, None, time.perf_counter() - t)
 
-    requested = since_save = consecutive_dead = 0
+    requested = consecutive_dead = 0
     aborted = ""
     dead_limit = max(3, cfg.workers)
-    bar = tqdm(total=len(todo) + len(results), initial=len(results), desc=desc, unit="img",
-               disable=not cfg.show_progress, dynamic_ncols=True)
+    collect = _Collector(cfg, len(todo), results, save, on_sample, desc)
     pool = ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="eval")
     pending: set[Future] = set()
     queue = iter(todo)
@@ -904,14 +917,7 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
                 dead = s.pop("_connection", False)
                 hung = s.pop("_gone", "")
                 consecutive_dead = consecutive_dead + 1 if dead else 0
-                results[s["index"]] = s
-                if on_sample is not None:
-                    on_sample(s)
-                bar.update(1)
-                since_save += 1
-                if since_save >= cfg.save_interval:
-                    save(False)
-                    since_save = 0
+                collect.add(s)
                 if (hung or consecutive_dead >= dead_limit) and not stop.is_set():
                     aborted = hung or s.get("error", "connection errors")
                     stop.set()
@@ -919,5 +925,5 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
     finally:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
-        bar.close()
+        collect.close()
     return {"requested": requested, "aborted": aborted}

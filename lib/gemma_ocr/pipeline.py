@@ -329,19 +329,18 @@ def merge(cfg: PipelineConfig, record: StageRecord) -> Path:
     return cfg.merged_dir
 
 
-def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, output: Path) -> dict:
-    """Serve ``model_dir`` with the embedded server, evaluate the test set on it, stop the server.
+def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, output: Path, threads: int) -> dict:
+    """Serve ``model_dir`` with the embedded server (``threads`` torch threads, 0: torch's default), evaluate the
+    test set on it, stop the server.
 
     Finished samples of an earlier run are kept (resumed) while the model and the test data are the same.
     """
-    from gemma_ocr.config import resolve_config
     from gemma_ocr.evaluation import EvalConfig, evaluate
     from gemma_ocr.serving import start_server
 
     stage = f"evaluate {output.name}"
     inputs = fingerprint(model_dir, cfg.layout.test_json, cfg.eval_max_tokens)
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
-    threads = resolve_config(cfg.train_config, {}).torch_threads  # as training ran: one thread for the tiny reader
     with start_server(model_dir, startup_timeout=300,
                       extra_args=["--torch-threads", str(threads)] if threads else ()) as (url, name):
         settings = EvalConfig(urls=[url], data_file=cfg.layout.test_json, output_file=output, top_k=cfg.eval_top_k,
@@ -416,8 +415,11 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
     if "merge" in cfg.stages:
         merge(cfg, record)
     if "evaluate" in cfg.stages:
-        base = evaluate_served(cfg, record, cfg.base_model, cfg.base_results)
-        tuned = evaluate_served(cfg, record, cfg.merged_dir, cfg.tuned_results)
+        from gemma_ocr.config import resolve_config
+
+        threads = resolve_config(cfg.train_config, {}).torch_threads  # as training ran: 1 for the tiny reader
+        base = evaluate_served(cfg, record, cfg.base_model, cfg.base_results, threads)
+        tuned = evaluate_served(cfg, record, cfg.merged_dir, cfg.tuned_results, threads)
         results[f"{BASE_ROW} ({cfg.base_model.name})"] = base
         results[f"{TUNED_ROW} ({cfg.merged_dir.name})"] = tuned
         results["comparison"] = compare(cfg, base, tuned)

@@ -107,6 +107,27 @@ class StaleTrials:
         write_trial_results(path, doc)
 
 
+@contextlib.contextmanager
+def every(interval: float, action: Callable[[], None], name: str, at_once: bool = False) -> Iterator[None]:
+    """While the block runs, call ``action`` every ``interval`` seconds in a daemon thread (``at_once``: also
+    when the block starts); the thread is stopped and joined when it ends."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        if at_once:
+            action()
+        while not stop.wait(interval):
+            action()
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
 class Liveness:
     """Keeps this worker's running trials alive and fails (then retries) the trials of dead workers."""
 
@@ -122,24 +143,15 @@ class Liveness:
         if not self.journal:
             yield
             return
-        stop = threading.Event()
 
         def beat() -> None:
-            while True:
-                try:
-                    trial.set_user_attr(HEARTBEAT_ATTR, time.time())
-                except OSError as e:  # a shared file system hiccup: the next beat tries again
-                    log.warning("trial %d: heartbeat not written (%s)", trial.number, e)
-                if stop.wait(self.interval):
-                    return
+            try:
+                trial.set_user_attr(HEARTBEAT_ATTR, time.time())
+            except OSError as e:  # a shared file system hiccup: the next beat tries again
+                log.warning("trial %d: heartbeat not written (%s)", trial.number, e)
 
-        thread = threading.Thread(target=beat, name=f"heartbeat-{trial.number}", daemon=True)
-        thread.start()
-        try:
+        with every(self.interval, beat, f"heartbeat-{trial.number}", at_once=True):
             yield
-        finally:
-            stop.set()
-            thread.join()
 
     def before_claim(self, study: optuna.Study) -> None:
         """Fail dead workers' trials before a new trial is claimed (on RDB storages ``study.optimize`` does
@@ -178,20 +190,13 @@ class Liveness:
     def watching(self, study: optuna.Study) -> Iterator[None]:
         """While the block runs, look for dead workers' trials every interval (so they are failed within
         the grace period even while every live worker is busy with a long trial)."""
-        stop = threading.Event()
 
         def watch() -> None:
-            while not stop.wait(self.interval):
-                try:
-                    with study_lock(self.url, self.study_name, getattr(self.storage, "reconnect", None)):
-                        self.fail_stale(study)
-                except (*STORAGE_ERRORS, OSError) as e:  # the storage is away: the workers report it
-                    log.debug("looking for dead workers' trials failed: %s", first_line(e))
+            try:
+                with study_lock(self.url, self.study_name, getattr(self.storage, "reconnect", None)):
+                    self.fail_stale(study)
+            except (*STORAGE_ERRORS, OSError) as e:  # the storage is away: the workers report it
+                log.debug("looking for dead workers' trials failed: %s", first_line(e))
 
-        thread = threading.Thread(target=watch, name="stale-trials", daemon=True)
-        thread.start()
-        try:
+        with every(self.interval, watch, "stale-trials"):
             yield
-        finally:
-            stop.set()
-            thread.join()
