@@ -632,7 +632,8 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
         async def __call__(self, scope, receive, send):
             if scope["type"] != "http":
                 return await self.app(scope, receive, send)
-            given = dict(scope.get("headers") or ()).get(X_REQUEST_ID.encode())
+            headers = dict(scope.get("headers") or ())
+            given = headers.get(X_REQUEST_ID.encode())
             request_id = given.decode("latin-1") if given else f"chatcmpl-{run_id}-{next(request_ids)}"
             scope.setdefault("state", {})["request_id"] = request_id
 
@@ -648,11 +649,11 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
             with state.get_manager(served_model_name).arrival() as arrival:
                 token = current_arrival.set(arrival)
                 try:
-                    await self.chat(scope, receive, send_with_id, request_id)
+                    await self.chat(scope, receive, send_with_id, request_id, headers.get(b"content-type", b""))
                 finally:
                     current_arrival.reset(token)
 
-        async def chat(self, scope, receive, send, request_id: str) -> None:
+        async def chat(self, scope, receive, send, request_id: str, content_type: bytes) -> None:
             chunks, more = [], True
             while more:
                 message = await receive()
@@ -665,7 +666,6 @@ def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtyp
                 body = json.loads(raw)
             except ValueError:
                 body = None
-            content_type = dict(scope.get("headers") or ()).get(b"content-type", b"")
             if not isinstance(body, dict) or not content_type.startswith(b"application/json"):
                 return await self.app(scope, replay(raw, receive), send)
             try:
