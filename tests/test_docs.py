@@ -26,15 +26,14 @@ def prose_paragraphs(text: str) -> list[list[str]]:
     for line in text.splitlines():
         if line.startswith("```"):
             fenced = not fenced
-        if fenced or line.startswith("```") or not line.strip() or line.startswith(("#", "|")):
-            current and out.append(current)
-            current = []
-            continue
-        if re.match(r"\s*([-*]|\d+\.) ", line) and current:
+        breaks = fenced or line.startswith(("```", "#", "|")) or not line.strip()
+        if current and (breaks or re.match(r"\s*([-*]|\d+\.) ", line)):
             out.append(current)
             current = []
-        current.append(line)
-    current and out.append(current)
+        if not breaks:
+            current.append(line)
+    if current:
+        out.append(current)
     return out
 
 
