@@ -239,7 +239,8 @@ def test_indexed_masks_give_the_same_logits_and_answers(merged_model, eval_data)
 
 
 def test_prompts_prepared_together_are_those_prepared_alone(merged_model, eval_data):
-    """One processor call for a batch's chats (left-padded, then split) gives each chat the tensors it gets alone."""
+    """One processor call for a batch's chats (left-padded, then split) gives each chat the tensors it gets alone,
+    and those are the tensors the processor makes for it (NumPy made torch, the same dtypes and values)."""
     import torch
     from transformers import AutoProcessor
 
@@ -254,6 +255,11 @@ def test_prompts_prepared_together_are_those_prepared_alone(merged_model, eval_d
     assert len({x["input_ids"].shape[-1] for x in alone}) == 2  # two lengths: the batch call padded
     for a, b in zip(alone, together):
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), [k for k in a if not torch.equal(a[k], b[k])]
+    for prompt, a in zip(prompts, alone):
+        own = processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True, return_dict=True,
+                                            return_tensors="pt")
+        assert own.keys() == a.keys()
+        assert all(own[k].dtype == a[k].dtype and torch.equal(own[k], a[k]) for k in a), [k for k in a if not torch.equal(own[k], a[k])]
 
 
 def test_a_broken_image_fails_only_its_own_request_in_a_batch(tiny_server, images):

@@ -36,11 +36,12 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AttentionInterface,
@@ -95,22 +96,29 @@ class ChatPrompt:
         return json.dumps(self.options, sort_keys=True, default=str)
 
 
+def as_tensors(arrays: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The processor's NumPy outputs as torch tensors (sharing their memory; other values as they are)."""
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in arrays.items()}
+
+
 def prepare_prompts(processor: Any, prompts: Sequence[ChatPrompt]) -> list[dict[str, torch.Tensor]]:
     """Each chat's prompt tensors ([1, L] tokens, its image's pixel values), as the processor makes them for that
     chat alone; chats of one image each (and one group) go through the processor in one call, which costs a
-    third less per chat than one call each."""
+    third less per chat than one call each. The processor makes NumPy arrays, made tensors after: it counts
+    each prompt's image tokens element by element, which over torch tensors was a quarter of its time."""
     def alone(prompt: ChatPrompt) -> dict[str, torch.Tensor]:
-        return dict(processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True,
-                                                  return_dict=True, return_tensors="pt", **prompt.options))
+        return as_tensors(processor.apply_chat_template(prompt.messages, add_generation_prompt=True, tokenize=True,
+                                                        return_dict=True, return_tensors="np", **prompt.options))
 
     images = [sum(isinstance(part, dict) and part.get("type") == "image" for m in p.messages
                   for part in (m.get("content") if isinstance(m.get("content"), list) else ())) for p in prompts]
     if len(prompts) == 1 or any(n != 1 for n in images) or len({p.group() for p in prompts}) > 1:
         return [alone(p) for p in prompts]
     batch = processor.apply_chat_template([p.messages for p in prompts], add_generation_prompt=True, tokenize=True,
-                                          return_dict=True, return_tensors="pt",
+                                          return_dict=True, return_tensors="np",
                                           processor_kwargs={"padding": True, "padding_side": "left"},
                                           **prompts[0].options)
+    batch = as_tensors(batch)
     if set(batch) - set(_PADDED_INPUTS) - {"pixel_values"} or batch["pixel_values"].shape[0] != len(prompts):
         return [alone(p) for p in prompts]  # a layout this split does not know
     lengths = batch["attention_mask"].sum(dim=1).tolist()
