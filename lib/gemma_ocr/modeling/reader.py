@@ -201,46 +201,44 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
     from gemma_ocr.data.synthetic import READER_PRETRAINING, generate_dataset
     from gemma_ocr.modeling.loading import load_processor
     from gemma_ocr.modeling.tiny import build_tiny_gemma3
+    from gemma_ocr.training.tune import torch_threads
 
     recipe = recipe or ReaderRecipe()
     out = Path(output_dir)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(recipe.threads)
-    cpu0, wall0 = time.process_time(), time.time()
-    work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tiny-reader-"))
-    try:
-        train_data = dataclasses.replace(READER_PRETRAINING, n_samples=recipe.lines, seed=recipe.data_seed)
-        heldout_data = dataclasses.replace(READER_PRETRAINING, n_samples=recipe.heldout_lines, seed=recipe.heldout_seed)
-        train_records = generate_dataset(work / "data" / "train", train_data)
-        write_records(train_records, work / "data" / "train.json")
-        heldout = generate_dataset(work / "data" / "heldout", heldout_data)
-        start = build_tiny_gemma3(work / "random", seed=recipe.seed, **READER_ARCHITECTURE)
-        processor = load_processor(str(start))
-        curve: list[dict[str, float]] = []
-        trained, result, configs = train_reader(start, work / "data" / "train.json", work, recipe, processor,
-                                                heldout[: recipe.curve_lines], curve)
-        from transformers import AutoModelForImageTextToText
+    with torch_threads(recipe.threads):
+        cpu0, wall0 = time.process_time(), time.time()
+        work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tiny-reader-"))
+        try:
+            train_data = dataclasses.replace(READER_PRETRAINING, n_samples=recipe.lines, seed=recipe.data_seed)
+            heldout_data = dataclasses.replace(READER_PRETRAINING, n_samples=recipe.heldout_lines, seed=recipe.heldout_seed)
+            train_records = generate_dataset(work / "data" / "train", train_data)
+            write_records(train_records, work / "data" / "train.json")
+            heldout = generate_dataset(work / "data" / "heldout", heldout_data)
+            start = build_tiny_gemma3(work / "random", seed=recipe.seed, **READER_ARCHITECTURE)
+            processor = load_processor(str(start))
+            curve: list[dict[str, float]] = []
+            trained, result, configs = train_reader(start, work / "data" / "train.json", work, recipe, processor,
+                                                    heldout[: recipe.curve_lines], curve)
+            from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(trained, dtype=torch.float32)
-        cer = heldout_cer(model, load_processor(str(trained)), heldout, recipe)
-        del model
-        cpu, wall = time.process_time() - cpu0, time.time() - wall0
-        log.info("reader: held-out CER %.4f on %d lines after %d steps (%.0f CPU-s, %.0f s wall)", cer,
-                 len(heldout), recipe.max_steps + recipe.anneal_steps, cpu, wall)
-        if not cer <= recipe.target_cer:
-            raise GemmaOcrError(
-                f"the reader reached CER {cer:.4f} on {len(heldout)} held-out lines, above its target "
-                f"{recipe.target_cer}: nothing written to {out} (the run is kept in {work}); train longer (--max-steps)")
-        report = ReaderReport(output_dir=str(out), heldout_cer=round(cer, 4), heldout_lines=len(heldout),
-                              cpu_seconds=round(cpu, 1), wall_seconds=round(wall, 1),
-                              train_loss=round(result["train_loss"], 4), curve=curve,
-                              weights_sha256=_weights_sha256(trained))
-        _install(trained, out, recipe, configs, report, heldout_data, train_data, command)
-    except BaseException:
-        work_dir or log.warning("the pretraining run is kept in %s", work)
-        raise
-    finally:
-        torch.set_num_threads(threads_before)
+            model = AutoModelForImageTextToText.from_pretrained(trained, dtype=torch.float32)
+            cer = heldout_cer(model, load_processor(str(trained)), heldout, recipe)
+            del model
+            cpu, wall = time.process_time() - cpu0, time.time() - wall0
+            log.info("reader: held-out CER %.4f on %d lines after %d steps (%.0f CPU-s, %.0f s wall)", cer,
+                     len(heldout), recipe.max_steps + recipe.anneal_steps, cpu, wall)
+            if not cer <= recipe.target_cer:
+                raise GemmaOcrError(
+                    f"the reader reached CER {cer:.4f} on {len(heldout)} held-out lines, above its target "
+                    f"{recipe.target_cer}: nothing written to {out} (the run is kept in {work}); train longer (--max-steps)")
+            report = ReaderReport(output_dir=str(out), heldout_cer=round(cer, 4), heldout_lines=len(heldout),
+                                  cpu_seconds=round(cpu, 1), wall_seconds=round(wall, 1),
+                                  train_loss=round(result["train_loss"], 4), curve=curve,
+                                  weights_sha256=_weights_sha256(trained))
+            _install(trained, out, recipe, configs, report, heldout_data, train_data, command)
+        except BaseException:
+            work_dir or log.warning("the pretraining run is kept in %s", work)
+            raise
     if not work_dir:
         shutil.rmtree(work, ignore_errors=True)
     return report
