@@ -75,3 +75,23 @@ def test_training_and_search_refuse_an_unwritable_output_first(tmp_path, synthet
                        "--base-output-dir", str(ro / "trials"), "--n-trials", "1", check=False)
         assert_one_line_error(proc, f"--base-output-dir {ro / 'trials'}: cannot write in")
         assert not list((tmp_path / "studies").glob("*.db"))  # refused before the study was created
+
+
+def test_out_of_room_reads_each_library_s_way_of_saying_it(tmp_path):
+    """OSError by its errno, tokenizers and safetensors by their text, torch.save's stream error by the free space."""
+    import errno
+
+    from gemma_ocr.io import out_of_room
+
+    stream_error = RuntimeError("basic_ios::clear: iostream error")  # what torch.save raises on a full disk
+    assert out_of_room(OSError(errno.ENOSPC, "No space left on device"), tmp_path) == "no space left on device"
+    assert out_of_room(Exception("No space left on device (os error 28)"), tmp_path) == "no space left on device"
+    assert out_of_room(Exception("failed to write: Disk quota exceeded (os error 122)"), tmp_path) == "disk quota exceeded"
+    assert out_of_room(ValueError("bad value"), tmp_path) is None
+    assert out_of_room(stream_error, tmp_path) is None  # room left: some other failure
+    with small_tmpfs(tmp_path / "small", size="64k") as small:
+        with pytest.raises(OSError) as full:
+            (small / "fill").write_bytes(b"\0" * 100_000)
+        assert out_of_room(full.value, small / "out") == "no space left on device"
+        assert out_of_room(stream_error, small / "out").startswith("no space left on device: ")
+        assert out_of_room(ValueError("bad value"), small / "out") is None  # not a write failure at all

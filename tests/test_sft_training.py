@@ -17,6 +17,7 @@ from gemma_ocr.data.records import load_records, write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.training import CONFIG_FILE, METRICS_FILE, tune
 from gemma_ocr.training.tracking import read_offline_wandb_history
+from output_locations import small_tmpfs
 from sft_fixtures import ROOT, needs_4bit, ocr_data, sft_env, tiny_model_dir, one_torch_thread  # noqa: F401
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -164,6 +165,25 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(trained, tmp_path, caplog
         in caplog.text
     with pytest.raises(GemmaOcrError, match="checkpoint-3: not a complete training checkpoint \\(no such folder\\)"):
         tune(config.replace(output_dir=str(out), report_to=["none"], resume_from_checkpoint=str(out / "checkpoint-3")))
+
+
+def test_a_disk_that_fills_while_training_is_one_line_and_the_run_resumes(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811
+    """A full disk at the second checkpoint: one line naming the step, the folder and the complete checkpoint to
+    resume from; with room again, --resume goes on from it (torch.save says only "iostream error" there)."""
+    with small_tmpfs(tmp_path / "small", size="800k") as small:
+        out = small / "adapter"
+        config = small_config(tiny_model_dir, ocr_data, out, report_to=["none"])
+        with pytest.raises(GemmaOcrError) as err:
+            tune(config)
+        message = str(err.value)
+        assert "\n" not in message and message.startswith(f"training stopped at step 8: cannot write in {out} "
+                                                          "(no space left on device"), message
+        assert message.endswith(f"the newest complete checkpoint is {out / 'checkpoint-4'}; free space, then rerun "
+                                "with --resume to go on from it"), message
+        subprocess.run(["mount", "-o", "remount,size=8m", str(small)], check=True)
+        result = tune(config.replace(resume_from_checkpoint=True))
+        assert Path(result["resumed_from"]).name == "checkpoint-4" and result["global_step"] == 8
+        assert (out / "adapter_model.safetensors").is_file() and (out / METRICS_FILE).is_file()
 
 
 def test_pruning_exception_propagates(tiny_model_dir, ocr_data, tmp_path):  # noqa: F811

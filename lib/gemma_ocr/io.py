@@ -6,6 +6,8 @@ import contextlib
 import errno
 import json
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,6 +58,43 @@ _WRITE_PROBLEMS = {
 def write_problem(error: OSError) -> str:
     """A short reason for a failed write (``read-only file system``, ``no space left on device``, ...)."""
     return _WRITE_PROBLEMS.get(error.errno or 0) or (error.strerror or str(error)).lower()
+
+
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+# How libraries that do not raise OSError say it: tokenizers and safetensors (Rust), Python's text of the errno.
+_NO_ROOM_TEXT = re.compile(r"no space left on device|disk quota exceeded|file too large|read-only file system"
+                           r"|os error (28|122|27|30)\b", re.IGNORECASE)
+NEARLY_FULL_BYTES = 1 << 20  # a failed write with this little room left is taken for lack of room
+
+
+def out_of_room(error: BaseException, folder: str | os.PathLike[str]) -> str | None:
+    """Why a write in ``folder`` failed for lack of room (``no space left on device``, ...), or None when ``error``
+    is something else.
+
+    An ``OSError`` says so by its errno, the Rust libraries (tokenizers, safetensors) in its text; ``torch.save``
+    says only that its stream failed (``iostream error``), so a ``RuntimeError`` counts when ``folder``'s file
+    system has under :data:`NEARLY_FULL_BYTES` free.
+    """
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _NO_ROOM:
+            return write_problem(seen)
+        found = _NO_ROOM_TEXT.search(str(seen))
+        if found:
+            text = found.group(0).lower()
+            return text if not text.startswith("os error") else write_problem(OSError(int(text.split()[-1]), text))
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(error, (OSError, RuntimeError)):
+        where = Path(folder).resolve()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        try:
+            free = shutil.disk_usage(where).free
+        except OSError:
+            return None
+        if free < NEARLY_FULL_BYTES:
+            return f"no space left on device: {free:,} bytes free"
+    return None
 
 
 def check_writable(path: str | os.PathLike[str], what: str = "output", folder: bool = False) -> Path:

@@ -13,7 +13,7 @@ from typing import Any
 
 from gemma_ocr.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, check_writable
+from gemma_ocr.io import atomic_write_json, check_writable, out_of_room
 from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
 from gemma_ocr.training.cer_eval import CER_METRICS, RUNTIME_METRIC, CerEvaluation, lower_is_better
 from gemma_ocr.training.data import OcrCollator, load_data
@@ -50,35 +50,45 @@ def checkpoint_problem(folder: Path) -> str:
     return ""
 
 
+def newest_complete_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete ``checkpoint-*`` in ``output_dir`` (None if none), and the newer incomplete ones skipped
+    (a run killed while saving), each with its problem."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    out = Path(output_dir)
+    steps = {}
+    for folder in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if out.is_dir() else ():
+        number = folder.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
+        if folder.is_dir() and number.isdigit():
+            steps[int(number)] = folder
+    skipped = []
+    for step in sorted(steps, reverse=True):
+        problem = checkpoint_problem(steps[step])
+        if not problem:
+            return steps[step], skipped
+        skipped.append(f"{steps[step].name} ({problem})")
+    return None, skipped
+
+
 def resolve_resume(config: TrainConfig) -> str | None:
     """The checkpoint to resume from: ``True`` -> the newest complete ``checkpoint-*`` in output_dir (None if none).
 
     Newer incomplete ones (a run killed while saving) are skipped with a warning naming each.
     """
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
     resume = config.resume_from_checkpoint
     if not resume:
         return None
     if resume is True:
-        out = Path(config.output_dir)
-        steps = {}
-        for folder in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if out.is_dir() else ():
-            number = folder.name[len(PREFIX_CHECKPOINT_DIR) + 1:]
-            if folder.is_dir() and number.isdigit():
-                steps[int(number)] = folder
-        skipped = []
-        for step in sorted(steps, reverse=True):
-            problem = checkpoint_problem(steps[step])
-            if not problem:
-                if skipped:
-                    log.warning("resume: skipped %s; resuming from %s", "; ".join(skipped), steps[step].name)
-                return str(steps[step])
-            skipped.append(f"{steps[step].name} ({problem})")
+        newest, skipped = newest_complete_checkpoint(config.output_dir)
+        if newest is not None:
+            if skipped:
+                log.warning("resume: skipped %s; resuming from %s", "; ".join(skipped), newest.name)
+            return str(newest)
         if skipped:
-            log.warning("resume: no complete checkpoint in %s (skipped %s); starting from step 0", out, "; ".join(skipped))
+            log.warning("resume: no complete checkpoint in %s (skipped %s); starting from step 0", config.output_dir,
+                        "; ".join(skipped))
         else:
-            log.info("resume: no checkpoint in %s yet, starting from step 0", out)
+            log.info("resume: no checkpoint in %s yet, starting from step 0", config.output_dir)
         return None
     path = Path(str(resume))
     problem = checkpoint_problem(path) if path.is_dir() else "no such folder"
@@ -276,7 +286,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
         model = trainer.model
         if resume:
             log.info("resuming from %s", resume)
-        train_output = trainer.train(resume_from_checkpoint=resume)
+        with stopped_by_a_full_disk(config, trainer):
+            train_output = trainer.train(resume_from_checkpoint=resume)
         state = trainer.state
         history = _history(state.log_history)
         final_eval = _saved_model_eval(trainer, history) if val_ds is not None else {}
@@ -312,11 +323,12 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
             "runtime_s": round(time.time() - started, 2),
             "history": history,
         }
-        trainer.save_model(config.output_dir)
-        if trainer.is_world_process_zero():
-            processor.save_pretrained(config.output_dir)
-            atomic_write_json(Path(config.output_dir) / CONFIG_FILE, config.to_dict())
-            atomic_write_json(Path(config.output_dir) / METRICS_FILE, result)
+        with stopped_by_a_full_disk(config, trainer):
+            trainer.save_model(config.output_dir)
+            if trainer.is_world_process_zero():
+                processor.save_pretrained(config.output_dir)
+                atomic_write_json(Path(config.output_dir) / CONFIG_FILE, config.to_dict())
+                atomic_write_json(Path(config.output_dir) / METRICS_FILE, result)
             cer = result["eval_cer"]
             log.info("done: %d steps, train_loss %.4f, eval_loss %s%s%s -> %s", state.global_step, train_loss,
                      f"{eval_loss:.4f}" if eval_loss is not None else "n/a",
@@ -328,6 +340,23 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
         del trainer, model, processor
         tracking.finish()
         release_memory()
+
+
+@contextmanager
+def stopped_by_a_full_disk(config: TrainConfig, trainer: Any) -> Iterator[None]:
+    """Turn a write that fails for lack of room (a full disk, a quota) while training or saving into one
+    :class:`GemmaOcrError` line: the step, the newest complete checkpoint and how to go on from it."""
+    try:
+        yield
+    except Exception as e:
+        problem = out_of_room(e, config.output_dir)
+        if problem is None:
+            raise
+        newest, _ = newest_complete_checkpoint(config.output_dir)
+        then = (f"the newest complete checkpoint is {newest}; free space, then rerun with --resume to go on from it"
+                if newest else "no complete checkpoint was saved; free space, then rerun")
+        raise GemmaOcrError(f"training stopped at step {trainer.state.global_step}: cannot write in "
+                            f"{config.output_dir} ({problem}); {then}") from None
 
 
 @contextmanager
