@@ -67,6 +67,14 @@ _NO_ROOM_TEXT = re.compile(r"no space left on device|disk quota exceeded|file to
 NEARLY_FULL_BYTES = 1 << 20  # a failed write with this little room left is taken for lack of room
 
 
+def nearest_existing(path: str | os.PathLike[str]) -> Path:
+    """``path`` resolved, or its nearest ancestor that exists (where its file system can be asked about)."""
+    where = Path(path).resolve()
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    return where
+
+
 def out_of_room(error: BaseException, folder: str | os.PathLike[str]) -> str | None:
     """Why a write in ``folder`` failed for lack of room (``no space left on device``, ...), or None when ``error``
     is something else.
@@ -81,15 +89,12 @@ def out_of_room(error: BaseException, folder: str | os.PathLike[str]) -> str | N
             return write_problem(seen)
         found = _NO_ROOM_TEXT.search(str(seen))
         if found:
-            text = found.group(0).lower()
-            return text if not text.startswith("os error") else write_problem(OSError(int(text.split()[-1]), text))
+            code = found.group(1)
+            return _WRITE_PROBLEMS.get(int(code), found.group(0).lower()) if code else found.group(0).lower()
         seen = seen.__cause__ or seen.__context__
     if isinstance(error, (OSError, RuntimeError)):
-        where = Path(folder).resolve()
-        while not where.exists() and where != where.parent:
-            where = where.parent
         try:
-            free = shutil.disk_usage(where).free
+            free = shutil.disk_usage(nearest_existing(folder)).free
         except OSError:
             return None
         if free < NEARLY_FULL_BYTES:
@@ -107,9 +112,7 @@ def check_writable(path: str | os.PathLike[str], what: str = "output", folder: b
     """
     path = Path(path)
     target = path if folder else path.parent
-    probe_dir = target.resolve()
-    while not probe_dir.exists():
-        probe_dir = probe_dir.parent
+    probe_dir = nearest_existing(target)
     if not probe_dir.is_dir():
         raise GemmaOcrError(f"{what} {path}: cannot write there ({probe_dir} is a file, not a folder); "
                             f"choose another location")

@@ -33,7 +33,7 @@ from typing import Any
 
 from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, check_writable, read_json, reporting_write_errors
+from gemma_ocr.io import atomic_write_json, check_writable, nearest_existing, read_json, reporting_write_errors
 from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)
@@ -114,9 +114,7 @@ def count_parameters(base: str) -> int:
 def check_disk(output_dir: str | os.PathLike[str], parameters: int) -> tuple[int, int]:
     """Fail unless the output's file system has ``parameters * 2 bytes * 1.2`` free; return (needed, free)."""
     need = int(parameters * BYTES_PER_PARAM * DISK_HEADROOM)
-    probe = Path(output_dir).resolve()
-    while not probe.exists():
-        probe = probe.parent
+    probe = nearest_existing(output_dir)
     free = shutil.disk_usage(probe).free
     if free < need:
         raise GemmaOcrError(
