@@ -55,9 +55,8 @@ from gemma_ocr.degenerate import STATUS_RULES, answer_status
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.results import (
     ANSWERED,
+    DEGENERATE,
     STATUS_ERROR,
-    STATUS_REPETITION,
-    STATUS_TRUNCATED,
     STATUSES,
     ScoringConfig,
     build_document,
@@ -405,6 +404,11 @@ def parse_answer(response: dict[str, Any]) -> Answer:
     return Answer(content or "", reason if isinstance(reason, str) else None, logprobs)
 
 
+def _without_logprobs(body: dict[str, Any]) -> dict[str, Any]:
+    """The request ``body`` without its ask for log-probabilities."""
+    return {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
+
+
 class _LogprobsRefused(Exception):
     """A 400/422 to a request that asked for log-probabilities: asked again without."""
 
@@ -473,12 +477,12 @@ class Client:
         attempt = 0
         while True:
             if self._no_logprobs:
-                body = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")}
+                body = _without_logprobs(body)
             try:
                 return self._post_once(body)
             except _LogprobsRefused as refused:
                 try:
-                    answer = self._post_once({k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")})
+                    answer = self._post_once(_without_logprobs(body))
                 except _LogprobsRefused:  # cannot happen: the body asks for none
                     raise GemmaOcrError(str(refused)) from None
                 except GemmaOcrError:
@@ -628,8 +632,7 @@ def _sample(index: int, record: OcrRecord, answer: Answer | None, error: str | N
 
 def _with_retry(s: dict[str, Any], retry: dict[str, Any], temperature: float) -> dict[str, Any]:
     """``s`` after its retry at ``temperature``: the retry's answer where it is not degenerate (or failed)."""
-    degenerate = (STATUS_TRUNCATED, STATUS_REPETITION, STATUS_ERROR)
-    keep = retry if retry["status"] not in degenerate else s
+    keep = retry if retry["status"] not in DEGENERATE | {STATUS_ERROR} else s
     answer_keys = ("prediction", "status", "finish_reason", "mean_logprob", "min_logprob", "error")
     summary = {"temperature": temperature, "kept": "retry" if keep is retry else "first",
                "first": {k: s[k] for k in answer_keys if k in s},
@@ -867,7 +870,7 @@ def _run_pool(client: Client, stop: threading.Event, cfg: RequestConfig, model_n
             return _sample(index, record, None, str(e), None)
         body = build_request(model_name, url, cfg.instruction, cfg.max_tokens, cfg.logprobs)
         s = ask(index, record, body, t)
-        if cfg.retry_temperature is not None and s["status"] in (STATUS_TRUNCATED, STATUS_REPETITION):
+        if cfg.retry_temperature is not None and s["status"] in DEGENERATE:
             retry = ask(index, record, {**body, "temperature": cfg.retry_temperature}, time.perf_counter())
             flags = {k: retry.pop(k) for k in ("_connection", "_gone") if k in retry}  # the pool still hears of them
             s = {**_with_retry(s, retry, cfg.retry_temperature), **flags}

@@ -39,6 +39,7 @@ STATUS_OK, STATUS_EMPTY, STATUS_ERROR = "ok", "empty", "error"
 STATUS_TRUNCATED, STATUS_REPETITION = "truncated", "repetition"
 STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_TRUNCATED, STATUS_REPETITION, STATUS_ERROR)
 ANSWERED = frozenset(STATUSES) - {STATUS_ERROR}  # a finished sample: kept on resume, scored
+DEGENERATE = frozenset({STATUS_TRUNCATED, STATUS_REPETITION})  # answered, but cut or looping: counted apart
 ProfileName = Literal["raw", "seed", "nfc", "nfkc", "caseless"]  # the keys of metrics.NORMALIZATION_PROFILES
 UnitName = Literal["codepoint", "grapheme"]  # the keys of metrics.CHARACTER_UNITS
 

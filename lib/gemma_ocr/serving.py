@@ -311,6 +311,16 @@ def group_alive(pgid: int) -> bool:
     return True
 
 
+def group_gone(pgid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for every process of group ``pgid`` to exit; whether they all did."""
+    deadline = time.monotonic() + timeout
+    while group_alive(pgid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 class ServerProcess:
     """A server child process in its own process group."""
 
@@ -383,15 +393,11 @@ class ServerProcess:
             deadline = time.monotonic() + grace
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(grace)
-            while group_alive(proc.pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if group_alive(proc.pid):
+            if not group_gone(proc.pid, deadline - time.monotonic()):
                 log.warning("the server's processes did not stop within %.0fs of SIGTERM: killing them", grace)
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-                while group_alive(proc.pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
+                group_gone(proc.pid, 5)
             proc.wait()
         if self._log is not None:
             self._log.close()

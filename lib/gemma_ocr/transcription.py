@@ -45,11 +45,10 @@ from gemma_ocr.io import atomic_write_text, check_writable
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.results import (
     ANSWERED,
+    DEGENERATE,
     STATUS_EMPTY,
     STATUS_ERROR,
     STATUS_OK,
-    STATUS_REPETITION,
-    STATUS_TRUNCATED,
     STATUSES,
 )
 from gemma_ocr.settings import FieldError
@@ -156,7 +155,7 @@ def _row(sample: dict[str, Any], model_name: str, folder: Path, review_below: fl
 def needs_review(row: dict[str, Any], below: float) -> bool:
     """A row to check by hand: its least confident token's probability is below ``below``, or it is
     truncated or a repetition loop."""
-    if row["status"] in (STATUS_TRUNCATED, STATUS_REPETITION):
+    if row["status"] in DEGENERATE:
         return True
     lowest = row.get("min_logprob")
     return isinstance(lowest, (int, float)) and lowest < math.log(below)
