@@ -364,6 +364,7 @@ def summarize(study: optuna.Study, imp: dict[str, float], top_n: int) -> dict[st
     durations = [d for d in (_duration(t) for t in trials) if d is not None]
     again = retried(trials)
     by_state = {s.name.lower(): sum(1 for t in trials if t.state == s) for s in TrialState}
+    level = reference_level(study)
     return jsonable({
         "study_name": study.study_name,
         "metric": metric_name(study),
@@ -372,7 +373,7 @@ def summarize(study: optuna.Study, imp: dict[str, float], top_n: int) -> dict[st
         "states": by_state,
         "best": {"trial": best.number, "value": best.value, "params": best.params} if best else None,
         "objective": _stats([t.value for t in complete]),
-        "reference": dict(zip(("value", "meaning"), reference_level(study))) if reference_level(study) else None,
+        "reference": dict(zip(("value", "meaning"), level)) if level else None,
         "duration_s": {"total": sum(durations), **{k: v for k, v in _stats(durations).items() if k in ("mean", "median", "max")}},
         "parameters": params,
         "failures": [{"trial": t.number, "error": _failure(t, again)} for t in trials if t.state == TrialState.FAIL],
