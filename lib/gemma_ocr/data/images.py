@@ -8,6 +8,10 @@ wrong: transparent backgrounds turn black, 16-bit scans turn almost entirely whi
 stay sideways.
 The evaluator sends any image that the rule would change as the PNG the rule makes (:func:`server_ready`),
 so a server's own decoding never matters.
+
+The image files read everywhere (a folder's images in the importer and in transcription, the evaluator, training)
+are those ending in :data:`IMAGE_SUFFIXES`. An animated GIF (or a multi-page TIFF) is read by its first frame,
+everywhere: the evaluator sends that frame as PNG rather than the whole file.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ if TYPE_CHECKING:
 
     from gemma_ocr.data.records import OcrRecord
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
 HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 SERVER_READY_MODES = frozenset({"RGB", "L"})  # without transparency: a server's own RGB conversion gives the same pixels
 EXIF_ORIENTATION = 0x0112
@@ -72,13 +77,22 @@ def upright_rgb(image: Image.Image) -> Image.Image:
     return to_rgb(image)
 
 
+def frames(image: Image.Image) -> int:
+    """How many frames ``image`` has (an animated GIF, a multi-page TIFF); 1 for a still image."""
+    return int(getattr(image, "n_frames", 1) or 1)
+
+
 def server_ready(image: Image.Image) -> bool:
-    """Whether any server decodes ``image``'s file to the pixels :func:`upright_rgb` gives (else send a PNG)."""
-    return image.mode in SERVER_READY_MODES and not has_alpha(image) and orientation(image) == 1
+    """Whether any server decodes ``image``'s file to the pixels :func:`upright_rgb` gives (else send a PNG).
+
+    An animated image never is: a server might read another frame, or refuse it; the first frame goes as PNG.
+    """
+    return (image.mode in SERVER_READY_MODES and not has_alpha(image) and orientation(image) == 1
+            and frames(image) == 1)
 
 
 def open_image(path: str) -> Image.Image:
-    """Open an image by :func:`upright_rgb`, with a clear error when it is missing or corrupt."""
+    """Open an image (its first frame) by :func:`upright_rgb`, with a clear error when it is missing or corrupt."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -102,6 +116,26 @@ def image_problem(path: str) -> str | None:
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
         return f"image cannot be read: {path} ({e}; replace or remove the file)"
     return None
+
+
+def not_an_image(path: str) -> str | None:
+    """Why the file at ``path`` is not an image file (missing, not a file, no image header), or None.
+
+    Only the header is read (cheap); :func:`image_problem` decodes the whole image.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    if not os.path.isfile(path):
+        return "no such file" if not os.path.exists(path) else "not a file"
+    try:
+        with Image.open(path):  # identifies the format from the header
+            return None
+    except UnidentifiedImageError:
+        return "not an image"
+    except Image.DecompressionBombError:
+        return None  # an image, a huge one: the readers say so where they decode it
+    except (OSError, SyntaxError, ValueError) as e:
+        return f"not an image ({e})"
 
 
 def check_images(records: Sequence[OcrRecord], source: str | os.PathLike[str] = "", shown: int = 3) -> None:

@@ -8,13 +8,17 @@ Two JSON layouts, both lists of objects:
 A record may also name its ``source`` (or ``page``): the page or document a line was cut from. Evaluation
 keeps it on each sample; the bootstrap intervals then draw whole sources, and results are sliced by it.
 
-A relative image path is resolved against the folder of the JSON file that names it. Other sources (a folder
+A relative image path is resolved against the folder of the JSON file that names it. One image is one sample:
+two records of the same image (:func:`image_key`: the path with links followed) are duplicates, which the
+importer names (and drops with ``--dedupe``), the splitter keeps on one side, and evaluation refuses
+(:func:`check_unique_images`). Other sources (a folder
 of images with transcriptions, .tsv/.csv/.jsonl/.parquet labels files) come in through :mod:`gemma_ocr.data.importing`.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,44 @@ def resolve_image_path(image_path: str, base: Path) -> str:
     """``image_path`` made absolute: a relative path resolves against ``base`` (the folder of the file naming it)."""
     p = Path(image_path).expanduser()
     return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def image_key(image_path: str) -> str:
+    """The identity of an image file: its absolute path with ``..`` and symbolic links resolved."""
+    return os.path.realpath(os.path.expanduser(image_path))
+
+
+def repeated_images(records: Sequence[OcrRecord]) -> dict[str, list[int]]:
+    """The images named by more than one record: :func:`image_key` -> the records' indices, in order."""
+    seen: dict[str, list[int]] = {}
+    for i, record in enumerate(records):
+        seen.setdefault(image_key(record.image_path), []).append(i)
+    return {key: where for key, where in seen.items() if len(where) > 1}
+
+
+def shown_path(path: str) -> str:
+    """``path`` as a message shows it: relative to the working folder when it lies inside it."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive on Windows
+        return path
+    return path if relative.startswith("..") else relative
+
+
+def check_unique_images(records: Sequence[OcrRecord], source: str | os.PathLike[str], shown: int = 3) -> None:
+    """Refuse, in one line naming the first ``shown``, data in which an image is more than one record.
+
+    Each sample is one image: a repeat would be scored (and counted in every figure) twice.
+    """
+    repeats = repeated_images(records)
+    if not repeats:
+        return
+    examples = "; ".join(f"{shown_path(records[where[0]].image_path)} (records {', '.join(map(str, where))})"
+                         for where in list(repeats.values())[:shown])
+    more = f"; and {len(repeats) - shown} more" if len(repeats) > shown else ""
+    images = "1 image is" if len(repeats) == 1 else f"{len(repeats)} images are"
+    raise GemmaOcrError(f"{source}: {images} listed more than once: {examples}{more}; each image must be one record "
+                        f"(remove the repeats, or import the data again with python core/import_ocr_data.py --dedupe)")
 
 
 def _read_data(path: Path) -> Any:

@@ -1,12 +1,18 @@
-"""Reproducible non_test/test splitting of a raw OCR dataset (seed 42, 1/6 non_test by default)."""
+"""Reproducible non_test/test splitting of a raw OCR dataset (seed 42, 1/6 non_test by default).
+
+Records are split by image: all records of one image (:func:`gemma_ocr.data.records.image_key`) land on the same
+side, so no image the model trained on is scored as a test image. Without repeated images the split is the
+plain shuffle-and-cut of the seed.
+"""
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
+from gemma_ocr.data.records import OcrRecord, image_key
 from gemma_ocr.errors import GemmaOcrError
 
 T = TypeVar("T")
@@ -21,13 +27,26 @@ class Split:
     test: list
 
 
-def split_non_test(items: Sequence[T], non_test_ratio: float = DEFAULT_NON_TEST_RATIO, seed: int = DEFAULT_SEED) -> Split:
-    """Shuffle with ``random.Random(seed)`` and cut: the first ``round(n * ratio)`` items are non_test."""
+def record_group(item: object) -> Hashable | None:
+    """What keeps items together in a split: a record's image (:func:`image_key`); None (alone) for any other item."""
+    return image_key(item.image_path) if isinstance(item, OcrRecord) else None
+
+
+def split_non_test(items: Sequence[T], non_test_ratio: float = DEFAULT_NON_TEST_RATIO, seed: int = DEFAULT_SEED,
+                   group: Callable[[T], Hashable | None] = record_group) -> Split:
+    """Shuffle the groups of ``items`` with ``random.Random(seed)`` and cut: the first ``round(n * ratio)`` of the
+    ``n`` groups are non_test. ``group`` names each item's group (records: their image; None: a group of its own),
+    so a group is never on both sides; with one item per group this is the plain shuffle of the items."""
     check_ratio(non_test_ratio)
-    shuffled = list(items)
+    groups: dict[Hashable, list[T]] = {}
+    for position, item in enumerate(items):
+        key = group(item)
+        groups.setdefault(("alone", position) if key is None else ("group", key), []).append(item)
+    shuffled = list(groups.values())
     random.Random(seed).shuffle(shuffled)
     n_non_test = round(len(shuffled) * non_test_ratio)
-    return Split(non_test=shuffled[:n_non_test], test=shuffled[n_non_test:])
+    return Split(non_test=[item for g in shuffled[:n_non_test] for item in g],
+                 test=[item for g in shuffled[n_non_test:] for item in g])
 
 
 def ratio_problem(ratio: float) -> str:
