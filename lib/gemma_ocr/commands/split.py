@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gemma_ocr.data.images import check_images
-from gemma_ocr.data.records import load_raw_records, write_records
+from gemma_ocr.data.records import load_raw_records, repeated_images, write_records
 from gemma_ocr.data.split import DEFAULT_SEED, check_ratio, parse_ratio, split_non_test
 from gemma_ocr.io import check_writable
 from gemma_ocr.layout import LAYOUT
@@ -36,6 +36,14 @@ def main() -> None:
     print(f"non_test: {len(split.non_test):6d} ({len(split.non_test) / max(n, 1):.1%}) -> {out / LAYOUT.non_test_json.name}")
     print(f"test:     {len(split.test):6d} ({len(split.test) / max(n, 1):.1%}) -> {out / LAYOUT.test_json.name}")
     print(f"seed {args.seed}, non_test ratio {ratio:.4f}")
+    repeats = repeated_images(records)
+    if repeats:
+        in_test = len(repeated_images(split.test))
+        print(f"note: {len(repeats)} images have several records; each image's records are on one side (the ratio "
+              f"counts images)")
+        if in_test:
+            print(f"warning: the test part lists {in_test} images more than once, which core/evaluate.py refuses: "
+                  f"import the data again with python core/import_ocr_data.py --dedupe")
     for name, part in (("non_test", split.non_test), ("test", split.test)):
         if not part:
             print(f"warning: {name} is empty: {n} records are too few for ratio {ratio:.4f} (add data or change --non-test-ratio)")

@@ -2,12 +2,14 @@
 
 Sources that :func:`import_records` reads:
 
-* **a folder**: every image in it and its sub-folders (hidden ones left out) (``.png .jpg .jpeg .tif .tiff .bmp .webp``), each with
+* **a folder**: every image in it and its sub-folders (hidden ones left out) (``.png .jpg .jpeg .tif .tiff .bmp .webp
+  .gif``; an animated GIF is read by its first frame), each with
   its transcription in a UTF-8 text file beside it: ``line_001.png`` + ``line_001.gt.txt`` (the OCR-D /
   Tesseract training layout) or ``line_001.txt``;
 * **a labels file** naming image paths (relative to the labels file's folder, or to ``image_root``) and texts:
 
-  - ``.tsv`` / ``.txt``: one ``path<TAB>text`` per line (PaddleOCR's recognition layout), an optional header;
+  - ``.tsv`` / ``.txt``: one ``path<TAB>text`` per line (PaddleOCR's recognition layout), an optional header; a
+    line with a second tab is refused (a text holding a tab goes in a .csv or .jsonl file);
   - ``.csv``: a header row with an image column and a text column;
   - ``.jsonl``: one object per line with an image key and a text key (a transcriptions file of
     ``core/transcribe.py`` too: its rows with ``"status": "error"`` count as images without a transcription);
@@ -17,6 +19,11 @@ Sources that :func:`import_records` reads:
 
 Column and key names are recognised from :data:`IMAGE_KEYS` / :data:`TEXT_KEYS` (any case), or given.
 Transcriptions keep their inner line breaks; line breaks around them and a UTF-8 byte-order mark are dropped.
+
+A listed image that lies outside the source's folder (or ``image_root``) once ``..`` and links are followed must be
+an image file (its header is read), so a path such as ``../../../etc/passwd`` is refused naming its line.
+An image listed more than once is a duplicate (:func:`find_duplicates`): with the same text a repeated row, with
+another text a conflicting label; :func:`dedupe` keeps each image's first row.
 """
 
 from __future__ import annotations
@@ -30,11 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.data.records import LABELS_FILE_SUFFIXES, OcrRecord, load_records, resolve_image_path
+from gemma_ocr.data.images import IMAGE_SUFFIXES, not_an_image
+from gemma_ocr.data.records import LABELS_FILE_SUFFIXES, OcrRecord, image_key, load_records, resolve_image_path, shown_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import reporting_write_errors
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
+__all__ = ["IMAGE_SUFFIXES", "Duplicates", "ImportResult", "dedupe", "find_duplicates", "find_images", "import_records",
+           "import_sources", "listed_images", "transcription_of"]
 TRANSCRIPTION_SUFFIXES = (".gt.txt", ".txt")  # tried in this order
 IMAGE_KEYS = ("image_path", "img_path", "image", "img", "file_name", "filename", "file", "path")
 TEXT_KEYS = ("ocr_text", "ocr_results", "text", "transcription", "label", "gt")
@@ -49,6 +58,8 @@ class ImportResult:
     source_kind: str
     unlabeled: list[str] = field(default_factory=list)  # images without a transcription (skipped)
     orphan_texts: list[str] = field(default_factory=list)  # a folder's .txt files beside no image (not read)
+    origins: list[str] = field(default_factory=list)  # where each record comes from ("labels.tsv line 3"), in order
+    other_files: list[str] = field(default_factory=list)  # a folder's files that are neither images nor .txt (not read)
 
     @property
     def empty_texts(self) -> int:
@@ -79,14 +90,19 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
         if labels_options:
             raise GemmaOcrError(f"{source}: a .json file uses the project's own keys; --image-root, --image-key "
                                 f"and --text-key go with .tsv/.csv/.jsonl/.parquet files")
-        return ImportResult(load_records(source), "json")
+        records = load_records(source)
+        origins = [f"{source} record {i}" for i in range(len(records))]
+        _check_outside(records, origins, source.parent.resolve(), "the .json file's folder")
+        return ImportResult(records, "json", origins=origins)
     base = Path(image_root).expanduser().resolve() if image_root is not None else source.parent.resolve()
     if suffix == ".parquet":
         if images_dir is None:
             raise GemmaOcrError(f"{source}: give the folder to write its embedded images to (images_dir)")
         records = _parquet_records(source, image_key, text_key, base, Path(images_dir))
+        origins = [f"{source} row {i}" for i in range(len(records))]
         _check_listed_images_exist(records, source, image_root)
-        return ImportResult(records, "parquet")
+        _check_outside(records, origins, base, _base_name(image_root), Path(images_dir))
+        return ImportResult(records, "parquet", origins=origins)
     failed: list[str] = []
     if suffix == ".csv":
         rows, kind = _csv_rows(source, image_key, text_key), "csv"
@@ -100,9 +116,11 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
             raise GemmaOcrError(f"{source}: a tab-separated file has no keys; --image-key and --text-key go with "
                                 f".csv/.jsonl/.parquet")
         rows, kind = _tsv_rows(source), "tsv"
-    records = [OcrRecord(resolve_image_path(image, base), _clean(text)) for image, text in rows]
+    records = [OcrRecord(resolve_image_path(image, base), _clean(text)) for image, text, _ in rows]
+    origins = [f"{source} {where}" for _, _, where in rows]
     _check_listed_images_exist(records, source, image_root)
-    return ImportResult(records, kind, failed)
+    _check_outside(records, origins, base, _base_name(image_root))
+    return ImportResult(records, kind, failed, origins=origins)
 
 
 def listed_images(source: str | os.PathLike[str], image_key: str | None = None) -> list[str]:
@@ -124,7 +142,7 @@ def listed_images(source: str | os.PathLike[str], image_key: str | None = None) 
     else:
         raise GemmaOcrError(f"{source}: image paths are read from .json, .tsv, .txt, .csv or .jsonl files, not {suffix or 'this file'}")
     base = source.parent.resolve()
-    return [resolve_image_path(image, base) for image, _ in rows]
+    return [resolve_image_path(image, base) for image, _, _ in rows]
 
 
 def import_sources(sources: Sequence[str | os.PathLike[str]], images_root: str | os.PathLike[str],
@@ -147,7 +165,9 @@ def import_sources(sources: Sequence[str | os.PathLike[str]], images_root: str |
     return ImportResult([r for res in results for r in res.records],
                         "+".join(dict.fromkeys(res.source_kind for res in results)),
                         [u for res in results for u in res.unlabeled],
-                        [t for res in results for t in res.orphan_texts])
+                        [t for res in results for t in res.orphan_texts],
+                        [o for res in results for o in res.origins],
+                        [f for res in results for f in res.other_files])
 
 
 # ------------------------------------------------------------------------------------------------ folder
@@ -172,11 +192,20 @@ def find_images(folder: Path) -> list[Path]:
     return _visible_files(folder, IMAGE_SUFFIXES)
 
 
+def other_files(folder: Path) -> list[str]:
+    """``folder``'s visible files (and its sub-folders') that are neither images nor ``.txt`` files, relative, sorted:
+    what a folder's reader leaves out (a ``.heic`` photo, a PDF scan), worth a note."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")
+                  if p.suffix.lower() not in (*IMAGE_SUFFIXES, ".txt") and p.is_file()
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
     images = find_images(folder)
     if not images:
         raise GemmaOcrError(f"{folder}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder or below")
     records: list[OcrRecord] = []
+    origins: list[str] = []
     unlabeled: list[str] = []
     for image in images:
         text_file = transcription_of(image)
@@ -184,6 +213,7 @@ def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
             unlabeled.append(str(image.relative_to(folder)))
             continue
         records.append(OcrRecord(str(image.resolve()), _clean(_read_text(text_file))))
+        origins.append(str(image))
     named = {(image.parent, image.stem) for image in images}
     orphans = [str(t.relative_to(folder)) for t in _visible_files(folder, (".txt",))
                if (t.parent, t.name.removesuffix(".txt").removesuffix(".gt")) not in named]
@@ -194,7 +224,8 @@ def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
             f"(add {example.stem}.gt.txt or {example.stem}.txt with its text, or pass --skip-unlabeled)")
     if not records:
         raise GemmaOcrError(f"{folder}: none of its {len(images)} images has a transcription (.gt.txt or .txt beside it)")
-    return ImportResult(records, "folder", unlabeled, orphans)
+    _check_outside(records, origins, folder.resolve(), "the folder")
+    return ImportResult(records, "folder", unlabeled, orphans, origins, other_files(folder))
 
 
 def _clean(text: str) -> str:
@@ -216,8 +247,12 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     return enumerate(_read_text(path).split("\n"), start=1)
 
 
-def _tsv_rows(path: Path, need_text: bool = True) -> list[tuple[str, str]]:
-    rows: list[tuple[str, str]] = []
+Row = tuple[str, str, str]  # (image path as written, text, where: "line 3", "row 2")
+
+
+def _tsv_rows(path: Path, need_text: bool = True) -> list[Row]:
+    """The rows of a ``path<TAB>text`` file; a line with a second tab is refused when the texts are read."""
+    rows: list[Row] = []
     for number, line in _lines(path):
         if not line.strip():
             continue
@@ -227,7 +262,11 @@ def _tsv_rows(path: Path, need_text: bool = True) -> list[tuple[str, str]]:
         image, _, text = line.partition("\t")
         if not rows and image.strip().lower() in IMAGE_KEYS and (not text or text.strip().lower() in TEXT_KEYS):
             continue  # a header line
-        rows.append((_image_field(image, path, f"line {number}"), text))
+        if need_text and "\t" in text.strip("\r\n"):
+            raise GemmaOcrError(f"{path}: line {number} has {line.count(chr(9)) + 1} tab-separated fields, the format "
+                                f"has two (path<TAB>text); remove the extra tab, or put texts holding a tab in a "
+                                f".csv or .jsonl labels file")
+        rows.append((_image_field(image, path, f"line {number}"), text, f"line {number}"))
     return _nonempty(rows, path)
 
 
@@ -268,13 +307,13 @@ def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
         yield start, fields
 
 
-def _csv_rows(path: Path, image_key: str | None, text_key: str | None, need_text: bool = True) -> list[tuple[str, str]]:
+def _csv_rows(path: Path, image_key: str | None, text_key: str | None, need_text: bool = True) -> list[Row]:
     records = _csv_records(path)
     header = next(records, None)
     names = header[1] if header else []
     image_col = names.index(_pick(names, image_key, IMAGE_KEYS, "image", path))
     text_col = names.index(_pick(names, text_key, TEXT_KEYS, "text", path)) if need_text or text_key else None
-    rows: list[tuple[str, str]] = []
+    rows: list[Row] = []
     for number, fields in records:
         if not any(f.strip() for f in fields):
             continue
@@ -282,17 +321,17 @@ def _csv_rows(path: Path, image_key: str | None, text_key: str | None, need_text
             raise GemmaOcrError(f"{path}: line {number} has {len(fields)} fields, the header {len(names)} "
                                 f"({', '.join(names)}); quote a field that holds a comma")
         text = fields[text_col] if text_col is not None else ""
-        rows.append((_image_field(fields[image_col], path, f"line {number}"), text))
+        rows.append((_image_field(fields[image_col], path, f"line {number}"), text, f"line {number}"))
     return _nonempty(rows, path)
 
 
 def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None,
-                need_text: bool = True) -> tuple[list[tuple[str, str]], list[str]]:
+                need_text: bool = True) -> tuple[list[Row], list[str]]:
     """The (image, text) rows, and the images of failed transcription rows (``"status": "error"``).
 
     Without ``need_text`` every row's image is read (failed ones too) and texts are left empty.
     """
-    rows: list[tuple[str, str]] = []
+    rows: list[Row] = []
     failed: list[str] = []
     keys: tuple[str, str] | None = None
     for number, line in _lines(path):
@@ -312,7 +351,7 @@ def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None,
             raise GemmaOcrError(f"{path}: line {number} lacks key {', '.join(repr(k) for k in missing)}")
         image = _image_field(item[keys[0]], path, f"line {number}")
         if not need_text:
-            rows.append((image, ""))
+            rows.append((image, "", f"line {number}"))
             continue
         if item.get("status") == FAILED_STATUS:
             failed.append(image)
@@ -320,7 +359,7 @@ def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None,
         text = item[keys[1]]
         if text is not None and not isinstance(text, str):
             raise GemmaOcrError(f"{path}: line {number} key {keys[1]!r} must be a string, got {type(text).__name__}")
-        rows.append((image, text or ""))
+        rows.append((image, text or "", f"line {number}"))
     if not rows and failed:
         raise GemmaOcrError(f"{path}: all {len(failed)} rows are failed transcriptions (status error); "
                             f"rerun core/transcribe.py to retry them")
@@ -412,7 +451,7 @@ def _image_field(value: object, path: Path, where: str) -> str:
     return value.strip()
 
 
-def _nonempty(rows: list[tuple[str, str]], path: Path) -> list[tuple[str, str]]:
+def _nonempty(rows: list[Row], path: Path) -> list[Row]:
     if not rows:
         raise GemmaOcrError(f"{path}: no entries (the labels file is empty)")
     return rows
@@ -424,3 +463,99 @@ def _check_listed_images_exist(records: list[OcrRecord], source: Path, image_roo
         fix = "fix the paths" if image_root is not None else "fix the paths, or pass --image-root FOLDER they are relative to"
         raise GemmaOcrError(f"{source}: {len(missing)} of {len(records)} listed images do not exist, "
                             f"e.g. {missing[0]} ({fix})")
+
+
+def _base_name(image_root: object) -> str:
+    return "--image-root" if image_root is not None else "the labels file's folder"
+
+
+def _check_outside(records: Sequence[OcrRecord], origins: Sequence[str], base: Path, base_name: str,
+                   *also: Path, shown: int = 3) -> None:
+    """Refuse, in one line naming the rows, listed files that lie outside ``base`` (or ``also``) once ``..`` and
+    links are followed and are not images (``../../../etc/passwd``); images elsewhere are fine."""
+    roots = [image_key(str(folder)) for folder in (base, *also)]
+
+    def inside(path: str) -> bool:
+        return any(path == root or path.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+    problems = []
+    for record, origin in zip(records, origins):
+        resolved = image_key(record.image_path)
+        if not inside(resolved):
+            why = not_an_image(resolved)
+            if why:
+                detail = "" if why == "not an image" else f" ({why.removeprefix('not an image').strip(' ()')})"
+                problems.append(f"{origin}: {shown_path(record.image_path)} lies outside {base_name} ({base}) and is "
+                                f"not an image{detail}")
+    if not problems:
+        return
+    more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
+    count = "" if len(problems) == 1 else f"{len(problems)} listed files are not images: "
+    raise GemmaOcrError(f"{count}{'; '.join(problems[:shown])}{more} (fix the image paths; a listed file outside "
+                        f"the data's folder must be an image)")
+
+
+# ------------------------------------------------------------------------------------------------ duplicates
+
+@dataclass
+class Duplicates:
+    """Images listed more than once: each as (image path, [(origin, text), ...]) in the order they were listed."""
+
+    repeated: list[tuple[str, list[tuple[str, str]]]]  # every row of the image has the same text
+    conflicting: list[tuple[str, list[tuple[str, str]]]]  # the image's rows disagree on its text
+
+    @property
+    def repeated_rows(self) -> int:
+        """Rows that repeat an image listed before with the same text (what --dedupe drops of them)."""
+        return sum(len(rows) - 1 for _, rows in self.repeated)
+
+    def describe_repeated(self, shown: int = 3) -> str:
+        """One line: how many rows repeat an image with the same text, and the first ``shown`` (their origins)."""
+        examples = "; ".join(f"{shown_path(image)} ({', '.join(o for o, _ in rows)})" for image, rows in self.repeated[:shown])
+        more = f"; and {len(self.repeated) - shown} more images" if len(self.repeated) > shown else ""
+        return (f"{self.repeated_rows} rows repeat an image listed before with the same text "
+                f"({len(self.repeated)} images): {examples}{more}")
+
+    def describe_conflicting(self, shown: int = 3) -> str:
+        """One line: how many images are listed with different texts, and the first ``shown`` with their texts."""
+        def texts(rows: list[tuple[str, str]]) -> str:
+            return " vs ".join(f"{text!r} ({origin})" for origin, text in rows)
+
+        examples = "; ".join(f"{shown_path(image)}: {texts(rows)}" for image, rows in self.conflicting[:shown])
+        more = f"; and {len(self.conflicting) - shown} more" if len(self.conflicting) > shown else ""
+        images = "1 image is" if len(self.conflicting) == 1 else f"{len(self.conflicting)} images are"
+        return f"{images} listed with different transcriptions: {examples}{more}"
+
+    def __bool__(self) -> bool:
+        return bool(self.repeated or self.conflicting)
+
+
+def find_duplicates(result: ImportResult) -> Duplicates:
+    """The images ``result`` lists more than once (by :func:`image_key`), split into repeated rows (same text) and
+    conflicting labels (another text)."""
+    origins = result.origins or [f"record {i}" for i in range(len(result.records))]
+    by_image: dict[str, list[int]] = {}
+    for i, record in enumerate(result.records):
+        by_image.setdefault(image_key(record.image_path), []).append(i)
+    repeated, conflicting = [], []
+    for where in by_image.values():
+        if len(where) < 2:
+            continue
+        rows = [(origins[i], result.records[i].text) for i in where]
+        (repeated if len({text for _, text in rows}) == 1 else conflicting).append(
+            (result.records[where[0]].image_path, rows))
+    return Duplicates(repeated, conflicting)
+
+
+def dedupe(result: ImportResult) -> ImportResult:
+    """``result`` with each image's first row only (by :func:`image_key`)."""
+    seen: set[str] = set()
+    keep = []
+    for i, record in enumerate(result.records):
+        key = image_key(record.image_path)
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    origins = [result.origins[i] for i in keep] if result.origins else []
+    return ImportResult([result.records[i] for i in keep], result.source_kind, result.unlabeled, result.orphan_texts,
+                        origins, result.other_files)
