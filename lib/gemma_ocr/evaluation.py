@@ -47,7 +47,7 @@ from requests.adapters import HTTPAdapter
 
 from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.data.images import server_ready, upright_rgb
-from gemma_ocr.data.records import OcrRecord, load_records
+from gemma_ocr.data.records import OcrRecord, check_unique_images, load_records
 from gemma_ocr.engines import SERVER, Engine, EngineConfig, open_engine
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, read_json
@@ -699,6 +699,7 @@ def _select(cfg: EvalConfig) -> tuple[list[OcrRecord], list[OcrRecord]]:
     check_settings(cfg)
     check_writable(cfg.output_file, cfg.flag("output_file") or "output file")
     records = load_records(cfg.data_file)
+    check_unique_images(records, cfg.data_file)  # a repeated image would be scored twice
     return records, records if cfg.top_k is None else records[: cfg.top_k]
 
 
