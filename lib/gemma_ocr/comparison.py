@@ -158,10 +158,32 @@ class PairedResult:
                 "better": self.better, "worse": self.worse, "same": self.same}
 
 
+def check_unique_samples(doc: dict[str, Any], source: str, shown: int = 3) -> None:
+    """Refuse, in one line naming the first ``shown``, a results document with an image in more than one sample
+    (pairing would keep one of them silently)."""
+    where: dict[str, list[str]] = {}
+    for position, sample in enumerate(doc.get("samples") or []):
+        index = sample.get("index") if isinstance(sample, dict) else None
+        where.setdefault(str(sample.get("image_path")) if isinstance(sample, dict) else "?", []).append(
+            str(index if index is not None else f"#{position}"))
+    repeats = [(image, found) for image, found in where.items() if len(found) > 1]
+    if not repeats:
+        return
+    examples = "; ".join(f"{image} (indexes {', '.join(found)})" for image, found in repeats[:shown])
+    more = f"; and {len(repeats) - shown} more" if len(repeats) > shown else ""
+    images = "1 image is" if len(repeats) == 1 else f"{len(repeats)} images are"
+    raise GemmaOcrError(f"{source}: {images} in more than one sample: {examples}{more}; a results file holds each "
+                        f"image once (evaluate a data file without repeats again: core/evaluate.py refuses repeats)")
+
+
 def pair_samples(baseline: dict[str, Any], candidate: dict[str, Any], normalized: bool = False,
                  profile: str = DEFAULT_PROFILE, unit: str = DEFAULT_UNIT) -> PairedSamples:
     """Pair two results documents by (image_path, label) and count each model's edits per sample (after the
-    normalization ``profile`` when ``normalized``, in ``unit`` characters)."""
+    normalization ``profile`` when ``normalized``, in ``unit`` characters). A document with an image in more
+    than one sample is refused (:func:`check_unique_samples`)."""
+    check_unique_samples(baseline, "the baseline")
+    check_unique_samples(candidate, "the candidate")
+
     def usable(doc: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
         return {(str(s.get("image_path")), s.get("label") or ""): s for s in doc.get("samples") or []
                 if sample_status(s) != STATUS_ERROR}
@@ -345,13 +367,16 @@ def compare_documents(documents: Sequence[tuple[str, dict[str, Any]]], normalize
                       seed: int = DEFAULT_SEED, confidence: float = DEFAULT_CONFIDENCE) -> ModelComparison:
     """Compare each of ``documents[1:]`` (``(source, results document)``) with ``documents[0]``, the baseline.
 
-    Refused in one line: fewer than two, files of different data files, files scored with different
+    Refused in one line: fewer than two, a file with an image in more than one sample, files of different data
+    files, files scored with different
     normalization profiles or character units (unless ``profile``/``unit`` says which to use for all), and a
     candidate that shares no scored sample with the baseline.
     """
     if len(documents) < 2:
         raise GemmaOcrError("give at least two results files: the baseline first, then the models to compare with it")
     docs = [(source, check_results_document(doc, source)) for source, doc in documents]
+    for source, doc in docs:
+        check_unique_samples(doc, source)
     _same_data(docs)
     profile = check_profile(_setting(docs, "normalization_profile", DEFAULT_PROFILE, profile, "--normalization"))
     unit = check_unit(_setting(docs, "character_unit", DEFAULT_UNIT, unit, "--char-unit"))
