@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import math
 from concurrent.futures import ThreadPoolExecutor
 
@@ -116,7 +117,7 @@ def test_generate_batch_matches_one_at_a_time_with_padding_limits_and_stops(merg
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from gemma_ocr.batching import GenerationJob, generate_batch
+    from gemma_ocr.serving.batching import GenerationJob, generate_batch
 
     torch.set_num_threads(1)
     folder = merged_model[0]
@@ -157,9 +158,9 @@ def test_requests_carry_an_id_and_stats_say_how_the_server_batched(tiny_server, 
     assert stats["max_batch_size"] == 8 and stats["requests"] >= 2 and sum(stats["batches"].values()) >= 1
 
 
-def test_chat_bodies_the_short_path_does_not_take_get_the_apps_own_answers(tiny_server, images):
-    """A chat completion whose body is not a JSON object takes the app's route (its 422, the body read once
-    already and given again); errors of the short path go to the app's handlers (404 with its ``detail``)."""
+def test_chat_bodies_that_are_not_json_objects_are_400_with_the_openai_error_body(tiny_server, images):
+    """A chat completion whose body is not a JSON object is the client's error: HTTP 400 with the OpenAI error body,
+    its request id kept; a model not served is 404 naming it; the next request is answered as usual."""
     url, name = tiny_server
     with requests.Session() as s:
         not_json = s.post(url + "/v1/chat/completions", data=b"{not json", timeout=30,
@@ -167,9 +168,11 @@ def test_chat_bodies_the_short_path_does_not_take_get_the_apps_own_answers(tiny_
         a_list = s.post(url + "/v1/chat/completions", json=[1, 2], timeout=30)
         unknown = s.post(url + "/v1/chat/completions", json=build_request("nope", images[0], "OCR", 2), timeout=30)
         fine = s.post(url + "/v1/chat/completions", json=build_request(name, images[0], "OCR", 2), timeout=60)
-    assert not_json.status_code == 422 and not_json.headers["x-request-id"] == "bad-1", not_json.text
-    assert a_list.status_code == 422 and "detail" in a_list.json()
-    assert unknown.status_code == 404 and "nope" in unknown.json()["detail"] and unknown.headers["x-request-id"]
+    assert not_json.status_code == 400 and not_json.headers["x-request-id"] == "bad-1", not_json.text
+    assert not_json.json()["error"]["type"] == "invalid_request_error"
+    assert a_list.status_code == 400 and "JSON object" in a_list.json()["error"]["message"]
+    assert unknown.status_code == 404 and "nope" in unknown.json()["error"]["message"] and unknown.headers["x-request-id"]
+    assert unknown.json()["error"]["param"] == "model"
     assert fine.status_code == 200 and fine.json()["choices"][0]["message"]["content"] is not None
 
 
@@ -187,6 +190,7 @@ def test_each_set_of_request_options_gets_its_own_generation_settings(tiny_serve
 
 
 def test_streaming_runs_through_the_same_thread_and_stops_at_a_stop_string(tiny_server, images):
+    """The stream is server-sent events in the OpenAI chunk layout, ending with ``data: [DONE]``."""
     import openai
 
     url, name = tiny_server
@@ -201,9 +205,18 @@ def test_streaming_runs_through_the_same_thread_and_stops_at_a_stop_string(tiny_
     chunks = list(client.chat.completions.create(model=name, temperature=0, max_tokens=12, messages=messages,
                                                  stream=True, stop=[stop]))
     cut = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    # the stream ends at the stop string (its tokens are out before the string is complete)
-    assert cut.startswith(text[: text.find(stop)]) and stop in cut and len(cut) < len(text)
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    # the stream ends before the stop string, as the whole answer does (text that may begin one waits)
+    assert cut == text[: text.find(stop)]
+    assert chunks[-1].choices[0].finish_reason == "stop" and chunks[-1].usage.completion_tokens >= 1
+    raw = requests.post(url + "/v1/chat/completions", timeout=60, stream=True,
+                        json={**build_request(name, images[0], "OCR", 4), "stream": True, "logprobs": True})
+    events = [line for line in raw.iter_lines(decode_unicode=True) if line]
+    assert raw.headers["content-type"].startswith("text/event-stream") and events[-1] == "data: [DONE]"
+    bodies = [json.loads(e[len("data: "):]) for e in events[:-1]]
+    assert bodies[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(b["object"] == "chat.completion.chunk" and b["id"] == raw.headers["x-request-id"] for b in bodies)
+    streamed_logprobs = [t for b in bodies for t in (b["choices"][0].get("logprobs") or {}).get("content", [])]
+    assert len(streamed_logprobs) == bodies[-1]["usage"]["completion_tokens"] == 4
 
 
 def test_indexed_masks_give_the_same_logits_and_answers(merged_model, eval_data):
@@ -212,7 +225,7 @@ def test_indexed_masks_give_the_same_logits_and_answers(merged_model, eval_data)
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from gemma_ocr.batching import INDEXED_SDPA, GenerationJob, generate_batch, use_indexed_masks
+    from gemma_ocr.serving.batching import INDEXED_SDPA, GenerationJob, generate_batch, use_indexed_masks
 
     torch.set_num_threads(1)
     folder = merged_model[0]
@@ -244,7 +257,7 @@ def test_prompts_prepared_together_are_those_prepared_alone(merged_model, eval_d
     import torch
     from transformers import AutoProcessor
 
-    from gemma_ocr.batching import ChatPrompt, prepare_prompts
+    from gemma_ocr.serving.batching import ChatPrompt, prepare_prompts
 
     processor = AutoProcessor.from_pretrained(merged_model[0])
     prompts = [ChatPrompt([{"role": "user", "content": [{"type": "image", "url": r.image_path},
@@ -289,7 +302,7 @@ def test_a_forming_batch_prepares_its_prompts_while_the_rest_is_on_its_way(merge
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from gemma_ocr.batching import BatchingGenerateManager, ChatPrompt, GenerationJob
+    from gemma_ocr.serving.batching import BatchingGenerateManager, ChatPrompt, GenerationJob
 
     torch.set_num_threads(1)
     folder = merged_model[0]

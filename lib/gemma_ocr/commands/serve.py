@@ -12,10 +12,45 @@ from gemma_ocr.serving import (
     DEFAULT_HOST,
     DEFAULT_MAX_BATCH_SIZE,
     DEFAULT_MAX_MODEL_LEN,
+    DEFAULT_MAX_WAIT,
     DEFAULT_PORT,
     ENGINES,
+    check_host_and_port,
     start_server,
 )
+from gemma_ocr.serving.cli import add_media_flags, dtype_problem, embedded_flag_problem
+
+
+EMBEDDED_ONLY = {  # flag: what vLLM has instead, and what 1 means
+    "--max-batch-size": ("vLLM batches by itself (its --max-num-seqs caps a batch)", " (1: one request at a time)"),
+    "--torch-threads": ("vLLM's CPU build sets its own (VLLM_CPU_OMP_THREADS_BIND)", ""),
+    "--max-wait": ("vLLM schedules its batches by itself", None),
+}
+
+
+def checked_flags(args) -> list[str]:
+    """The flags that go to the server, each checked here first (one line naming the flag, before anything starts)."""
+    check_host_and_port(args.host, args.port)
+    passed: list[str] = []
+    for flag, (in_vllm, one) in EMBEDDED_ONLY.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value is None:
+            continue
+        if args.engine != "transformers":
+            raise GemmaOcrError(f"{flag} is the embedded server's (--engine transformers); {in_vllm}")
+        if one is not None and value < 1:
+            raise GemmaOcrError(f"{flag} must be >= 1{one}, got {value}")
+        passed += [flag, str(value)]
+    problem = (embedded_flag_problem(max_wait=args.max_wait, local_media_path=args.allowed_local_media_path)
+               or (dtype_problem(args.dtype) if args.engine == "transformers" or args.dtype in ("float16", "half")
+                   else None))
+    if problem:
+        raise GemmaOcrError(problem)
+    if args.allowed_local_media_path:
+        passed += ["--allowed-local-media-path", args.allowed_local_media_path]
+    if args.allowed_media_domains:
+        passed += ["--allowed-media-domains", *args.allowed_media_domains]
+    return passed
 
 
 def main() -> None:
@@ -34,25 +69,17 @@ def main() -> None:
     p.add_argument("--max-batch-size", type=flag_value(int), default=None,
                    help=f"transformers: most concurrent requests generated together (default {DEFAULT_MAX_BATCH_SIZE}; "
                         f"1: one at a time)")
+    p.add_argument("--max-wait", type=flag_value(float), default=None,
+                   help=f"transformers: seconds a forming batch waits for requests still being read "
+                        f"(default {DEFAULT_MAX_WAIT})")
     p.add_argument("--torch-threads", type=flag_value(int), default=None,
                    help="transformers: torch CPU threads of the server (default: torch's, one per core; 1 is fastest "
                         "for a small model on a shared CPU)")
     p.add_argument("--startup-timeout", type=flag_value(float), default=900.0, help="seconds to wait for the model to load")
     p.add_argument("--log-file", default=None, help="server output (default: a temporary file)")
+    add_media_flags(p)  # both engines take them (vLLM names them so)
     args, extra = p.parse_known_args()  # unknown flags go to the engine (e.g. --tensor-parallel-size 2 for vllm)
-    embedded_only = {  # flag: what vLLM has instead, and what 1 means
-        "--max-batch-size": ("vLLM batches by itself (its --max-num-seqs caps a batch)", " (1: one request at a time)"),
-        "--torch-threads": ("vLLM's CPU build sets its own (VLLM_CPU_OMP_THREADS_BIND)", ""),
-    }
-    for flag, (in_vllm, one) in embedded_only.items():
-        value = getattr(args, flag[2:].replace("-", "_"))
-        if value is None:
-            continue
-        if args.engine != "transformers":
-            raise GemmaOcrError(f"{flag} is the embedded server's (--engine transformers); {in_vllm}")
-        if value < 1:
-            raise GemmaOcrError(f"{flag} must be >= 1{one}, got {value}")
-        extra = [flag, str(value), *extra]
+    extra = checked_flags(args) + extra
 
     def on_term(*_):  # `kill PID` and a closed terminal stop the server like Ctrl-C does
         raise KeyboardInterrupt

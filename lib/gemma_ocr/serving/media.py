@@ -1,0 +1,141 @@
+"""Which images a request may name, and reading them.
+
+By default only ``data:image/...;base64,`` URLs are read: a server started with ``--host 0.0.0.0`` would
+otherwise let anyone who reaches its port read the machine's images or make it fetch internal URLs. Two
+flags, named as vLLM names them, allow more:
+
+* ``--allowed-local-media-path DIR``: file paths and ``file://`` URLs of files under DIR (resolved, symlinks
+  followed: a link out of DIR is refused);
+* ``--allowed-media-domains HOST ...``: ``http(s)://`` URLs of those hosts (no redirects elsewhere).
+
+An image that is refused, or cannot be read or decoded, is the request's own error (:class:`RequestError`, HTTP 400).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from gemma_ocr.serving.openai_api import ImagePart, RequestError
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+MAX_FETCHED_BYTES = 64 << 20  # an image fetched over HTTP
+FETCH_TIMEOUT = 10.0  # seconds
+
+
+@dataclass(frozen=True)
+class MediaPolicy:
+    """Where images other than data URLs may come from (nowhere by default)."""
+
+    local_root: Path | None = None  # resolved
+    domains: frozenset[str] = field(default_factory=frozenset)  # lower-case host names
+
+    @classmethod
+    def from_flags(cls, local_path: str | os.PathLike[str] | None, domains: list[str] | None) -> MediaPolicy:
+        root = Path(local_path).expanduser().resolve() if local_path else None
+        return cls(root, frozenset(d.strip().lower() for d in domains or () if d.strip()))
+
+    def reads_files(self) -> bool:
+        return self.local_root is not None
+
+
+def needs_io(url: str) -> bool:
+    """Whether reading ``url`` waits on a file or the network (a data URL does not)."""
+    return not url.startswith("data:")
+
+
+def open_image(part: ImagePart, policy: MediaPolicy) -> Image.Image:
+    """The image ``part`` names, opened (decoded lazily by the processor), or a :class:`RequestError`."""
+    url = part.url
+    if url.startswith("data:"):
+        data = data_url_bytes(url, part.param)
+    else:
+        scheme = urlsplit(url).scheme.lower()
+        if scheme in ("http", "https"):
+            data = fetch(url, part.param, policy)
+        elif scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+            data = read_local(url, part.param, policy)
+        else:
+            raise RequestError(f"image URL scheme {scheme!r} is not supported: send a data:image/...;base64, URL",
+                               part.param)
+    return decode(data, part.param)
+
+
+def data_url_bytes(url: str, param: str) -> bytes:
+    """The bytes of a ``data:image/<type>;base64,<data>`` URL."""
+    header, comma, payload = url.partition(",")
+    if not comma:
+        raise RequestError("malformed data URL: no comma between its header and its data "
+                           "(expected data:image/png;base64,<data>)", param)
+    media_type, *params = header[len("data:"):].split(";")
+    if not media_type.lower().startswith("image/"):
+        raise RequestError(f"data URL of type {media_type or 'text/plain'!r}: an image/* type is expected", param)
+    if "base64" not in (p.strip().lower() for p in params):
+        raise RequestError("data URL without ;base64: send the image base64-encoded (data:image/png;base64,<data>)",
+                           param)
+    try:
+        return base64.b64decode(payload)
+    except (binascii.Error, ValueError) as e:
+        raise RequestError(f"data URL: its data is not valid base64 ({e})", param) from None
+
+
+def read_local(url: str, param: str, policy: MediaPolicy) -> bytes:
+    """A local file's bytes, if it lies under ``--allowed-local-media-path`` (symlinks followed)."""
+    if policy.local_root is None:
+        raise RequestError("local image files are not read by this server: send the image as a data URL, or start "
+                           "the server with --allowed-local-media-path DIR", param)
+    path = Path(unquote(urlsplit(url).path) if url.lower().startswith("file:") else url).expanduser()
+    if not path.is_absolute():
+        path = policy.local_root / path
+    try:
+        resolved = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise RequestError(f"image file not found: {url}", param) from None
+    if not resolved.is_relative_to(policy.local_root):
+        raise RequestError(f"image file {url} is outside --allowed-local-media-path {policy.local_root}", param)
+    try:
+        return resolved.read_bytes()
+    except OSError as e:
+        raise RequestError(f"image file {url} cannot be read ({e.strerror or e})", param) from None
+
+
+def fetch(url: str, param: str, policy: MediaPolicy) -> bytes:
+    """An image over HTTP(S) from a host of ``--allowed-media-domains``."""
+    import requests
+
+    host = (urlsplit(url).hostname or "").lower()
+    if host not in policy.domains:
+        allowed = f" (allowed: {', '.join(sorted(policy.domains))})" if policy.domains else ""
+        raise RequestError(f"image URLs of host {host or '?'!r} are not fetched by this server{allowed}: send the "
+                           f"image as a data URL, or start the server with --allowed-media-domains {host or 'HOST'}",
+                           param)
+    try:
+        with requests.get(url, timeout=FETCH_TIMEOUT, stream=True, allow_redirects=False) as r:
+            if r.status_code != 200:
+                raise RequestError(f"fetching the image {url} answered HTTP {r.status_code}", param)
+            data = bytearray()
+            for piece in r.iter_content(1 << 16):
+                data += piece
+                if len(data) > MAX_FETCHED_BYTES:
+                    raise RequestError(f"the image {url} is larger than {MAX_FETCHED_BYTES >> 20} MiB", param)
+            return bytes(data)
+    except requests.RequestException as e:
+        raise RequestError(f"the image {url} could not be fetched ({type(e).__name__})", param) from None
+
+
+def decode(data: bytes, param: str) -> Image.Image:
+    """The image in ``data``, opened (its header read; its pixels are decoded by the processor)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+        raise RequestError(f"the image cannot be decoded ({type(e).__name__}: {str(e)[:200]})", param) from None
