@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, listed_images
+from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, listed_images, other_files
 from gemma_ocr.data.records import OcrRecord, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.evaluation import RequestConfig, check_settings, open_reader, server_gone_error
@@ -112,6 +112,7 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], image_key: str | No
     """Absolute image paths named by ``inputs`` (files, folders searched recursively, OCR data files), each once, in order.
 
     A data file's texts are not needed (a list of image paths will do); its missing images become failed rows.
+    A folder's files of other types (neither images nor .txt) are left out with a warning naming how many.
     """
     if not inputs:
         raise GemmaOcrError("give at least one image, folder of images or OCR data file to transcribe")
@@ -123,6 +124,11 @@ def collect_images(inputs: Sequence[str | os.PathLike[str]], image_key: str | No
             if not images:
                 raise GemmaOcrError(f"{path}: no images in this folder (looked for {', '.join(IMAGE_SUFFIXES)})")
             paths = [str(p.resolve()) for p in images]
+            others = other_files(path)
+            if others:
+                log.warning("%s: %s not images (%s) and left out, e.g. %s (convert images of other types to PNG)",
+                            path, "1 file is" if len(others) == 1 else f"{len(others)} files are",
+                            " ".join(IMAGE_SUFFIXES), others[0])
         elif not path.is_file():
             raise GemmaOcrError(f"{path}: no such image, folder or OCR data file")
         elif is_image_file(path):
