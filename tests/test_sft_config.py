@@ -294,3 +294,47 @@ def test_sft_arguments_pass_every_trainer_field_and_resolve_the_automatic_ones()
     assert no_eval.eval_strategy == "no" and no_eval.eval_on_start is False and no_eval.warmup_steps == 7
     resumed = sft_arguments(config, [], has_eval=True, resuming=True)
     assert resumed.eval_on_start is False and resumed.eval_strategy == "steps"
+
+
+def test_save_steps_follows_eval_steps_where_the_best_checkpoint_is_kept_by_a_metric(tmp_path, monkeypatch, capsys):
+    from gemma_ocr.commands.train import main
+    from gemma_ocr.training.tune import sft_arguments
+
+    default = str(ROOT / "configs/hyperparm_configs/default.json")
+    config = parse("--config", default, "--eval-steps", "2")  # the file keeps the best checkpoint by eval_cer
+    assert config.save_steps is None and config.checkpoint_steps() == 2
+    args = sft_arguments(config, [], has_eval=True, resuming=False)
+    assert (args.eval_steps, args.save_steps, args.load_best_model_at_end) == (2, 2, True)
+    assert parse("--config", default).checkpoint_steps() == 25  # the file's eval_steps
+    assert parse("--config", default, "--eval-steps", "0.1").checkpoint_steps() == 0.1
+    # the best checkpoint by a metric, set by flags only; save_steps given and compatible is kept
+    assert parse("--load-best-model-at-end", "--eval-steps", "3").checkpoint_steps() == 3
+    assert parse("--metric-for-best-model", "eval_loss", "--eval-steps", "2", "--save-steps", "6").checkpoint_steps() == 6
+    # no best checkpoint, or saves not at evaluations: save_steps' own default, whatever eval_steps is
+    assert parse("--eval-steps", "2").checkpoint_steps() == 50
+    assert sft_arguments(parse("--eval-steps", "2"), [], has_eval=True, resuming=False).save_steps == 50
+    assert parse("--config", default, "--eval-steps", "2", "--save-strategy", "best").checkpoint_steps() == 50
+
+    monkeypatch.setattr("sys.argv", ["sft_gemma.py", "--config", default, "--eval-steps", "2", "--print-config"])
+    main()  # transformers' check passes: the checkpoints are saved at every evaluation
+    assert json.loads(capsys.readouterr().out)["eval_steps"] == 2
+
+
+@pytest.mark.parametrize(("file", "flags", "saved", "where"), [
+    ({"save_steps": 25}, ["--eval-steps", "2"], 25, "{file}: field 'save_steps' 25 is not a multiple of eval_steps 2"),
+    ({}, ["--eval-steps", "2", "--save-steps", "25"], 25, "--save-steps 25 is not a multiple of eval_steps 2"),
+    ({"save_steps": 0.5}, ["--eval-steps", "10"], 0.5,
+     "{file}: field 'save_steps' 0.5 is not a multiple of eval_steps 10 (one is a fraction of the run, the other steps)"),
+])
+def test_save_steps_set_against_eval_steps_is_one_line_naming_both(file, flags, saved, where, tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"metric_for_best_model": "eval_cer", **file}))
+    with pytest.raises(GemmaOcrError) as err:
+        parse("--config", str(cfg), *flags)
+    line = str(err.value)
+    assert line.startswith(where.format(file=cfg)) and "\n" not in line, line
+    assert line.endswith("set save_steps to a multiple of eval_steps, or leave save_steps out and it follows "
+                         "eval_steps"), line
+    # without a best checkpoint by a metric, any save_steps goes with any eval_steps
+    cfg.write_text(json.dumps(file))
+    assert parse("--config", str(cfg), *flags).checkpoint_steps() == saved

@@ -30,6 +30,7 @@ DEFAULT_INSTRUCTION = "請給我 OCR 結果"
 REPORTERS = ("none", "wandb", "tensorboard", "all")
 SCHEDULERS_NEEDING_EVAL = ("reduce_lr_on_plateau", "greedy")  # transformers refuses them without an eval split
 MAX_SEED = 2**32 - 1  # numpy's limit; transformers seeds numpy with it
+DEFAULT_SAVE_STEPS = 50  # save_steps when not set and no metric chooses the best checkpoint
 PROJECT, TRAINER = "OCR and LoRA settings", "trainer settings (TRL SFTConfig / transformers TrainingArguments)"
 
 #: The project's defaults for trainer fields it does not redefine (types and help are TRL's / transformers').
@@ -148,7 +149,9 @@ class OcrArguments:
                                                     "metric_for_best_model (null: never stop early)")
     early_stopping_threshold: float = arg(0.0, "the smallest change of metric_for_best_model that counts as an "
                                                "improvement")
-    save_steps: int | float = arg(50, "save a checkpoint every N steps (or a fraction of the run)")
+    save_steps: int | float | None = arg(None, "save a checkpoint every N steps (or a fraction of the run); null: at "
+                                               "every evaluation (eval_steps) when the best checkpoint is kept by a "
+                                               f"metric, else every {DEFAULT_SAVE_STEPS} steps")
     logging_steps: int | float = arg(10, "log every N steps (or a fraction of the run)")
     max_train_samples: int | None = arg(None, "use only the first N training samples")
     max_eval_samples: int | None = arg(None, "use only the first N validation samples")
@@ -189,6 +192,8 @@ class TrainConfigMethods(Settings):
                 raise FieldError(name, f"must be in [0, 1), got {getattr(c, name)}")
         for name in ("eval_steps", "save_steps", "logging_steps"):
             steps = getattr(c, name)
+            if steps is None:  # save_steps: follows eval_steps (checkpoint_steps)
+                continue
             if steps <= 0 or (isinstance(steps, float) and steps >= 1):
                 raise FieldError(name, f"must be a whole number of steps >= 1 or a fraction of the run in (0, 1), "
                                        f"got {steps}")
@@ -247,6 +252,34 @@ class TrainConfigMethods(Settings):
         if c.early_stopping_patience is not None and metric is None:
             raise FieldError("early_stopping_patience", "watches metric_for_best_model, which is not set: set it "
                                                         "(eval_cer for OCR, or eval_loss)")
+        if c.save_steps is not None and self.saves_at_evaluations() and not _is_multiple(c.save_steps, c.eval_steps):
+            mixed = (c.save_steps < 1) != (c.eval_steps < 1)
+            raise FieldError("save_steps", f"{c.save_steps} is not a multiple of eval_steps {c.eval_steps}"
+                                           f"{' (one is a fraction of the run, the other steps)' if mixed else ''}: "
+                                           f"the best checkpoint by {metric or 'eval_loss'} is chosen among those saved "
+                                           "at an evaluation; set save_steps to a multiple of eval_steps, or leave "
+                                           "save_steps out and it follows eval_steps")
+
+    def keeps_best(self) -> bool:
+        """Whether training ends with the best checkpoint by a metric (load_best_model_at_end, null: with a
+        metric_for_best_model)."""
+        c: Any = self
+        return c.load_best_model_at_end if c.load_best_model_at_end is not None else c.metric_for_best_model is not None
+
+    def saves_at_evaluations(self) -> bool:
+        """Whether every saved checkpoint must be an evaluated one: the best is kept by a metric, and both
+        evaluations and saves happen every so many steps (transformers' rule for load_best_model_at_end)."""
+        c: Any = self
+        return (self.keeps_best() and bool(c.val_split) and _strategy(c.eval_strategy) == "steps"
+                and _strategy(c.save_strategy) == "steps")
+
+    def checkpoint_steps(self) -> int | float:
+        """``save_steps`` as set; when not set, ``eval_steps`` where checkpoints are saved at evaluations (the best
+        is kept by a metric), else every :data:`DEFAULT_SAVE_STEPS` steps."""
+        c: Any = self
+        if c.save_steps is not None:
+            return c.save_steps
+        return c.eval_steps if self.saves_at_evaluations() else DEFAULT_SAVE_STEPS
 
     def image_processor_kwargs(self) -> dict[str, Any]:
         """The pan-and-scan settings given (not null), as the processor's keyword arguments."""
@@ -271,6 +304,21 @@ class TrainConfigMethods(Settings):
     def trainer_arguments(self) -> dict[str, Any]:
         """The values of every ``SFTConfig`` field, as set (``sft_arguments`` resolves the automatic ones)."""
         return {name: getattr(self, name) for name in sft_field_names()}
+
+
+def _strategy(value: Any) -> str:
+    """An eval/save strategy as its text ("steps"), whether given as text or as transformers' enum."""
+    return str(getattr(value, "value", value))
+
+
+def _is_multiple(steps: int | float, every: int | float) -> bool:
+    """Whether saving every ``steps`` lands on evaluations every ``every`` (both steps, or both fractions of the
+    run; transformers' own check of load_best_model_at_end)."""
+    if steps >= 1 and every >= 1:
+        return steps % every == 0
+    if steps < 1 and every < 1:
+        return round(steps * 1_000_000) % round(every * 1_000_000) == 0
+    return False
 
 
 @functools.cache

@@ -102,8 +102,9 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
     """The ``trl.SFTConfig`` of a run: every trainer field of ``config``, with the automatic ones resolved.
 
     bf16 on a bf16 GPU or with 4-bit, fp32 on a CPU (never fp16); no evaluation without a validation
-    split; no evaluation before the first step when resuming; dataloader workers, pinned memory and
-    the CPU switch follow the machine unless set.
+    split; no evaluation before the first step when resuming; checkpoints at every evaluation when the best is
+    kept by a metric and save_steps is not set; dataloader workers, pinned memory and the CPU switch follow the
+    machine unless set.
     """
     import torch
     from trl import SFTConfig
@@ -130,6 +131,7 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         data_seed=auto(config.data_seed, config.seed),
         eval_strategy=config.eval_strategy if has_eval else "no",
         eval_steps=config.eval_steps if has_eval else None,
+        save_steps=config.checkpoint_steps(),  # not set: at every evaluation when the best is kept by a metric
         eval_on_start=config.eval_on_start and has_eval and not resuming,
         report_to=reporters,
         resume_from_checkpoint=None,  # tune() resolves it (resolve_resume) and passes it to train()
