@@ -120,8 +120,9 @@ def test_crafted_degenerate_answers_are_counted_apart_scored_and_kept_on_resume(
 
 
 def test_retry_at_a_higher_temperature_keeps_a_better_answer(tmp_path):
-    Image.new("RGB", (40, 20), "white").save(tmp_path / "a.png")
-    data = write_data(tmp_path / "d.json", [("a.png", "Total 12"), ("a.png", "Total 12")])
+    for name in "ab":
+        Image.new("RGB", (40, 20), "white").save(tmp_path / f"{name}.png")
+    data = write_data(tmp_path / "d.json", [("a.png", "Total 12"), ("b.png", "Total 12")])
     answers = [{"content": LOOP, "finish_reason": "length"}, {"content": "Total 12", "finish_reason": "stop"},
                {"content": LOOP, "finish_reason": "length"}, {"content": LOOP + " 1", "finish_reason": "length"}]
     with ScriptedServer([], answers=answers) as s:
@@ -140,8 +141,9 @@ def test_retry_at_a_higher_temperature_keeps_a_better_answer(tmp_path):
 
 
 def test_a_server_that_refuses_logprobs_is_asked_without(tmp_path, caplog):
-    Image.new("RGB", (40, 20), "white").save(tmp_path / "a.png")
-    data = write_data(tmp_path / "d.json", [("a.png", "hello")] * 3)
+    for name in "abc":
+        Image.new("RGB", (40, 20), "white").save(tmp_path / f"{name}.png")
+    data = write_data(tmp_path / "d.json", [(f"{name}.png", "hello") for name in "abc"])
     with ScriptedServer([], refuse_logprobs=True) as s:
         doc = evaluate(_cfg(s.url, data, tmp_path / "r.json", workers=1)).document
         assert s.requests == 4 and [bool(b.get("logprobs")) for b in s.bodies] == [True, False, False, False]
