@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
@@ -108,6 +110,7 @@ def test_busy_port_and_adapter_folder_are_one_clear_error(tiny_server, merged_mo
     (["--engine", "vllm", "--torch-threads", "1"], "--torch-threads is the embedded server's"),
     (["--torch-threads", "0"], "--torch-threads must be >= 1, got 0"),
     (["--max-batch-size", "0"], "--max-batch-size must be >= 1"),
+    (["--engine", "vllm", "--max-wait", "0.5"], "--max-wait is the embedded server's"),
 ])
 def test_serve_flags_are_checked_before_anything_starts(flags, fragment, tmp_path):
     assert_one_line_error(run_cli("serve.py", str(tmp_path), *flags, check=False), fragment)
@@ -191,3 +194,176 @@ def test_stop_waits_for_the_whole_process_group(lingers, tmp_path):
     took = time.monotonic() - started
     assert not group_alive(server.proc.pid), "a process of the server's group outlived stop()"
     assert (0.3 < took < 1.9) if lingers < 2 else (1.9 < took < 8), took
+
+
+# ---------------------------------------------------------------- a server that survives its clients
+
+
+def _bad_png_data_url() -> str:
+    """A PNG whose header reads and whose pixels do not: it fails when the processor decodes it (on the
+    inference thread), not when the request is read."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (140, 36), "white").save(buf, format="PNG")
+    data = buf.getvalue()
+    return "data:image/png;base64," + base64.b64encode(data[: len(data) // 2]).decode()
+
+
+def _chat(url: str, body, **kw) -> requests.Response:
+    return requests.post(url + "/v1/chat/completions", timeout=120, **({"data": body} if isinstance(body, bytes)
+                                                                      else {"json": body}), **kw)
+
+
+@pytest.mark.parametrize("change, param, fragment", [
+    ({"image_url": "data:image/png;base64"}, "messages[0].content[0].image_url.url", "no comma"),
+    ({"image_url": "data:image/png;base64,!!!!"}, "messages[0].content[0].image_url.url", ""),
+    ({"image_url": "data:text/plain;base64,aGk="}, "messages[0].content[0].image_url.url", "image/*"),
+    ({"image_url": "data:image/png;base64," + base64.b64encode(b"not a png").decode()},
+     "messages[0].content[0].image_url.url", "cannot be decoded"),
+    ({"messages": None}, "messages", "non-empty list"),
+    ({"messages": []}, "messages", "non-empty list"),
+    ({"messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]},
+     "messages[0].content[0].type", "not supported"),
+    ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "role"),
+    ({"max_tokens": 0}, "max_tokens", ">= 1"),
+    ({"max_tokens": -1}, "max_tokens", ">= 1"),
+    ({"max_tokens": "5"}, "max_tokens", "whole number"),
+    ({"max_tokens": 2.5}, "max_tokens", "whole number"),
+    ({"max_tokens": 10**9}, "max_tokens", "context length"),
+    ({"temperature": -1}, "temperature", "at least 0"),
+    ({"temperature": float("nan")}, "temperature", "number"),
+    ({"top_p": 0}, "top_p", "above 0"),
+    ({"n": 2}, "n", "must be 1"),
+    ({"seed": "x"}, "seed", "whole number"),
+    ({"logit_bias": {"999999999": 5}}, "logit_bias", "not in the vocabulary"),
+    ({"logit_bias": {"1": 500}}, "logit_bias", "-100 to 100"),
+    ({"stream": "yes"}, "stream", "true or false"),
+    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "not supported"),
+    ({"nonsense": 1}, "nonsense", "unknown field"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_a_clients_error_is_400_with_the_openai_error_body(tiny_server, change, param, fragment):
+    url, name = tiny_server
+    body = build_request(name, _png_data_url(), "OCR", 4)
+    if "image_url" in change:
+        body["messages"][0]["content"][0]["image_url"]["url"] = change["image_url"]
+    else:
+        body.update(change)
+        if body["messages"] is None:
+            del body["messages"]
+    r = _chat(url, json.dumps(body).encode(), headers={"content-type": "application/json"})
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert error["param"] == param and fragment in error["message"], error
+
+
+@pytest.mark.parametrize("raw", [b"[1, 2]", b'"text"', b"12", b"null", b"{not json", b"", b"\xff\xfe"])
+def test_a_body_that_is_not_a_json_object_is_400(tiny_server, raw):
+    r = _chat(tiny_server[0], raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error", r.text
+
+
+def test_bad_requests_in_a_batch_harm_no_other_request_nor_the_server(tiny_server):
+    """Once a batch of several has run, requests with bad images (no comma in the data URL: refused when read;
+    a PNG cut in half: fails on the inference thread, in the batch being formed) are 400, their batch's good
+    requests are answered, and so is every request after them (the inference thread used to die here)."""
+    url, name = tiny_server
+    good = build_request(name, _png_data_url(), "OCR", 4)
+    no_comma = build_request(name, "data:image/png;base64", "OCR", 4)
+    cut = build_request(name, _bad_png_data_url(), "OCR", 4)
+    with ThreadPoolExecutor(8) as pool:
+        assert [r.status_code for r in pool.map(lambda b: _chat(url, b), [good] * 4)] == [200] * 4
+        for _ in range(2):
+            bodies = [good, no_comma, good, cut, good, good, cut, good]
+            codes = [r.status_code for r in pool.map(lambda b: _chat(url, b), bodies)]
+            assert codes == [200, 400, 200, 400, 200, 200, 400, 200], codes
+    answers = {_chat(url, good).json()["choices"][0]["message"]["content"] for _ in range(3)}
+    assert len(answers) == 1
+    assert requests.get(url + "/health", timeout=10).json() == {"status": "ok"}
+
+
+def test_image_urls_other_than_data_urls_are_refused_naming_the_flag(tiny_server, tmp_path):
+    url, name = tiny_server
+    image = tmp_path / "line.png"
+    image.write_bytes(base64.b64decode(_png_data_url().split(",", 1)[1]))
+    for source, flag in ((str(image), "--allowed-local-media-path"), (image.as_uri(), "--allowed-local-media-path"),
+                         ("http://127.0.0.1:9/x.png", "--allowed-media-domains")):
+        r = _chat(url, build_request(name, source, "OCR", 4))
+        assert r.status_code == 400 and flag in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.slow
+def test_flags_allow_local_files_under_a_folder_and_urls_of_named_hosts(merged_model, tmp_path):
+    """--allowed-local-media-path DIR: files under DIR (symlinks resolved: a link out of DIR is refused);
+    --allowed-media-domains HOST: http URLs of HOST only. Each gives the answer the image's data URL gets."""
+    import functools
+    import http.server
+    import threading
+
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    data_url = _png_data_url()
+    png = base64.b64decode(data_url.split(",", 1)[1])
+    (allowed / "line.png").write_bytes(png)
+    (outside / "secret.png").write_bytes(png)
+    (allowed / "link.png").symlink_to(outside / "secret.png")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(allowed))
+    handler.log_message = lambda *a: None
+    files = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    host = f"http://127.0.0.1:{files.server_address[1]}"
+    try:
+        with start_server(merged_model[0], served_model_name="m", env=eval_env(), startup_timeout=180,
+                          extra_args=["--allowed-local-media-path", str(allowed),
+                                      "--allowed-media-domains", "127.0.0.1"]) as (url, _):
+            expected = _chat(url, build_request("m", data_url, "OCR", 6)).json()["choices"][0]["message"]["content"]
+            for source in (str(allowed / "line.png"), (allowed / "line.png").as_uri(), "line.png",
+                           f"{host}/line.png"):
+                r = _chat(url, build_request("m", source, "OCR", 6))
+                assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == expected, (source, r.text)
+            refused = {str(outside / "secret.png"): "outside", str(allowed / "link.png"): "outside",
+                       str(allowed / "none.png"): "not found", f"{host}/none.png": "HTTP 404",
+                       f"http://localhost:{files.server_address[1]}/line.png": "--allowed-media-domains"}
+            for source, fragment in refused.items():
+                r = _chat(url, build_request("m", source, "OCR", 6))
+                assert r.status_code == 400 and fragment in r.json()["error"]["message"], (source, r.text)
+    finally:
+        files.shutdown()
+
+
+@pytest.mark.parametrize("flags, fragment", [
+    (["--port", "70000"], "--port must be 1-65535, got 70000"),
+    (["--port", "0"], "--port must be 1-65535"),
+    (["--host", "300.1.1.1"], "--host 300.1.1.1: not an IPv4 address"),
+    (["--max-wait", "-1"], "--max-wait must be a number of seconds >= 0"),
+    (["--dtype", "float16"], "--dtype float16: Gemma 3 overflows"),
+    (["--allowed-local-media-path", "/no/such/folder"], "--allowed-local-media-path /no/such/folder: no such folder"),
+])
+def test_server_flags_are_one_line_errors_in_serve_py_and_the_server_itself(flags, fragment, merged_model):
+    assert_one_line_error(run_cli("serve.py", str(merged_model[0]), *flags, check=False), fragment)
+    child = subprocess.run([sys.executable, "-m", "gemma_ocr.serving", str(merged_model[0]), *flags],
+                           capture_output=True, text=True, timeout=120, env=eval_env())
+    assert child.returncode == 2 and "Traceback" not in child.stderr, child.stderr
+    assert fragment in child.stderr.strip().splitlines()[-1], child.stderr
+
+
+def test_health_is_503_once_generation_cannot_proceed(merged_model):
+    """In process, the real app: /health is 200 while the inference thread runs, 503 with the reason once it has
+    stopped, and a chat completion then is a 500 with the OpenAI error body, not a hang."""
+    import torch
+    from starlette.testclient import TestClient
+
+    from gemma_ocr.serving.app import build_app
+
+    torch.set_num_threads(1)
+    app = build_app(str(merged_model[0]), "m", max_wait=0.0)
+    with TestClient(app) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        assert client.post("/v1/chat/completions", json=build_request("m", _png_data_url(), "OCR", 2)).status_code == 200
+        app.manager.stop()
+        health = client.get("/health")
+        assert health.status_code == 503 and "stopped" in health.json()["reason"]
+        r = client.post("/v1/chat/completions", json=build_request("m", _png_data_url(), "OCR", 2))
+        assert r.status_code == 500 and r.json()["error"]["type"] == "internal_server_error"
