@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -48,17 +49,32 @@ def setup_logging(verbose: bool = False) -> None:
     )
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill PID``), raised where Ctrl-C would be, so the same clean-up runs (what finished is saved)."""
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM stop this program as Ctrl-C does (:class:`Terminated`, a KeyboardInterrupt), from the main
+    thread; :func:`run` then exits 143 after the same "interrupted" line."""
+    def on_term(*_: object) -> None:
+        raise Terminated
+
+    signal.signal(signal.SIGTERM, on_term)
+
+
 def run(main: Callable[[], int | None]) -> None:
-    """Run a program's ``main``; a :class:`GemmaOcrError` ends in one line on stderr and exit code 2."""
+    """Run a program's ``main``; a :class:`GemmaOcrError` ends in one line on stderr and exit code 2, Ctrl-C in
+    "interrupted" and 130 (SIGTERM, where the program asked for :func:`stop_on_sigterm`: 143)."""
     setup_logging()
     try:
         code = main()
     except GemmaOcrError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as e:
+        terminated = isinstance(e, Terminated)
+        print("interrupted (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM if terminated else 130)
     sys.exit(code or 0)
 
 

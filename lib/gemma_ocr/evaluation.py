@@ -59,6 +59,7 @@ from gemma_ocr.results import (
     STATUS_ERROR,
     STATUSES,
     ScoringConfig,
+    answer_problem,
     build_document,
     sample_status,
 )
@@ -99,7 +100,10 @@ class RequestConfig(EngineConfig):
         "help": "ask once more at this temperature for an answer cut at max_tokens or caught in a repetition "
                 "loop, and keep the retry if it is neither (None: no retry)"})
     resume: bool = field(default=True, metadata={"help": "resume an existing output file (--no-resume starts over)"})
-    wait_server: float = field(default=10.0, metadata={"help": "seconds to wait for the server's /health"})
+    wait_server: float | None = field(default=None, metadata={
+        "help": "seconds to wait for a server that is starting: nothing listening yet, or /health not yet 200 (None: "
+                "a server that refuses connections is reported at once, one that answers but is not ready is "
+                "waited for up to 10 s)"})
     backoff_base: float = field(default=0.5, metadata={"help": "first retry delay in seconds (doubles per retry)"})
     backoff_max: float = field(default=30.0, metadata={"help": "longest retry delay in seconds"})
     show_progress: bool = field(default=True, metadata={"aliases": ["--progress"],
@@ -140,8 +144,8 @@ class RequestConfig(EngineConfig):
             raise refuse("max_retries", "must be >= 0")
         if not (math.isfinite(self.timeout) and self.timeout > 0):
             raise refuse("timeout", "must be a number of seconds > 0")
-        if not (math.isfinite(self.wait_server) and self.wait_server >= 0):
-            raise refuse("wait_server", "must be a number of seconds >= 0")
+        if self.wait_server is not None and not (math.isfinite(self.wait_server) and self.wait_server >= 0):
+            raise refuse("wait_server", "must be a number of seconds >= 0, or None")
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise refuse("max_image_pixels", "must be a pixel count >= 1, or None for no limit")
         if self.retry_temperature is not None and not (math.isfinite(self.retry_temperature)
@@ -232,9 +236,29 @@ def _get(session: requests.Session, url: str, timeout: float) -> requests.Respon
     return session.get(url, timeout=timeout)
 
 
-def wait_for_server(session: requests.Session, endpoint: Endpoint, wait_s: float, timeout: float = 5.0) -> None:
-    """Poll ``/health`` until it answers 200 (a server without /health, 404, is accepted)."""
-    deadline = time.monotonic() + max(wait_s, 0.0)
+DEFAULT_READY_WAIT = 10.0  # seconds a server that answers, but not yet 200 on /health, is waited for by default
+
+
+def connection_problem(error: requests.RequestException) -> str:
+    """What a failed connection was, in words: ``connection refused (nothing listens on port 8000)``, ..."""
+    text = str(error)
+    if "refused" in text.lower():
+        port = urlsplit(getattr(error.request, "url", "") or "").port
+        return "connection refused" + (f": nothing listens on port {port}" if port else "")
+    if re.search(r"name or service not known|nodename nor servname|failed to resolve|getaddrinfo", text, re.I):
+        return "host name not found"
+    return type(error).__name__
+
+
+def wait_for_server(session: requests.Session, endpoint: Endpoint, wait_s: float | None, timeout: float = 5.0) -> None:
+    """Poll ``/health`` until it answers 200 (a server without /health, 404, is accepted).
+
+    ``wait_s`` None: a server that cannot be connected to (refused, unknown host) is reported at once, one that
+    answers but is not ready is waited for up to :data:`DEFAULT_READY_WAIT` seconds; a number: that long for both.
+    """
+    patient = wait_s is not None
+    wait = DEFAULT_READY_WAIT if wait_s is None else max(wait_s, 0.0)
+    deadline = time.monotonic() + wait
     last = ""
     while True:
         try:
@@ -242,11 +266,17 @@ def wait_for_server(session: requests.Session, endpoint: Endpoint, wait_s: float
             if r.status_code == 200 or r.status_code == 404:
                 return
             last = f"/health answered HTTP {r.status_code}"
+        except requests.ConnectionError as e:
+            last = connection_problem(e)
+            if not patient:
+                raise GemmaOcrError(
+                    f"server {endpoint.base} is not reachable ({last}); start it (python core/serve.py MODEL_DIR), "
+                    f"fix --vllm-url, or pass --wait-server SECONDS to wait for one that is starting") from None
         except requests.RequestException as e:
             last = f"{type(e).__name__}"
         if time.monotonic() >= deadline:
             raise GemmaOcrError(
-                f"server {endpoint.base} is not reachable ({last} after {wait_s:.0f}s); start it "
+                f"server {endpoint.base} is not reachable ({last}; waited {wait:g}s); start it "
                 f"(python core/serve.py MODEL_DIR) or fix --vllm-url"
             )
         time.sleep(0.5)
@@ -266,7 +296,8 @@ def served_models(session: requests.Session, endpoint: Endpoint, timeout: float 
         raise GemmaOcrError(f"server {endpoint.base}: /v1/models did not return an OpenAI model list") from None
 
 
-def check_servers(session: requests.Session, endpoints: Sequence[Endpoint], model_name: str | None, wait_s: float) -> str:
+def check_servers(session: requests.Session, endpoints: Sequence[Endpoint], model_name: str | None,
+                  wait_s: float | None) -> str:
     """Wait for every server, then make sure each serves ``model_name`` (or pick the only model)."""
     for ep in endpoints:
         wait_for_server(session, ep, wait_s)
@@ -388,13 +419,26 @@ class Answer:
         return {"mean_logprob": round(mean, 6), "min_logprob": round(min(self.logprobs), 6)}
 
 
-def parse_answer(response: dict[str, Any]) -> Answer:
-    """The :class:`Answer` of a chat-completions response (KeyError, IndexError, TypeError... when it is none)."""
-    choice = response["choices"][0]
-    content = choice["message"].get("content")
+class NoAnswer(ValueError):
+    """A chat-completions response that holds no answer; ``str()`` says what is missing."""
+
+
+def parse_answer(response: Any) -> Answer:
+    """The :class:`Answer` of a chat-completions response; :class:`NoAnswer` naming what is missing when it has none."""
+    if not isinstance(response, dict):
+        raise NoAnswer(f"a JSON {type(response).__name__}, not an object")
+    choices = response.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise NoAnswer("an empty 'choices' list" if isinstance(choices, list) else "no 'choices' list")
+    choice = choices[0]
+    message = choice.get("message") if isinstance(choice, dict) else None
+    if not isinstance(message, dict):
+        raise NoAnswer("no 'message' in its first choice")
+    content = message.get("content")
     if content is not None and not isinstance(content, str):
-        raise TypeError(f"content is {type(content).__name__}")
-    tokens = (choice.get("logprobs") or {}).get("content")
+        raise NoAnswer(f"its message's content is a {type(content).__name__}, not text")
+    given = choice.get("logprobs")
+    tokens = given.get("content") if isinstance(given, dict) else None  # anything else: no confidence
     logprobs = None
     if isinstance(tokens, list) and tokens:
         values = [t.get("logprob") for t in tokens if isinstance(t, dict)]
@@ -466,9 +510,14 @@ class Client:
         if r.status_code != 200:
             raise GemmaOcrError(f"HTTP {r.status_code} from {ep.base}: {r.text[:300]}")
         try:
-            return parse_answer(r.json())
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-            raise GemmaOcrError(f"unexpected response from {ep.base}: {r.text[:300]}") from None
+            data = r.json()
+        except ValueError:
+            kind = r.headers.get("Content-Type", "").split(";")[0].strip() or "no content type"
+            raise GemmaOcrError(f"unexpected response from {ep.base} (HTTP 200, not JSON: {kind}): {r.text[:300]}") from None
+        try:
+            return parse_answer(data)
+        except NoAnswer as e:
+            raise GemmaOcrError(f"unexpected response from {ep.base} (no answer: {e}): {r.text[:300]}") from None
 
     def complete(self, body: dict[str, Any]) -> Answer:
         """The model's answer; raises :class:`_Transient` once the retries are spent (or the run stops),
@@ -565,6 +614,7 @@ def read_results(path: Path, fix: str) -> tuple[dict[str, Any], list[tuple[int, 
                     problem = f"field {name!r} is {sample[name]!r}, not a string"
             if sample.get("status") is not None and sample["status"] not in STATUSES:
                 problem = f"field 'status' is {sample['status']!r}, not one of {', '.join(STATUSES)}"
+            problem = problem or answer_problem(sample)
         if problem:
             raise GemmaOcrError(f"{where} {problem}; fix the file, or {fix}")
         seen.add(index)

@@ -33,6 +33,9 @@ Overall figures:
 * ``f1_micro`` from summed tp / predicted / reference characters; ``overall_f1``.
 * ``f1_macro`` = mean of per-sample F1 over all samples.
 
+A figure is never computed from nothing: with no non-empty reference the CER figures are None (undefined,
+not 0), with no sample at all the F1 figures too.
+
 Edit distances come from rapidfuzz (MIT-licensed, C++), batched with ``cpdist``.
 """
 
@@ -187,14 +190,15 @@ class SampleScore:
 
 @dataclass(frozen=True)
 class OverallScore:
-    """Corpus-level figures; ``overall_cer`` is micro CER, ``overall_f1`` is micro F1."""
+    """Corpus-level figures; ``overall_cer`` is micro CER, ``overall_f1`` is micro F1. None where nothing was
+    measured: the CER figures without a non-empty reference, the F1 figures without a sample."""
 
-    overall_cer: float
-    overall_f1: float
-    cer_micro: float
-    cer_macro: float
-    f1_micro: float
-    f1_macro: float
+    overall_cer: float | None
+    overall_f1: float | None
+    cer_micro: float | None
+    cer_macro: float | None
+    f1_micro: float | None
+    f1_macro: float | None
     scored_samples: int
     empty_references: int
     empty_references_with_prediction: int
@@ -246,23 +250,26 @@ def score_pairs(predictions: Sequence[str | None], references: Sequence[str | No
 
 
 def aggregate(scores: Sequence[SampleScore]) -> OverallScore:
-    """Combine per-sample scores into micro and macro figures."""
+    """Combine per-sample scores into micro and macro figures (None where there is nothing to measure)."""
     non_empty = [s for s in scores if s.reference_chars > 0]
     total_edits = sum(s.edits for s in non_empty)
     total_ref = sum(s.reference_chars for s in non_empty)
-    cer_micro = total_edits / total_ref if total_ref else 0.0
-    cer_macro = sum(s.cer for s in non_empty) / len(non_empty) if non_empty else 0.0
+    cer_micro = total_edits / total_ref if total_ref else None
+    cer_macro = sum(s.cer for s in non_empty) / len(non_empty) if non_empty else None
     tp = sum(s.overlap for s in scores)
     n_pred = sum(s.prediction_chars for s in scores)
     n_ref = sum(s.reference_chars for s in scores)
-    if n_pred == 0 and n_ref == 0:
-        f1_micro = 1.0 if scores else 0.0
+    f1_micro: float | None
+    if not scores:
+        f1_micro = None
+    elif n_pred == 0 and n_ref == 0:
+        f1_micro = 1.0
     elif tp == 0:
         f1_micro = 0.0
     else:
         p, r = tp / n_pred, tp / n_ref
         f1_micro = 2 * p * r / (p + r)
-    f1_macro = sum(s.f1 for s in scores) / len(scores) if scores else 0.0
+    f1_macro = sum(s.f1 for s in scores) / len(scores) if scores else None
     empty = [s for s in scores if s.reference_chars == 0]
     return OverallScore(
         overall_cer=cer_micro,

@@ -15,7 +15,11 @@ Layout (the seed's, extended; fields are only ever added)::
 :mod:`gemma_ocr.metrics`); the ``normalized_*`` ones on the text after ``normalization_profile``. Both
 units are reported side by side in ``metrics.by_unit``, the slices (:mod:`gemma_ocr.slices`) in
 ``metrics.slices``, the 95% bootstrap intervals (:mod:`gemma_ocr.bootstrap`) beside each micro figure.
-Samples with status ``error`` (the request failed) are never scored as predictions. ``truncated`` (cut
+Samples with status ``error`` (the request failed) are never scored as predictions; an answered status
+with no prediction (``"status": "ok", "prediction": null``) is refused, never scored as an empty answer.
+A figure is never computed from nothing: a document with no scored sample has ``overall_cer`` null,
+``no_figures_reason`` saying why and ``complete`` false; any failed samples are named in ``failures``
+(their count and the first one's reason). ``truncated`` (cut
 at max_tokens) and ``repetition`` (a repetition loop; :mod:`gemma_ocr.degenerate` has the rule) are
 answers, counted apart and scored.
 """
@@ -76,6 +80,47 @@ def sample_status(sample: dict[str, Any]) -> str:
     if status:
         return status
     return STATUS_OK if (sample.get("prediction") or "").strip() else STATUS_EMPTY
+
+
+def answer_problem(sample: dict[str, Any]) -> str:
+    """Why ``sample`` cannot be scored as it stands, or "": an answered status (ok, truncated, repetition)
+    whose prediction is not there (null) — a file edited or written by another tool."""
+    status = sample.get("status")
+    if status in (STATUS_OK, STATUS_TRUNCATED, STATUS_REPETITION) and not isinstance(sample.get("prediction"), str):
+        return (f"has status {status!r} but prediction {sample.get('prediction')!r}: it is not an answer to score; set "
+                f"its status to 'error' (a failed request, retried on resume) or give its prediction")
+    return ""
+
+
+def failure_summary(samples: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """``{"count", "first": {index, image_path, error}}`` of the failed samples (status error), None when none."""
+    failed = [s for s in samples if sample_status(s) == STATUS_ERROR]
+    if not failed:
+        return None
+    first = failed[0]
+    return {"count": len(failed), "first": {"index": first.get("index"), "image_path": first.get("image_path"),
+                                            "error": first.get("error") or "no reason recorded"}}
+
+
+def failure_text(failures: dict[str, Any] | None, total: int) -> str:
+    """One line naming a document's failures: how many, and the first one's reason ("" when none)."""
+    if not failures:
+        return ""
+    first = failures.get("first") or {}
+    where = f"sample {first.get('index')}" + (f" ({first['image_path']})" if first.get("image_path") else "")
+    return (f"{failures['count']} of {total} samples failed and are not scored; first, {where}: "
+            f"{first.get('error') or 'no reason recorded'}")
+
+
+def no_figures_reason(samples: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> str:
+    """Why a document has no CER ("" when it has one): no sample, every sample failed, or only empty references."""
+    if not samples:
+        return "no CER: the results hold no sample"
+    if not scored(list(samples)):
+        return f"no CER: no sample was scored (every one of the {len(samples)} failed: see failures)"
+    if metrics["raw"]["cer_micro"] is None:
+        return "no CER: every scored sample has an empty reference, where CER is undefined (F1 is given)"
+    return ""
 
 
 def scored(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -167,6 +212,7 @@ def build_document(samples: list[dict[str, Any]], model_name: str, scoring: Scor
     """Score ``samples`` and wrap them in the results layout."""
     metrics = score_samples(samples, scoring, intervals)
     counts = Counter(sample_status(s) for s in samples)
+    found = _accounting(samples, metrics, extra)
     return {
         **headline(metrics),
         "total_samples": len(samples),
@@ -175,8 +221,24 @@ def build_document(samples: list[dict[str, Any]], model_name: str, scoring: Scor
         "status_counts": {k: counts.get(k, 0) for k in STATUSES},
         "metrics": metrics,
         **extra,
+        **found,
         "samples": samples,
     }
+
+
+def _accounting(samples: Sequence[dict[str, Any]], metrics: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """The fields that say what a document's figures rest on: ``failures`` (count and first reason) where samples
+    failed, ``no_figures_reason`` where there is no CER, and ``complete`` false where nothing was scored."""
+    out: dict[str, Any] = {}
+    failures = failure_summary(samples)
+    if failures:
+        out["failures"] = failures
+    reason = no_figures_reason(samples, metrics)
+    if reason:
+        out["no_figures_reason"] = reason
+    if extra.get("complete") and not scored(list(samples)):
+        out["complete"] = False  # a run with nothing scored is never finished: its samples are retried on resume
+    return out
 
 
 def check_results_document(document: Any, source: str = "results file") -> dict[str, Any]:
@@ -193,6 +255,9 @@ def check_results_document(document: Any, source: str = "results file") -> dict[
         if s.get("status") is not None and s["status"] not in STATUSES:
             raise GemmaOcrError(f"{source}: sample {i} field 'status' is {s['status']!r}, not one of "
                                 f"{', '.join(STATUSES)} (fix the file)")
+        problem = answer_problem(s)
+        if problem:
+            raise GemmaOcrError(f"{source}: sample {i} {problem}")
     return document
 
 
@@ -234,8 +299,16 @@ def rescore_normalized(document: Any, source: str = "results file", scoring: Sco
     out["normalized_slices"] = slice_figures(scores, sample_slices(kept, scoring.char_unit))
     if kept:
         out["confidence_interval"] = interval_method(scoring.bootstrap, kept)
+    for key in ("failures", "no_figures_reason"):
+        out.pop(key, None)  # the input's; recomputed on what is scored now
+    out.update(_accounting(samples, {"raw": figures}, out))
     out["samples"] = out_samples
     return out
+
+
+def figure_text(value: Any) -> str:
+    """A figure as printed: 4 decimals, or "n/a" where there is none (nothing was measured)."""
+    return f"{value:.4f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "n/a"
 
 
 def interval_text(ci: Any) -> str:
