@@ -11,6 +11,7 @@ import pytest
 from eval_fixtures import ROOT, eval_env
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import OutputFolder
 from gemma_ocr.merge import check_disk, lora_keys, merge_adapter, resolve_base_model, verify_merge
 
 
@@ -108,18 +109,16 @@ def _merge_cli(*args):
                           text=True, env=eval_env(), timeout=300)
 
 
-def test_a_non_empty_output_folder_is_replaced_only_when_asked(eval_adapter, tmp_path):
+def test_a_non_empty_output_folder_is_replaced_only_when_asked(eval_adapter, merged_model, tmp_path):
     from conftest import assert_one_line_error
 
     out = tmp_path / "merged"
-    out.mkdir()
-    (out / "model-00002-of-00002.safetensors").write_bytes(b"a shard of another model")
+    shutil.copytree(merged_model[0], out)  # an earlier merge: its manifest lists its files (copytree keeps their times)
     proc = _merge_cli("--lora_dir", str(eval_adapter), "--output_dir", str(out))
-    assert_one_line_error(proc, f"--output_dir {out} is not empty", "model-00002-of-00002.safetensors", "--overwrite")
-    assert sorted(p.name for p in out.iterdir()) == ["model-00002-of-00002.safetensors"]
+    assert_one_line_error(proc, f"--output_dir {out} is not empty", "model.safetensors", "--overwrite")
     report = merge_adapter(eval_adapter, out, overwrite=True)
-    assert report.verified and not (out / "model-00002-of-00002.safetensors").exists()
-    assert (out / "model.safetensors").is_file() and json.loads((out / "merge_report.json").read_text())["output_dir"] == str(out)
+    assert report.verified and (out / "model.safetensors").is_file()
+    assert json.loads((out / "merge_report.json").read_text())["output_dir"] == str(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no staging folder left behind
 
 
@@ -134,6 +133,8 @@ def test_an_unwritable_or_full_output_location_is_one_line_and_keeps_the_old_mer
         old = small / "merged"
         old.mkdir()
         (old / "config.json").write_text("{}")  # the previous merge, to be kept if the new one cannot be written
+        OutputFolder(old).record(["config.json"])
         proc = _merge_cli("--lora_dir", str(eval_adapter), "--output_dir", str(old), "--overwrite", "--skip-disk-check")
         assert_one_line_error(proc, f"cannot write {old}", "no space left on device", f"{old} is as it was")
         assert sorted(p.name for p in small.iterdir()) == ["merged"] and (old / "config.json").read_text() == "{}"
+        assert sorted(p.name for p in old.iterdir()) == [".gemma-ocr-manifest.json", "config.json"]

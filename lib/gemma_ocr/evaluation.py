@@ -50,7 +50,7 @@ from gemma_ocr.data.images import server_ready, upright_rgb
 from gemma_ocr.data.records import OcrRecord, check_unique_images, load_records
 from gemma_ocr.engines import SERVER, Engine, EngineConfig, open_engine
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, check_writable, read_json
+from gemma_ocr.io import atomic_write_json, check_outputs_not_inputs, check_writable, read_json
 from gemma_ocr.degenerate import STATUS_RULES, answer_status
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.results import (
@@ -747,8 +747,12 @@ def server_gone_error(reason: str, output: Path, finished: int, failed: int) -> 
 def _select(cfg: EvalConfig) -> tuple[list[OcrRecord], list[OcrRecord]]:
     """(all records of the data file, the first ``top_k`` of them), after the settings and the output are checked."""
     check_settings(cfg)
+    output = {cfg.flag("output_file") or "output file": cfg.output_file}
+    check_outputs_not_inputs({f"the data file ({cfg.flag('data_file') or 'data_file'})": cfg.data_file}, output)
     check_writable(cfg.output_file, cfg.flag("output_file") or "output file")
     records = load_records(cfg.data_file)
+    if Path(cfg.output_file).exists():  # a file that is not there is no image of the data
+        check_outputs_not_inputs({"an image of the data file": [r.image_path for r in records]}, output)
     check_unique_images(records, cfg.data_file)  # a repeated image would be scored twice
     return records, records if cfg.top_k is None else records[: cfg.top_k]
 

@@ -14,7 +14,9 @@ merge and the bf16 rounding of the merged weights only.
 
 The merge is written into a hidden staging folder beside the output and moved into place only once it
 is complete and verified: a failed merge (full disk, wrong result) leaves the output folder as it was.
-An output folder that holds files already is replaced only when asked (``overwrite``).
+An output folder that holds files already is replaced only when asked (``overwrite``), and only when every file
+in it was written by an earlier merge (its manifest lists them, see :class:`gemma_ocr.io.OutputFolder`): a folder
+of other files, or one that holds the base model or the adapter, is refused before any work.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +34,8 @@ from typing import Any
 
 from gemma_ocr.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, check_writable, nearest_existing, read_json, reporting_write_errors
+from gemma_ocr.io import (NamedPaths, OutputFolder, atomic_write_json, check_writable, nearest_existing, read_json,
+                          reporting_write_errors)
 from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)
@@ -155,19 +157,25 @@ def _load_processor(lora_dir: str, base: str):
 # ---------------------------------------------------------------- merge
 
 
-def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Fail with one line unless ``output_dir`` is missing, empty, or (with ``overwrite``) a folder to replace,
-    and its parent folder takes files (the staging folder goes there)."""
+def merge_inputs(lora_dir: str | os.PathLike[str], base: str) -> NamedPaths:
+    """The merge's inputs that are local folders (the base may be a hub id): the output may neither be nor hold them."""
+    inputs: dict[str, str] = {"the adapter (--lora_dir)": str(lora_dir)}
+    if Path(base).exists():
+        inputs["the base model"] = base
+    return inputs
+
+
+def output_folder(output_dir: str | os.PathLike[str], overwrite: bool = False) -> OutputFolder:
+    """The merged checkpoint's folder (:class:`~gemma_ocr.io.OutputFolder`, named ``--output_dir``)."""
+    return OutputFolder(output_dir, "--output_dir", "gemma-ocr merge", overwrite=overwrite)
+
+
+def check_output_dir(output_dir: str | os.PathLike[str], overwrite: bool = False, inputs: NamedPaths = {}) -> Path:
+    """Fail with one line unless ``output_dir`` is missing, empty, or (with ``overwrite``) an earlier merge's folder
+    holding no input, and its parent folder takes files (the staging folder goes there)."""
     out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise GemmaOcrError(f"--output_dir {out} is a file, not a folder; choose another --output_dir")
-    if out.is_dir() and not overwrite:
-        entries = sorted(p.name for p in out.iterdir())
-        if entries:
-            raise GemmaOcrError(f"--output_dir {out} is not empty ({len(entries)} entries, e.g. {entries[0]}): the merged "
-                                f"model's files would mix with them; pass --overwrite to replace the folder, or choose "
-                                f"another --output_dir")
-    check_writable(out.parent, f"--output_dir {out}: its parent folder", folder=True)
+    output_folder(out, overwrite).check_replace(inputs)
+    check_writable(out.resolve().parent, f"--output_dir {out}: its parent folder", folder=True)
     return out
 
 
@@ -176,7 +184,8 @@ def merge_adapter(lora_dir: str | os.PathLike[str] = LAYOUT.adapter, output_dir:
                   check_free_disk: bool = True, overwrite: bool = False) -> MergeReport:
     """Merge ``lora_dir`` into its bf16 base and save to ``output_dir``; verify unless ``verify`` is False.
 
-    A non-empty ``output_dir`` is refused unless ``overwrite``; it is replaced only by a complete, verified merge.
+    A non-empty ``output_dir`` is refused unless ``overwrite`` and it holds only an earlier merge's files; it is
+    replaced only by a complete, verified merge.
     """
     lora_dir, output_dir = str(lora_dir), str(output_dir)
     read_adapter_config(lora_dir)
@@ -184,18 +193,16 @@ def merge_adapter(lora_dir: str | os.PathLike[str] = LAYOUT.adapter, output_dir:
         raise GemmaOcrError(f"--backend {backend!r}: choose peft or unsloth")
     base = resolve_base_model(lora_dir, base_model)
     out = Path(output_dir)
-    if out.resolve() in (Path(lora_dir).resolve(), Path(base).resolve()):
-        raise GemmaOcrError(f"--output_dir {output_dir} must differ from the adapter and base folders")
-    check_output_dir(out, overwrite)
+    inputs = merge_inputs(lora_dir, base)
+    check_output_dir(out, overwrite, inputs)
     if backend == "unsloth":
         _require_unsloth()
     _check_not_quantized(base)
     params = count_parameters(base)
     if check_free_disk:
         check_disk(output_dir, params)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    folder = output_folder(out, overwrite)
+    with folder.staging() as staging:
         if backend == "peft":
             _merge_peft(lora_dir, staging, base, out)
         else:
@@ -207,21 +214,8 @@ def merge_adapter(lora_dir: str | os.PathLike[str] = LAYOUT.adapter, output_dir:
             verify_merge(str(staging), lora_dir, base, report, shown_as=output_dir)
         atomic_write_json(staging / "merge_report.json", report.to_dict())
         with _unchanged(out):
-            _replace_folder(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+            folder.replace(staging, inputs)
     return report
-
-
-def _replace_folder(new: Path, target: Path) -> None:
-    """Put the folder ``new`` at ``target``, replacing what is there, in two renames."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-        os.replace(target, old)  # a rename over the empty placeholder folder
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextlib.contextmanager
