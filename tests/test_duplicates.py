@@ -101,8 +101,21 @@ def test_a_listed_file_outside_the_data_folder_must_be_an_image(images, tmp_path
     (tmp_path / "outside.txt").write_text("not an image")
     labels = _tsv(images, ["imgs/l0.png\tw0", f"{listed}\troot"])
     proc = run_cli("import_ocr_data.py", str(labels), "--output", str(tmp_path / "raw.json"), check=False)
-    assert_one_line_error(proc, "labels.tsv line 2", "lies outside the labels file's folder", "not an image")
+    assert_one_line_error(proc, "labels.tsv line 2", "is not an image and lies outside the labels file's folder")
     assert not (tmp_path / "raw.json").exists()
+
+
+def test_a_listed_file_without_an_image_suffix_must_be_an_image(images, tmp_path):
+    """Also inside the data's folder (the labels file itself), and under an --image-root as wide as /."""
+    labels = _tsv(images, ["imgs/l0.png\tw0", "labels.tsv\tx"])
+    with pytest.raises(GemmaOcrError, match=r"labels.tsv line 2: .*labels.tsv is not an image \(fix the image paths"):
+        import_records(labels)
+    labels = _tsv(images, ["etc/passwd\troot"], "root.tsv")
+    proc = run_cli("import_ocr_data.py", str(labels), "--image-root", "/", "--output", str(tmp_path / "raw.json"),
+                   check=False)
+    assert_one_line_error(proc, "root.tsv line 1", "/etc/passwd is not an image")
+    (images / "imgs" / "noext").write_bytes((images / "imgs" / "l0.png").read_bytes())  # an image by its header
+    assert len(import_records(_tsv(images, ["imgs/noext\tw0"], "noext.tsv")).records) == 1
 
 
 def test_images_outside_the_data_folder_are_fine(images, tmp_path):

@@ -39,10 +39,11 @@ def main() -> None:
     repeats = repeated_images(records)
     if repeats:
         in_test = len(repeated_images(split.test))
-        print(f"note: {len(repeats)} images have several records; each image's records are on one side (the ratio "
-              f"counts images)")
+        print(f"note: {len(repeats)} image{'s have' if len(repeats) > 1 else ' has'} several records; each image's "
+              f"records are on one side (the ratio counts images)")
         if in_test:
-            print(f"warning: the test part lists {in_test} images more than once, which core/evaluate.py refuses: "
+            print(f"warning: the test part lists {in_test} image{'s' if in_test > 1 else ''} more than once, which "
+                  f"core/evaluate.py refuses: "
                   f"import the data again with python core/import_ocr_data.py --dedupe")
     for name, part in (("non_test", split.non_test), ("test", split.test)):
         if not part:

@@ -20,8 +20,9 @@ Sources that :func:`import_records` reads:
 Column and key names are recognised from :data:`IMAGE_KEYS` / :data:`TEXT_KEYS` (any case), or given.
 Transcriptions keep their inner line breaks; line breaks around them and a UTF-8 byte-order mark are dropped.
 
-A listed image that lies outside the source's folder (or ``image_root``) once ``..`` and links are followed must be
-an image file (its header is read), so a path such as ``../../../etc/passwd`` is refused naming its line.
+A listed file that lies outside the source's folder (or ``image_root``) once ``..`` and links are followed, or whose
+name does not end in an image suffix, must be an image file (its header is read), so a path such as
+``../../../etc/passwd`` is refused naming its line.
 An image listed more than once is a duplicate (:func:`find_duplicates`): with the same text a repeated row, with
 another text a conflicting label; :func:`dedupe` keeps each image's first row.
 """
@@ -471,8 +472,10 @@ def _base_name(image_root: object) -> str:
 
 def _check_outside(records: Sequence[OcrRecord], origins: Sequence[str], base: Path, base_name: str,
                    *also: Path, shown: int = 3) -> None:
-    """Refuse, in one line naming the rows, listed files that lie outside ``base`` (or ``also``) once ``..`` and
-    links are followed and are not images (``../../../etc/passwd``); images elsewhere are fine."""
+    """Refuse, in one line naming the rows, listed files that are not images although they lie outside ``base``
+    (or ``also``) once ``..`` and links are followed (``../../../etc/passwd``), or their names do not end in an
+    image suffix. Only those files' headers are read: images elsewhere are fine, and an image file inside the
+    data's folder is decoded where it is used."""
     roots = [image_key(str(folder)) for folder in (base, *also)]
 
     def inside(path: str) -> bool:
@@ -481,18 +484,19 @@ def _check_outside(records: Sequence[OcrRecord], origins: Sequence[str], base: P
     problems = []
     for record, origin in zip(records, origins):
         resolved = image_key(record.image_path)
-        if not inside(resolved):
+        outside = not inside(resolved)
+        if outside or Path(resolved).suffix.lower() not in IMAGE_SUFFIXES:
             why = not_an_image(resolved)
             if why:
                 detail = "" if why == "not an image" else f" ({why.removeprefix('not an image').strip(' ()')})"
-                problems.append(f"{origin}: {shown_path(record.image_path)} lies outside {base_name} ({base}) and is "
-                                f"not an image{detail}")
+                where = f" and lies outside {base_name} ({base})" if outside else ""
+                problems.append(f"{origin}: {shown_path(record.image_path)} is not an image{detail}{where}")
     if not problems:
         return
     more = f"; and {len(problems) - shown} more" if len(problems) > shown else ""
     count = "" if len(problems) == 1 else f"{len(problems)} listed files are not images: "
-    raise GemmaOcrError(f"{count}{'; '.join(problems[:shown])}{more} (fix the image paths; a listed file outside "
-                        f"the data's folder must be an image)")
+    raise GemmaOcrError(f"{count}{'; '.join(problems[:shown])}{more} (fix the image paths: each must name an image "
+                        f"file)")
 
 
 # ------------------------------------------------------------------------------------------------ duplicates
