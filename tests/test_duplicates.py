@@ -215,6 +215,11 @@ def test_compare_refuses_a_sample_present_twice(tmp_path):
     with pytest.raises(GemmaOcrError, match="the candidate"):
         pair_samples(base, cand)
     assert len(pair_samples(base, _doc(LABELS, "ft"))) == 20
+    unnamed = _doc(LABELS, "x")
+    for sample in unnamed["samples"][:2]:
+        del sample["image_path"]
+    with pytest.raises(GemmaOcrError, match=r"x.json: 2 samples name no image_path \(indexes 0, 1\)"):
+        compare_documents([("base.json", base), ("x.json", unnamed)])
 
 
 # ------------------------------------------------------------------------------------------------ GIFs

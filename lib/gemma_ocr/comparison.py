@@ -162,10 +162,19 @@ def check_unique_samples(doc: dict[str, Any], source: str, shown: int = 3) -> No
     """Refuse, in one line naming the first ``shown``, a results document with an image in more than one sample
     (pairing would keep one of them silently)."""
     where: dict[str, list[str]] = {}
+    unnamed: list[str] = []
     for position, sample in enumerate(doc.get("samples") or []):
         index = sample.get("index") if isinstance(sample, dict) else None
-        where.setdefault(str(sample.get("image_path")) if isinstance(sample, dict) else "?", []).append(
-            str(index if index is not None else f"#{position}"))
+        name = str(index if index is not None else f"#{position}")
+        image = sample.get("image_path") if isinstance(sample, dict) else None
+        if isinstance(image, str) and image.strip():
+            where.setdefault(image, []).append(name)
+        else:
+            unnamed.append(name)
+    if unnamed:
+        raise GemmaOcrError(f"{source}: {len(unnamed)} samples name no image_path (indexes {', '.join(unnamed[:shown])}"
+                            f"{', ...' if len(unnamed) > shown else ''}); samples are paired by image, so each needs "
+                            f"one (compare results files written by core/evaluate.py)")
     repeats = [(image, found) for image, found in where.items() if len(found) > 1]
     if not repeats:
         return
