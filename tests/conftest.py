@@ -62,3 +62,5 @@ def synthetic_raw(tmp_path_factory) -> Path:
 
 # Fixtures of the merge/serve/evaluate tests (tests/eval_fixtures.py), registered once per session.
 from eval_fixtures import *  # noqa: E402,F401,F403
+# Deprecated calls of ours fail the test that made them (tests/deprecation_watch.py; pyproject's filterwarnings).
+from deprecation_watch import *  # noqa: E402,F401,F403

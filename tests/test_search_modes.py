@@ -48,6 +48,24 @@ def test_sampling_modes_run_trials_and_export_the_best(tmp_path, mode):
     assert config == study.best_params
 
 
+def test_bayesian_search_states_its_tpe_settings_and_a_resumed_study_keeps_its_own(tmp_path):
+    """Optuna 5 turned TPE's multivariate and constant_liar on by default (both off in 4.x): the search states its
+    settings and stores them with the study, so a study samples the same way on either, and a resume keeps its own."""
+    from gemma_ocr.search.runner import SAMPLER_ATTR, TPE_SETTINGS, tpe_sampler
+
+    s = settings(tmp_path, "tpe", search_mode="bayesian", n_trials=2, sampler_seed=3)
+    run_search(s)
+    study = load(s)
+    assert study.user_attrs[SAMPLER_ATTR] == TPE_SETTINGS
+    assert TPE_SETTINGS["multivariate"] is True and TPE_SETTINGS["constant_liar"] is True
+    last = study.trials[-1]
+    assert tpe_sampler(study, 0).infer_relative_search_space(study, last)  # multivariate: the parameters jointly
+    study.set_user_attr(SAMPLER_ATTR, {**TPE_SETTINGS, "multivariate": False})  # a study made with independent TPE
+    assert tpe_sampler(study, 0).infer_relative_search_space(study, last) == {}
+    run_search(settings(tmp_path, "tpe", search_mode="bayesian", n_trials=1, sampler_seed=3, resume=True))
+    assert load(s).user_attrs[SAMPLER_ATTR] == {**TPE_SETTINGS, "multivariate": False}
+
+
 def test_seeded_random_search_is_reproducible(tmp_path):
     a = run_search(settings(tmp_path / "a", "same", search_mode="random", n_trials=3, sampler_seed=11))
     b = run_search(settings(tmp_path / "b", "same", search_mode="random", n_trials=3, sampler_seed=11))

@@ -157,8 +157,9 @@ def importances(study: optuna.Study) -> tuple[dict[str, float], str | None]:
     if len(complete) < 2:
         return {}, f"parameter importance needs at least 2 completed trials ({len(complete)} so far)"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # experimental/numeric notes; announced deprecations stay visible
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
             values = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as e:
         return {}, f"parameter importance not available: {e}"
@@ -298,8 +299,9 @@ def _intermediate_png(study: optuna.Study, metric: str) -> Any:
 
 def _plotly_or_placeholder(build: Any, study: optuna.Study, title: str) -> Any:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings():  # experimental/numeric notes; announced deprecations stay visible
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", RuntimeWarning)
             return build(study)
     except (ValueError, RuntimeError, KeyError, ZeroDivisionError) as e:
         return _placeholder(title, f"not available: {e}")[1]

@@ -3,7 +3,8 @@
 On the RDB storages (SQLite, PostgreSQL, MySQL) this is Optuna's own machinery: ``RDBStorage``
 with ``heartbeat_interval``/``grace_period``, heartbeats recorded by ``study.optimize`` while a
 trial runs, stale trials failed before each new trial by ``optuna.storages.fail_stale_trials``,
-and ``RetryFailedTrialCallback`` queueing a failed trial's parameters again.
+and ``RetryHeartbeatStaleTrialCallback`` (``RetryFailedTrialCallback`` before Optuna 4.9) queueing a failed
+trial's parameters again.
 
 Optuna's ``JournalStorage`` has no heartbeats (Optuna 5.0), so for journal files this module keeps
 the same promise itself, and only that: the running trial's worker writes a ``heartbeat`` user
@@ -44,8 +45,10 @@ TRIAL_ALREADY_FINISHED: tuple[type[Exception], ...] = (
     ValueError, getattr(optuna.exceptions, "UpdateFinishedTrialError", RuntimeError))
 
 
-#: Optuna's retry callback (named RetryHeartbeatStaleTrialCallback since Optuna 4.9).
-RETRY = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+#: Optuna's retry callback: RetryHeartbeatStaleTrialCallback since Optuna 4.9 (the old name is deprecated there and
+#: goes in 6.0); RetryFailedTrialCallback before.
+RETRY = (optuna.storages.RetryHeartbeatStaleTrialCallback if hasattr(optuna.storages, "RetryHeartbeatStaleTrialCallback")
+         else optuna.storages.RetryFailedTrialCallback)
 
 
 def retry_of(trial: FrozenTrial) -> int | None:
@@ -80,7 +83,6 @@ class StaleTrials:
         self.grace = grace
         with warnings.catch_warnings():  # built once, before any worker thread starts
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            warnings.simplefilter("ignore", FutureWarning)  # the pre-4.9 name is deprecated where the new one exists
             self.retry = RETRY(max_retry=MAX_RETRIES)
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:

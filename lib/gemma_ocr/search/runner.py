@@ -101,6 +101,11 @@ STORED_SETTINGS = ("search_mode", "backend", "objective", "pruner", "pruner_n_st
                    "pruner_interval_steps", "base_output_dir")
 WAIT_POLL_S = 2.0  # how often a waiting worker looks whether the trials it waits for ended (or need a retry)
 WORKERS_ATTR = "gemma_ocr_workers"  # how many workers have opened the study (each derives its own sampler seed)
+SAMPLER_ATTR = "gemma_ocr_sampler"  # the TPE settings the study samples with (kept for --resume)
+#: TPESampler's settings, all stated: Optuna 5 changed its defaults (multivariate and constant_liar on; off in 4.x), so
+#: a study samples the same way on Optuna 4 and 5. Multivariate TPE models the parameters jointly (learning rate
+#: with epochs, rank with alpha); the constant liar keeps parallel workers from asking for the same point.
+TPE_SETTINGS: dict[str, Any] = {"multivariate": True, "constant_liar": True, "n_startup_trials": 10, "n_ei_candidates": 24}
 
 
 @dataclass
@@ -243,6 +248,18 @@ def worker_seed(seed: int | None, worker: int) -> int | None:
     return int.from_bytes(hashlib.sha256(f"{seed}:{worker}".encode()).digest()[:4], "big")
 
 
+def tpe_sampler(study: optuna.Study, seed: int | None) -> optuna.samplers.TPESampler:
+    """The study's TPE sampler: the settings stored with it (a resumed study keeps its own), else :data:`TPE_SETTINGS`,
+    which are then stored."""
+    stored = study.user_attrs.get(SAMPLER_ATTR)
+    chosen = {k: stored.get(k, v) for k, v in TPE_SETTINGS.items()} if isinstance(stored, dict) else dict(TPE_SETTINGS)
+    if stored != chosen:
+        study.set_user_attr(SAMPLER_ATTR, chosen)
+    with warnings.catch_warnings():  # one thread still: Optuna 4.x flags multivariate/constant_liar as experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=seed, **chosen)
+
+
 class _Search:
     """One worker process: its budget, its threads, its trials."""
 
@@ -330,7 +347,8 @@ class _Search:
 
     def _sampler(self, seed: int | None) -> optuna.samplers.BaseSampler:
         if self.s.search_mode == "bayesian":
-            return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+            assert self.study is not None
+            return tpe_sampler(self.study, seed)
         # grid points are enqueued as fixed parameters; random mode samples uniformly
         return optuna.samplers.RandomSampler(seed=seed)
 
