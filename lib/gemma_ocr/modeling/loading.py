@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -287,8 +288,12 @@ def apply_lora(model, config: TrainConfig):
         if config.fast_path:
             fast_path.prepare_kbit_lean(model)
         else:
+            # PEFT renamed gradient_checkpointing_kwargs to activation_checkpointing_kwargs (the old name goes in 1.2)
+            params = inspect.signature(prepare_model_for_kbit_training).parameters
+            name = "activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in params \
+                else "gradient_checkpointing_kwargs"
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
-                                                    gradient_checkpointing_kwargs={"use_reentrant": False})
+                                                    **{name: {"use_reentrant": False}})
     peft_model = get_peft_model(model, lora_config(config))
     if config.fast_path and fast_path.freeze_vision_tower(peft_model):
         log.info("fast path: the frozen vision tower runs without gradients")
