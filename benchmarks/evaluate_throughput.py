@@ -243,7 +243,8 @@ def find_transformers_cli(cli: str | None) -> str:
 def subprocess_server(label: str, cmd: list[str], env: dict[str, str], port: int, model: str,
                       logprobs: bool = True, startup_timeout: float = 900.0) -> Iterator[Served]:
     """Run ``cmd`` (a server on 127.0.0.1:``port``) in its own process group, dying with this process; yield
-    it once /health answers and /v1/models lists ``model``; stop the whole group after."""
+    it once /health answers and /v1/models lists ``model``; stop the whole group after, and print what
+    transformers said in its log (once each)."""
     import signal
     import subprocess
 
@@ -281,6 +282,11 @@ def subprocess_server(label: str, cmd: list[str], env: dict[str, str], port: int
                 proc.wait(wait)
                 break
         log_file.close()
+        said = dict.fromkeys(line.strip() for line in Path(log_file.name).read_text(errors="replace").splitlines()
+                             if line.startswith("[transformers]") and "Loading" not in line)
+        print("".join(f"({label} said: {line})\n" for line in said), end="")
+        if proc.returncode in (-signal.SIGTERM, -signal.SIGKILL, 0):
+            Path(log_file.name).unlink(missing_ok=True)
 
 
 def peer_server(cli: str, model_dir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[Served]:
