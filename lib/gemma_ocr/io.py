@@ -244,13 +244,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def check_outputs_not_inputs(inputs: NamedPaths, outputs: NamedPaths) -> None:
+def check_outputs_not_inputs(inputs: NamedPaths, outputs: NamedPaths, fix: str | None = None,
+                             holding: str | None = "replacing the folder would delete it") -> None:
     """Fail with one line when an output path is one of the inputs or a folder that holds one.
 
     ``inputs`` and ``outputs`` map a name (a flag such as ``--output``, or words such as ``the data file``)
     to a path or a list of paths (None and "" are skipped). Paths are compared resolved, symbolic links
     followed, and existing ones also by device and inode (hard links, a second mount of the same folder).
-    Call it before any work: the message names both and asks for another output.
+    Call it before any work: the message names both and ends in ``fix`` (default: choose another <name>).
+    ``holding``: what would happen to an input inside an output folder (None: an output folder may hold inputs,
+    as one that files are written into beside the others may).
     """
     by_path: dict[Path, tuple[str, Path]] = {}
     by_inode: dict[tuple[int, int], tuple[str, Path]] = {}
@@ -273,13 +276,13 @@ def check_outputs_not_inputs(inputs: NamedPaths, outputs: NamedPaths) -> None:
             name, out = hit
             same = "" if str(out) == str(source) else same
             raise GemmaOcrError(f"{name} {out} is {in_name} {source}{same}, an input of this command: writing "
-                                f"there would replace it; choose another {name}")
-        for folder in resolved.parents:
+                                f"there would replace it; {fix or f'choose another {name}'}")
+        for folder in resolved.parents if holding else ():
             hit = by_path.get(folder)
             if hit is not None:
                 name, out = hit
-                raise GemmaOcrError(f"{name} {out} holds {in_name} {source}, an input of this command: replacing "
-                                    f"the folder would delete it; choose another {name}")
+                raise GemmaOcrError(f"{name} {out} holds {in_name} {source}, an input of this command: "
+                                    f"{holding}; {fix or f'choose another {name}'}")
 
 
 # ---------------------------------------------------------------- folders the project writes
@@ -385,26 +388,30 @@ class OutputFolder:
 
     # ------------------------------------------------------------ checks before any work
 
-    def check_place(self, inputs: NamedPaths = {}) -> Path:
-        """Before any work: fail with one line when the folder is a file, is one of ``inputs`` or holds one."""
-        self._check_place(inputs)
+    def check_place(self, inputs: NamedPaths = {}, whole: bool = False) -> Path:
+        """Before any work: fail with one line when the folder is a file or one of ``inputs`` (or, when it is
+        replaced as a ``whole``, holds one)."""
+        self._check_place(inputs, whole)
         return self.path
 
-    def _check_place(self, inputs: NamedPaths) -> None:
+    def _check_place(self, inputs: NamedPaths, whole: bool) -> None:
         if self.path.exists() and not self.path.is_dir():
             raise GemmaOcrError(f"{self.flag} {self.path} is a file, not a folder; choose another {self.flag}")
-        check_outputs_not_inputs(inputs, {self.flag: self.path})
+        if whole:
+            check_outputs_not_inputs(inputs, {self.flag: self.path})
+        else:  # files go into it beside the others: only the folder itself may not be an input
+            check_outputs_not_inputs(inputs, {self.flag: self.path}, holding=None)
 
-    def _refuse_foreign(self, foreign: list[str], action: str) -> None:
+    def _refuse_foreign(self, foreign: list[str], action: str, verb: str = "delete") -> None:
         if foreign:
             raise GemmaOcrError(f"{self.flag} {self.path} holds {len(foreign)} files {self.command} did not write "
-                                f"(or that changed since): {listed(foreign)}; {action} would delete them, so nothing "
+                                f"(or that changed since): {listed(foreign)}; {action} would {verb} them, so nothing "
                                 f"was changed: choose another {self.flag}, or move them away")
 
     def check_replace(self, inputs: NamedPaths = {}) -> Path:
         """Before any work on a folder replaced as a whole: fail with one line unless it is missing, empty, or
         (with ``overwrite``) holds only files the project wrote; it must not be or hold an input."""
-        self._check_place(inputs)
+        self._check_place(inputs, whole=True)
         if not self.path.is_dir():
             return self.path
         entries = self._entries()
@@ -422,10 +429,10 @@ class OutputFolder:
         them exists and the project did not write it (or without ``overwrite``), or is an input. Returns the
         names that will be replaced."""
         names = list(names)
-        self._check_place(inputs)
+        self._check_place(inputs, whole=False)
         check_outputs_not_inputs(inputs, {self.flag: [self.path / n for n in names]})
         existing = [n for n in names if (self.real / n).exists() or (self.real / n).is_symlink()]
-        self._refuse_foreign(self.foreign(existing), "writing there")
+        self._refuse_foreign(self.foreign(existing), "writing there", "replace")
         if existing and not self.overwrite:
             raise GemmaOcrError(f"{self.flag} {self.path} already holds {len(existing)} files an earlier "
                                 f"{self.command} wrote ({listed(existing)}); pass {self.overwrite_flag} to replace "
@@ -484,7 +491,7 @@ class OutputFolder:
     @contextlib.contextmanager
     def writing(self, inputs: NamedPaths = {}) -> Iterator[Path]:
         """A staging folder to write the outputs into; on success they are moved into the folder (:meth:`publish`)."""
-        self.check_place(inputs)
+        self.check_place(inputs, whole=False)
         with self.staging() as staged:
             yield staged
             self.publish(staged, inputs)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gemma_ocr.error_analysis import analyze_file, compare, shown_char
 from gemma_ocr.error_report import write_report
+from gemma_ocr.io import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
 from gemma_ocr.settings import ArgumentParser, flag_value
@@ -32,11 +33,17 @@ def main() -> None:
     args = p.parse_args()
 
     profile = "nfkc" if args.nfkc else args.normalization
+    output_dir = Path(args.output_dir or LAYOUT.error_reports / Path(args.results).stem)
+    # a rerun replaces the report it wrote; files it did not write are never replaced
+    folder = OutputFolder(output_dir, "--output-dir", "gemma-ocr errors", overwrite_flag=None)
+    inputs = {"the results file": args.results, "the baseline (--baseline)": args.baseline}
+    folder.check_place(inputs)  # before the work; the report's files are checked again before they move in
     analysis = analyze_file(args.results, normalized=args.normalized, profile=profile, unit=args.char_unit)
     comparison = (compare(analysis, analyze_file(args.baseline, args.normalized, profile, args.char_unit))
                   if args.baseline else None)
-    output_dir = Path(args.output_dir or LAYOUT.error_reports / Path(args.results).stem)
-    report = write_report(analysis, output_dir, worst=args.worst, comparison=comparison)
+    with folder.writing(inputs) as staged:
+        report = write_report(analysis, staged, worst=args.worst, comparison=comparison)
+    report.html = output_dir / report.html.name
     totals = report.summary_data["totals"]
     print(f"{analysis.model_name}: CER {analysis.cer_micro:.4f} ({analysis.text}) = {totals['edits']} edits / "
           f"{totals['reference_chars']} reference chars: {totals['substitutions']} misread, "

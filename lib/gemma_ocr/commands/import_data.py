@@ -8,7 +8,7 @@ from gemma_ocr.data.importing import dedupe, find_duplicates, import_sources
 from gemma_ocr.data.images import IMAGE_SUFFIXES, check_images
 from gemma_ocr.data.records import write_records
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import check_writable
+from gemma_ocr.io import check_outputs_not_inputs, check_writable
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ArgumentParser
 
@@ -35,6 +35,8 @@ def main() -> None:
     args = p.parse_args()
 
     output = Path(args.output)
+    check_outputs_not_inputs({"the source": args.source, "the image root (--image-root)": args.image_root},
+                             {"--output": output})
     if output.exists() and not args.force:
         raise GemmaOcrError(f"{output} exists: pass --force to overwrite it, or --output another file")
     check_writable(output, "--output")

@@ -7,7 +7,7 @@ from pathlib import Path
 from gemma_ocr.data.images import check_images
 from gemma_ocr.data.records import load_raw_records, repeated_images, write_records
 from gemma_ocr.data.split import DEFAULT_SEED, check_ratio, parse_ratio, split_non_test
-from gemma_ocr.io import check_writable
+from gemma_ocr.io import OutputFolder, check_writable
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ArgumentParser, flag_value
 
@@ -24,6 +24,9 @@ def main() -> None:
 
     ratio = check_ratio(args.non_test_ratio)
     out = Path(args.output_dir)
+    names = [LAYOUT.non_test_json.name, LAYOUT.test_json.name]
+    folder = OutputFolder(out, "--output-dir", "gemma-ocr split", overwrite_flag=None)  # a rerun replaces its own split
+    folder.check_files(names, {"the raw data (--input)": args.input})
     check_writable(out, "--output-dir", folder=True)
     records = load_raw_records(args.input)
     if args.check_images:
@@ -31,6 +34,7 @@ def main() -> None:
     split = split_non_test(records, ratio, args.seed)
     write_records(split.non_test, out / LAYOUT.non_test_json.name)
     write_records(split.test, out / LAYOUT.test_json.name)
+    folder.record(names)
     n = len(records)
     print(f"Loaded {n} records from {args.input}")
     print(f"non_test: {len(split.non_test):6d} ({len(split.non_test) / max(n, 1):.1%}) -> {out / LAYOUT.non_test_json.name}")

@@ -21,6 +21,10 @@ def main() -> int:
     p = ConfigParser(TranscribeConfig, description=__doc__)
     p.add_argument("--show", type=flag_value(int), default=5, help="print the first N transcriptions (0: none)")
     cfg, args = p.parse_settings()
+    from gemma_ocr.io import check_outputs_not_inputs
+
+    check_outputs_not_inputs({"the input": cfg.inputs, "the checkpoint (--checkpoint)": cfg.checkpoint},
+                             {"--output-file": cfg.output_file})
     if cfg.backend == "khmer-cnn":
         from pathlib import Path
 

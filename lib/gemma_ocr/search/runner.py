@@ -40,7 +40,7 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import check_writable
+from gemma_ocr.io import check_outputs_not_inputs, check_writable
 from gemma_ocr.search.backends import (
     DEFAULT_SPACES,
     Backend,
@@ -639,6 +639,11 @@ def run_search(settings: SearchSettings, backend: Backend | None = None) -> Sear
     search = _Search(settings, backend)  # refuses a grid of continuous ranges; creates nothing yet
     check_trial_dirs(settings.base_output_dir, settings.study_name)
     check_writable(settings.base_output_dir, "--base-output-dir", folder=True)
+    files = {where: where for where in (settings.source, settings.space_source) if Path(where).is_file()}
+    exports = [Path(settings.studies_dir) / f"{settings.study_name}_best_{kind}.json" for kind in ("params", "config")]
+    check_outputs_not_inputs({"the settings file": list(files)}, {"the best configuration's export": exports},
+                             "choose another --study-name or --studies-dir (the export is <studies-dir>/<study>_best_"
+                             "config.json)")
     log.info(
         "study %s (%s, %s backend) in %s", settings.study_name, settings.search_mode, backend.name, mask(settings.storage)
     )
