@@ -199,6 +199,11 @@ class TrainConfigMethods(Settings):
                                        f"got {steps}")
         c.at_least(0, "weight_decay", "max_grad_norm", "warmup_steps")
         c.at_least(0, "seed", most=MAX_SEED)
+        # counts and seeds of the trainer that it takes unchecked (null: not set), where a negative one fails late
+        trainer_counts = ("eval_accumulation_steps", "dataset_num_proc", "pad_to_multiple_of", "ddp_timeout",
+                          "ddp_bucket_cap_mb")
+        c.at_least(1, *(name for name in trainer_counts if isinstance(getattr(c, name, None), int)))  # not "auto"
+        c.at_least(0, *(name for name in ("data_seed",) if hasattr(c, name)), most=MAX_SEED)
         if c.lr_scheduler_type in SCHEDULERS_NEEDING_EVAL and not c.val_split:
             raise FieldError("lr_scheduler_type", f"{c.lr_scheduler_type!r} needs evaluation: set val_split "
                                                   "or choose another scheduler")

@@ -36,6 +36,7 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json, read_yaml
 
 NULL_WORDS = frozenset({"none", "null"})
+INT_RANGE = (-(2**63), 2**63 - 1)  # what an integer setting can hold: a 64-bit integer, as torch and NumPy take it
 TRUE_WORDS = frozenset({"true", "yes", "on", "1", "t", "y"})
 FALSE_WORDS = frozenset({"false", "no", "off", "0", "f", "n"})
 COMMAND_LINE = "command line"
@@ -140,7 +141,8 @@ def coerce(value: Any, tp: Any) -> Any:
     Text (a flag, or a string in a file) becomes what it spells: ``"true"``/``"false"`` a bool,
     ``"none"``/``"null"`` None where the type allows None, ``"2e-4"`` a number, ``"a,b"`` or ``'["a"]'``
     a list, ``'{"k": 1}'`` a JSON object, non-empty text a ``Path`` where the type is one. An integral float
-    is an int where the type is int; NaN and infinities are refused. Raises :class:`Mismatch` with the reason.
+    is an int where the type is int; NaN and infinities are refused, and so are integers beyond 64 bits
+    (:data:`INT_RANGE`). Raises :class:`Mismatch` with the reason.
     """
     if tp is Any or tp is object:
         return value
@@ -178,6 +180,8 @@ def coerce(value: Any, tp: Any) -> Any:
             return float(number)
         if isinstance(number, float) and not number.is_integer():
             raise Mismatch(f"must be an integer{got}")
+        if not INT_RANGE[0] <= int(number) <= INT_RANGE[1]:
+            raise Mismatch(f"must be an integer that fits in 64 bits (from {INT_RANGE[0]} to {INT_RANGE[1]}){got}")
         return int(number)
     if tp is str:
         if isinstance(value, str):
@@ -334,10 +338,81 @@ def check_field(spec: tuple[dataclasses.Field, Any], value: Any) -> Any:
     return out
 
 
-def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a JSON (or ``.yaml``/``.yml``) config file into a dict; one clear line when it is not an object."""
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, lines: Sequence[int] = ()):
+        super().__init__(key)
+        self.key, self.lines = key, list(lines)
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s ``object_pairs_hook``: an object, refusing a key it has twice."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+def _unique_yaml_loader() -> type:
+    """PyYAML's SafeLoader refusing a mapping that has a key twice (merge keys, ``<<``, may still be overridden)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    except TypeError:  # an unhashable key: SafeLoader's own error names it
+                        continue
+                    if first != key_node.start_mark.line + 1:
+                        raise _DuplicateKey(key, [first, key_node.start_mark.line + 1])
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def read_config_file(path: str | os.PathLike[str], what: str = "config file",
+                     error: type[GemmaOcrError] = GemmaOcrError) -> Any:
+    """The content of a JSON (or ``.yaml``/``.yml``) configuration file, with one line (of type ``error``) for a key
+    given twice in one object, which JSON and YAML readers otherwise settle silently by keeping the last.
+
+    Every configuration file is read here (training, search, the Khmer-digits experiments).
+    """
     path = Path(path)
-    data = read_yaml(path, what="config file") if path.suffix in {".yaml", ".yml"} else read_json(path, what="config file")
+    yaml_file = path.suffix.lower() in {".yaml", ".yml"}
+    data = read_yaml(path, what=what) if yaml_file else read_json(path, what=what)  # their syntax errors
+    try:
+        if yaml_file:
+            import yaml
+
+            yaml.load(path.read_text(encoding="utf-8"), Loader=_unique_yaml_loader())  # noqa: S506 (a SafeLoader)
+        else:
+            json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_pairs)
+    except _DuplicateKey as e:
+        lines = e.lines or _json_key_lines(path, e.key)
+        at = "" if len(lines) != 2 else f" (line {lines[0]})" if lines[0] == lines[1] else f" (lines {lines[0]} and {lines[1]})"
+        raise error(f"{path}: key {e.key!r} is given twice in one object{at}; only one value can hold: keep one "
+                    f"and remove the other") from None
+    return data
+
+
+def _json_key_lines(path: Path, key: str) -> list[int]:
+    """The lines where ``"key":`` stands in a JSON file."""
+    text = path.read_text(encoding="utf-8-sig")
+    return [text.count("\n", 0, m.start()) + 1 for m in re.finditer(re.escape(json.dumps(key)) + r"\s*:", text)]
+
+
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON (or ``.yaml``/``.yml``) config file into a dict; one clear line when it is not an object or
+    has a key twice."""
+    path = Path(path)
+    data = read_config_file(path)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -463,6 +538,20 @@ def flag_value(tp: Any, parse: Callable[[str], Any] | None = None) -> Callable[[
     return convert
 
 
+class GivenOnce(argparse.Action):
+    """A flag that may be given once (``--config FILE``): a second one is refused, since it would silently
+    replace the first."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        before = getattr(namespace, self.dest, self.default)
+        if before is not self.default:  # argparse sets the default object itself before parsing
+            raise GemmaOcrError(f"{option_string} is given twice ({before}, then {values}); it takes one file, and "
+                                f"the second would replace the first: merge them into one file, or give flags for "
+                                f"the settings to change")
+        setattr(namespace, self.dest, values)
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with the layer's errors: one line naming the flag (a bad value, a missing one), an unknown
     flag with the closest known one, no abbreviations. The parser of programs with no settings dataclass,
@@ -539,7 +628,7 @@ class ConfigParser(ArgumentParser):
                 # values stay text here: resolve() checks them with coerce(), as it checks a file's
                 action.type, action.choices, action.default, action.required = None, None, argparse.SUPPRESS, False
         if config_file:
-            self.add_argument("--config", metavar="FILE", default=None,
+            self.add_argument("--config", metavar="FILE", default=None, action=GivenOnce,
                               help="JSON or YAML file of settings (the keys are the flag names with _); flags override it")
 
     def _add_negative(self, f: dataclasses.Field) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser, flag_value
+from gemma_ocr.settings import ArgumentParser, GivenOnce, flag_value
 
 
 def main() -> int:
     p = ArgumentParser(description=__doc__)
-    p.add_argument("--config", default=str(LAYOUT.khmer_experiments), help="experiment YAML file")
+    p.add_argument("--config", default=str(LAYOUT.khmer_experiments), action=GivenOnce, help="experiment YAML file")
     p.add_argument("--experiments", nargs="+", default=None, help="names of experiments to run (default: all)")
     p.add_argument("--output-dir", default=str(LAYOUT.khmer_runs), help="one folder per experiment is made here")
     p.add_argument("--results-file", default=None,

@@ -15,14 +15,14 @@ from __future__ import annotations
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.search.config import FixedOverrides, SearchArguments
 from gemma_ocr.search.runner import resolve_settings, run_search
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.settings import ConfigParser, GivenOnce
 
 
 def parser() -> ConfigParser:
     """The search's flags: every :class:`SearchArguments` field, the :class:`FixedOverrides`, ``--config``."""
     p = ConfigParser([SearchArguments, FixedOverrides], config_file=False, description=__doc__,
                      usage="%(prog)s [flags] [--config FILE]  (--help lists them)")
-    p.add_argument("--config", metavar="FILE", help="JSON/YAML with search_space, search settings and fixed training "
+    p.add_argument("--config", metavar="FILE", action=GivenOnce, help="JSON/YAML with search_space, search settings and fixed training "
                                                     f"parameters (default: fixed parameters of {LAYOUT.train_config})")
     return p
 

@@ -322,12 +322,12 @@ class OCRTrainer(BaseTrainer):
 
 def create_model_from_config(config: TrainingConfig) -> nn.Module:
     """The model preset named by ``config.model_name``, with overrides from ``model_config_path`` if set."""
-    from gemma_ocr.io import read_yaml
+    from gemma_ocr.settings import read_config_file
     from gemma_ocr.khmer_digits.models import create_model
 
     overrides: dict[str, Any] = {}
     if config.model_config_path:
-        overrides = read_yaml(config.model_config_path, what="model config") or {}
+        overrides = read_config_file(config.model_config_path, "model config", error=ConfigurationError) or {}
         if not isinstance(overrides, dict):
             raise ConfigurationError(f"{config.model_config_path}: expected a mapping of model options")
     return create_model(config.model_name, vocab_size=config.vocab_size, max_sequence_length=config.max_sequence_length, **overrides)

@@ -26,11 +26,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.io import atomic_write_json, atomic_write_text, read_yaml
+from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError, ExperimentFailedError
 from gemma_ocr.khmer_digits.utils import TrainingConfig, slug
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import unknown_key
+from gemma_ocr.settings import read_config_file, unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class HyperparameterTuner:
 
     def load_config(self, config_file: str | Path) -> dict[str, Any]:
         """Read and validate the YAML file (syntax, top-level structure)."""
-        config = read_yaml(config_file, what="experiment config")
+        config = read_config_file(config_file, "experiment config", error=ConfigurationError)
         self.validate_config(config, str(config_file))
         return config
 

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from gemma_ocr.io import atomic_write_json, atomic_write_text, read_yaml
+from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.khmer_digits.exceptions import ConfigurationError
 from gemma_ocr.khmer_digits.losses import LOSS_TYPES
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import FieldError, Settings
+from gemma_ocr.settings import FieldError, Settings, read_config_file
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class TrainingConfig(Settings):
 
     @classmethod
     def from_yaml(cls, path: str | os.PathLike[str]) -> TrainingConfig:
-        data = read_yaml(path, what="training config")
+        data = read_config_file(path, "training config", error=ConfigurationError)
         return cls.from_dict(data or {}, source=str(path))
 
     def save_yaml(self, path: str | os.PathLike[str]) -> Path:

@@ -26,11 +26,10 @@ from typing import Any, Literal
 
 from gemma_ocr.config import MAX_SEED, arg
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import read_json, read_yaml
 from gemma_ocr.search.space import ParamSpec, parse_search_space
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.search.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_RETRY_S
-from gemma_ocr.settings import FieldError, Layer, Settings, unknown_key
+from gemma_ocr.settings import FieldError, Layer, Settings, read_config_file, unknown_key
 
 log = logging.getLogger(__name__)
 
@@ -170,6 +169,4 @@ def parse_search_config(data: Any, source: str) -> SearchFile:
 
 def load_search_config(path: str | os.PathLike[str]) -> SearchFile:
     """Load a JSON or YAML search configuration."""
-    path = Path(path)
-    read = read_yaml if path.suffix.lower() in (".yaml", ".yml") else read_json
-    return parse_search_config(read(path, "search config"), str(path))
+    return parse_search_config(read_config_file(path, "search config"), str(path))
