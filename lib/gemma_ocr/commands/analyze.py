@@ -10,6 +10,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma_ocr.io import OutputFolder
 from gemma_ocr.search.analysis import analyze
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ConfigParser, FieldError, Settings, setting
@@ -36,7 +37,13 @@ class AnalyzeArguments(Settings):
 
 def main() -> None:
     args, _ = ConfigParser(AnalyzeArguments, config_file=False, description=__doc__).parse_settings()
-    report = analyze(args.study_name, args.output_dir, args.compare, args.storage, args.top_n, args.studies_dir)
+    out = Path(args.output_dir or LAYOUT.reports / args.study_name)
+    # a rerun replaces the report it wrote; files it did not write are never replaced
+    folder = OutputFolder(out, "--output-dir", "gemma-ocr analyze", overwrite_flag=None)
+    with folder.writing() as staged:
+        report = analyze(args.study_name, staged, args.compare, args.storage, args.top_n, args.studies_dir)
+    report.output_dir = out
+    report.files = {name: out / path.relative_to(staged) for name, path in report.files.items()}
     s = report.summary
     st = s["states"]
     print(f"study {s['study_name']}: {s['n_trials']} trials ({st['complete']} complete, {st['pruned']} pruned, "

@@ -27,8 +27,9 @@ class MergeArguments(Settings):
     verify: bool = merging(True, "check the merge: it loads base+adapter and the merged model in fp32 on the CPU, "
                                  "one at a time (--no-verify skips it)")
     skip_disk_check: bool = merging(False, "do not check free disk space first")
-    overwrite: bool = merging(False, "replace a non-empty --output_dir (only once the new merge is complete and "
-                                     "verified)")
+    overwrite: bool = merging(False, "replace an earlier merge in --output_dir (only once the new merge is complete "
+                                     "and verified; a folder holding files the merge did not write, or an input, is "
+                                     "never replaced)")
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma_ocr.io import OutputFolder
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.modeling.reader import READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
+from gemma_ocr.modeling.reader import CARD_FILE, CHECKPOINT_FILES, READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
 from gemma_ocr.modeling.tiny import build_tiny_gemma3
 from gemma_ocr.settings import ConfigParser, FieldError, Settings, setting
 
@@ -47,10 +48,13 @@ class TinyModelArguments(Settings):
 def main() -> None:
     args, recipe, _ = ConfigParser([TinyModelArguments, ReaderRecipe], config_file=False,
                                    description=__doc__).parse_settings()
+    out = Path(args.output_dir or (LAYOUT.reader if args.pretrain else LAYOUT.random_model))
+    folder = _output_folder(out, args)
     if args.pretrain:
         kept = _without_option(sys.argv[1:], ("--work-dir", "--work_dir"))  # where the run is kept does not change the result
         command = "python core/make_tiny_model.py " + shlex.join(kept)
-        report = pretrain_reader(args.output_dir or LAYOUT.reader, recipe, work_dir=args.work_dir, command=command)
+        report = pretrain_reader(out, recipe, work_dir=args.work_dir, command=command)
+        folder.record(p.name for p in out.iterdir())
         print(f"Wrote the tiny reader to {report.output_dir}: held-out CER {report.heldout_cer:.4f} on "
               f"{report.heldout_lines} lines (target <= {recipe.target_cer}), {report.cpu_seconds:.0f} CPU-s "
               f"({report.wall_seconds:.0f} s wall)")
@@ -61,8 +65,20 @@ def main() -> None:
 
         chars += "".join(sorted({c for rec in load_records(args.chars_from) for c in rec.text}))
     size = dict(READER_ARCHITECTURE, image_size=args.image_size)
-    out = build_tiny_gemma3(args.output_dir or LAYOUT.random_model, chars=chars or None, seed=recipe.seed, **size)
+    out = build_tiny_gemma3(out, chars=chars or None, seed=recipe.seed, **size)
+    folder.record(p.name for p in out.iterdir())
     print(f"Wrote a random-weight tiny Gemma 3 to {out}")
+
+
+def _output_folder(out: Path, args: TinyModelArguments) -> OutputFolder:
+    """The checkpoint's folder, checked before any work: it is replaced as a whole, so it may hold only an earlier
+    build's files (its manifest lists them; the shipped reader, kept without one, is known by its card and files)."""
+    folder = OutputFolder(out, "--output-dir", "gemma-ocr tiny-model", overwrite_flag=None)
+    reader_files = {*CHECKPOINT_FILES, CARD_FILE, "README.md"}
+    if args.pretrain and (out / CARD_FILE).is_file() and {p.name for p in out.iterdir()} <= reader_files:
+        return folder  # the reader an earlier --pretrain wrote
+    folder.check_replace({"--chars-from": args.chars_from, "--work-dir": args.work_dir})
+    return folder
 
 
 def _without_option(argv: list[str], spellings: tuple[str, ...]) -> list[str]:
