@@ -87,7 +87,8 @@ def answer_problem(sample: dict[str, Any]) -> str:
     whose prediction is not there (null) — a file edited or written by another tool."""
     status = sample.get("status")
     if status in (STATUS_OK, STATUS_TRUNCATED, STATUS_REPETITION) and not isinstance(sample.get("prediction"), str):
-        return (f"has status {status!r} but prediction {sample.get('prediction')!r}: it is not an answer to score; set "
+        shown = "null" if sample.get("prediction") is None else repr(sample["prediction"])
+        return (f"has status {status!r} but prediction {shown}: it is not an answer to score; set "
                 f"its status to 'error' (a failed request, retried on resume) or give its prediction")
     return ""
 

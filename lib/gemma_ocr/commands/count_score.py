@@ -9,7 +9,7 @@ from gemma_ocr.settings import ConfigParser
 
 
 def main() -> int:
-    """Rescore; exit code 1 when no sample could be scored (the output then has no CER, and says why)."""
+    """Rescore; exit code 1 when there is no CER (no sample scored, or only empty references: the output says why)."""
     p = ConfigParser(ScoringConfig, description=__doc__)
     p.add_argument("--input", required=True, help="results JSON written by evaluate.py")
     p.add_argument("--output", required=True, help="where to write the normalized results")
@@ -42,4 +42,4 @@ def main() -> int:
     if out.get("confidence_interval"):
         print(f"[low, high]: {method_text(out['confidence_interval'])}")
     print(f"-> {args.output}")
-    return 0
+    return 1 if out.get("no_figures_reason") else 0
