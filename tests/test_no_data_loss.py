@@ -225,3 +225,77 @@ def test_an_output_folder_publishes_only_over_its_own_files(tmp_path):
             (staged / "mine.txt").write_text("not yours")
     assert (out / "report.html").read_text() == "two" and (out / "mine.txt").read_text() == "the user's"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]  # no staging folder left
+
+
+# ------------------------------------------------------------------------------------------ the other commands
+
+def test_training_never_writes_over_its_base_model_or_files_it_did_not_write(eval_base_model, eval_data, tmp_path):
+    base = tmp_path / "base"
+    shutil.copytree(eval_base_model, base)
+    before = snapshot(base)
+    common = ("--input-data", str(eval_data), "--print-config")  # the check comes before the settings are printed
+    proc = run_cli("sft_gemma.py", "--model-name", str(base), "--lora-output-dir", str(base), *common,
+                   env=eval_env(), check=False)
+    assert_one_line_error(proc, f"--lora-output-dir {base} is the base model (--model-name) {base}")
+    repo = tmp_path / "repo"  # --lora-output-dir . in a checkout: PEFT's model card would replace its README.md
+    repo.mkdir()
+    (repo / "README.md").write_text("# my project\n")
+    proc = run_cli("sft_gemma.py", "--model-name", str(base), "--lora-output-dir", str(repo), *common,
+                   env=eval_env(), check=False)
+    assert_one_line_error(proc, f"--lora-output-dir {repo} holds 1 files gemma-ocr train did not write", "README.md")
+    assert snapshot(base) == before and (repo / "README.md").read_text() == "# my project\n"
+    run_cli("sft_gemma.py", "--model-name", str(base), "--lora-output-dir", str(tmp_path / "new"), *common,
+            env=eval_env())
+
+
+def test_the_tiny_model_builder_never_deletes_a_folder_it_did_not_write(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "thesis.txt").write_text("three years of work")
+    proc = run_cli("make_tiny_model.py", "--output-dir", str(docs), env=eval_env(), check=False)
+    assert_one_line_error(proc, f"--output-dir {docs} holds 1 files gemma-ocr tiny-model did not write", "thesis.txt")
+    assert snapshot(docs) == {"thesis.txt": b"three years of work"}
+
+
+def test_split_replaces_only_its_own_split(synthetic_raw, tmp_path):
+    out = tmp_path / "input"
+    out.mkdir()
+    (out / "ocr_test.json").write_text('[{"image_path": "mine.png", "ocr_text": "hand-made test set"}]')
+    before = snapshot(out)
+    proc = run_cli("split_dataset.py", "--input", str(synthetic_raw), "--output-dir", str(out), check=False)
+    assert_one_line_error(proc, f"--output-dir {out} holds 1 files gemma-ocr split did not write", "ocr_test.json")
+    assert snapshot(out) == before
+    (out / "ocr_test.json").unlink()
+    run_cli("split_dataset.py", "--input", str(synthetic_raw), "--output-dir", str(out))
+    run_cli("split_dataset.py", "--input", str(synthetic_raw), "--output-dir", str(out), "--seed", "3")  # a rerun
+    proc = run_cli("split_dataset.py", "--input", str(out / "ocr_test.json"), "--output-dir", str(out), check=False)
+    assert_one_line_error(proc, f"--output-dir {out / 'ocr_test.json'} is the raw data (--input)")
+
+
+def test_the_error_report_never_replaces_a_file_it_did_not_write(tmp_path):
+    results = _results(tmp_path / "r.json", "m", 2, 5)
+    out = tmp_path / "report"
+    out.mkdir()
+    (out / "report.html").write_text("<p>my notes</p>")
+    proc = run_cli("error_analysis.py", str(results), "--output-dir", str(out), check=False)
+    assert_one_line_error(proc, f"--output-dir {out} holds 1 files gemma-ocr errors did not write", "report.html")
+    assert snapshot(out) == {"report.html": b"<p>my notes</p>"}
+    run_cli("error_analysis.py", str(results), "--output-dir", str(tmp_path))  # beside other files: fine
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "r.json").read_bytes() == results.read_bytes()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp") or ".partial-" in p.name]
+
+
+def test_import_and_transcribe_never_write_over_their_input(synthetic_raw, tmp_path):
+    raw = tmp_path / "ocr.json"
+    shutil.copy(synthetic_raw, raw)
+    data = json.loads(raw.read_text())
+    for r in data:  # the copy's images: the fixture's, by absolute path
+        r["img_path"] = str((synthetic_raw.parent / r["img_path"]).resolve())
+    raw.write_text(json.dumps(data), encoding="utf-8")
+    before = raw.read_bytes()
+    proc = run_cli("import_ocr_data.py", str(raw), "--output", str(raw), "--force", check=False)
+    assert_one_line_error(proc, f"--output {raw} is the source {raw}")
+    proc = run_cli("transcribe.py", str(raw), "--output-file", str(raw), "--vllm-url", "http://127.0.0.1:9",
+                   check=False)
+    assert_one_line_error(proc, f"--output-file {raw} is the input {raw}")
+    assert raw.read_bytes() == before
