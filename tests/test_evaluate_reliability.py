@@ -4,9 +4,13 @@ settings, unwritable outputs and damaged results files. Real local HTTP servers,
 from __future__ import annotations
 
 import json
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from http.server import ThreadingHTTPServer
 
 import pytest
 from conftest import assert_one_line_error
@@ -159,6 +163,7 @@ def test_a_full_disk_mid_run_is_one_line_and_keeps_the_last_save(eval_data, tmp_
     (lambda d: d["samples"][2].update(index=0), "sample 2 repeats index 0"),
     (lambda d: d.update(generation="greedy"), "field 'generation' is 'greedy', not a dict"),
     (lambda d: d["samples"].append("x"), "sample 3 is str, not an object"),
+    (lambda d: d["samples"][1].update(prediction=None), "sample 1 has status 'ok' but prediction null"),
 ])
 def test_a_damaged_results_file_is_one_line(damage, fragment, eval_data, tmp_path):
     out = tmp_path / "r.json"
@@ -170,3 +175,76 @@ def test_a_damaged_results_file_is_one_line(damage, fragment, eval_data, tmp_pat
         proc = _evaluate_cli("--vllm-url", s.url, "--data-file", str(eval_data), "--output-file", str(out),
                              "--top-k", "3", "--max-tokens", "12")
     assert_one_line_error(proc, str(out), fragment, "fix the file", "--no-resume")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_port_nobody_listens_on_is_reported_at_once(eval_data, tmp_path):
+    port = _free_port()
+    t = time.monotonic()
+    with pytest.raises(GemmaOcrError, match=f"connection refused: nothing listens on port {port}.*--wait-server"):
+        evaluate(_cfg(f"http://127.0.0.1:{port}", eval_data, tmp_path / "r.json"))
+    assert time.monotonic() - t < 3  # not after the 10 s a server that answers but is not ready gets
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_wait_server_waits_for_a_server_that_starts_listening_later(eval_data, tmp_path):
+    with ScriptedServer([]) as s:
+        port, handler = s.httpd.server_address[1], s.httpd.RequestHandlerClass
+    late = threading.Timer(1.0, lambda: threads.append(_serve(ThreadingHTTPServer(("127.0.0.1", port), handler))))
+    threads: list[ThreadingHTTPServer] = []
+    late.start()
+    try:
+        doc = evaluate(_cfg(f"http://127.0.0.1:{port}", eval_data, tmp_path / "r.json", top_k=2, wait_server=20)).document
+        assert doc["status_counts"]["ok"] == 2
+    finally:
+        late.join()
+        for httpd in threads:
+            httpd.shutdown()
+            httpd.server_close()
+
+
+def _serve(httpd: ThreadingHTTPServer) -> ThreadingHTTPServer:
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+class SlowServer(ScriptedServer):
+    """A server that takes ``delay`` seconds per chat completion."""
+
+    def __init__(self, delay: float):
+        super().__init__([])
+
+        class Slow(self.httpd.RequestHandlerClass):
+            def do_POST(self):
+                time.sleep(delay)
+                super().do_POST()
+
+        self.httpd.RequestHandlerClass = Slow
+
+
+def test_sigterm_saves_what_finished_and_says_so_as_ctrl_c_does(eval_data, tmp_path):
+    out = tmp_path / "r.json"
+    args = [sys.executable, str(ROOT / "core/evaluate.py"), "--no-progress", "--data-file", str(eval_data),
+            "--output-file", str(out), "--top-k", "None", "--workers", "1", "--save-interval", "100", "--max-tokens", "12"]
+    with SlowServer(0.3) as s:
+        proc = subprocess.Popen([*args, "--vllm-url", s.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=eval_env())
+        deadline = time.monotonic() + 60
+        while s.requests < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 143, stderr
+        assert "Traceback" not in stderr and "interrupted (SIGTERM)" in stderr
+        assert "samples saved in" in stderr and "rerun the same command to resume" in stderr
+        saved = json.loads(out.read_text())  # no periodic save was due: this one is the interruption's
+        assert 3 <= saved["total_samples"] < 12 and saved["complete"] is False
+        again = subprocess.run([*args, "--vllm-url", s.url], capture_output=True, text=True, env=eval_env(), timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert f"resumed {saved['total_samples']}" in again.stdout
+    assert json.loads(out.read_text())["total_samples"] == 12
