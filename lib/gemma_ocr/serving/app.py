@@ -41,7 +41,7 @@ from gemma_ocr.serving.batching import (
 )
 from gemma_ocr.serving.cli import DTYPES, dtype_problem
 from gemma_ocr.serving.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT, MAX_CACHED_GENERATION_CONFIGS
-from gemma_ocr.serving.media import MediaPolicy, needs_io, open_image
+from gemma_ocr.serving.media import MediaPolicy, image_source, needs_io
 from gemma_ocr.serving.openai_api import (
     ChatRequest,
     Limits,
@@ -143,15 +143,16 @@ class ChatCompletions:
                                status=404, error_type="NotFoundError", code="model_not_found")
 
     async def prompt(self, request: ChatRequest) -> ChatPrompt:
-        """The chat as the processor takes it, its images opened (files and URLs off the event loop)."""
+        """The chat as the processor takes it, each image as a string it reads (files and URLs checked off the
+        event loop); the processor decodes them on the inference thread."""
         parts = request.images()
         if any(needs_io(p.url) for p in parts):
-            images = await asyncio.to_thread(lambda: [open_image(p, self.media) for p in parts])
+            sources = await asyncio.to_thread(lambda: [image_source(p, self.media) for p in parts])
         else:
-            images = [open_image(p, self.media) for p in parts]
-        opened = dict(zip(map(id, parts), images))
+            sources = [image_source(p, self.media) for p in parts]
+        found = dict(zip(map(id, parts), sources))
         messages = [{"role": m["role"], "content": [
-            {"type": "image", "image": opened[id(part["image"])]} if part["type"] == "image" else part
+            {"type": "image", "url": found[id(part["image"])]} if part["type"] == "image" else part
             for part in m["content"]]} for m in request.messages]
         return ChatPrompt(messages, {**self.chat_template_kwargs, **request.chat_template_kwargs})
 

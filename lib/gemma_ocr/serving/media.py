@@ -8,7 +8,10 @@ flags, named as vLLM names them, allow more:
   followed: a link out of DIR is refused);
 * ``--allowed-media-domains HOST ...``: ``http(s)://`` URLs of those hosts (no redirects elsewhere).
 
-An image that is refused, or cannot be read or decoded, is the request's own error (:class:`RequestError`, HTTP 400).
+An image that is refused or cannot be read is the request's own error (:class:`RequestError`, HTTP 400). What the
+processor gets is a string it decodes itself, as for any chat (its image decoder, straight to a tensor): a data
+URL (checked here, decoded there), a file's resolved path, or the data URL of a fetched image's bytes. An image
+that does not decode fails its own request there (:class:`~gemma_ocr.serving.batching.PromptError`, HTTP 400).
 """
 
 from __future__ import annotations
@@ -19,13 +22,12 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import unquote, urlsplit
 
 from gemma_ocr.serving.openai_api import ImagePart, RequestError
 
-if TYPE_CHECKING:
-    from PIL import Image
+MAX_IMAGE_PIXELS = 89_478_485  # Pillow's guard against decompression bombs (about 9459 x 9459): a decoder asked
+# for more would take the server's memory
 
 MAX_FETCHED_BYTES = 64 << 20  # an image fetched over HTTP
 FETCH_TIMEOUT = 10.0  # seconds
@@ -52,25 +54,24 @@ def needs_io(url: str) -> bool:
     return not url.startswith("data:")
 
 
-def open_image(part: ImagePart, policy: MediaPolicy) -> Image.Image:
-    """The image ``part`` names, opened (decoded lazily by the processor), or a :class:`RequestError`."""
+def image_source(part: ImagePart, policy: MediaPolicy) -> str:
+    """What the processor reads for ``part``: a checked data URL, a file's resolved path, or a fetched image as a
+    data URL; a :class:`RequestError` when the image is refused or cannot be read."""
     url = part.url
     if url.startswith("data:"):
-        data = data_url_bytes(url, part.param)
-    else:
-        scheme = urlsplit(url).scheme.lower()
-        if scheme in ("http", "https"):
-            data = fetch(url, part.param, policy)
-        elif scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
-            data = read_local(url, part.param, policy)
-        else:
-            raise RequestError(f"image URL scheme {scheme!r} is not supported: send a data:image/...;base64, URL",
-                               part.param)
-    return decode(data, part.param)
+        return checked_data_url(url, part.param)
+    scheme = urlsplit(url).scheme.lower()
+    if scheme in ("http", "https"):
+        data = fetch(url, part.param, policy)
+        check_image_header(data, part.param)
+        return "data:image/unknown;base64," + base64.b64encode(data).decode("ascii")
+    if scheme in ("", "file"):
+        return str(local_file(url, part.param, policy))
+    raise RequestError(f"image URL scheme {scheme!r} is not supported: send a data:image/...;base64, URL", part.param)
 
 
-def data_url_bytes(url: str, param: str) -> bytes:
-    """The bytes of a ``data:image/<type>;base64,<data>`` URL."""
+def checked_data_url(url: str, param: str) -> str:
+    """A ``data:image/<type>;base64,<data>`` URL as the processor reads it (its data is decoded there)."""
     header, comma, payload = url.partition(",")
     if not comma:
         raise RequestError("malformed data URL: no comma between its header and its data "
@@ -81,14 +82,34 @@ def data_url_bytes(url: str, param: str) -> bytes:
     if "base64" not in (p.strip().lower() for p in params):
         raise RequestError("data URL without ;base64: send the image base64-encoded (data:image/png;base64,<data>)",
                            param)
+    if not payload or "," in payload:
+        raise RequestError("data URL: no base64 data after its comma" if not payload
+                           else "data URL: a second comma in its data (base64 has none)", param)
     try:
-        return base64.b64decode(payload)
+        data = binascii.a2b_base64(payload)  # as leniently as the processor will decode it
     except (binascii.Error, ValueError) as e:
         raise RequestError(f"data URL: its data is not valid base64 ({e})", param) from None
+    check_image_header(data, param)
+    return url if url.startswith("data:image/") else f"data:{media_type.lower()};base64,{payload}"
 
 
-def read_local(url: str, param: str, policy: MediaPolicy) -> bytes:
-    """A local file's bytes, if it lies under ``--allowed-local-media-path`` (symlinks followed)."""
+def check_image_header(data: bytes, param: str) -> None:
+    """Refuse bytes that are no image Pillow knows, or an image of more than MAX_IMAGE_PIXELS pixels (only its
+    header is read: the pixels are decoded by the processor)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
+        raise RequestError(f"the image cannot be decoded ({type(e).__name__}: {str(e)[:200]})", param) from None
+    if width * height > MAX_IMAGE_PIXELS:
+        raise RequestError(f"the image is {width}x{height} = {width * height:,} pixels, over the limit of "
+                           f"{MAX_IMAGE_PIXELS:,} that guards against decompression bombs", param)
+
+
+def local_file(url: str, param: str, policy: MediaPolicy) -> Path:
+    """A local file's resolved path, if it lies under ``--allowed-local-media-path`` (symlinks followed)."""
     if policy.local_root is None:
         raise RequestError("local image files are not read by this server: send the image as a data URL, or start "
                            "the server with --allowed-local-media-path DIR", param)
@@ -102,9 +123,11 @@ def read_local(url: str, param: str, policy: MediaPolicy) -> bytes:
     if not resolved.is_relative_to(policy.local_root):
         raise RequestError(f"image file {url} is outside --allowed-local-media-path {policy.local_root}", param)
     try:
-        return resolved.read_bytes()
+        with resolved.open("rb") as f:
+            check_image_header(f.read(1 << 20), param)  # the header is in the first bytes
     except OSError as e:
         raise RequestError(f"image file {url} cannot be read ({e.strerror or e})", param) from None
+    return resolved
 
 
 def fetch(url: str, param: str, policy: MediaPolicy) -> bytes:
@@ -129,13 +152,3 @@ def fetch(url: str, param: str, policy: MediaPolicy) -> bytes:
             return bytes(data)
     except requests.RequestException as e:
         raise RequestError(f"the image {url} could not be fetched ({type(e).__name__})", param) from None
-
-
-def decode(data: bytes, param: str) -> Image.Image:
-    """The image in ``data``, opened (its header read; its pixels are decoded by the processor)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        return Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError) as e:
-        raise RequestError(f"the image cannot be decoded ({type(e).__name__}: {str(e)[:200]})", param) from None
