@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ from typing import Any, Literal
 import pytest
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.settings import (ConfigParser, FieldError, Layer, Mismatch, Settings, coerce, did_you_mean, resolve,
-                                unknown_key)
+from gemma_ocr.settings import (ConfigParser, FieldError, Layer, Mismatch, Settings, coerce, did_you_mean,
+                                read_config_file, resolve, unknown_key)
 
 
 class Color(str, Enum):
@@ -59,6 +60,12 @@ def test_coerce_converts_what_text_and_json_mean(value, tp, expected):
     ([1, "x"], list[int], "item 2 must be an integer, got 'x'"),
     ("x", int | float, "must be an integer or a number, got 'x'"),
     ("", Path, "must be a path, got ''"), (3, Path | None, "must be a path or null, got 3"),
+    # what a 64-bit integer cannot hold (torch and NumPy take no more), in a file or as text, alone or in a union
+    (99999999999999999999999, int, "must be an integer that fits in 64 bits (from -9223372036854775808 to "
+                                   "9223372036854775807), got 99999999999999999999999"),
+    ("99999999999999999999999", int | None, "must be an integer that fits in 64 bits"),
+    (-(2**63) - 1, int, "must be an integer that fits in 64 bits"), (1e30, int, "must be an integer that fits"),
+    (float("nan"), float | None, "must be a finite number"),
 ])
 def test_coerce_refuses_with_the_reason(value, tp, reason):
     with pytest.raises(Mismatch) as err:
@@ -232,3 +239,55 @@ def test_flags_left_for_another_program_and_a_light_import(tmp_path):
             "assert 'transformers' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "lib")})
+
+
+@pytest.mark.parametrize(("name", "text", "line"), [
+    ("dup.json", '{"n_trials": 4,\n "study_name": "s",\n "n_trials": 8}', "key 'n_trials' is given twice in one object (lines 1 and 3)"),
+    ("dup.yaml", "n_trials: 4\nstudy_name: s\nn_trials: 8\n", "key 'n_trials' is given twice in one object (lines 1 and 3)"),
+    ("nested.yaml", "n_trials: 4\nsearch_space:\n  lr: {type: float}\n  lr: {type: int}\n", "key 'lr' is given twice"),
+    ("nested.json", '{"search_space": {"lr": {"type": "float", "type": "int"}}}', "key 'type' is given twice"),
+])
+def test_a_key_given_twice_in_a_config_file_is_refused_naming_it(name, text, line, tmp_path):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(GemmaOcrError) as err:
+        ConfigParser([Study, Fixed], ignore_keys={"search_space"}).parse_settings(["--config", str(path), "x.png"])
+    assert str(err.value).startswith(f"{path}: {line}") and "\n" not in str(err.value)
+    assert "keep one" in str(err.value)
+
+
+def test_yaml_merge_keys_still_override_and_the_same_key_in_two_objects_is_fine(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text("base: &b {n_trials: 3, study_name: a}\nrun:\n  <<: *b\n  n_trials: 5\nother: {n_trials: 1}\n")
+    assert read_config_file(path)["run"] == {"n_trials": 5, "study_name": "a"}
+    json_path = tmp_path / "ok.json"
+    json_path.write_text('{"a": {"type": 1}, "b": {"type": 2}}')
+    assert read_config_file(json_path) == {"a": {"type": 1}, "b": {"type": 2}}
+
+
+def test_config_given_twice_is_refused_naming_the_flag(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text('{"n_trials": 4}')
+    b.write_text('{"study_name": "x"}')
+    for argv in (["x.png", "--config", str(a), "--config", str(b)], [f"--config={a}", "x.png", "--config", str(a)]):
+        with pytest.raises(GemmaOcrError, match=r"^--config is given twice \(.*a.json, then .*json\); it takes one file"):
+            ConfigParser([Study, Fixed]).parse_settings(argv)
+    assert ConfigParser([Study, Fixed]).parse_settings(["--config", str(a), "x.png"])[0].n_trials == 4  # once is fine
+
+
+def test_a_value_the_type_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    from gemma_ocr.commands.train import main
+
+    big = tmp_path / "big.json"
+    big.write_text('{"lora_r": 99999999999999999999999}')
+    monkeypatch.setattr("sys.argv", ["sft_gemma.py", "--config", str(big), "--print-config"])
+    with pytest.raises(GemmaOcrError, match=rf"^{big}: field 'lora_r' must be an integer that fits in 64 bits"):
+        main()
+    for key, value, reason in (("data_seed", -1, "must be in [0, 4294967295]"),
+                               ("eval_accumulation_steps", -2, "must be >= 1"), ("ddp_timeout", 0, "must be >= 1")):
+        path = tmp_path / f"{key}.json"
+        path.write_text(json.dumps({key: value}))
+        monkeypatch.setattr("sys.argv", ["sft_gemma.py", "--config", str(path), "--print-config"])
+        with pytest.raises(GemmaOcrError, match=rf"^{path}: field '{key}' {re.escape(reason)}"):
+            main()
+    assert not capsys.readouterr().out

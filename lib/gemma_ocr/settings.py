@@ -244,7 +244,8 @@ def _coerce_union(value: Any, tp: Any) -> Any:
             return coerce(value, member)
         except Mismatch as e:
             reasons.append(str(e))
-    telling = [r for r in reasons if r.startswith(("must be one of", "must be a finite number")) or "(JSON text" in r]
+    telling = [r for r in reasons if r.startswith(("must be one of", "must be a finite number", "must be an integer that fits"))
+               or "(JSON text" in r]
     if telling:  # the reason beats the list of types
         raise Mismatch(telling[0])
     raise Mismatch(f"must be {type_name(tp)}, got {value!r}")
