@@ -10,6 +10,7 @@ import pytest
 
 from gemma_ocr.bootstrap import Bootstrap, micro_intervals, resampled_sums
 from gemma_ocr.metrics import score_pairs
+from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.results import ScoringConfig, build_document, rescore_normalized
 
 
@@ -212,3 +213,23 @@ def test_a_data_files_source_or_page_reaches_the_records_and_survives_a_rewrite(
 
     with pytest.raises(GemmaOcrError, match="record 0 field 'source'"):
         load_records(tmp_path / "bad.json")
+
+
+def test_rescoring_names_failures_refuses_answers_without_a_prediction_and_drops_stale_reasons():
+    samples = [_sample(0, "abc", None, status="error", error="HTTP 500 from x"), _sample(1, "abcd", "abcd"),
+               _sample(2, "ab", "", status="empty")]
+    doc = build_document([dict(s) for s in samples], "m", intervals=False, complete=True)
+    assert doc["failures"] == {"count": 1, "first": {"index": 0, "image_path": "/data/a/0.png", "error": "HTTP 500 from x"}}
+    assert doc["complete"] is True and doc["overall_cer"] == pytest.approx(2 / 6)  # the two answers: 0 + 2 edits of 6
+    doc["no_figures_reason"] = "stale"  # a field of an earlier state of the file: recomputed, not carried over
+    out = rescore_normalized(doc)
+    assert "no_figures_reason" not in out and out["failures"]["count"] == 1 and out["overall_cer"] == pytest.approx(2 / 6)
+    doc["samples"][1].update(status="truncated", prediction=None)
+    with pytest.raises(GemmaOcrError, match=r"^x.json: sample 1 has status 'truncated' but prediction null"):
+        rescore_normalized(doc, source="x.json")
+    doc["samples"][1].update(status="empty")  # nothing answered: the status says so, scored as ""
+    assert rescore_normalized(doc)["normalized_metrics"]["scored_samples"] == 2
+    failed_only = build_document([dict(samples[0])], "m", complete=True)
+    assert failed_only["overall_cer"] is None and failed_only["overall_f1"] is None and failed_only["complete"] is False
+    assert failed_only["no_figures_reason"].startswith("no CER: no sample was scored")
+    assert failed_only["metrics"]["slices"]["raw"] == {"script": {}, "length": {}}
