@@ -30,7 +30,7 @@ import threading
 import time
 import traceback
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -263,9 +263,11 @@ def tpe_sampler(study: optuna.Study, seed: int | None) -> optuna.samplers.TPESam
 class _Search:
     """One worker process: its budget, its threads, its trials."""
 
-    def __init__(self, settings: SearchSettings, backend: Backend) -> None:
+    def __init__(self, settings: SearchSettings, backend: Backend,
+                 callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> None:
         self.s = settings
         self.backend = backend
+        self.callbacks = tuple(callbacks)  # told of each trial this worker finishes, after its files are written
         self.grid = build_grid(settings.search_space, settings.space_source) if settings.search_mode == "grid" else None
         self.points = grid_points(self.grid) if self.grid else []
         self.tried: list[dict[str, Any]] = []  # grid points this worker claimed (a failing one is not rerun here)
@@ -548,6 +550,8 @@ class _Search:
                 self.bar.set_postfix({f"best {self.backend.metric}": f"{best.values[0]:.4g}", "trial": best.number})
         shown = f"{doc['value']:.6g}" if doc["value"] is not None else "-"
         log.info("trial %d %s (%s %s)", trial.number, trial.state.name, self.backend.metric, shown)
+        for callback in self.callbacks:
+            callback(study, trial)
 
     def export(self, trial: FrozenTrial | None = None) -> tuple[Path, Path] | None:
         """Write the best parameters and configuration; None when no trial completed or they cannot be written."""
@@ -632,11 +636,15 @@ def describe_error(e: BaseException) -> str:
     return f"{kind}: {text}" if text else kind
 
 
-def run_search(settings: SearchSettings, backend: Backend | None = None) -> SearchSummary:
-    """Run this worker's share of the study described by ``settings``; export the best configuration."""
+def run_search(settings: SearchSettings, backend: Backend | None = None,
+               callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = ()) -> SearchSummary:
+    """Run this worker's share of the study described by ``settings``; export the best configuration.
+
+    ``callbacks``: called as Optuna's ``study.optimize`` callbacks are, ``(study, trial)``, after each trial this
+    worker finishes (e.g. the main job's progress line)."""
     backend = use_objective(backend or get_backend(settings.backend), settings.objective)
     backend.validate(settings.fixed, settings.search_space, settings.source)
-    search = _Search(settings, backend)  # refuses a grid of continuous ranges; creates nothing yet
+    search = _Search(settings, backend, callbacks)  # refuses a grid of continuous ranges; creates nothing yet
     check_trial_dirs(settings.base_output_dir, settings.study_name)
     check_writable(settings.base_output_dir, "--base-output-dir", folder=True)
     files = {where: where for where in (settings.source, settings.space_source) if Path(where).is_file()}
