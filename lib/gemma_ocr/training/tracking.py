@@ -1,13 +1,17 @@
-"""Experiment tracking: Weights & Biases (offline unless an API key is set) and TensorBoard."""
+"""Experiment tracking: Weights & Biases (offline unless an API key is set) and TensorBoard; and the progress of a
+training shown by a caller (the main job's stage line) instead of the trainer's own bar and per-step dicts."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gemma_ocr.errors import GemmaOcrError
 
@@ -17,13 +21,39 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class TrainingProgress(Protocol):
+    """Where a training reports its progress (:func:`reporting_progress`)."""
+
+    def training(self, step: int, max_steps: int, metrics: dict[str, float]) -> None:
+        """At the start (step 0 or the resumed one), after every step, and after every evaluation (``metrics``:
+        ``eval_loss``, ``eval_cer`` ...; empty otherwise)."""
+
+
+_progress: ContextVar[TrainingProgress | None] = ContextVar("gemma_ocr_training_progress", default=None)
+
+
+@contextmanager
+def reporting_progress(progress: TrainingProgress) -> Iterator[None]:
+    """Trainings run in the block (``tune()``, also the search's trials in this thread) report to ``progress``
+    instead of showing the trainer's progress bar and printing its per-step dicts; those dicts go to the log
+    (logger ``gemma_ocr.training.tracking``, INFO)."""
+    token = _progress.set(progress)
+    try:
+        yield
+    finally:
+        _progress.reset(token)
+
+
 @dataclass
 class Tracking:
     """The trackers of one training: ``report_to`` for the trainer's own integrations (TensorBoard) and
-    the callbacks that log to W&B; :meth:`finish` closes this training's W&B run (and no other)."""
+    the callbacks that log to W&B or report progress; :meth:`finish` closes this training's W&B run (and no
+    other). ``quiet``: the trainer shows no progress bar and prints no per-step dicts (a caller shows the
+    progress, :func:`reporting_progress`)."""
 
     report_to: list[str]
     callbacks: list[Any] = field(default_factory=list)
+    quiet: bool = False
 
     def finish(self) -> None:
         for callback in self.callbacks:
@@ -38,6 +68,8 @@ def setup_tracking(config: TrainConfig) -> Tracking:
     uploaded later with ``wandb sync``. Nothing goes through ``os.environ`` or the global ``wandb.run``:
     trials that train at the same time in one process (``--n-jobs``) log to separate runs.
     TensorBoard: event files under ``<output_dir>/runs`` (transformers' own callback, per trainer).
+    Progress: inside :func:`reporting_progress`, a callback reporting steps and evaluations to it, and the
+    trainer's per-step dicts logged instead of printed.
     """
     import importlib.util
 
@@ -50,7 +82,38 @@ def setup_tracking(config: TrainConfig) -> Tracking:
     if "tensorboard" in reporters:
         if importlib.util.find_spec("tensorboard") is None and importlib.util.find_spec("tensorboardX") is None:
             raise GemmaOcrError("report_to includes tensorboard but it is not installed: pip install tensorboard")
-    return Tracking(report_to=[r for r in reporters if r != "wandb"] or ["none"], callbacks=callbacks)
+    progress = _progress.get()
+    if progress is not None:
+        callbacks.append(progress_callback(progress))
+    return Tracking(report_to=[r for r in reporters if r != "wandb"] or ["none"], callbacks=callbacks,
+                    quiet=progress is not None)
+
+
+def progress_callback(progress: TrainingProgress) -> Any:
+    """A ``transformers.TrainerCallback`` reporting steps and evaluations to ``progress`` and logging the trainer's
+    log entries (the dicts its progress bar would print) at INFO."""
+    from transformers import TrainerCallback
+
+    class ReportProgress(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.training(state.global_step, state.max_steps, {})
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            progress.training(state.global_step, state.max_steps, {})
+
+        def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
+                        **kwargs: Any) -> None:
+            progress.training(state.global_step, state.max_steps, dict(metrics or {}))
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if logs and state.is_world_process_zero:
+                log.info("step %d of %d: %s", state.global_step, state.max_steps, json.dumps(logs, default=str))
+
+        def finish(self) -> None:
+            """Nothing to close (:meth:`Tracking.finish` calls it on every callback)."""
+
+    return ReportProgress()
 
 
 #: Trainer log entries that are run totals: they go to the run's summary, not its history.

@@ -205,9 +205,11 @@ def _make_trainer_class():
 
 
 def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[str] | None = None,
-                  resuming: bool = False, callbacks: list | None = None):
+                  resuming: bool = False, callbacks: list | None = None, quiet: bool = False):
     """Load the model (LoRA attached or every weight trainable, fast path applied) and build the SFT trainer of ``tune()``; return ``(trainer, processor)``.
 
+    ``quiet``: without the trainer's progress bar and printed per-step dicts (a callback of ``callbacks`` shows
+    the progress, :func:`gemma_ocr.training.tracking.reporting_progress`).
     benchmarks/train_throughput.py times the project's training through this same function.
     """
     from transformers import set_seed
@@ -230,6 +232,11 @@ def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[st
         processing_class=processor,
         callbacks=callbacks,
     )
+    if quiet:
+        from transformers import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(ProgressCallback)  # the bar, and the dicts it writes
+        trainer.remove_callback(PrinterCallback)  # the dicts printed instead with disable_tqdm
     trainer.cer_evaluation = CerEvaluation.from_config(config, processor, val_ds)
     return trainer, processor
 
@@ -284,7 +291,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
     model = processor = trainer = None
     try:
         trainer, processor = build_trainer(config, train_ds, val_ds, reporters=tracking.report_to,
-                                           resuming=resume is not None, callbacks=[*(callbacks or []), *tracking.callbacks])
+                                           resuming=resume is not None, callbacks=[*(callbacks or []), *tracking.callbacks],
+                                           quiet=tracking.quiet)
         model = trainer.model
         if resume:
             log.info("resuming from %s", resume)
