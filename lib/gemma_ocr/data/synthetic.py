@@ -17,7 +17,7 @@ import functools
 import hashlib
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -159,8 +159,11 @@ def render_line(text: str, font: ImageFont.FreeTypeFont, rng: random.Random, con
     return image.convert("RGB")
 
 
-def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None, json_name: str = LAYOUT.raw_json.name) -> list[OcrRecord]:
-    """Render ``config.n_samples`` lines to ``out_dir/images/`` and write ``out_dir/<json_name>`` in the raw layout."""
+def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None, json_name: str = LAYOUT.raw_json.name,
+                     progress: Callable[[int, int], None] | None = None) -> list[OcrRecord]:
+    """Render ``config.n_samples`` lines to ``out_dir/images/`` and write ``out_dir/<json_name>`` in the raw layout.
+
+    ``progress(done, total)`` after each line, instead of a progress bar of its own."""
     from tqdm import tqdm
 
     config = config or SyntheticConfig()
@@ -175,7 +178,8 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
     lines = list(iter_lines(config))
     for script, text in lines:  # before anything is written
         check_glyphs(script, text, config.font)
-    for i, (script, text) in enumerate(tqdm(lines, desc="rendering", unit="line", disable=len(lines) < 500)):
+    for i, (script, text) in enumerate(tqdm(lines, desc="rendering", unit="line",
+                                            disable=len(lines) < 500 or progress is not None)):
         size = rng.randint(*config.font_size)
         if (script, size) not in fonts:
             fonts[script, size] = ImageFont.truetype(str(_font_path(script, config.font)), size=size)
@@ -185,6 +189,8 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
         with reporting_write_errors(path, f"{i} of {len(lines)} images were written"):
             image.save(path, optimize=False)
         records.append(OcrRecord(str(path.resolve()), text))
+        if progress is not None:
+            progress(i + 1, len(lines))
     written = write_records(records, out_dir / json_name, raw=True)
     atomic_write_json(_stamp_path(written), {"config": dataclasses.asdict(config), "sha256": _sha256(written)})
     return records
