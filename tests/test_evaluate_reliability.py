@@ -248,3 +248,15 @@ def test_sigterm_saves_what_finished_and_says_so_as_ctrl_c_does(eval_data, tmp_p
     assert again.returncode == 0, again.stderr
     assert f"resumed {saved['total_samples']}" in again.stdout
     assert json.loads(out.read_text())["total_samples"] == 12
+
+
+def test_a_server_that_answers_but_is_not_ready_is_named_so(eval_data, tmp_path):
+    with ScriptedServer([]) as s:
+        class Loading(s.httpd.RequestHandlerClass):
+            def do_GET(self):
+                self._send(503, {"status": "loading"})
+
+        s.httpd.RequestHandlerClass = Loading
+        with pytest.raises(GemmaOcrError, match=r"is not ready \(/health answered HTTP 503; waited 0.5s\); pass "
+                                                r"--wait-server SECONDS"):
+            evaluate(_cfg(s.url, eval_data, tmp_path / "r.json", wait_server=0.5))

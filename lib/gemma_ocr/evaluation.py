@@ -275,6 +275,9 @@ def wait_for_server(session: requests.Session, endpoint: Endpoint, wait_s: float
         except requests.RequestException as e:
             last = f"{type(e).__name__}"
         if time.monotonic() >= deadline:
+            if last.startswith("/health answered"):  # it answers, but is not ready (still loading, or broken)
+                raise GemmaOcrError(f"server {endpoint.base} is not ready ({last}; waited {wait:g}s); pass "
+                                    f"--wait-server SECONDS to wait longer for one that is loading, or see its log")
             raise GemmaOcrError(
                 f"server {endpoint.base} is not reachable ({last}; waited {wait:g}s); start it "
                 f"(python core/serve.py MODEL_DIR) or fix --vllm-url"
