@@ -260,3 +260,22 @@ def test_a_server_that_answers_but_is_not_ready_is_named_so(eval_data, tmp_path)
         with pytest.raises(GemmaOcrError, match=r"is not ready \(/health answered HTTP 503; waited 0.5s\); pass "
                                                 r"--wait-server SECONDS"):
             evaluate(_cfg(s.url, eval_data, tmp_path / "r.json", wait_server=0.5))
+
+
+def test_sigterm_during_transcribe_saves_what_finished_too(eval_data, tmp_path):
+    from pathlib import Path
+
+    images = Path(load_records(eval_data)[0].image_path).parent
+    out = tmp_path / "t.jsonl"
+    args = [sys.executable, str(ROOT / "core/transcribe.py"), str(images), "--no-progress", "--output-file", str(out),
+            "--workers", "1", "--save-interval", "100", "--max-tokens", "12"]
+    with SlowServer(0.3) as s:
+        proc = subprocess.Popen([*args, "--vllm-url", s.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=eval_env())
+        deadline = time.monotonic() + 60
+        while s.requests < 4 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr, stderr
+    assert len(out.read_text().splitlines()) >= 3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 
+from gemma_ocr.cli import stop_on_sigterm
 from gemma_ocr.data.records import resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.results import STATUS_ERROR, STATUSES
@@ -21,6 +22,7 @@ def main() -> int:
     p = ConfigParser(TranscribeConfig, description=__doc__)
     p.add_argument("--show", type=flag_value(int), default=5, help="print the first N transcriptions (0: none)")
     cfg, args = p.parse_settings()
+    stop_on_sigterm()  # `kill PID` saves what finished and says so, as Ctrl-C does
     from gemma_ocr.io import check_outputs_not_inputs
 
     check_outputs_not_inputs({"the input": cfg.inputs, "the checkpoint (--checkpoint)": cfg.checkpoint},
