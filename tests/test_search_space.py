@@ -67,6 +67,7 @@ def test_yaml_form_with_log_flag_and_inferred_categorical(tmp_path):
     ({"type": "uniform", "low": 2.0, "high": 1.0}, "greater than high"),
     ({"type": "loguniform", "low": 0.0, "high": 1.0}, "needs low > 0"),
     ({"type": "int", "low": 1.5, "high": 4}, "whole numbers"),
+    ({"type": "int", "low": 1, "high": 99999999999999999999999}, "int parameters must fit in 64 bits"),
     ({"type": "int", "low": 1, "high": 8, "step": 2, "log": True}, "cannot be combined"),
     ({"type": "categorical", "choices": []}, "non-empty"),
     ({"type": "categorical", "choices": [[1, 2]]}, "strings, numbers"),

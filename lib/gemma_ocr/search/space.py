@@ -28,6 +28,7 @@ from optuna.distributions import (
 )
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.settings import INT_RANGE
 
 FLOAT, INT, CATEGORICAL = "float", "int", "categorical"
 TYPE_ALIASES = {
@@ -192,6 +193,9 @@ def parse_param(name: str, spec: Any, where: str = "search_space") -> ParamSpec:
 
     if kind == INT:
         for key, value in (("low", low), ("high", high), ("step", step)):
+            if value is not None and not INT_RANGE[0] <= int(value) <= INT_RANGE[1]:
+                raise GemmaOcrError(f"{at}.{key}: int parameters must fit in 64 bits (from {INT_RANGE[0]} to "
+                                    f"{INT_RANGE[1]}), got {value!r}")
             if value is not None and float(value) != int(value):
                 raise GemmaOcrError(f"{at}.{key}: int parameters need whole numbers, got {value!r}")
         low, high, step = int(low), int(high), int(step) if step is not None else 1
