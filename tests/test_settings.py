@@ -273,6 +273,8 @@ def test_config_given_twice_is_refused_naming_the_flag(tmp_path):
         with pytest.raises(GemmaOcrError, match=r"^--config is given twice \(.*a.json, then .*json\); it takes one file"):
             ConfigParser([Study, Fixed]).parse_settings(argv)
     assert ConfigParser([Study, Fixed]).parse_settings(["--config", str(a), "x.png"])[0].n_trials == 4  # once is fine
+    with pytest.raises(GemmaOcrError, match=r"^--config is empty: give a file"):  # an unset variable: no file read
+        ConfigParser([Study, Fixed]).parse_settings(["--config", "", "x.png"])
 
 
 def test_a_value_the_type_cannot_hold_is_refused_before_any_work(tmp_path, monkeypatch, capsys):

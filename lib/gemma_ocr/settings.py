@@ -545,6 +545,8 @@ class GivenOnce(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
                  option_string: str | None = None) -> None:
+        if isinstance(values, str) and not values.strip():
+            raise GemmaOcrError(f"{option_string} is empty: give a file (or leave the flag out)")
         before = getattr(namespace, self.dest, self.default)
         if before is not self.default:  # argparse sets the default object itself before parsing
             raise GemmaOcrError(f"{option_string} is given twice ({before}, then {values}); it takes one file, and "
