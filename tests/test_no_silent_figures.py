@@ -188,3 +188,16 @@ def test_a_figure_of_nothing_is_none_not_zero():
                                "error": "HTTP 500"}], "m", complete=True)
     assert nothing["overall_cer"] is None and nothing["complete"] is False and nothing["failures"]["count"] == 1
     assert nothing.get("overall_cer_ci95") is None
+
+
+def test_the_error_report_of_a_run_with_nothing_scored_has_no_cer(tmp_path):
+    samples = [{"index": i, "image_path": f"{i}.png", "label": "abc", "prediction": None, "status": "error",
+                "error": "unexpected response from http://x (HTTP 200, not JSON: text/html): <html>"} for i in range(2)]
+    results = tmp_path / "r.json"
+    results.write_text(json.dumps(build_document(samples, "m", complete=True)), encoding="utf-8")
+    proc = run_cli("error_analysis.py", str(results), "--output-dir", str(tmp_path / "report"), check=False)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert "CER n/a" in proc.stdout and "0.0000" not in proc.stdout and "no CER: no sample was scored" in proc.stdout
+    assert "failed: 2 of 2 samples failed and are not scored; first, sample 0 (0.png): unexpected response" in proc.stdout
+    assert json.loads((tmp_path / "report" / "summary.json").read_text())["cer_micro"] is None
+    assert "0.0000" not in (tmp_path / "report" / "report.html").read_text()

@@ -109,8 +109,9 @@ class ErrorAnalysis:
         return sum(s.edits for s in self.scored)
 
     @property
-    def cer_micro(self) -> float:
-        return self.total_edits / self.reference_chars if self.reference_chars else 0.0
+    def cer_micro(self) -> float | None:
+        """Total edits / total reference characters; None when no scored sample has a reference character."""
+        return self.total_edits / self.reference_chars if self.reference_chars else None
 
     def totals(self) -> dict[str, int]:
         subs, dels, ins = (sum(sum(getattr(s, k).values()) for s in self.scored)

@@ -320,7 +320,7 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
                      "CER (micro)", "misread", "missed", "extra"],
                     [[str(summary["samples"]), str(summary["scored_samples"]), str(summary["empty_references"]),
                       str(summary["failed_samples"]), str(totals["reference_chars"]), str(totals["edits"]),
-                      f"{summary['cer_micro']:.4f}", str(totals["substitutions"]), str(totals["deletions"]),
+                      _cer(summary["cer_micro"]) or "n/a", str(totals["substitutions"]), str(totals["deletions"]),
                       str(totals["insertions"])]], numeric=set(range(10))),
              _table(list(summary["status_counts"]), [[str(n) for n in summary["status_counts"].values()]],
                     numeric=set(range(len(summary["status_counts"])))),
@@ -337,7 +337,8 @@ def _html(analysis: ErrorAnalysis, summary: dict[str, Any], plots: list[Path], w
         parts.append(f"<h2>Against the baseline {e(c['model_name'])}</h2>")
         parts.append(_table(["matched samples", "better", "worse", "same", "not in baseline", "baseline CER", "CER"],
                             [[str(c["matched"]), str(c["better"]), str(c["worse"]), str(c["same"]), str(c["unmatched"]),
-                              f"{c['cer_micro']:.4f}", f"{summary['cer_micro']:.4f}"]], numeric=set(range(7))))
+                              _cer(c["cer_micro"]) or "n/a", _cer(summary["cer_micro"]) or "n/a"]],
+                            numeric=set(range(7))))
         if c.get("paired"):
             parts.append(_paired_html(c["paired"], c["model_name"]))
     parts.append('<div class="plots">' + "".join(

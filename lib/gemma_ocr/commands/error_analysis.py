@@ -14,10 +14,11 @@ from gemma_ocr.error_report import write_report
 from gemma_ocr.io import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
+from gemma_ocr.results import failure_summary, failure_text, figure_text
 from gemma_ocr.settings import ArgumentParser, flag_value
 
 
-def main() -> None:
+def main() -> int:
     p = ArgumentParser(description=__doc__)
     p.add_argument("results", nargs="?", default=str(LAYOUT.evaluation), help=f"results JSON of evaluate.py (default {LAYOUT.evaluation})")
     p.add_argument("--baseline", help="results JSON of another model on the same data (e.g. the base model) to compare with")
@@ -45,7 +46,7 @@ def main() -> None:
         report = write_report(analysis, staged, worst=args.worst, comparison=comparison)
     report.html = output_dir / report.html.name
     totals = report.summary_data["totals"]
-    print(f"{analysis.model_name}: CER {analysis.cer_micro:.4f} ({analysis.text}) = {totals['edits']} edits / "
+    print(f"{analysis.model_name}: CER {figure_text(analysis.cer_micro)} ({analysis.text}) = {totals['edits']} edits / "
           f"{totals['reference_chars']} reference chars: {totals['substitutions']} misread, "
           f"{totals['deletions']} missed, {totals['insertions']} extra")
     print("statuses: " + ", ".join(f"{k} {n}" for k, n in report.summary_data["status_counts"].items()))
@@ -53,7 +54,7 @@ def main() -> None:
         print(f"  {c['count']:>5}  {shown_char(c['reference'])} -> {shown_char(c['prediction'])}  ({c['kind']})")
     if comparison is not None:
         c = comparison.counts()
-        print(f"against {comparison.baseline.model_name} (CER {comparison.baseline.cer_micro:.4f}): "
+        print(f"against {comparison.baseline.model_name} (CER {figure_text(comparison.baseline.cer_micro)}): "
               f"{c['better']} better, {c['worse']} worse, {c['same']} same of {c['matched']} matched samples")
     flagged = [(analysis.model_name, report.summary_data["answers"]["flags"])]
     if comparison is not None:
@@ -62,3 +63,11 @@ def main() -> None:
         for flag in flags:
             print(f"warning: {name}: {flag}")
     print(f"-> {report.html}")
+    failed = failure_text(failure_summary(analysis.failed), len(analysis.samples) + len(analysis.failed))
+    if failed:
+        print(f"failed: {failed}")
+    if analysis.cer_micro is None:
+        why = "no sample was scored" if not analysis.samples else "every scored sample has an empty reference"
+        print(f"no CER: {why} (rerun evaluate.py to retry failed samples)")
+        return 1
+    return 0
