@@ -248,13 +248,31 @@ def test_training_never_writes_over_its_base_model_or_files_it_did_not_write(eva
             env=eval_env())
 
 
-def test_the_tiny_model_builder_never_deletes_a_folder_it_did_not_write(tmp_path):
+def test_the_tiny_model_builder_never_deletes_a_folder_it_did_not_write(merged_model, tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "thesis.txt").write_text("three years of work")
     proc = run_cli("make_tiny_model.py", "--output-dir", str(docs), env=eval_env(), check=False)
     assert_one_line_error(proc, f"--output-dir {docs} holds 1 files gemma-ocr tiny-model did not write", "thesis.txt")
     assert snapshot(docs) == {"thesis.txt": b"three years of work"}
+    merged = tmp_path / "merged"  # another command's output (its manifest says so) is not the builder's to replace
+    shutil.copytree(merged_model[0], merged)
+    before = snapshot(merged)
+    proc = run_cli("make_tiny_model.py", "--output-dir", str(merged), env=eval_env(), check=False)
+    assert_one_line_error(proc, "files gemma-ocr tiny-model did not write", "model.safetensors")
+    assert snapshot(merged) == before
+
+
+def test_the_search_never_exports_over_its_settings_file(tmp_path):
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    config = studies / "s_best_config.json"  # searching again from the best configuration an earlier search exported
+    config.write_text(json.dumps({"model_name": "models/tiny-gemma3-reader"}))
+    proc = run_cli("hyperparameter_search.py", "--config", str(config), "--study-name", "s", "--studies-dir",
+                   str(studies), "--base-output-dir", str(tmp_path / "trials"), "--n-trials", "1", check=False)
+    assert_one_line_error(proc, f"the best configuration's export {config} is the settings file {config}",
+                          "choose another --study-name or --studies-dir")
+    assert sorted(p.name for p in studies.iterdir()) == ["s_best_config.json"]
 
 
 def test_split_replaces_only_its_own_split(synthetic_raw, tmp_path):

@@ -335,15 +335,17 @@ class OutputFolder:
         """The folder itself (a symbolic link to it followed)."""
         return self.path.resolve()
 
-    def manifest(self) -> dict[str, dict[str, int]]:
-        """The files the manifest lists (relative POSIX paths -> size and mtime_ns); {} when there is none."""
+    def manifest(self) -> dict[str, dict[str, Any]]:
+        """The files the manifest lists (relative POSIX paths -> size, mtime_ns and the command that wrote them
+        as ``by``); {} when there is none."""
         path = self.real / MANIFEST
         if not path.is_file():
             return {}
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-            files = data["files"]
-            return {str(k): {"size": int(v["size"]), "mtime_ns": int(v["mtime_ns"])} for k, v in files.items()}
+            files, by = data["files"], str(data["written_by"])
+            return {str(k): {"size": int(v["size"]), "mtime_ns": int(v["mtime_ns"]), "by": str(v.get("by", by))}
+                    for k, v in files.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             log.warning("%s is not a manifest gemma-ocr can read: every file in %s counts as not written by it",
                         path, self.path)
@@ -361,18 +363,19 @@ class OutputFolder:
                     found.append(rel)
         return found
 
-    def ours(self, rel: str, manifest: Mapping[str, Mapping[str, int]]) -> bool:
-        """Whether ``rel`` (a file, or a folder of listed files) was written by the project and is unchanged."""
+    def ours(self, rel: str, manifest: Mapping[str, Mapping[str, Any]]) -> bool:
+        """Whether ``rel`` (a file, or a folder of listed files) was written by this command and is unchanged
+        (a command never replaces another's files: make_tiny_model.py never takes a merged model's folder)."""
         path = self.real / rel
         if path.is_symlink():
             return False
         if path.is_dir():
-            return any(name.startswith(rel + "/") for name in manifest)
+            return any(name.startswith(rel + "/") and self.ours(name, manifest) for name in manifest)
         stamp = manifest.get(rel)
-        if stamp is None:
+        if stamp is None or stamp.get("by") != self.command:
             return False
         try:
-            return _stamp(path) == dict(stamp)
+            return _stamp(path) == {"size": stamp["size"], "mtime_ns": stamp["mtime_ns"]}
         except OSError:
             return False
 
@@ -441,9 +444,10 @@ class OutputFolder:
 
     # ------------------------------------------------------------ writing
 
-    def _write_manifest(self, folder: Path, files: Mapping[str, Mapping[str, int]]) -> None:
-        data = {"written_by": self.command, "note": "files gemma-ocr wrote here; only these may be replaced by it",
-                "files": {k: dict(files[k]) for k in sorted(files)}}
+    def _write_manifest(self, folder: Path, files: Mapping[str, Mapping[str, Any]]) -> None:
+        data = {"written_by": self.command, "note": "files gemma-ocr wrote here (by: which command); a command "
+                "replaces only its own, unchanged since", "files": {k: {"by": self.command, **files[k]}
+                                                                    for k in sorted(files)}}
         atomic_write_json(folder / MANIFEST, data)
 
     def record(self, names: Iterable[str]) -> None:
