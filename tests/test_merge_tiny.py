@@ -11,8 +11,7 @@ import pytest
 from eval_fixtures import ROOT, eval_env
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import OutputFolder
-from gemma_ocr.merge import check_disk, lora_keys, merge_adapter, resolve_base_model, verify_merge
+from gemma_ocr.merge import check_disk, lora_keys, merge_adapter, output_folder, resolve_base_model, verify_merge
 
 
 def test_merge_verifies_logits_and_leaves_no_lora_keys(merged_model, eval_base_model):
@@ -133,7 +132,7 @@ def test_an_unwritable_or_full_output_location_is_one_line_and_keeps_the_old_mer
         old = small / "merged"
         old.mkdir()
         (old / "config.json").write_text("{}")  # the previous merge, to be kept if the new one cannot be written
-        OutputFolder(old).record(["config.json"])
+        output_folder(old).record(["config.json"])
         proc = _merge_cli("--lora_dir", str(eval_adapter), "--output_dir", str(old), "--overwrite", "--skip-disk-check")
         assert_one_line_error(proc, f"cannot write {old}", "no space left on device", f"{old} is as it was")
         assert sorted(p.name for p in small.iterdir()) == ["merged"] and (old / "config.json").read_text() == "{}"
