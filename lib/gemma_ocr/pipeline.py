@@ -18,6 +18,11 @@ evaluate.py by hand never collides with it. The data (``data/raw_data/ocr.json``
 A stage's output is kept only while it was made from the same inputs: ``results/pipeline/state.json``
 records a fingerprint of what each stage read (the split's files, the config, the model weights), so
 after new data is imported and split, the search, training, merge and evaluations are redone.
+
+Each stage reports to a :class:`~gemma_ocr.progress.StageLine` (``run_pipeline(cfg, Stages())``: one line per
+stage on the screen; without it nothing is shown): the search's trial with the best CER so far, the training's
+step and latest eval_cer, the samples an evaluation has read. The detail goes to the log
+(:func:`gemma_ocr.progress.run_log`), the trainer's per-step figures included.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from gemma_ocr.engines import ENGINES
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.layout import LAYOUT, Layout
+from gemma_ocr.progress import StageLine, Stages, no_line
 from gemma_ocr.results import build_document
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
 from gemma_ocr.settings import FieldError, Settings, setting
@@ -54,6 +60,7 @@ SEARCH_OBJECTIVE = "cer"  # trials are chosen and pruned by the CER of generated
 BOOTSTRAP_RESAMPLES = 10_000
 EMPTY_BASELINE, MAJORITY_BASELINE = "empty-answer baseline", "majority-label baseline"
 BASE_ROW, TUNED_ROW = "base", "fine-tuned"
+SCORE = "overall_cer"  # what a stage line says of a results document: its micro CER
 
 
 STAGES = ("data", "split", "baseline", "search", "train", "merge", "evaluate")
@@ -144,6 +151,11 @@ class PipelineConfig(Settings):
     def search_trials_dir(self) -> Path:
         return self.layout.search_trials / SEARCH_STUDY
 
+    @property
+    def log_dir(self) -> Path:
+        """Where each run's log file goes (``pipeline-<UTC time>.log``)."""
+        return self.results_dir / "logs"
+
 
 # ---------------------------------------------------------------- what each kept output was made from
 
@@ -219,28 +231,35 @@ def check_base_model(cfg: PipelineConfig) -> None:
         raise GemmaOcrError(f"--base-model: {e}".replace("check --model-name", "check --base-model")) from None
 
 
-def make_data(cfg: PipelineConfig) -> None:
+def make_data(cfg: PipelineConfig, line: StageLine | None = None) -> None:
     """Render synthetic lines into data/raw_data/ unless data is there; ``--force`` re-renders only synthetic data."""
+    line = line or no_line()
     if cfg.layout.raw_json.exists():
         if not cfg.force:
             log.info("data: %s exists, kept", cfg.layout.raw_json)
+            line.end(f"kept {cfg.layout.raw_json}")
             return
         if not is_synthetic(cfg.layout.raw_json):
             log.info("data: %s is not synthetic data rendered here: kept (--force never replaces your own data)",
                      cfg.layout.raw_json)
+            line.end(f"kept {cfg.layout.raw_json} (your own data: --force never replaces it)")
             return
-    generate_dataset(cfg.layout.raw_json.parent, dataclasses.replace(SHIFTED_DIGITS, n_samples=cfg.n_samples, seed=cfg.seed))
+    generate_dataset(cfg.layout.raw_json.parent, dataclasses.replace(SHIFTED_DIGITS, n_samples=cfg.n_samples, seed=cfg.seed),
+                     progress=lambda done, total: line.set(f"rendering line {done} of {total}", done, total))
     log.info("data: %d synthetic lines of digits in %s -> %s", cfg.n_samples, SHIFTED_DIGITS.font, cfg.layout.raw_json)
+    line.end(f"{cfg.n_samples} synthetic lines of digits in {SHIFTED_DIGITS.font} -> {cfg.layout.raw_json}")
 
 
-def split_data(cfg: PipelineConfig) -> None:
+def split_data(cfg: PipelineConfig, line: StageLine | None = None) -> None:
     split = split_non_test(load_raw_records(cfg.layout.raw_json), cfg.non_test_ratio)
     write_records(split.non_test, cfg.layout.non_test_json)
     write_records(split.test, cfg.layout.test_json)
     log.info("split: %d non_test, %d test", len(split.non_test), len(split.test))
+    (line or no_line()).end(f"{len(split.non_test)} lines for training and validation, {len(split.test)} for testing "
+                            f"-> {cfg.layout.non_test_json.parent}")
 
 
-def baselines(cfg: PipelineConfig) -> dict[str, dict]:
+def baselines(cfg: PipelineConfig, line: StageLine | None = None) -> dict[str, dict]:
     """Score trivial models on the samples the served models get: empty answers, and the most common training
     label where a training label repeats (with unique labels it would be an arbitrary one)."""
     train, test = load_records(cfg.layout.non_test_json), load_records(cfg.layout.test_json)
@@ -256,48 +275,115 @@ def baselines(cfg: PipelineConfig) -> dict[str, dict]:
         doc = build_document(samples, model_name=name, dataset_samples=len(test), top_k=cfg.eval_top_k)
         atomic_write_json(cfg.results_dir / file, doc)
         out[name] = doc
+    (line or no_line()).end(f"{', '.join(f'{name} CER {doc[SCORE]:.4f}' for name, doc in out.items())} "
+                            f"on {len(scored)} test lines")
     return out
 
 
-def search(cfg: PipelineConfig, record: StageRecord) -> Path | None:
+def search(cfg: PipelineConfig, record: StageRecord, line: StageLine | None = None) -> Path | None:
     """A short TPE search of :data:`PIPELINE_SEARCH_SPACE` on the base model; returns the best config file (kept while current)."""
     from gemma_ocr.search.runner import resolve_settings, run_search
     from gemma_ocr.search.space import parse_search_space
+    from gemma_ocr.training.tracking import reporting_progress
 
+    line = line or no_line()
     if cfg.search_trials <= 0:
+        line.end(f"none (--search-trials 0): training with {cfg.train_config}")
         return None
     inputs = fingerprint(cfg.layout.non_test_json, cfg.train_config, cfg.base_model, PIPELINE_SEARCH_SPACE,
                          cfg.search_trials, cfg.seed, SEARCH_OBJECTIVE)
     if record.keeps(cfg, "search", cfg.best_config, cfg.best_config.is_file(), inputs):
+        line.end(f"kept {cfg.best_config} (made from the same data, config and model)")
         return cfg.best_config
     (cfg.layout.studies / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)  # its trials were made from other inputs
     cfg.best_config.unlink(missing_ok=True)
     settings = resolve_settings(
         None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.layout.studies, default_config=cfg.train_config,
         overrides={"n_trials": cfg.search_trials, "sampler_seed": cfg.seed, "base_output_dir": cfg.search_trials_dir,
-                   "objective": SEARCH_OBJECTIVE},
+                   "objective": SEARCH_OBJECTIVE, "progress": False},  # the stage line instead of its bar
         fixed_overrides={"model_name": str(cfg.base_model), "input_data": str(cfg.layout.non_test_json)},
     )
     settings.search_space = parse_search_space(PIPELINE_SEARCH_SPACE)
     settings.fixed = {k: v for k, v in settings.fixed.items() if k not in settings.search_space}
-    summary = run_search(settings)
+    progress = SearchProgress(line, cfg.search_trials)
+    with reporting_progress(progress):
+        summary = run_search(settings, callbacks=[progress.trial_done])
     if summary.best_config_path is None:
         log.warning("search: no trial completed; training with %s", cfg.train_config)
+        line.end(f"no trial completed: training with {cfg.train_config}")
         return None
     record.done("search", inputs)
     log.info("search: best %s %.4g (trial %s) %s -> %s", summary.metric, summary.best_value, summary.best_trial,
              summary.best_params, summary.best_config_path)
+    ran = len(summary.trials_run)
+    line.end(f"{ran} trial{'s' * (ran != 1)}, best {summary.metric} {summary.best_value:.4f} (trial "
+             f"{summary.best_trial}) -> {summary.best_config_path}")
     return summary.best_config_path
 
 
-def train(cfg: PipelineConfig, record: StageRecord, config_file: Path | None = None) -> Path:
+def _eval_figure(metrics: dict[str, float]) -> str:
+    """What an evaluation of a training is shown by: its eval_cer, else its eval_loss ("" when neither)."""
+    for name in ("eval_cer", "eval_loss"):
+        if isinstance(metrics.get(name), (int, float)):
+            return f"{name} {metrics[name]:.4f}"
+    return ""
+
+
+class TrainProgress:
+    """The train stage's line: the step of the run and its latest evaluation (a ``TrainingProgress``)."""
+
+    def __init__(self, line: StageLine):
+        self.line, self.evaluated = line, ""
+
+    def training(self, step: int, max_steps: int, metrics: dict[str, float]) -> None:
+        self.evaluated = _eval_figure(metrics) or (self.evaluated if step else "")
+        self.line.set(" · ".join(filter(None, [f"step {step} of {max_steps}", self.evaluated])), step, max_steps)
+
+
+class SearchProgress:
+    """The search stage's line: trial k of n, the running trial's step and latest evaluation, the best objective so
+    far. It is the trials' ``TrainingProgress`` and, with :meth:`trial_done`, the search's callback."""
+
+    def __init__(self, line: StageLine, trials: int):
+        self.line, self.trials = line, trials
+        self.finished, self.best, self.step, self.evaluated = 0, "", "", ""
+
+    def _show(self) -> None:
+        running = min(self.finished + 1, self.trials)
+        parts = [f"trial {running} of {self.trials}", self.step, self.evaluated, self.best]
+        self.line.set(" · ".join(filter(None, parts)), self.finished, self.trials)
+
+    def training(self, step: int, max_steps: int, metrics: dict[str, float]) -> None:
+        self.step = f"step {step} of {max_steps}"
+        self.evaluated = _eval_figure(metrics) or (self.evaluated if step else "")
+        self._show()
+
+    def trial_done(self, study: Any, trial: Any) -> None:
+        """After each trial (the search's callback): the best so far from the study."""
+        self.finished += 1
+        self.step = self.evaluated = ""
+        try:
+            best = study.best_trial
+        except (ValueError, RuntimeError):  # no trial completed yet (RuntimeError: a study of two objectives)
+            best = None
+        if best is not None:
+            metric = study.user_attrs.get("metric", "objective")
+            self.best = f"best {metric} {best.value:.4f} (trial {best.number})"
+        self._show()
+
+
+def train(cfg: PipelineConfig, record: StageRecord, config_file: Path | None = None,
+          line: StageLine | None = None) -> Path:
     """LoRA SFT of the base model (the search's best config, else the default one); kept while current."""
     from gemma_ocr.config import resolve_config
     from gemma_ocr.training import tune
+    from gemma_ocr.training.tracking import reporting_progress
 
+    line = line or no_line()
     config_file = config_file or cfg.train_config
     inputs = fingerprint(cfg.layout.non_test_json, config_file, cfg.base_model, cfg.seed)
     if record.keeps(cfg, "train", cfg.adapter_dir, (cfg.adapter_dir / "adapter_config.json").is_file(), inputs):
+        line.end(f"kept {cfg.adapter_dir} (made from the same data, config and model)")
         return cfg.adapter_dir
     config = resolve_config(config_file, {
         "model_name": str(cfg.base_model),
@@ -308,28 +394,39 @@ def train(cfg: PipelineConfig, record: StageRecord, config_file: Path | None = N
     if config.train_mode != "lora":
         raise GemmaOcrError(f"{config_file}: the pipeline trains LoRA adapters and merges them; "
                             f"set train_mode to \"lora\" (got {config.train_mode!r}) or pass another --train-config")
-    result = tune(config)
+    line.set(f"loading {cfg.base_model}")
+    with reporting_progress(TrainProgress(line)):
+        result = tune(config)
     record.done("train", inputs)
     log.info("train: %d steps, train_loss %.4f, eval_loss %s -> %s", result["global_step"], result["train_loss"],
              result.get("eval_loss"), cfg.adapter_dir)
+    saved = _eval_figure(result)
+    if saved and result.get("metric_for_best_model") and result.get("eval_step") is not None:
+        saved += f" (the best checkpoint by {result['metric_for_best_model']}: step {result['eval_step']})"
+    line.end(" · ".join(filter(None, [f"{result['global_step']} steps", saved])) + f" -> {cfg.adapter_dir}")
     return cfg.adapter_dir
 
 
-def merge(cfg: PipelineConfig, record: StageRecord) -> Path:
+def merge(cfg: PipelineConfig, record: StageRecord, line: StageLine | None = None) -> Path:
     """Merge the adapter into the bf16 base (verified); kept while a verified merge of the same adapter exists."""
     from gemma_ocr.merge import merge_adapter
 
+    line = line or no_line()
     report = cfg.merged_dir / "merge_report.json"
     inputs = fingerprint(cfg.adapter_dir, cfg.base_model)
     if record.keeps(cfg, "merge", cfg.merged_dir, report.is_file() and bool(read_json(report).get("verified")), inputs):
+        line.end(f"kept {cfg.merged_dir} (a verified merge of the same adapter)")
         return cfg.merged_dir
+    line.set(f"{cfg.adapter_dir} into {cfg.base_model} in bf16")
     r = merge_adapter(cfg.adapter_dir, cfg.merged_dir, base_model=str(cfg.base_model), overwrite=True)  # its own
     record.done("merge", inputs)
     log.info("merge: max |merged - (base+adapter)| %.3g <= %.3g -> %s", r.max_abs_diff, r.tolerance, cfg.merged_dir)
+    line.end(f"verified (max |merged - (base+adapter)| {r.max_abs_diff:.3g} <= {r.tolerance:.3g}) -> {cfg.merged_dir}")
     return cfg.merged_dir
 
 
-def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, output: Path, threads: int) -> dict:
+def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, output: Path, threads: int,
+                    line: StageLine | None = None) -> dict:
     """Serve ``model_dir`` with the embedded server (``threads`` torch threads, 0: torch's default), evaluate the
     test set on it, stop the server.
 
@@ -338,26 +435,51 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
     from gemma_ocr.evaluation import EvalConfig, evaluate
     from gemma_ocr.serving import start_server
 
+    line = line or no_line()
     stage = f"evaluate {output.name}"
     inputs = fingerprint(model_dir, cfg.layout.test_json, cfg.eval_max_tokens)
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
+    line.set(f"starting a server of {model_dir}")
     with start_server(model_dir, startup_timeout=300,
                       extra_args=["--torch-threads", str(threads)] if threads else ()) as (url, name):
         settings = EvalConfig(urls=[url], data_file=cfg.layout.test_json, output_file=output, top_k=cfg.eval_top_k,
                               workers=cfg.eval_workers, model_name=name, save_interval=50,
-                              max_tokens=cfg.eval_max_tokens, resume=resume)
+                              max_tokens=cfg.eval_max_tokens, resume=resume, show_progress=False)
         settings.flags = {"resume": "--force", "top_k": "--eval-top-k", "workers": "--eval-workers"}  # pipeline.py's
-        out = evaluate(settings)
+        out = evaluate(settings, on_sample=SampleCount(line, cfg, resume))
     record.done(stage, inputs)
     log.info("evaluate: %s -> %s (%d requested, %d resumed)", name, output, out.requested, out.resumed)
+    line.end(_evaluated(out))
     return out.document
+
+
+class SampleCount:
+    """An evaluation's ``on_sample``: the samples read so far on the stage line (of the samples to score, unless the
+    evaluation resumes an earlier one and reads only those missing)."""
+
+    def __init__(self, line: StageLine, cfg: PipelineConfig, resume: bool):
+        self.line, self.done, self.total = line, 0, None
+        if not resume:
+            tests = len(load_records(cfg.layout.test_json))
+            self.total = tests if cfg.eval_top_k is None else min(tests, cfg.eval_top_k)
+
+    def __call__(self, sample: dict[str, Any]) -> None:
+        self.done += 1
+        self.line.set(f"{self.done} of {self.total} samples" if self.total else f"{self.done} more samples",
+                      self.done, self.total)
+
+
+def _evaluated(out: Any) -> str:
+    """An evaluation's last word on its line: samples, CER, where."""
+    kept = f" ({out.resumed} from the last run)" if out.resumed else ""
+    return f"{out.document['total_samples']} samples{kept}, CER {out.document[SCORE]:.4f} -> {out.output_file}"
 
 
 def engine_results(cfg: PipelineConfig, engine: str) -> Path:
     return cfg.results_dir / f"eval_{engine}.json"
 
 
-def evaluate_engine(cfg: PipelineConfig, record: StageRecord, engine: str) -> dict:
+def evaluate_engine(cfg: PipelineConfig, record: StageRecord, engine: str, line: StageLine | None = None) -> dict:
     """An OCR engine (``tesseract``, ``rapidocr``) on the same test samples, into ``results/pipeline/eval_<engine>.json``."""
     from gemma_ocr.evaluation import EvalConfig, evaluate
 
@@ -365,11 +487,14 @@ def evaluate_engine(cfg: PipelineConfig, record: StageRecord, engine: str) -> di
     stage = f"evaluate {output.name}"
     inputs = fingerprint(cfg.layout.test_json, engine, cfg.tesseract_lang)
     resume = record.keeps(cfg, stage, output, output.is_file(), inputs)
+    line = line or no_line()
     out = evaluate(EvalConfig(backend=engine, tesseract_lang=cfg.tesseract_lang, data_file=cfg.layout.test_json,
                               output_file=output, top_k=cfg.eval_top_k, workers=cfg.eval_workers, resume=resume,
-                              ci_resamples=cfg.bootstrap_resamples, show_progress=False))
+                              ci_resamples=cfg.bootstrap_resamples, show_progress=False),
+                   on_sample=SampleCount(line, cfg, resume))
     record.done(stage, inputs)
     log.info("evaluate: %s -> %s (%d read, %d resumed)", out.model_name, output, out.requested, out.resumed)
+    line.end(_evaluated(out))
     return out.document
 
 
@@ -397,38 +522,58 @@ def compare(cfg: PipelineConfig, base: dict, tuned: dict):
     return diff
 
 
-def run_pipeline(cfg: PipelineConfig) -> dict[str, dict]:
-    """Run every stage; return the results documents by table row (and the comparison under ``"comparison"``)."""
+def run_pipeline(cfg: PipelineConfig, stages: Stages | None = None) -> dict[str, dict]:
+    """Run every stage; return the results documents by table row (and the comparison under ``"comparison"``).
+
+    ``stages``: where each stage shows its line (:class:`~gemma_ocr.progress.Stages`); None: nowhere."""
+    stages = stages or Stages(silent=True)
     if {"search", "train", "merge", "evaluate"} & set(cfg.stages):
         check_base_model(cfg)  # before any work
     if "data" in cfg.stages:
-        make_data(cfg)
+        with stages.stage("data") as line:
+            make_data(cfg, line)
     if "split" in cfg.stages:
-        split_data(cfg)
+        with stages.stage("split") as line:
+            split_data(cfg, line)
     results: dict[str, Any] = {}
     if "baseline" in cfg.stages:
-        results.update(baselines(cfg))
+        with stages.stage("baseline") as line:
+            results.update(baselines(cfg, line))
     record = StageRecord(cfg.state_file)
-    best_config = search(cfg, record) if "search" in cfg.stages else None
+    best_config = None
+    if "search" in cfg.stages:
+        with stages.stage("search", total=cfg.search_trials or None) as line:
+            best_config = search(cfg, record, line)
     if "train" in cfg.stages:
-        train(cfg, record, best_config)
+        with stages.stage("train") as line:
+            train(cfg, record, best_config, line)
     if "merge" in cfg.stages:
-        merge(cfg, record)
+        with stages.stage("merge") as line:
+            merge(cfg, record, line)
     if "evaluate" in cfg.stages:
         from gemma_ocr.config import resolve_config
 
         threads = resolve_config(cfg.train_config, {}).torch_threads  # as training ran: 1 for the tiny reader
-        base = evaluate_served(cfg, record, cfg.base_model, cfg.base_results, threads)
-        tuned = evaluate_served(cfg, record, cfg.merged_dir, cfg.tuned_results, threads)
+        with stages.stage(f"evaluate {BASE_ROW}") as line:
+            base = evaluate_served(cfg, record, cfg.base_model, cfg.base_results, threads, line)
+        with stages.stage(f"evaluate {TUNED_ROW}") as line:
+            tuned = evaluate_served(cfg, record, cfg.merged_dir, cfg.tuned_results, threads, line)
         results[f"{BASE_ROW} ({cfg.base_model.name})"] = base
         results[f"{TUNED_ROW} ({cfg.merged_dir.name})"] = tuned
-        results["comparison"] = compare(cfg, base, tuned)
-        engines = {engine: evaluate_engine(cfg, record, engine) for engine in cfg.compare_with}
+        engines = {}
+        for engine in cfg.compare_with:
+            with stages.stage(f"evaluate {engine}") as line:
+                engines[engine] = evaluate_engine(cfg, record, engine, line)
         for doc in engines.values():
             results[doc["model_name"]] = doc  # e.g. tesseract-5.3.0 eng psm7
-        if engines:
-            results["engine_comparison"] = compare_with_engines(cfg, tuned, engines)
-        error_report(cfg)
+        with stages.stage("report") as line:
+            line.set("paired bootstrap interval of the CER difference")
+            results["comparison"] = compare(cfg, base, tuned)
+            if engines:
+                line.set("the fine-tuned model against each engine")
+                results["engine_comparison"] = compare_with_engines(cfg, tuned, engines)
+            line.set("where the errors are")
+            line.end(f"{cfg.comparison_file}, {error_report(cfg)}")
     return results
 
 
