@@ -317,3 +317,12 @@ def test_import_and_transcribe_never_write_over_their_input(synthetic_raw, tmp_p
                    check=False)
     assert_one_line_error(proc, f"--output-file {raw} is the input {raw}")
     assert raw.read_bytes() == before
+
+
+def test_no_setting_may_name_the_config_file_itself(eval_data, tmp_path):
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"data_file: {eval_data}\ntop_k: 2\nurls: [\"http://127.0.0.1:9\"]\n", encoding="utf-8")
+    before = config.read_bytes()
+    proc = run_cli("evaluate.py", "--config", str(config), "--output-file", str(config), "--no-resume", check=False)
+    assert_one_line_error(proc, f"--output-file {config} is the config file (--config) {config}")
+    assert config.read_bytes() == before

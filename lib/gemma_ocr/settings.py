@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import read_json, read_yaml
+from gemma_ocr.io import check_outputs_not_inputs, read_json, read_yaml
 
 NULL_WORDS = frozenset({"none", "null"})
 INT_RANGE = (-(2**63), 2**63 - 1)  # what an integer setting can hold: a 64-bit integer, as torch and NumPy take it
@@ -594,6 +594,15 @@ class ArgumentParser(argparse.ArgumentParser):
         raise GemmaOcrError(f"{message} (see --help)")
 
 
+def _path_like(value: Any) -> bool:
+    """Whether ``value`` may name a file: a path, or a short one-line text (or a list of them)."""
+    if isinstance(value, (list, tuple)):
+        return bool(value) and all(_path_like(v) for v in value)
+    if isinstance(value, os.PathLike):
+        return True
+    return isinstance(value, str) and 0 < len(value) < 4096 and not any(c in value for c in "\0\n\r")
+
+
 class ConfigParser(ArgumentParser):
     """The flags of settings dataclasses, made by transformers' HfArgumentParser, and ``--config FILE``.
 
@@ -657,6 +666,7 @@ class ConfigParser(ArgumentParser):
             self.refuse(extra)
         given = vars(namespace)
         path = given.pop("config", None) if self._config_file else None
+        self.config_path = path
         file_values = load_config(path) if path else {}
         names = [set(settings_fields(cls)) for cls in self.settings_types]
         every = sorted(set().union(*names))
@@ -676,5 +686,9 @@ class ConfigParser(ArgumentParser):
                        known_only: bool = False) -> tuple[Any, ...]:
         """``(instance per settings class..., namespace of the other flags)``: defaults < ``--config`` < flags."""
         layers, namespace = self.parse_layers(args, known_only)
-        return (*(resolve(cls, file, flags, error=error) for cls, (file, flags) in zip(self.settings_types, layers)),
-                namespace)
+        settings = [resolve(cls, file, flags, error=error) for cls, (file, flags) in zip(self.settings_types, layers)]
+        if self.config_path:  # no setting may name the config file itself (an output there would replace it)
+            named = {self.flags.get(name, name): value for s in settings for name, value in vars(s).items()
+                     if _path_like(value)}
+            check_outputs_not_inputs({"the config file (--config)": self.config_path}, named, holding=None)
+        return (*settings, namespace)
