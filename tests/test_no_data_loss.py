@@ -326,3 +326,13 @@ def test_no_setting_may_name_the_config_file_itself(eval_data, tmp_path):
     proc = run_cli("evaluate.py", "--config", str(config), "--output-file", str(config), "--no-resume", check=False)
     assert_one_line_error(proc, f"--output-file {config} is the config file (--config) {config}")
     assert config.read_bytes() == before
+
+
+def test_synthetic_data_never_renders_over_images_it_did_not_write(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "000000.png").write_bytes(b"my photo")
+    proc = run_cli("make_synthetic_data.py", "--output-dir", str(tmp_path), "--n-samples", "2", "--scripts", "latin",
+                   check=False)
+    assert_one_line_error(proc, f"--output-dir {tmp_path} holds 1 files gemma-ocr synth did not write",
+                          "images/000000.png")
+    assert snapshot(tmp_path) == {"images/000000.png": b"my photo"}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import check_writable
+from gemma_ocr.io import MANIFEST, OutputFolder, check_writable
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ArgumentParser, flag_value
 
@@ -28,7 +28,14 @@ def main() -> None:
     if existing.exists() and not args.force and not is_synthetic(existing):
         raise GemmaOcrError(f"{existing} holds data this program did not write (imported or edited?): pass --force "
                             f"to replace it, or --output-dir another folder")
+    # the images it renders (images/000000.png, ...) never replace files it did not write (an earlier rendering's
+    # are listed in the folder's manifest, or, from before there was one, beside a synthetic ocr.json)
+    folder = OutputFolder(args.output_dir, "--output-dir", "gemma-ocr synth", overwrite_flag=None)
+    images = [f"images/{i:06d}.png" for i in range(max(args.n_samples, 0))]
+    if not (existing.is_file() and is_synthetic(existing) and not (folder.real / MANIFEST).exists()):
+        folder.check_files(images)
     config = SyntheticConfig(n_samples=args.n_samples, seed=args.seed, scripts=tuple(args.scripts),
                              blur=args.blur, noise=args.noise, rotation=args.rotation)
     records = generate_dataset(args.output_dir, config)
+    folder.record([*images, LAYOUT.raw_json.name])
     print(f"Wrote {len(records)} images and {existing}")
