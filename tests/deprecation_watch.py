@@ -18,15 +18,17 @@ How a warning is attributed (the design, and why not only ``filterwarnings``):
   and while test files are imported. The hook runs synchronously in the warning thread, so the real call
   stack is there: from the frame that issued the warning, the issuing package's own frames, the standard
   library's and generated code's (``<string>`` dataclass ``__init__``) are skipped; the first frame left
-  is the caller. The warning is ours when that caller is a file under lib/gemma_ocr or core/ (stacklevel
-  plays no part). The hook then hands the warning on to the previous ``showwarning`` (pytest's record).
+  is the caller. The warning is ours when that caller is a module of ``gemma_ocr`` or a file under
+  lib/gemma_ocr or core/ (stacklevel plays no part), or when the library's stacklevel names a line of ours.
+  The hook then hands the warning on to the previous ``showwarning`` (pytest's record).
 * After the phase, the test fails (or errors in setup/teardown, or its file fails to collect) with one
   entry per warning: category, message, our file:line and the dependency's call site. The failure comes
   after the phase, so no ``except`` can swallow it.
 
 Not caught, by design: a warning inside ``pytest.warns``/``catch_warnings(record=True)`` (they install
 their own recorder: the test expects it), one our code filters out itself, and one raised by a dependency
-that a *second* dependency called on our behalf (the caller is then the second dependency). Subprocesses
+that a *second* dependency called on our behalf (the caller is then the second dependency). A warning a C
+function raises counts for the Python frame that called it (ours when our line called it directly). Subprocesses
 the tests start (servers, CLIs) are not affected: the filters and this hook live in the test process only.
 """
 
@@ -45,7 +47,8 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: Files under these folders are ours: a deprecated call made from them fails the test.
+#: Code in these packages or in files under these folders is ours: a deprecated call made from it fails the test.
+OUR_PACKAGES: tuple[str, ...] = ("gemma_ocr",)
 OURS: tuple[Path, ...] = (REPO / "lib" / "gemma_ocr", REPO / "core")
 #: The categories that announce a break in a coming release.
 ANNOUNCING = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
@@ -72,12 +75,17 @@ def _package(frame: FrameType) -> str:
     return name.partition(".")[0] if isinstance(name, str) else ""
 
 
-def _is_ours(filename: str) -> bool:
+def _is_our_file(filename: str) -> bool:
     try:
         path = Path(filename).resolve()
     except (OSError, ValueError):
         return False
     return any(path.is_relative_to(root) for root in OURS)
+
+
+def _is_ours(frame: FrameType) -> bool:
+    """Whether ``frame`` runs our code: a module of our package (whatever its path looks like) or a file of ours."""
+    return _package(frame) in OUR_PACKAGES or _is_our_file(frame.f_code.co_filename)
 
 
 def _where(frame: FrameType) -> str:
@@ -95,7 +103,7 @@ def cause(frame: FrameType | None) -> tuple[FrameType, FrameType] | None:
     if frame is None:
         return None
     issuer = frame
-    if _is_ours(issuer.f_code.co_filename):
+    if _is_ours(issuer):
         return issuer, issuer
     library = _package(issuer)
     caller = issuer.f_back
@@ -105,7 +113,7 @@ def cause(frame: FrameType | None) -> tuple[FrameType, FrameType] | None:
         if not (package == library or package in _STDLIB or synthetic):
             break
         caller = caller.f_back
-    if caller is not None and _is_ours(caller.f_code.co_filename):
+    if caller is not None and _is_ours(caller):
         return caller, issuer
     return None
 
@@ -126,7 +134,7 @@ class Watch:
         frames = cause(currentframe())
         if frames is not None:
             ours, issued_at = _where(frames[0]), _where(frames[1])
-        elif _is_ours(filename):  # the library's stacklevel names our line (a caller the stack walk skipped)
+        elif _is_our_file(filename):  # the library's stacklevel names our line (a caller the stack walk skipped)
             ours = issued_at = f"{filename}:{lineno}"
         else:
             return

@@ -25,7 +25,8 @@ import deprecation_watch
 from pathlib import Path
 from deprecation_watch import *  # noqa: F401,F403
 
-deprecation_watch.OURS = (Path(__file__).resolve().parents[1] / "ours",)
+deprecation_watch.OURS = (Path(__file__).resolve().parents[1] / "ours",)  # ours by its files' paths
+deprecation_watch.OUR_PACKAGES = ()
 """
 
 OURS = """
