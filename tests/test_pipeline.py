@@ -50,11 +50,12 @@ def test_pipeline_fine_tunes_the_reader_and_shows_the_gain(tmp_path):
             "--search-trials", "1")
     proc = run_cli("pipeline.py", *args, timeout=900, env=ONE_THREAD)
     out = proc.stdout
-    # the screen (not a terminal here): one line per stage when it ends, then the table; the detail in the log
+    # the screen (not a terminal here): one line per stage when it ends (and one a minute while a long one runs),
+    # then the table; the detail in the log
     stage_lines = proc.stderr.splitlines()[1:]
-    assert [line.split(":")[0] for line in stage_lines] == [
+    assert list(dict.fromkeys(line.split(":")[0] for line in stage_lines)) == [
         "data", "split", "baseline", "search", "train", "merge", "evaluate base", "evaluate fine-tuned", "report"]
-    assert all(STAGE_LINE.match(line) for line in stage_lines), proc.stderr
+    assert all(STAGE_LINE.match(line) for line in stage_lines) and len(stage_lines) < 30, proc.stderr
     assert re.search(r"^search: 1 trial, best eval_cer 0\.\d{4} \(trial 0\) -> .*pipeline_best_config\.json", proc.stderr, re.M)
     assert re.search(r"^train: \d+ steps · eval_cer 0\.\d{4} \(the best checkpoint by eval_cer: step \d+\)", proc.stderr, re.M)
     assert re.search(r"^evaluate fine-tuned: 80 samples, CER 0\.\d{4} -> ", proc.stderr, re.M)
