@@ -20,7 +20,8 @@ How a warning is attributed (the design, and why not only ``filterwarnings``):
   library's and generated code's (``<string>`` dataclass ``__init__``) are skipped; the first frame left
   is the caller. The warning is ours when that caller is a module of ``gemma_ocr`` or a file under
   lib/gemma_ocr or core/ (stacklevel plays no part), or when the library's stacklevel names a line of ours.
-  The hook then hands the warning on to the previous ``showwarning`` (pytest's record).
+  The hook then hands the warning on to the previous ``showwarning`` (pytest's record). Where our code has
+  ``logging.captureWarnings(True)`` on (the main job's run log), a handler on ``py.warnings`` does the same.
 * After the phase, the test fails (or errors in setup/teardown, or its file fails to collect) with one
   entry per warning: category, message, our file:line and the dependency's call site. The failure comes
   after the phase, so no ``except`` can swallow it.
@@ -34,12 +35,14 @@ the tests start (servers, CLIs) are not affected: the filters and this hook live
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from inspect import currentframe
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -54,6 +57,8 @@ OURS: tuple[Path, ...] = (REPO / "lib" / "gemma_ocr", REPO / "core")
 ANNOUNCING = (DeprecationWarning, PendingDeprecationWarning, FutureWarning)
 _STDLIB = frozenset(sys.stdlib_module_names)
 _THIS = __name__.partition(".")[0]
+#: Frames of the warning's delivery, skipped before the one that issued it (``_py_warnings``: Python 3.14's).
+_MACHINERY = frozenset({"warnings", "_py_warnings", "logging", _THIS})
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,7 @@ def cause(frame: FrameType | None) -> tuple[FrameType, FrameType] | None:
     ``frame`` is the innermost frame to consider (the warnings machinery's own frames and this module's are
     skipped first). A warning issued by our own code (or by a C function our line called) is ours too.
     """
-    while frame is not None and _package(frame) in ("warnings", _THIS):
+    while frame is not None and _package(frame) in _MACHINERY:
         frame = frame.f_back
     if frame is None:
         return None
@@ -129,8 +134,6 @@ class Watch:
         """Record the warning when our call caused it (by the call stack, or by where the library attributed it)."""
         if not issubclass(category, ANNOUNCING):
             return
-        from inspect import currentframe
-
         frames = cause(currentframe())
         if frames is not None:
             ours, issued_at = _where(frames[0]), _where(frames[1])
@@ -155,11 +158,32 @@ class Watch:
             finally:
                 previous(message, category, filename, lineno, file, line)
 
+        captured = _CapturedWarnings(self)
         warnings.showwarning = showwarning
+        logging.getLogger("py.warnings").addHandler(captured)
         try:
             yield self.found
         finally:
+            logging.getLogger("py.warnings").removeHandler(captured)
             warnings.showwarning = previous
+
+
+class _CapturedWarnings(logging.Handler):
+    """``logging.captureWarnings(True)`` (the main job's run log) replaces ``showwarning`` with logging's, which
+    logs each warning to the ``py.warnings`` logger, still in the warning's thread: this handler reads the warning
+    from the frame of logging's ``showwarning`` and checks it like the hook."""
+
+    def __init__(self, watch: Watch) -> None:
+        super().__init__()
+        self.watch = watch
+
+    def emit(self, record: logging.LogRecord) -> None:
+        frame = currentframe()
+        while frame is not None and not (frame.f_code.co_name == "_showwarning" and _package(frame) == "logging"):
+            frame = frame.f_back
+        if frame is not None:
+            seen = frame.f_locals
+            self.watch.check(seen["message"], seen["category"], seen["filename"], seen["lineno"])
 
 
 def report(found: list[DeprecatedCall]) -> str:

@@ -135,6 +135,16 @@ def test_in_a_thread(tmp_path):
 
 def test_swallowed():
     calls.swallowed(None)
+
+
+def test_under_captured_warnings(tmp_path):
+    import logging
+
+    logging.captureWarnings(True)  # as the main job's run log does: warnings go to the py.warnings logger
+    try:
+        calls.open_journal(tmp_path / "f.log")
+    finally:
+        logging.captureWarnings(False)
 """
 
 
@@ -176,6 +186,7 @@ def test_deprecated_calls_of_ours_fail_their_test_and_a_dependencys_own_do_not(t
         "test_expected_by_the_test": "PASSED",
         "test_in_a_thread": "FAILED",
         "test_swallowed": "FAILED",
+        "test_under_captured_warnings": "FAILED",
     }, out
     # the failure names the warning, our line that made the call and the dependency's line that warned
     ours = str(tmp_path / "ours" / "calls.py")
