@@ -133,6 +133,10 @@ def test_a_stopped_run_names_its_log_and_the_stage_it_stopped_in(tmp_path):
     assert len(named) == 1 and proc.stderr.index(named[0]) < proc.stderr.index(line)
     log = Path(named[0].removeprefix("The run's log: ")).read_text(encoding="utf-8")
     assert "ERROR gemma_ocr.progress: stopped: GemmaOcrError: " in log and "Traceback" not in log
+    # a root where no log can be written: one line before any work
+    (tmp_path / "a-file").write_text("")
+    proc = run_cli("pipeline.py", "--root", str(tmp_path / "a-file/job"), check=False)
+    assert_one_line_error(proc, "--root: the run's log", "a-file is a file, not a folder")
 
 
 def test_stage_lines_on_a_terminal_and_elsewhere():

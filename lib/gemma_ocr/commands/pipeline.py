@@ -17,6 +17,7 @@ import logging
 import sys
 import time
 
+from gemma_ocr.io import check_writable
 from gemma_ocr.pipeline import PipelineConfig, format_table, run_pipeline
 from gemma_ocr.progress import Stages, run_log
 from gemma_ocr.settings import ConfigParser
@@ -24,7 +25,8 @@ from gemma_ocr.settings import ConfigParser
 
 def main() -> None:
     cfg, _ = ConfigParser(PipelineConfig, description=__doc__).parse_settings()
-    log_file = cfg.log_dir / f"pipeline-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log"
+    log_file = check_writable(cfg.log_dir / f"pipeline-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}.log",
+                              "--root: the run's log")
     print(f"Every stage's detail goes to {log_file}", file=sys.stderr, flush=True)
     try:
         with run_log(log_file):
