@@ -344,3 +344,18 @@ def test_pipeline_settings_come_from_defaults_a_config_file_and_flags(tmp_path):
     with pytest.raises(GemmaOcrError, match=r"job.yaml: unknown key 'eval_topk'; did you mean 'eval_top_k'\?"):
         parse("--config", str(config))
     assert parse("--base-model", "google/gemma-3-4b-it").base_model == Path("google/gemma-3-4b-it")
+
+
+def test_the_table_shows_no_figure_for_a_model_that_scored_nothing():
+    """A results document with nothing scored (every request failed) is n/a in the main job's table, not 0.0000."""
+    from gemma_ocr.pipeline import format_table
+    from gemma_ocr.results import build_document
+
+    failed = [{"image_path": f"/d/{i}.png", "label": "12", "prediction": None, "status": "error",
+               "error": "HTTP 200, not JSON"} for i in range(3)]
+    read = [{"image_path": f"/d/{i}.png", "label": "12", "prediction": "12", "status": "ok"} for i in range(3)]
+    table = format_table({"base (m)": build_document(read, model_name="m"),
+                          "fine-tuned (m)": build_document(failed, model_name="m")})
+    rows = {line.split("  ")[0]: line for line in table.splitlines()}
+    assert rows["base (m)"].split()[2] == "0.0000"
+    assert rows["fine-tuned (m)"].split()[2:6] == ["n/a"] * 4 and "0.0000" not in rows["fine-tuned (m)"]

@@ -46,7 +46,7 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.layout import LAYOUT, Layout
 from gemma_ocr.progress import StageLine, Stages, no_line
-from gemma_ocr.results import build_document
+from gemma_ocr.results import build_document, figure_text
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
 from gemma_ocr.settings import FieldError, Settings, setting
 
@@ -275,7 +275,7 @@ def baselines(cfg: PipelineConfig, line: StageLine | None = None) -> dict[str, d
         doc = build_document(samples, model_name=name, dataset_samples=len(test), top_k=cfg.eval_top_k)
         atomic_write_json(cfg.results_dir / file, doc)
         out[name] = doc
-    (line or no_line()).end(f"{', '.join(f'{name} CER {doc[SCORE]:.4f}' for name, doc in out.items())} "
+    (line or no_line()).end(f"{', '.join(f'{name} CER {figure_text(doc[SCORE])}' for name, doc in out.items())} "
                             f"on {len(scored)} test lines")
     return out
 
@@ -447,6 +447,9 @@ def evaluate_served(cfg: PipelineConfig, record: StageRecord, model_dir: Path, o
                               max_tokens=cfg.eval_max_tokens, resume=resume, show_progress=False)
         settings.flags = {"resume": "--force", "top_k": "--eval-top-k", "workers": "--eval-workers"}  # pipeline.py's
         out = evaluate(settings, on_sample=SampleCount(line, cfg, resume))
+    reason = out.document.get("no_figures_reason")
+    if reason:  # a figure is never computed from nothing: the run stops here, its samples saved for a rerun
+        raise GemmaOcrError(f"{stage}: no CER for {name}: {reason} (its samples: {output}; rerun to retry them)")
     record.done(stage, inputs)
     log.info("evaluate: %s -> %s (%d requested, %d resumed)", name, output, out.requested, out.resumed)
     line.end(_evaluated(out))
@@ -472,7 +475,7 @@ class SampleCount:
 def _evaluated(out: Any) -> str:
     """An evaluation's last word on its line: samples, CER, where."""
     kept = f" ({out.resumed} from the last run)" if out.resumed else ""
-    return f"{out.document['total_samples']} samples{kept}, CER {out.document[SCORE]:.4f} -> {out.output_file}"
+    return f"{out.document['total_samples']} samples{kept}, CER {figure_text(out.document[SCORE])} -> {out.output_file}"
 
 
 def engine_results(cfg: PipelineConfig, engine: str) -> Path:
@@ -603,8 +606,9 @@ def format_table(results: dict[str, Any]) -> str:
         baseline = name.endswith("baseline")  # constant by construction
         flag = " !" if profile.flags and not baseline else ""
         lines.append(
-            f"{name:<34} {doc['overall_cer']:>8.4f} {doc['overall_f1']:>8.4f} {doc['normalized_overall_cer']:>9.4f} "
-            f"{doc['normalized_overall_f1']:>8.4f} {doc['total_samples']:>8d} {doc['status_counts']['error']:>7d} "
+            f"{name:<34} {figure_text(doc['overall_cer']):>8} {figure_text(doc['overall_f1']):>8} "
+            f"{figure_text(doc['normalized_overall_cer']):>9} {figure_text(doc['normalized_overall_f1']):>8} "
+            f"{doc['total_samples']:>8d} {doc['status_counts']['error']:>7d} "
             f"{profile.distinct:>9d} {cut:>6}{flag}"
         )
         if not baseline:
