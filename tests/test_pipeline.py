@@ -359,3 +359,27 @@ def test_the_table_shows_no_figure_for_a_model_that_scored_nothing():
     rows = {line.split("  ")[0]: line for line in table.splitlines()}
     assert rows["base (m)"].split()[2] == "0.0000"
     assert rows["fine-tuned (m)"].split()[2:6] == ["n/a"] * 4 and "0.0000" not in rows["fine-tuned (m)"]
+
+
+@pytest.mark.slow
+def test_a_rerun_with_another_seed_keeps_the_earlier_study(tmp_path):
+    """A search made from other inputs (here the seed) is redone, and the earlier study, its best configuration and
+    its trials are kept under another name, never deleted."""
+    import optuna
+
+    config = json.loads((REPO / "configs/hyperparm_configs/default.json").read_text(encoding="utf-8"))
+    config.update(max_steps=2, eval_steps=1, logging_steps=1, cer_eval_samples=2, per_device_eval_batch_size=2)
+    (tmp_path / "train.json").write_text(json.dumps(config), encoding="utf-8")
+    flags = ["--root", str(tmp_path), "--stages", "data", "split", "search", "--n-samples", "40", "--non-test-ratio", "0.5",
+             "--search-trials", "1", "--train-config", str(tmp_path / "train.json")]
+    run_cli("pipeline.py", *flags)
+    studies = tmp_path / "optuna_studies"
+    first = optuna.load_study(study_name="pipeline", storage=f"sqlite:///{studies / 'pipeline.db'}")
+    first_params = first.trials[0].params
+    out = run_cli("pipeline.py", *flags, "--seed", "7")
+    kept = sorted(studies.glob("pipeline-*.db"))
+    assert len(kept) == 1 and "kept as" in out.stderr, out.stderr
+    earlier = optuna.load_study(study_name="pipeline", storage=f"sqlite:///{kept[0]}")
+    assert [t.params for t in earlier.trials] == [first_params]
+    assert len(sorted(studies.glob("pipeline_best_config-*.json"))) == 1
+    assert (studies / "pipeline.db").is_file() and (studies / "pipeline_best_config.json").is_file()

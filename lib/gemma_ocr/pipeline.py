@@ -32,6 +32,7 @@ import functools
 import hashlib
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,7 @@ class StageRecord:
         if self.stages.get(stage) == inputs:
             log.info("%s: %s exists, kept", stage, output)
             return True
-        log.info("%s: %s was made from other inputs (data, configuration or model changed): redoing it", stage, output)
+        log.info("%s: %s was made from other inputs (data, configuration, model or seed changed): redoing it", stage, output)
         return False
 
     def done(self, stage: str, inputs: str) -> None:
@@ -280,6 +281,19 @@ def baselines(cfg: PipelineConfig, line: StageLine | None = None) -> dict[str, d
     return out
 
 
+def set_aside(paths: list[Path]) -> list[Path]:
+    """Rename each existing path to ``<stem>-<UTC time><suffix>`` beside it (an earlier run's outputs, kept
+    rather than replaced); the new names."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    moved = []
+    for path in paths:
+        if path.exists():
+            target = path.with_name(f"{path.stem}-{stamp}{path.suffix}")
+            path.rename(target)
+            moved.append(target)
+    return moved
+
+
 def search(cfg: PipelineConfig, record: StageRecord, line: StageLine | None = None) -> Path | None:
     """A short TPE search of :data:`PIPELINE_SEARCH_SPACE` on the base model; returns the best config file (kept while current)."""
     from gemma_ocr.search.runner import resolve_settings, run_search
@@ -295,8 +309,10 @@ def search(cfg: PipelineConfig, record: StageRecord, line: StageLine | None = No
     if record.keeps(cfg, "search", cfg.best_config, cfg.best_config.is_file(), inputs):
         line.end(f"kept {cfg.best_config} (made from the same data, config and model)")
         return cfg.best_config
-    (cfg.layout.studies / f"{SEARCH_STUDY}.db").unlink(missing_ok=True)  # its trials were made from other inputs
-    cfg.best_config.unlink(missing_ok=True)
+    kept = set_aside([cfg.layout.studies / f"{SEARCH_STUDY}.db", cfg.best_config, cfg.search_trials_dir])
+    if kept:  # made from other inputs (data, config, model, seed): kept under another name, never deleted
+        log.warning("search: the earlier study was made from other inputs (data, configuration, model or seed); "
+                    "kept as %s; starting a new one", ", ".join(str(p) for p in kept))
     settings = resolve_settings(
         None, study_name=SEARCH_STUDY, resume=True, studies_dir=cfg.layout.studies, default_config=cfg.train_config,
         overrides={"n_trials": cfg.search_trials, "sampler_seed": cfg.seed, "base_output_dir": cfg.search_trials_dir,
