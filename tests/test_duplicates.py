@@ -256,3 +256,16 @@ def test_an_animated_gif_is_read_by_its_first_frame_everywhere(images, tmp_path)
     sent = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     with Image.open(gif) as im:
         assert sent.convert("RGB").tobytes() == im.convert("RGB").tobytes()  # frame 0, not the black frame 1
+
+
+def test_count_score_refuses_a_sample_present_twice(tmp_path):
+    """Rescoring a results file with an image in two samples would count it twice in every figure."""
+    twice = {"index": 20, "image_path": "/data/5.png", "label": LABELS[5], "prediction": "xxxx", "status": "ok"}
+    (tmp_path / "ft.json").write_text(json.dumps(_doc(LABELS, "ft", [twice])))
+    proc = run_cli("count_score.py", "--input", str(tmp_path / "ft.json"), "--output", str(tmp_path / "norm.json"),
+                   check=False)
+    assert_one_line_error(proc, "ft.json", "1 image is in more than one sample", "/data/5.png (indexes 5, 20)")
+    assert not (tmp_path / "norm.json").exists()
+    (tmp_path / "ok.json").write_text(json.dumps(_doc(LABELS, "ft")))
+    assert run_cli("count_score.py", "--input", str(tmp_path / "ok.json"), "--output", str(tmp_path / "norm.json")
+                   ).returncode == 0

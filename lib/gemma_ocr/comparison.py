@@ -36,8 +36,8 @@ from gemma_ocr.bootstrap import (DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, check_profile, check_unit, score_pairs
-from gemma_ocr.results import (STATUS_ERROR, ProfileName, UnitName, check_results_document, clusters_of,
-                               sample_status)
+from gemma_ocr.results import (STATUS_ERROR, ProfileName, UnitName, check_results_document, check_unique_samples,
+                               clusters_of, sample_status)
 from gemma_ocr.slices import sample_slices, slice_order
 
 PERMUTATION_METHOD = "paired permutation test: random sign flips of the per-sample edit differences (two-sided)"
@@ -156,33 +156,6 @@ class PairedResult:
     def to_dict(self) -> dict[str, Any]:
         return {"cer": self.cer.to_dict(), "f1": asdict(self.f1) if self.f1 else None, "test": asdict(self.test),
                 "better": self.better, "worse": self.worse, "same": self.same}
-
-
-def check_unique_samples(doc: dict[str, Any], source: str, shown: int = 3) -> None:
-    """Refuse, in one line naming the first ``shown``, a results document with an image in more than one sample
-    (pairing would keep one of them silently)."""
-    where: dict[str, list[str]] = {}
-    unnamed: list[str] = []
-    for position, sample in enumerate(doc.get("samples") or []):
-        index = sample.get("index") if isinstance(sample, dict) else None
-        name = str(index if index is not None else f"#{position}")
-        image = sample.get("image_path") if isinstance(sample, dict) else None
-        if isinstance(image, str) and image.strip():
-            where.setdefault(image, []).append(name)
-        else:
-            unnamed.append(name)
-    if unnamed:
-        raise GemmaOcrError(f"{source}: {len(unnamed)} samples name no image_path (indexes {', '.join(unnamed[:shown])}"
-                            f"{', ...' if len(unnamed) > shown else ''}); samples are paired by image, so each needs "
-                            f"one (compare results files written by core/evaluate.py)")
-    repeats = [(image, found) for image, found in where.items() if len(found) > 1]
-    if not repeats:
-        return
-    examples = "; ".join(f"{image} (indexes {', '.join(found)})" for image, found in repeats[:shown])
-    more = f"; and {len(repeats) - shown} more" if len(repeats) > shown else ""
-    images = "1 image is" if len(repeats) == 1 else f"{len(repeats)} images are"
-    raise GemmaOcrError(f"{source}: {images} in more than one sample: {examples}{more}; a results file holds each "
-                        f"image once (evaluate a data file without repeats again: core/evaluate.py refuses repeats)")
 
 
 def pair_samples(baseline: dict[str, Any], candidate: dict[str, Any], normalized: bool = False,

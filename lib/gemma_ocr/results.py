@@ -262,6 +262,34 @@ def check_results_document(document: Any, source: str = "results file") -> dict[
     return document
 
 
+def check_unique_samples(doc: dict[str, Any], source: str, shown: int = 3, named: bool = True) -> None:
+    """Refuse, in one line naming the first ``shown``, a results document with an image in more than one sample
+    (pairing would keep one of them silently, a figure would count it twice); ``named``: and samples without an
+    ``image_path`` (pairing needs one)."""
+    where: dict[str, list[str]] = {}
+    unnamed: list[str] = []
+    for position, sample in enumerate(doc.get("samples") or []):
+        index = sample.get("index") if isinstance(sample, dict) else None
+        name = str(index if index is not None else f"#{position}")
+        image = sample.get("image_path") if isinstance(sample, dict) else None
+        if isinstance(image, str) and image.strip():
+            where.setdefault(image, []).append(name)
+        else:
+            unnamed.append(name)
+    if unnamed and named:
+        raise GemmaOcrError(f"{source}: {len(unnamed)} samples name no image_path (indexes {', '.join(unnamed[:shown])}"
+                            f"{', ...' if len(unnamed) > shown else ''}); samples are paired by image, so each needs "
+                            f"one (compare results files written by core/evaluate.py)")
+    repeats = [(image, found) for image, found in where.items() if len(found) > 1]
+    if not repeats:
+        return
+    examples = "; ".join(f"{image} (indexes {', '.join(found)})" for image, found in repeats[:shown])
+    more = f"; and {len(repeats) - shown} more" if len(repeats) > shown else ""
+    images = "1 image is" if len(repeats) == 1 else f"{len(repeats)} images are"
+    raise GemmaOcrError(f"{source}: {images} in more than one sample: {examples}{more}; a results file holds each "
+                        f"image once (evaluate a data file without repeats again: core/evaluate.py refuses repeats)")
+
+
 def rescore_normalized(document: Any, source: str = "results file", scoring: ScoringConfig | None = None) -> dict[str, Any]:
     """What count_score.py writes: normalized text and scores, with the original ones kept.
 
@@ -273,6 +301,7 @@ def rescore_normalized(document: Any, source: str = "results file", scoring: Sco
     scoring = scoring or ScoringConfig()
     scoring.validate()
     samples = check_results_document(document, source)["samples"]
+    check_unique_samples(document, source, named=False)  # a repeated image would count twice in every figure
     out_samples = [dict(s) for s in samples]
     done = [i for i, s in enumerate(samples) if sample_status(s) != STATUS_ERROR]
     preds = [normalize_text(samples[i].get("prediction"), scoring.normalization) for i in done]
