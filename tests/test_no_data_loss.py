@@ -167,6 +167,26 @@ def test_count_score_never_writes_over_its_input(tmp_path):
     assert snapshot(tmp_path) == before
 
 
+def test_compare_and_count_score_replace_only_their_own_earlier_output(tmp_path):
+    """An --output file that exists is replaced only when the same command wrote it there (a rerun); a user's
+    file, or another command's output, is refused and left as it was."""
+    base = _results(tmp_path / "base.json", "base", 4, 1)
+    ft = _results(tmp_path / "ft.json", "ft", 1, 2)
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": true}', encoding="utf-8")
+    compare = ["compare_results.py", str(base), str(ft), "--resamples", "50", "--output"]
+    proc = run_cli(*compare, str(notes), check=False)
+    assert_one_line_error(proc, "notes.json", "did not write")
+    assert notes.read_text(encoding="utf-8") == '{"mine": true}'
+    for _ in range(2):  # the second run replaces the first one's comparison
+        run_cli(*compare, str(tmp_path / "cmp.json"))
+    proc = run_cli("count_score.py", "--input", str(ft), "--output", str(tmp_path / "cmp.json"), check=False)
+    assert_one_line_error(proc, "cmp.json", "did not write")
+    assert json.loads((tmp_path / "cmp.json").read_text())["baseline"]["model_name"] == "base"
+    for _ in range(2):
+        run_cli("count_score.py", "--input", str(ft), "--output", str(tmp_path / "ft_norm.json"))
+
+
 def test_evaluate_never_writes_over_its_data_file_or_an_image(eval_data, tmp_path):
     data = tmp_path / "D.json"
     shutil.copy(eval_data, data)

@@ -532,3 +532,13 @@ class OutputFolder:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return replaced
+
+
+def output_file(path: str | os.PathLike[str], flag: str, command: str, inputs: NamedPaths = {}) -> OutputFolder:
+    """Before writing the one file ``path``: refuse it when it is an input, or exists and the project did not write
+    it there (a file of the user's, another command's output); the folder to :meth:`~OutputFolder.record` it in
+    once written, so that a rerun of ``command`` may replace it."""
+    target = Path(path)
+    folder = OutputFolder(target.parent, flag, command, overwrite_flag=None)
+    folder.check_files([target.name], inputs)
+    return folder

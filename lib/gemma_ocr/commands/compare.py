@@ -8,19 +8,22 @@ Prints a table and writes the comparison as JSON (--output).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from gemma_ocr.comparison import CompareConfig, ModelComparison, PairedResult, compare_files
-from gemma_ocr.io import atomic_write_json, check_outputs_not_inputs, check_writable
+from gemma_ocr.io import atomic_write_json, check_writable, output_file
 from gemma_ocr.settings import ConfigParser
 
 
 def main() -> int:
     p = ConfigParser(CompareConfig, description=__doc__)
     cfg, _ = p.parse_settings()
-    check_outputs_not_inputs({"the results file": cfg.results}, {"--output": cfg.output})
+    folder = output_file(cfg.output, "--output", "gemma-ocr compare", {"the results file": cfg.results})
     check_writable(cfg.output, "--output")
     comparison = compare_files(cfg)
     print(render(comparison))
     atomic_write_json(cfg.output, comparison.to_dict())
+    folder.record([Path(cfg.output).name])
     print(f"-> {cfg.output}")
     return 0
 

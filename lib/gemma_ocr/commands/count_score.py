@@ -3,7 +3,9 @@ punctuation, no zero-width characters), with 95% bootstrap intervals and per-sli
 
 from __future__ import annotations
 
-from gemma_ocr.io import atomic_write_json, check_outputs_not_inputs, check_writable, read_json
+from pathlib import Path
+
+from gemma_ocr.io import atomic_write_json, check_writable, output_file, read_json
 from gemma_ocr.results import ScoringConfig, failure_text, figure_text, interval_text, method_text, rescore_normalized
 from gemma_ocr.settings import ConfigParser
 
@@ -17,10 +19,11 @@ def main() -> int:
     scoring, args = p.parse_settings()
     if args.nfkc:
         scoring.normalization = "nfkc"
-    check_outputs_not_inputs({"the results file (--input)": args.input}, {"--output": args.output})
+    folder = output_file(args.output, "--output", "gemma-ocr count-score", {"the results file (--input)": args.input})
     check_writable(args.output, "--output")
     out = rescore_normalized(read_json(args.input, "results file"), source=args.input, scoring=scoring)
     atomic_write_json(args.output, out)
+    folder.record([Path(args.output).name])
     m = out["normalized_metrics"]
     failed = out["total_samples"] - m["scored_samples"]
     print(f"samples: {out['total_samples']} (scored {m['scored_samples']}, failed requests {failed} not scored, "
