@@ -151,3 +151,22 @@ def test_settings_of_merge_tiny_model_and_khmer_generate_keep_their_flags():
          "--export-split", "train"])
     assert (generator.n_train, generator.n_val, generator.image_height, generator.image_width) == (4, 2, 40, 160)
     assert (str(out.export_json), out.export_split) == ("v.json", "train")
+
+
+def test_a_closed_output_pipe_ends_a_program_without_a_traceback(tmp_path):
+    """`count_score.py ... | head -1`: the reader has gone before the program prints; it stops with 141 (128 +
+    SIGPIPE), no traceback, and what it wrote before printing is whole."""
+    from gemma_ocr.results import ScoringConfig, build_document
+
+    samples = [{"index": i, "image_path": f"/d/{i}.png", "label": "12 34", "prediction": "12 3", "status": "ok"}
+               for i in range(4)]
+    (tmp_path / "r.json").write_text(json.dumps(build_document(samples, "m", ScoringConfig(ci_resamples=20))))
+    env = {**os.environ, "PYTHONPATH": str(REPO / "lib"), "PYTHONUNBUFFERED": "1"}
+    read, write = os.pipe()
+    os.close(read)  # nobody reads the program's output
+    proc = subprocess.run([sys.executable, str(REPO / "core" / "count_score.py"), "--input", str(tmp_path / "r.json"),
+                           "--output", str(tmp_path / "n.json")], stdout=write, stderr=subprocess.PIPE, text=True,
+                          env=env, timeout=120)
+    os.close(write)
+    assert proc.returncode == 141 and "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert json.loads((tmp_path / "n.json").read_text())["total_samples"] == 4

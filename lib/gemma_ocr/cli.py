@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -64,13 +65,17 @@ def stop_on_sigterm() -> None:
 
 def run(main: Callable[[], int | None]) -> None:
     """Run a program's ``main``; a :class:`GemmaOcrError` ends in one line on stderr and exit code 2, Ctrl-C in
-    "interrupted" and 130 (SIGTERM, where the program asked for :func:`stop_on_sigterm`: 143)."""
+    "interrupted" and 130 (SIGTERM, where the program asked for :func:`stop_on_sigterm`: 143), a closed output
+    pipe in 141 without a word."""
     setup_logging()
     try:
         code = main()
     except GemmaOcrError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # what read the output has gone (`... | head -1`): no traceback, as a shell tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        sys.exit(128 + signal.SIGPIPE)
     except KeyboardInterrupt as e:
         terminated = isinstance(e, Terminated)
         print("interrupted (SIGTERM)" if terminated else "interrupted", file=sys.stderr)
