@@ -227,18 +227,24 @@ class SlowServer(ScriptedServer):
         self.httpd.RequestHandlerClass = Slow
 
 
+def _terminated_after_requests(args: list[str], server: SlowServer, requests: int) -> tuple[subprocess.Popen, str]:
+    """Run the program ``args`` against ``server``, SIGTERM it once ``requests`` requests have come; (process, stderr)."""
+    proc = subprocess.Popen([*args, "--vllm-url", server.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=eval_env())
+    deadline = time.monotonic() + 60
+    while server.requests < requests and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    return proc, stderr
+
+
 def test_sigterm_saves_what_finished_and_says_so_as_ctrl_c_does(eval_data, tmp_path):
     out = tmp_path / "r.json"
     args = [sys.executable, str(ROOT / "core/evaluate.py"), "--no-progress", "--data-file", str(eval_data),
             "--output-file", str(out), "--top-k", "None", "--workers", "1", "--save-interval", "100", "--max-tokens", "12"]
     with SlowServer(0.3) as s:
-        proc = subprocess.Popen([*args, "--vllm-url", s.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=eval_env())
-        deadline = time.monotonic() + 60
-        while s.requests < 4 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        proc, stderr = _terminated_after_requests(args, s, 4)
         assert proc.returncode == 143, stderr
         assert "Traceback" not in stderr and "interrupted (SIGTERM)" in stderr
         assert "samples saved in" in stderr and "rerun the same command to resume" in stderr
@@ -270,12 +276,6 @@ def test_sigterm_during_transcribe_saves_what_finished_too(eval_data, tmp_path):
     args = [sys.executable, str(ROOT / "core/transcribe.py"), str(images), "--no-progress", "--output-file", str(out),
             "--workers", "1", "--save-interval", "100", "--max-tokens", "12"]
     with SlowServer(0.3) as s:
-        proc = subprocess.Popen([*args, "--vllm-url", s.url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=eval_env())
-        deadline = time.monotonic() + 60
-        while s.requests < 4 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=60)
+        proc, stderr = _terminated_after_requests(args, s, 4)
     assert proc.returncode == 143 and "interrupted (SIGTERM)" in stderr and "Traceback" not in stderr, stderr
     assert len(out.read_text().splitlines()) >= 3
