@@ -46,7 +46,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from gemma_ocr.config import DEFAULT_INSTRUCTION
-from gemma_ocr.data.images import server_ready, upright_rgb
+from gemma_ocr.data.images import MAX_IMAGE_PIXELS, server_ready, upright_rgb
 from gemma_ocr.data.records import OcrRecord, check_unique_images, load_records
 from gemma_ocr.engines import SERVER, Engine, EngineConfig, open_engine
 from gemma_ocr.errors import GemmaOcrError
@@ -71,7 +71,7 @@ DEFAULT_URL = "http://localhost:8000/v1/chat/completions"
 RETRY_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
 # MIME types every OpenAI-compatible server decodes; other formats are re-encoded as PNG.
 _PASS_THROUGH = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "GIF": "image/gif"}
-DEFAULT_MAX_IMAGE_PIXELS = 89_478_485  # Pillow's own guard against decompression bombs (about 9459 x 9459)
+DEFAULT_MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
 # How evaluate.py and transcribe.py spell a setting whose flag is not ``--`` + its name with dashes.
 REQUEST_FLAGS = {"urls": "--vllm-url", "resume": "--no-resume"}
 

@@ -31,6 +31,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".g
 HIGH_BIT_DEPTH_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
 SERVER_READY_MODES = frozenset({"RGB", "L"})  # without transparency: a server's own RGB conversion gives the same pixels
 EXIF_ORIENTATION = 0x0112
+#: Pillow's own guard against decompression bombs (about 9459 x 9459 pixels): the most a reader decodes by default
+MAX_IMAGE_PIXELS = 89_478_485
 
 
 def has_alpha(image: Image.Image) -> bool:

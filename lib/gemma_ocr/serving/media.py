@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from gemma_ocr.data.images import MAX_IMAGE_PIXELS  # a decoder asked for more would take the server's memory
 from gemma_ocr.serving.openai_api import ImagePart, RequestError
 
-MAX_IMAGE_PIXELS = 89_478_485  # Pillow's guard against decompression bombs (about 9459 x 9459): a decoder asked
-# for more would take the server's memory
 
 MAX_FETCHED_BYTES = 64 << 20  # an image fetched over HTTP
 FETCH_TIMEOUT = 10.0  # seconds
