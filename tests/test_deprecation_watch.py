@@ -1,4 +1,4 @@
-"""The deprecation watch (tests/deprecation_watch.py): a deprecated call of ours fails its test, a dependency's own does not.
+"""The deprecation watch (tests/helpers/deprecation_watch.py): a deprecated call of ours fails its test, a dependency's own does not.
 
 A pytest run in a subprocess on a tiny project with this repository's pyproject settings: its ``ours/`` folder
 stands for lib/gemma_ocr and calls a real deprecated API (Optuna's ``JournalFileStorage``, deprecated since
@@ -21,9 +21,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 CONFTEST = """
-import deprecation_watch
+from tests.helpers import deprecation_watch
 from pathlib import Path
-from deprecation_watch import *  # noqa: F401,F403
+from tests.helpers.deprecation_watch import *  # noqa: F401,F403
 
 deprecation_watch.OURS = (Path(__file__).resolve().parents[1] / "ours",)  # ours by its files' paths
 deprecation_watch.OUR_PACKAGES = ()
@@ -162,7 +162,7 @@ def test_deprecated_calls_of_ours_fail_their_test_and_a_dependencys_own_do_not(t
     (tmp_path / "tests" / "test_tiny.py").write_text(textwrap.dedent(TESTS))
     (tmp_path / "tests" / "test_at_import.py").write_text(
         "from ours import calls\n\ncalls.swallowed(None)\n\n\ndef test_nothing():\n    pass\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(tmp_path)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(tmp_path)])}
     env.pop("PYTHONWARNINGS", None)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path),

@@ -10,18 +10,18 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_cli
-from eval_fixtures import ScriptedServer
+from tests.helpers.programs import assert_one_line_error, run_cli
+from tests.helpers.eval_fixtures import ScriptedServer
 from PIL import Image, ImageDraw
 
-from gemma_ocr.comparison import compare_documents, pair_samples
+from gemma_ocr.scoring.comparison import compare_documents, pair_samples
 from gemma_ocr.data.importing import dedupe, find_duplicates, import_records
 from gemma_ocr.data.records import OcrRecord, check_unique_images, load_raw_records, load_records
 from gemma_ocr.data.split import split_non_test
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation import EvalConfig, evaluate
-from gemma_ocr.results import ScoringConfig, build_document
-from gemma_ocr.transcription import collect_images
+from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.scoring.results import ScoringConfig, build_document
+from gemma_ocr.evaluation.transcription import collect_images
 
 
 def _line(path: Path, text: str) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from tests.helpers.programs import REPO
 from gemma_ocr.layout import LAYOUT, Layout
 
 #: A folder of the layout at the start of a path (``models/x``, ``sqlite:///optuna_studies/x``), or one of its
@@ -73,16 +73,16 @@ def test_the_layout_is_the_documented_one_and_relative_to_its_root(tmp_path):
 
 
 @pytest.mark.parametrize("default, expected", [
-    ("gemma_ocr.config:OcrArguments.model_name", LAYOUT.reader),
-    ("gemma_ocr.config:OcrArguments.input_data", LAYOUT.non_test_json),
-    ("gemma_ocr.config:OcrArguments.output_dir", LAYOUT.adapter),
-    ("gemma_ocr.evaluation:EvalConfig.data_file", LAYOUT.test_json),
-    ("gemma_ocr.evaluation:EvalConfig.output_file", LAYOUT.evaluation),
-    ("gemma_ocr.transcription:TranscribeConfig.output_file", LAYOUT.transcriptions),
+    ("gemma_ocr.training.config:OcrArguments.model_name", LAYOUT.reader),
+    ("gemma_ocr.training.config:OcrArguments.input_data", LAYOUT.non_test_json),
+    ("gemma_ocr.training.config:OcrArguments.output_dir", LAYOUT.adapter),
+    ("gemma_ocr.evaluation.run:EvalConfig.data_file", LAYOUT.test_json),
+    ("gemma_ocr.evaluation.run:EvalConfig.output_file", LAYOUT.evaluation),
+    ("gemma_ocr.evaluation.transcription:TranscribeConfig.output_file", LAYOUT.transcriptions),
     ("gemma_ocr.search.config:SearchArguments.base_output_dir", LAYOUT.search_trials),
     ("gemma_ocr.search.config:SearchArguments.studies_dir", LAYOUT.studies),
-    ("gemma_ocr.pipeline:PipelineConfig.base_model", LAYOUT.reader),
-    ("gemma_ocr.pipeline:PipelineConfig.train_config", LAYOUT.train_config),
+    ("gemma_ocr.pipeline.job:PipelineConfig.base_model", LAYOUT.reader),
+    ("gemma_ocr.pipeline.job:PipelineConfig.train_config", LAYOUT.train_config),
     ("gemma_ocr.khmer_digits.utils:TrainingConfig.metadata_path", LAYOUT.khmer_metadata),
     ("gemma_ocr.khmer_digits.utils:TrainingConfig.output_dir", LAYOUT.khmer_runs),
 ])

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
-from eval_fixtures import eval_env
+from tests.helpers.programs import assert_one_line_error, run_cli
+from tests.helpers.eval_fixtures import eval_env
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import MANIFEST, OutputFolder, check_outputs_not_inputs
 
@@ -131,7 +131,7 @@ def test_the_merged_folder_keeps_the_users_umask(eval_adapter, tmp_path, mask):
 # ------------------------------------------------------------------------------------- results files as inputs
 
 def _results(path: Path, name: str, damage: int, seed: int) -> Path:
-    from gemma_ocr.results import ScoringConfig, build_document
+    from gemma_ocr.scoring.results import ScoringConfig, build_document
 
     rng = random.Random(seed)
     labels = [f"line {i:04d} abc" for i in range(20)]

@@ -13,13 +13,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import assert_one_line_error, run_cli
-from eval_fixtures import ScriptedServer
+from tests.helpers.programs import assert_one_line_error, run_cli
+from tests.helpers.eval_fixtures import ScriptedServer
 
 from gemma_ocr.data.records import load_records
-from gemma_ocr.evaluation import EvalConfig, evaluate
-from gemma_ocr.metrics import aggregate, score_pairs
-from gemma_ocr.results import build_document
+from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.scoring.metrics import aggregate, score_pairs
+from gemma_ocr.scoring.results import build_document
 
 #: what a broken server answers with HTTP 200, and the words the failure is named with
 BAD_ANSWERS = {

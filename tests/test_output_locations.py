@@ -10,8 +10,8 @@ import os
 import shutil
 
 import pytest
-from conftest import assert_one_line_error, run_cli
-from output_locations import read_only_folder, small_tmpfs
+from tests.helpers.programs import assert_one_line_error, run_cli
+from tests.helpers.output_locations import read_only_folder, small_tmpfs
 
 from gemma_ocr.errors import GemmaOcrError
 

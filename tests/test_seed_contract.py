@@ -14,8 +14,8 @@ import sys
 
 import pytest
 
-from conftest import REPO
-from gemma_ocr.config import TrainConfig, resolve_config
+from tests.helpers.programs import REPO
+from gemma_ocr.training.config import TrainConfig, resolve_config
 from gemma_ocr.settings import ConfigParser
 
 CONFIGS = REPO / "configs" / "hyperparm_configs"
@@ -109,7 +109,7 @@ def test_shipped_configs_every_key_reaches_its_field(path):
 
 @pytest.mark.parametrize("flag", EVALUATE_FLAGS)
 def test_evaluate_flags(flag):
-    from gemma_ocr.evaluation import EvalConfig
+    from gemma_ocr.evaluation.run import EvalConfig
 
     given, name, expected = EVALUATE_FLAGS[flag]
     config, _ = ConfigParser(EvalConfig).parse_settings([flag, given])
@@ -117,7 +117,7 @@ def test_evaluate_flags(flag):
 
 
 def test_transcribe_shares_the_request_flags():
-    from gemma_ocr.transcription import TranscribeConfig
+    from gemma_ocr.evaluation.transcription import TranscribeConfig
 
     argv = ["img.png", "--no-resume", "--no-progress", "--timeout", "30"]
     for flag in ("--vllm-url", "--workers", "--model-name", "--save-interval"):

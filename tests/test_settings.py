@@ -235,7 +235,7 @@ def test_flags_left_for_another_program_and_a_light_import(tmp_path):
     study, _, ns = p.parse_settings(["x", "--trials", "2", "--tensor-parallel-size", "2"], known_only=True)
     assert study.n_trials == 2 and ns.extra == ["--tensor-parallel-size", "2"]
     # the layer itself does not import transformers (a second): only building a ConfigParser does
-    code = ("import sys, gemma_ocr.settings, gemma_ocr.config, gemma_ocr.layout; "
+    code = ("import sys, gemma_ocr.settings, gemma_ocr.training.config, gemma_ocr.layout; "
             "assert 'transformers' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "lib")})

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gemma_ocr.comparison import CompareConfig, ModelComparison, PairedResult, compare_files
+from gemma_ocr.scoring.comparison import CompareConfig, ModelComparison, PairedResult, compare_files
 from gemma_ocr.io import atomic_write_json, check_writable, output_file
 from gemma_ocr.settings import ConfigParser
 

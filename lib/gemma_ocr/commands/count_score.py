@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gemma_ocr.io import atomic_write_json, check_writable, output_file, read_json
-from gemma_ocr.results import ScoringConfig, failure_text, figure_text, interval_text, method_text, rescore_normalized
+from gemma_ocr.scoring.results import ScoringConfig, failure_text, figure_text, interval_text, method_text, rescore_normalized
 from gemma_ocr.settings import ConfigParser
 
 

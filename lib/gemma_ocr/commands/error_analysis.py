@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gemma_ocr.error_analysis import analyze_file, compare, shown_char
-from gemma_ocr.error_report import write_report
+from gemma_ocr.reports.error_analysis import analyze_file, compare, shown_char
+from gemma_ocr.reports.error_report import write_report
 from gemma_ocr.io import OutputFolder
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
-from gemma_ocr.results import failure_summary, failure_text, figure_text
+from gemma_ocr.scoring.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
+from gemma_ocr.scoring.results import failure_summary, failure_text, figure_text
 from gemma_ocr.settings import ArgumentParser, flag_value
 
 

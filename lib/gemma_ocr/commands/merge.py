@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.merge import ATOL, RTOL, merge_adapter
+from gemma_ocr.merge.adapter import ATOL, RTOL, merge_adapter
 from gemma_ocr.settings import ConfigParser, Settings, setting
 
 merging = functools.partial(setting, group="merge settings")

@@ -18,7 +18,7 @@ import sys
 import time
 
 from gemma_ocr.io import check_writable
-from gemma_ocr.pipeline import PipelineConfig, format_table, run_pipeline
+from gemma_ocr.pipeline.job import PipelineConfig, format_table, run_pipeline
 from gemma_ocr.progress import Stages, run_log
 from gemma_ocr.settings import ConfigParser
 

@@ -26,7 +26,7 @@ ADAPTER_FILES = ("README.md", "adapter_config.json", "adapter_model.safetensors"
 
 
 def main() -> None:
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
 
     p = ConfigParser(TrainConfig, ignore_keys=TrainConfig.ignored_keys, description=__doc__)
     p.add_argument("--print-config", action="store_true",

@@ -48,7 +48,7 @@ __all__ = ["IMAGE_SUFFIXES", "Duplicates", "ImportResult", "dedupe", "find_dupli
 TRANSCRIPTION_SUFFIXES = (".gt.txt", ".txt")  # tried in this order
 IMAGE_KEYS = ("image_path", "img_path", "image", "img", "file_name", "filename", "file", "path")
 TEXT_KEYS = ("ocr_text", "ocr_results", "text", "transcription", "label", "gt")
-FAILED_STATUS = "error"  # a transcriptions file's row whose request failed (gemma_ocr.results.STATUS_ERROR)
+FAILED_STATUS = "error"  # a transcriptions file's row whose request failed (gemma_ocr.scoring.results.STATUS_ERROR)
 
 
 @dataclass
@@ -127,7 +127,7 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
 def listed_images(source: str | os.PathLike[str], image_key: str | None = None) -> list[str]:
     """The images a labels or OCR data file names (absolute paths, in order), texts not needed.
 
-    What :mod:`gemma_ocr.transcription` sends: a ``.tsv``/``.txt`` file may hold just one path per line,
+    What :mod:`gemma_ocr.evaluation.transcription` sends: a ``.tsv``/``.txt`` file may hold just one path per line,
     a ``.csv``/``.jsonl`` file just an image column/key, and images need not exist (yet).
     """
     source = Path(source).expanduser()

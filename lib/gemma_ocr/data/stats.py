@@ -61,7 +61,7 @@ def plot_splits(stats: list[SplitStats], out_dir: str | Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from gemma_ocr.plotting import use_font_for
+    from gemma_ocr.reports.plotting import use_font_for
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +105,7 @@ def plot_splits(stats: list[SplitStats], out_dir: str | Path) -> list[Path]:
 
 def empty_predictions(document: dict[str, Any]) -> list[dict[str, Any]]:
     """Samples whose prediction is empty or whitespace (failed requests excluded)."""
-    from gemma_ocr.results import STATUS_ERROR, sample_status
+    from gemma_ocr.scoring.results import STATUS_ERROR, sample_status
 
     return [s for s in document.get("samples", [])
             if sample_status(s) != STATUS_ERROR and not (s.get("prediction") or "").strip()]

@@ -2,7 +2,3 @@
 
 Importing this package is cheap; submodules load torch/torchvision when used.
 """
-
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError, ExperimentFailedError, ModelCreationError
-
-__all__ = ["ConfigurationError", "DataLoaderError", "ExperimentFailedError", "ModelCreationError"]

@@ -4,7 +4,7 @@
   reports the validation character accuracy after each epoch to a callback that may prune.
 * :func:`predict` reads a checkpoint and turns image files into Khmer-digit strings.
 * :func:`evaluate_ocr_file` scores a checkpoint on an OCR input file (``[{image_path, ocr_text}]``)
-  with the same CER/F1 document as the served Gemma model (:func:`gemma_ocr.results.build_document`).
+  with the same CER/F1 document as the served Gemma model (:func:`gemma_ocr.scoring.results.build_document`).
 * :func:`export_ocr_json` writes a generated split as such an OCR input file.
 """
 
@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError
+from gemma_ocr.errors import ConfigurationError
 from gemma_ocr.khmer_digits.generator import export_ocr_json
 from gemma_ocr.khmer_digits.utils import TrainingConfig
 from gemma_ocr.settings import Layer, resolve, unknown_key
 
 if TYPE_CHECKING:
-    from gemma_ocr.results import ScoringConfig
+    from gemma_ocr.scoring.results import ScoringConfig
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def train_trial(params: dict[str, Any], output_dir: str | os.PathLike[str],
 
 def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model stored in a checkpoint, in eval mode."""
-    from gemma_ocr.khmer_digits.exceptions import DataLoaderError
+    from gemma_ocr.errors import DataLoaderError
     from gemma_ocr.khmer_digits.models import model_from_config
     from gemma_ocr.khmer_digits.utils import CheckpointManager
 
@@ -170,7 +170,7 @@ def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | 
     never scored as a prediction.
     """
     from gemma_ocr.data.records import load_records
-    from gemma_ocr.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document
+    from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document
 
     all_records = load_records(data_file)
     records = all_records if top_k is None else all_records[:top_k]

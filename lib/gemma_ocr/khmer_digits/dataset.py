@@ -20,7 +20,7 @@ from PIL import Image, ImageFilter
 from torch.utils.data import DataLoader, Dataset
 
 from gemma_ocr.data.images import upright_rgb
-from gemma_ocr.khmer_digits.exceptions import DataLoaderError
+from gemma_ocr.errors import DataLoaderError
 from gemma_ocr.khmer_digits.generator import split_records
 from gemma_ocr.khmer_digits.vocab import MAX_SEQUENCE_LENGTH, encode
 

@@ -36,7 +36,7 @@ from gemma_ocr.data.fonts import khmer_font
 from gemma_ocr.data.records import OcrRecord, write_records
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_text
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError, DataLoaderError
+from gemma_ocr.errors import ConfigurationError, DataLoaderError
 from gemma_ocr.khmer_digits.vocab import DIGITS, MAX_DIGITS, MAX_SEQUENCE_LENGTH
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import Settings, setting

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError
+from gemma_ocr.errors import ConfigurationError
 from gemma_ocr.khmer_digits.vocab import BLANK_IDX, PAD_IDX, VOCAB_SIZE, target_lengths
 
 LOSS_TYPES = ("crossentropy", "ctc", "focal")

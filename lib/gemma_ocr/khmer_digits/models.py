@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gemma_ocr.khmer_digits.exceptions import ModelCreationError
+from gemma_ocr.errors import ModelCreationError
 from gemma_ocr.khmer_digits.vocab import MAX_SEQUENCE_LENGTH, VOCAB_SIZE, greedy_decode
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError
+from gemma_ocr.errors import ConfigurationError
 from gemma_ocr.khmer_digits.losses import OCRLoss
 from gemma_ocr.khmer_digits.metrics import OCRMetrics
 from gemma_ocr.khmer_digits.utils import CheckpointManager, EarlyStopping, TrainingConfig

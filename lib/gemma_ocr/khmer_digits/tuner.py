@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gemma_ocr.io import atomic_write_json, atomic_write_text
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError, ExperimentFailedError
+from gemma_ocr.errors import ConfigurationError, ExperimentFailedError
 from gemma_ocr.khmer_digits.utils import TrainingConfig, slug
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import read_config_file, unknown_key

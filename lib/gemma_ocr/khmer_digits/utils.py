@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from gemma_ocr.io import atomic_write_json, atomic_write_text
-from gemma_ocr.khmer_digits.exceptions import ConfigurationError
+from gemma_ocr.errors import ConfigurationError
 from gemma_ocr.khmer_digits.losses import LOSS_TYPES
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import FieldError, Settings, read_config_file
@@ -197,7 +197,7 @@ class CheckpointManager:
 
     @staticmethod
     def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        from gemma_ocr.khmer_digits.exceptions import DataLoaderError
+        from gemma_ocr.errors import DataLoaderError
 
         path = Path(path)
         if not path.is_file():

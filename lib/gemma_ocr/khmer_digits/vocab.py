@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from gemma_ocr.khmer_digits.exceptions import DataLoaderError
+from gemma_ocr.errors import DataLoaderError
 
 DIGITS = "០១២៣៤៥៦៧៨៩"
 EOS_IDX, PAD_IDX, BLANK_IDX = 10, 11, 12

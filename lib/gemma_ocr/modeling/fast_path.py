@@ -1,7 +1,7 @@
 """The default fast training path (``TrainConfig.fast_path``) and how each of its switches resolves.
 
 What it changes against plain transformers + PEFT, each change keeping the loss of a batch the same
-(checked by tests/test_fast_path.py on a CPU and by benchmarks/train_throughput.py on a GPU):
+(checked by tests/training/test_fast_path.py on a CPU and by benchmarks/train_throughput.py on a GPU):
 
 * **No backward through a frozen vision tower.** transformers' ``enable_input_require_grads`` (called by
   gradient checkpointing and PEFT) marks the SigLIP patch embeddings as requiring gradients, so a plain
@@ -15,7 +15,7 @@ What it changes against plain transformers + PEFT, each change keeping the loss 
   labelled positions only, never building the ``(batch, seq, 262208)`` logits. It is part of every run
   through :func:`gemma_ocr.training.tune` on a GPU; Liger's own fused linear cross-entropy is therefore
   left off (TRL refuses both at once). On a CPU the model's own loss is used, unless Triton's interpreter
-  is on (``TRITON_INTERPRET=1``: the same kernels on CPU tensors, slowly; tests/test_triton_kernels.py
+  is on (``TRITON_INTERPRET=1``: the same kernels on CPU tensors, slowly; tests/training/test_triton_kernels.py
   checks both Triton halves of the fast path that way).
 * **Liger kernels** (``use_liger_kernel``): Gemma 3's RMSNorm, GeGLU MLP and RoPE, SigLIP's LayerNorm as
   Triton kernels (liger-kernel >= 0.8.5, its public ``apply_liger_kernel_to_gemma3``), swapped in when the
@@ -46,7 +46,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from gemma_ocr.layout import LAYOUT
 if TYPE_CHECKING:
     import torch
 
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def load_processor(model_name: str, image_kwargs: dict[str, Any] | None = None):
 
 def saved_image_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The pan-and-scan settings a checkpoint folder's processor config holds (what vLLM needs to be told)."""
-    from gemma_ocr.config import PAN_AND_SCAN_FIELDS
+    from gemma_ocr.training.config import PAN_AND_SCAN_FIELDS
 
     folder = Path(model_dir)
     for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):

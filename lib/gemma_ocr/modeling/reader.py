@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.config import DEFAULT_INSTRUCTION
+from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.layout import LAYOUT
@@ -126,7 +126,7 @@ def read_lines(model, processor, images: Sequence[Any], instruction: str = DEFAU
 def heldout_cer(model, processor, records, recipe: ReaderRecipe) -> float:
     """Micro CER of greedy readings of ``records`` (raw text, as evaluate.py's ``overall_cer``)."""
     from gemma_ocr.data.images import open_image
-    from gemma_ocr.metrics import aggregate, score_pairs
+    from gemma_ocr.scoring.metrics import aggregate, score_pairs
 
     predictions = read_lines(model, processor, [open_image(r.image_path) for r in records], recipe.instruction,
                              recipe.max_new_tokens)
@@ -149,7 +149,7 @@ def _curve_callback(processor, records, recipe: ReaderRecipe, curve: list[dict[s
 
 
 def _phase_config(settings: dict[str, Any], model: Path, data: Path, output: Path):
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
 
     return TrainConfig.from_dict({**settings, "model_name": str(model), "input_data": str(data),
                                   "output_dir": str(output)}, source="reader recipe")
@@ -162,7 +162,7 @@ def train_reader(start: Path, data: Path, work: Path, recipe: ReaderRecipe, proc
     Returns the trained folder (hub layout), the last run's metrics and the runs' configs.
     """
     from gemma_ocr.modeling.tiny import to_hub_layout
-    from gemma_ocr.training import tune
+    from gemma_ocr.training.tune import tune
 
     def callbacks(first_step: int) -> list:
         if not (recipe.curve_every and processor is not None and curve is not None):

@@ -18,7 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.plotting import save_png
+from gemma_ocr.reports.plotting import save_png
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.search.export import jsonable, now
 from gemma_ocr.search.liveness import retried

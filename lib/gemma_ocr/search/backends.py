@@ -86,9 +86,9 @@ class GemmaBackend:
 
     def __init__(self) -> None:
         try:
-            from gemma_ocr import config as config_module
+            from gemma_ocr.training import config as config_module
         except ImportError as e:  # pragma: no cover - the training stage is part of the package
-            raise GemmaOcrError(f"the gemma backend needs gemma_ocr.config / gemma_ocr.training ({e})") from None
+            raise GemmaOcrError(f"the gemma backend needs gemma_ocr.training.config / gemma_ocr.training ({e})") from None
         self._config = config_module
 
     def _build(self, fixed: dict[str, Any], params: dict[str, Any], source: str, where: str) -> Any:
@@ -119,7 +119,7 @@ class GemmaBackend:
             result = _tune_in_child(config, ctx.reporter, self.metric)
         else:
             from gemma_ocr.search.pruning import pruning_callback
-            from gemma_ocr.training import tune
+            from gemma_ocr.training.tune import tune
 
             result = tune(config, callbacks=[pruning_callback(ctx.reporter, self.metric)])
         ctx.reporter.raise_if_pruned()
@@ -255,8 +255,8 @@ def _child_main(config: dict[str, Any], metric: str, conn: Any, parent: int, lev
     try:
         from transformers import TrainerCallback
 
-        from gemma_ocr.config import TrainConfig
-        from gemma_ocr.training import tune
+        from gemma_ocr.training.config import TrainConfig
+        from gemma_ocr.training.tune import tune
 
         class ReportToParent(TrainerCallback):
             def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> Any:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gemma_ocr.config import MAX_SEED, arg
+from gemma_ocr.training.config import MAX_SEED, arg
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.search.space import ParamSpec, parse_search_space
 from gemma_ocr.layout import LAYOUT

@@ -4,7 +4,7 @@ Teacher-forced ``eval_loss`` is not what OCR users measure: a lower loss can com
 cut-off lines. At every evaluation (``eval_steps``, and before the first step with ``eval_on_start``) the
 trainer of :func:`gemma_ocr.training.tune` reads the first ``cer_eval_samples`` images of the validation
 split by greedy generation and scores the answers with the project's own metrics
-(:func:`gemma_ocr.results.score_samples`, the scoring of evaluate.py): ``eval_cer``, ``eval_f1``,
+(:func:`gemma_ocr.scoring.results.score_samples`, the scoring of evaluate.py): ``eval_cer``, ``eval_f1``,
 ``eval_normalized_cer`` and ``eval_normalized_f1`` (micro averages) go into the evaluation's metrics next
 to ``eval_loss``, so they reach W&B, TensorBoard, ``train_metrics.json``'s history, the pruner of a search,
 ``metric_for_best_model`` and early stopping.
@@ -131,7 +131,7 @@ class CerEvaluation:
 
     def score(self, predictions: Sequence[tuple[int, str]], prefix: str = "eval") -> dict[str, float]:
         """The metrics of ``(index, answer)`` pairs covering the slice, scored as evaluate.py scores a results file."""
-        from gemma_ocr.results import STATUS_EMPTY, STATUS_OK, score_samples
+        from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_OK, score_samples
 
         answers = dict(predictions)
         samples = [{"label": self.references[i], "prediction": answers[i],

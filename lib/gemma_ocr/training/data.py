@@ -21,7 +21,7 @@ from gemma_ocr.errors import GemmaOcrError
 if TYPE_CHECKING:
     from datasets import Dataset
 
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

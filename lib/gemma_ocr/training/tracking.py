@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gemma_ocr.errors import GemmaOcrError
 
 if TYPE_CHECKING:
-    from gemma_ocr.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
 

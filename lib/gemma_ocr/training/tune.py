@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.config import TrainConfig
+from gemma_ocr.training.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, out_of_room
 from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model

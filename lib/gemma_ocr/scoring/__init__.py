@@ -1,0 +1,1 @@
+"""Scoring: metrics, bootstrap intervals, slices, results documents, degenerate answers, paired comparison."""

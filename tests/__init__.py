@@ -1,0 +1,1 @@
+"""The test suite; tests mirror the package layout of lib/gemma_ocr."""

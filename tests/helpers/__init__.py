@@ -1,0 +1,1 @@
+"""Helpers shared by the tests: fixtures, programs, servers, search objectives."""

@@ -1,0 +1,1 @@
+"""Tests of gemma_ocr.scoring."""
