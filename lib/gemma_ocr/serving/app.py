@@ -26,7 +26,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import torch
+from fastapi import FastAPI
+from starlette.responses import JSONResponse, StreamingResponse
+from transformers import AutoModelForImageTextToText
+
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling.loading import load_processor
 from gemma_ocr.serving.batching import (
     Arrival,
     BatchingGenerateManager,
@@ -39,8 +45,8 @@ from gemma_ocr.serving.batching import (
     tokenizer_of,
     use_indexed_masks,
 )
-from gemma_ocr.serving.cli import DTYPES, dtype_problem
 from gemma_ocr.serving.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT, MAX_CACHED_GENERATION_CONFIGS
+from gemma_ocr.serving.flags import DTYPES, dtype_problem
 from gemma_ocr.serving.media import MediaPolicy, image_source, needs_io
 from gemma_ocr.serving.openai_api import (
     ChatRequest,
@@ -64,11 +70,6 @@ DEFAULT_MAX_NEW_TOKENS = 1024  # a request without max_tokens: at least this man
 
 def load_model(model_dir: str, device: str = "auto", dtype: str | None = None) -> tuple[Any, Any]:
     """``(model, processor)`` of a local checkpoint for serving: bf16 on CUDA, fp32 on the CPU, never fp16."""
-    import torch
-    from transformers import AutoModelForImageTextToText
-
-    from gemma_ocr.modeling.loading import load_processor
-
     problem = dtype_problem(dtype)
     if problem:
         raise GemmaOcrError(problem)
@@ -111,8 +112,6 @@ class ChatCompletions:
 
     async def respond(self, raw: bytes, request_id: str, arrival: Arrival) -> Any:
         """The response to one request's body (``arrival``: done once the job is queued)."""
-        from starlette.responses import JSONResponse, StreamingResponse
-
         request = parse_chat_request(parse_json(raw), self.limits)
         self.check_model(request.model)
         prompt = await self.prompt(request)
@@ -293,8 +292,6 @@ def sse(body: dict[str, Any]) -> str:
 
 
 def error_response(error: RequestError) -> Any:
-    from starlette.responses import JSONResponse
-
     return JSONResponse(error.body(), status_code=error.status)
 
 
@@ -344,8 +341,6 @@ class OpenAIServer:
     async def chat_response(self, receive: Callable, request_id: str) -> Any:
         """The response to a chat completion (None: its client left before sending it all). It counts as arriving
         from its first byte: a forming batch waits for it while its body is read and checked."""
-        from starlette.responses import JSONResponse
-
         with self.manager.arrival() as arrival:
             try:
                 raw = await read_body(receive)
@@ -360,10 +355,6 @@ class OpenAIServer:
 
 def routes_app(chat: ChatCompletions, max_batch_size: int) -> Any:
     """The FastAPI app of the routes besides chat completions: /health, /v1/models, /stats."""
-    import torch
-    from fastapi import FastAPI
-    from starlette.responses import JSONResponse
-
     manager, created = chat.manager, int(time.time())
 
     @contextlib.asynccontextmanager
