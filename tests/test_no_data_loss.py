@@ -19,7 +19,7 @@ import pytest
 from tests.helpers.programs import assert_one_line_error, run_cli
 from tests.helpers.eval_fixtures import eval_env
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import MANIFEST, OutputFolder, check_outputs_not_inputs
+from gemma_ocr.outputs import MANIFEST, OutputFolder, check_outputs_not_inputs
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import check_outputs_not_inputs, read_json, read_yaml
+from gemma_ocr.io import read_json, read_yaml
+from gemma_ocr.outputs import check_outputs_not_inputs
 
 NULL_WORDS = frozenset({"none", "null"})
 INT_RANGE = (-(2**63), 2**63 - 1)  # what an integer setting can hold: a 64-bit integer, as torch and NumPy take it

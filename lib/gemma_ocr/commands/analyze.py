@@ -10,7 +10,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_ocr.io import OutputFolder
+from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.search.analysis import analyze
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ConfigParser, FieldError, Settings, setting

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from gemma_ocr.scoring.comparison import CompareConfig, ModelComparison, PairedResult, compare_files
-from gemma_ocr.io import atomic_write_json, check_writable, output_file
+from gemma_ocr.io import atomic_write_json, check_writable
+from gemma_ocr.outputs import output_file
 from gemma_ocr.settings import ConfigParser
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gemma_ocr.io import atomic_write_json, check_writable, output_file, read_json
+from gemma_ocr.io import atomic_write_json, check_writable, read_json
+from gemma_ocr.outputs import output_file
 from gemma_ocr.scoring.results import ScoringConfig, failure_text, figure_text, interval_text, method_text, rescore_normalized
 from gemma_ocr.settings import ConfigParser
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gemma_ocr.reports.error_analysis import analyze_file, compare, shown_char
 from gemma_ocr.reports.error_report import write_report
-from gemma_ocr.io import OutputFolder
+from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.scoring.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
 from gemma_ocr.scoring.results import failure_summary, failure_text, figure_text

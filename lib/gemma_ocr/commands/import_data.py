@@ -8,7 +8,8 @@ from gemma_ocr.data.importing import dedupe, find_duplicates, import_sources
 from gemma_ocr.data.images import IMAGE_SUFFIXES, check_images
 from gemma_ocr.data.records import write_records
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import check_outputs_not_inputs, check_writable
+from gemma_ocr.io import check_writable
+from gemma_ocr.outputs import check_outputs_not_inputs
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ArgumentParser
 

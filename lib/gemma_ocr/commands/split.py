@@ -7,7 +7,8 @@ from pathlib import Path
 from gemma_ocr.data.images import check_images
 from gemma_ocr.data.records import load_raw_records, repeated_images, write_records
 from gemma_ocr.data.split import DEFAULT_SEED, check_ratio, parse_ratio, split_non_test
-from gemma_ocr.io import OutputFolder, check_writable
+from gemma_ocr.io import check_writable
+from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ArgumentParser, flag_value
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset, is_synthetic
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import MANIFEST, OutputFolder, check_writable
+from gemma_ocr.io import check_writable
+from gemma_ocr.outputs import MANIFEST, OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import ArgumentParser, flag_value
 

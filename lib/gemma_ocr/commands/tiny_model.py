@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_ocr.io import OutputFolder
+from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.modeling.reader import CARD_FILE, CHECKPOINT_FILES, READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
 from gemma_ocr.modeling.tiny import build_tiny_gemma3

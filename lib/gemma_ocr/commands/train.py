@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from gemma_ocr.io import OutputFolder, check_outputs_not_inputs
+from gemma_ocr.outputs import OutputFolder, check_outputs_not_inputs
 from gemma_ocr.settings import ConfigParser
 
 # What training writes at the top of its folder besides its settings and figures (the adapter and its processor): a

@@ -23,7 +23,7 @@ def main() -> int:
     p.add_argument("--show", type=flag_value(int), default=5, help="print the first N transcriptions (0: none)")
     cfg, args = p.parse_settings()
     stop_on_sigterm()  # `kill PID` saves what finished and says so, as Ctrl-C does
-    from gemma_ocr.io import check_outputs_not_inputs
+    from gemma_ocr.outputs import check_outputs_not_inputs
 
     check_outputs_not_inputs({"the input": cfg.inputs, "the checkpoint (--checkpoint)": cfg.checkpoint},
                              {"--output-file": cfg.output_file})

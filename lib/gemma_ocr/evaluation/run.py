@@ -50,7 +50,8 @@ from gemma_ocr.data.images import MAX_IMAGE_PIXELS, server_ready, upright_rgb
 from gemma_ocr.data.records import OcrRecord, check_unique_images, load_records
 from gemma_ocr.evaluation.engines import SERVER, Engine, EngineConfig, open_engine
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, check_outputs_not_inputs, check_writable, read_json
+from gemma_ocr.io import atomic_write_json, check_writable, read_json
+from gemma_ocr.outputs import check_outputs_not_inputs
 from gemma_ocr.scoring.degenerate import STATUS_RULES, answer_status
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.scoring.results import (

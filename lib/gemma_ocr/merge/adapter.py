@@ -34,8 +34,8 @@ from typing import Any
 
 from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import (NamedPaths, OutputFolder, atomic_write_json, check_writable, nearest_existing, read_json,
-                          reporting_write_errors)
+from gemma_ocr.io import atomic_write_json, check_writable, nearest_existing, read_json, reporting_write_errors
+from gemma_ocr.outputs import NamedPaths, OutputFolder
 from gemma_ocr.layout import LAYOUT
 
 log = logging.getLogger(__name__)

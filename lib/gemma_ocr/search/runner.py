@@ -40,7 +40,8 @@ import optuna
 from optuna.trial import FrozenTrial, Trial, TrialState
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import check_outputs_not_inputs, check_writable
+from gemma_ocr.io import check_writable
+from gemma_ocr.outputs import check_outputs_not_inputs
 from gemma_ocr.search.backends import (
     DEFAULT_SPACES,
     Backend,
