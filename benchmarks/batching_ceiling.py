@@ -49,7 +49,8 @@ def in_process_costs(model_dir: Path, image_paths: list[str], rounds: int) -> di
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor, GenerationConfig
 
-    from gemma_ocr.serving.batching import ChatPrompt, GenerationJob, generate_batch, prepare_prompts, use_indexed_masks
+    from gemma_ocr.serving.generation import ChatPrompt, GenerationJob, generate_batch, prepare_prompts
+    from gemma_ocr.serving.indexed_masks import use_indexed_masks
 
     torch.set_num_threads(1)
     processor = AutoProcessor.from_pretrained(model_dir)

@@ -117,7 +117,7 @@ def test_generate_batch_matches_one_at_a_time_with_padding_limits_and_stops(merg
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from gemma_ocr.serving.batching import GenerationJob, generate_batch
+    from gemma_ocr.serving.generation import GenerationJob, generate_batch
 
     torch.set_num_threads(1)
     folder = merged_model[0]
@@ -225,7 +225,8 @@ def test_indexed_masks_give_the_same_logits_and_answers(merged_model, eval_data)
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from gemma_ocr.serving.batching import INDEXED_SDPA, GenerationJob, generate_batch, use_indexed_masks
+    from gemma_ocr.serving.generation import GenerationJob, generate_batch
+    from gemma_ocr.serving.indexed_masks import INDEXED_SDPA, use_indexed_masks
 
     torch.set_num_threads(1)
     folder = merged_model[0]
@@ -257,7 +258,7 @@ def test_prompts_prepared_together_are_those_prepared_alone(merged_model, eval_d
     import torch
     from transformers import AutoProcessor
 
-    from gemma_ocr.serving.batching import ChatPrompt, prepare_prompts
+    from gemma_ocr.serving.generation import ChatPrompt, prepare_prompts
 
     processor = AutoProcessor.from_pretrained(merged_model[0])
     prompts = [ChatPrompt([{"role": "user", "content": [{"type": "image", "url": r.image_path},
@@ -302,7 +303,8 @@ def test_a_forming_batch_prepares_its_prompts_while_the_rest_is_on_its_way(merge
     import torch
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from gemma_ocr.serving.batching import BatchingGenerateManager, ChatPrompt, GenerationJob
+    from gemma_ocr.serving.batching import BatchingGenerateManager
+    from gemma_ocr.serving.generation import ChatPrompt, GenerationJob
 
     torch.set_num_threads(1)
     folder = merged_model[0]

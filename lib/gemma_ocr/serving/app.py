@@ -4,7 +4,7 @@ Routes: ``POST /v1/chat/completions`` (images as data URLs, batching, ``stop``, 
 ``GET /health`` (503 while generation cannot proceed), ``GET /v1/models`` (the served name), ``GET /stats``
 (how requests were batched). The model is loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor``,
 prompts are made with ``processor.apply_chat_template`` and answers with ``model.generate``
-(:mod:`gemma_ocr.serving.batching`).
+(:mod:`gemma_ocr.serving.batching`, :mod:`gemma_ocr.serving.generation`).
 
 A chat completion takes a short path: :class:`OpenAIServer`, a plain ASGI app, reads the body itself and hands
 it to :class:`ChatCompletions`; FastAPI's routing, body parsing and middleware stack (about as much CPU as a
@@ -33,9 +33,10 @@ from transformers import AutoModelForImageTextToText
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.modeling.loading import load_processor
-from gemma_ocr.serving.batching import (
-    Arrival,
-    BatchingGenerateManager,
+from gemma_ocr.serving.batching import Arrival, BatchingGenerateManager
+from gemma_ocr.serving.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT, MAX_CACHED_GENERATION_CONFIGS
+from gemma_ocr.serving.flags import DTYPES, dtype_problem
+from gemma_ocr.serving.generation import (
     ChatPrompt,
     Generation,
     GenerationJob,
@@ -43,10 +44,8 @@ from gemma_ocr.serving.batching import (
     TokenLogprob,
     decoding_settings,
     tokenizer_of,
-    use_indexed_masks,
 )
-from gemma_ocr.serving.defaults import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_WAIT, MAX_CACHED_GENERATION_CONFIGS
-from gemma_ocr.serving.flags import DTYPES, dtype_problem
+from gemma_ocr.serving.indexed_masks import use_indexed_masks
 from gemma_ocr.serving.media import MediaPolicy, image_source, needs_io
 from gemma_ocr.serving.openai_api import (
     ChatRequest,

@@ -11,7 +11,7 @@ flags, named as vLLM names them, allow more:
 An image that is refused or cannot be read is the request's own error (:class:`RequestError`, HTTP 400). What the
 processor gets is a string it decodes itself, as for any chat (its image decoder, straight to a tensor): a data
 URL (checked here, decoded there), a file's resolved path, or the data URL of a fetched image's bytes. An image
-that does not decode fails its own request there (:class:`~gemma_ocr.serving.batching.PromptError`, HTTP 400).
+that does not decode fails its own request there (:class:`~gemma_ocr.serving.generation.PromptError`, HTTP 400).
 """
 
 from __future__ import annotations

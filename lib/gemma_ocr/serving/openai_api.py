@@ -316,7 +316,7 @@ def chunk_body(request_id: str, model: str, created: int, delta: dict[str, Any],
 
 
 def openai_logprobs(tokenizer: Any, logprobs: Sequence[Any], texts: dict[int, str] | None = None) -> list[dict]:
-    """``choices[0].logprobs.content`` in the OpenAI layout from :class:`gemma_ocr.serving.batching.TokenLogprob` s
+    """``choices[0].logprobs.content`` in the OpenAI layout from :class:`gemma_ocr.serving.generation.TokenLogprob` s
     (``texts``: a cache of token texts by id)."""
     texts = {} if texts is None else texts
 
