@@ -135,7 +135,7 @@ def test_settings_of_merge_tiny_model_and_khmer_generate_keep_their_flags():
     from gemma_ocr.commands.tiny_model import TinyModelArguments
     from gemma_ocr.khmer_digits.generator import GeneratorConfig
     from gemma_ocr.modeling.reader import ReaderRecipe
-    from gemma_ocr.settings import ConfigParser
+    from gemma_ocr.flags import ConfigParser
 
     merge, _ = ConfigParser(MergeArguments, config_file=False).parse_settings(
         ["--lora_dir", "a", "--output-dir", "b", "--no-verify", "--skip-disk-check", "--overwrite"])

@@ -16,7 +16,7 @@ import pytest
 
 from tests.helpers.programs import REPO
 from gemma_ocr.training.config import TrainConfig, resolve_config
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 
 CONFIGS = REPO / "configs" / "hyperparm_configs"
 

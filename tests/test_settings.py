@@ -15,8 +15,9 @@ from typing import Any, Literal
 import pytest
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.settings import (ConfigParser, FieldError, Layer, Mismatch, Settings, coerce, did_you_mean,
-                                read_config_file, resolve, unknown_key)
+from gemma_ocr.config_files import read_config_file
+from gemma_ocr.flags import ConfigParser
+from gemma_ocr.settings import FieldError, Layer, Mismatch, Settings, coerce, did_you_mean, resolve, unknown_key
 
 
 class Color(str, Enum):
@@ -191,7 +192,7 @@ def test_did_you_mean_prefers_the_longer_shared_prefix():
 
 def test_a_program_without_a_settings_class_has_the_same_errors():
     """ArgumentParser + flag_value: the layer's value check and error lines, for plain argparse flags."""
-    from gemma_ocr.settings import ArgumentParser, flag_value
+    from gemma_ocr.flags import ArgumentParser, flag_value
 
     p = ArgumentParser()
     p.add_argument("--seed", type=flag_value(int), default=42)
@@ -235,7 +236,7 @@ def test_flags_left_for_another_program_and_a_light_import(tmp_path):
     study, _, ns = p.parse_settings(["x", "--trials", "2", "--tensor-parallel-size", "2"], known_only=True)
     assert study.n_trials == 2 and ns.extra == ["--tensor-parallel-size", "2"]
     # the layer itself does not import transformers (a second): only building a ConfigParser does
-    code = ("import sys, gemma_ocr.settings, gemma_ocr.training.config, gemma_ocr.layout; "
+    code = ("import sys, gemma_ocr.settings, gemma_ocr.flags, gemma_ocr.training.config, gemma_ocr.layout; "
             "assert 'transformers' not in sys.modules, 'imported'")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path,
                    env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "lib")})

@@ -316,7 +316,7 @@ def test_pipeline_settings_come_from_defaults_a_config_file_and_flags(tmp_path):
     from gemma_ocr.errors import GemmaOcrError
     from gemma_ocr.layout import LAYOUT
     from gemma_ocr.pipeline.job import PipelineConfig
-    from gemma_ocr.settings import ConfigParser
+    from gemma_ocr.flags import ConfigParser
 
     def parse(*argv):
         return ConfigParser(PipelineConfig).parse_settings(list(argv))[0]

@@ -86,7 +86,7 @@ def test_few_trials_fall_back_gracefully_and_a_missing_study_is_one_line(tmp_pat
 def test_analyze_flags_are_read_by_the_settings_layer():
     from gemma_ocr.commands.analyze import AnalyzeArguments
     from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.settings import ConfigParser
+    from gemma_ocr.flags import ConfigParser
 
     parser = ConfigParser(AnalyzeArguments, config_file=False)
     args, _ = parser.parse_settings(["--study-name", "a", "--compare", "b", "c", "--top-n", "3", "--output-dir", "r"])

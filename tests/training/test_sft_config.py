@@ -12,7 +12,7 @@ import pytest
 from tests.helpers.programs import assert_one_line_error, run_cli
 from gemma_ocr.training.config import TRAINER_DEFAULTS, TrainConfig, load_config, resolve_config
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 from tests.helpers.sft_fixtures import ROOT
 
 REQUIRED_FIELDS = (

@@ -8,7 +8,7 @@ import pytest
 from transformers import TrainerCallback
 
 from gemma_ocr.training.config import TrainConfig
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 from gemma_ocr.training.tune import tune
 from tests.helpers.sft_fixtures import ocr_data, one_torch_thread, tiny_model_dir  # noqa: F401
 

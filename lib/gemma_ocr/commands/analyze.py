@@ -13,7 +13,8 @@ from pathlib import Path
 from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.search.analysis import analyze
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ConfigParser, FieldError, Settings, setting
+from gemma_ocr.flags import ConfigParser
+from gemma_ocr.settings import FieldError, Settings, setting
 
 analysis = functools.partial(setting, group="analysis")
 

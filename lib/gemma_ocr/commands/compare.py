@@ -13,7 +13,7 @@ from pathlib import Path
 from gemma_ocr.scoring.comparison import CompareConfig, ModelComparison, PairedResult, compare_files
 from gemma_ocr.io import atomic_write_json, check_writable
 from gemma_ocr.outputs import output_file
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 
 
 def main() -> int:

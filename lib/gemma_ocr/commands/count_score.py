@@ -8,7 +8,7 @@ from pathlib import Path
 from gemma_ocr.io import atomic_write_json, check_writable, read_json
 from gemma_ocr.outputs import output_file
 from gemma_ocr.scoring.results import ScoringConfig, failure_text, figure_text, interval_text, method_text, rescore_normalized
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 
 
 def main() -> int:

@@ -9,7 +9,7 @@ from gemma_ocr.data.records import load_records
 from gemma_ocr.data.stats import plot_splits, split_stats
 from gemma_ocr.io import atomic_write_json
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser
+from gemma_ocr.flags import ArgumentParser
 
 
 def main() -> None:

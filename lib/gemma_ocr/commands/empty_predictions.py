@@ -7,7 +7,7 @@ from pathlib import Path
 from gemma_ocr.data.stats import empty_predictions
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser, flag_value
+from gemma_ocr.flags import ArgumentParser, flag_value
 from gemma_ocr.scoring.results import check_results_document
 
 

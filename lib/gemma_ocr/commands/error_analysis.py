@@ -15,7 +15,7 @@ from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.scoring.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
 from gemma_ocr.scoring.results import failure_summary, failure_text, figure_text
-from gemma_ocr.settings import ArgumentParser, flag_value
+from gemma_ocr.flags import ArgumentParser, flag_value
 
 
 def main() -> int:

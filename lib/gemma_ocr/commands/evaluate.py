@@ -11,7 +11,7 @@ from __future__ import annotations
 from gemma_ocr.cli import stop_on_sigterm
 from gemma_ocr.evaluation.run import EvalConfig, evaluate, evaluate_checkpoint
 from gemma_ocr.scoring.results import failure_text, figure_text, interval_text, method_text
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 
 
 def main() -> int:

@@ -11,7 +11,7 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
 from gemma_ocr.outputs import check_outputs_not_inputs
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser
+from gemma_ocr.flags import ArgumentParser
 
 SOURCE_HELP = ("a folder of images (searched recursively), each with its transcription beside it as NAME.gt.txt or "
                "NAME.txt; or a labels file: .tsv/.txt (path<TAB>text per line), .csv (header with image and text "

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Literal
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ConfigParser, Settings, setting
+from gemma_ocr.flags import ConfigParser
+from gemma_ocr.settings import Settings, setting
 
 output = functools.partial(setting, group="where it goes")
 

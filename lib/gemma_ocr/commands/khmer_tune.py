@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser, GivenOnce, flag_value
+from gemma_ocr.flags import ArgumentParser, GivenOnce, flag_value
 
 
 def main() -> int:

@@ -9,7 +9,8 @@ from typing import Literal
 
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.merge.adapter import ATOL, RTOL, merge_adapter
-from gemma_ocr.settings import ConfigParser, Settings, setting
+from gemma_ocr.flags import ConfigParser
+from gemma_ocr.settings import Settings, setting
 
 merging = functools.partial(setting, group="merge settings")
 

@@ -20,7 +20,7 @@ import time
 from gemma_ocr.io import check_writable
 from gemma_ocr.pipeline.job import PipelineConfig, format_table, run_pipeline
 from gemma_ocr.progress import Stages, run_log
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 
 
 def main() -> None:

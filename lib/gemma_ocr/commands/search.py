@@ -15,7 +15,7 @@ from __future__ import annotations
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.search.config import FixedOverrides, SearchArguments
 from gemma_ocr.search.runner import resolve_settings, run_search
-from gemma_ocr.settings import ConfigParser, GivenOnce
+from gemma_ocr.flags import ConfigParser, GivenOnce
 
 
 def parser() -> ConfigParser:

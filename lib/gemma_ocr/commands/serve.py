@@ -7,7 +7,7 @@ import time
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser, flag_value
+from gemma_ocr.flags import ArgumentParser, flag_value
 from gemma_ocr.serving.defaults import DEFAULT_HOST, DEFAULT_MAX_BATCH_SIZE, DEFAULT_MAX_MODEL_LEN, DEFAULT_MAX_WAIT, DEFAULT_PORT, ENGINES
 from gemma_ocr.serving.process import check_host_and_port, start_server
 from gemma_ocr.serving.flags import add_media_flags, dtype_problem, embedded_flag_problem

@@ -10,7 +10,7 @@ from gemma_ocr.data.split import DEFAULT_SEED, check_ratio, parse_ratio, split_n
 from gemma_ocr.io import check_writable
 from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser, flag_value
+from gemma_ocr.flags import ArgumentParser, flag_value
 
 
 def main() -> None:

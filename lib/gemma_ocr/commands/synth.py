@@ -9,7 +9,7 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import check_writable
 from gemma_ocr.outputs import MANIFEST, OutputFolder
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import ArgumentParser, flag_value
+from gemma_ocr.flags import ArgumentParser, flag_value
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.modeling.reader import CARD_FILE, CHECKPOINT_FILES, READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
 from gemma_ocr.modeling.tiny import build_tiny_gemma3
-from gemma_ocr.settings import ConfigParser, FieldError, Settings, setting
+from gemma_ocr.flags import ConfigParser
+from gemma_ocr.settings import FieldError, Settings, setting
 
 model = functools.partial(setting, group="the checkpoint")
 random_weights = functools.partial(setting, group="random weights (without --pretrain)")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from gemma_ocr.outputs import OutputFolder, check_outputs_not_inputs
-from gemma_ocr.settings import ConfigParser
+from gemma_ocr.flags import ConfigParser
 
 # What training writes at the top of its folder besides its settings and figures (the adapter and its processor): a
 # folder holding one of them that training did not write is refused before any work (e.g. the repository's own

@@ -14,7 +14,7 @@ from gemma_ocr.cli import stop_on_sigterm
 from gemma_ocr.data.records import resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.scoring.results import STATUS_ERROR, STATUSES
-from gemma_ocr.settings import ConfigParser, flag_value
+from gemma_ocr.flags import ConfigParser, flag_value
 from gemma_ocr.evaluation.transcription import TranscribeConfig, TranscribeOutcome, transcribe, transcribe_with_khmer_cnn
 
 

@@ -322,7 +322,7 @@ class OCRTrainer(BaseTrainer):
 
 def create_model_from_config(config: TrainingConfig) -> nn.Module:
     """The model preset named by ``config.model_name``, with overrides from ``model_config_path`` if set."""
-    from gemma_ocr.settings import read_config_file
+    from gemma_ocr.config_files import read_config_file
     from gemma_ocr.khmer_digits.models import create_model
 
     overrides: dict[str, Any] = {}

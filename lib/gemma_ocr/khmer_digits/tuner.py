@@ -30,7 +30,8 @@ from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.errors import ConfigurationError, ExperimentFailedError
 from gemma_ocr.khmer_digits.utils import TrainingConfig, slug
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import read_config_file, unknown_key
+from gemma_ocr.config_files import read_config_file
+from gemma_ocr.settings import unknown_key
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.errors import ConfigurationError
 from gemma_ocr.khmer_digits.losses import LOSS_TYPES
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import FieldError, Settings, read_config_file
+from gemma_ocr.config_files import read_config_file
+from gemma_ocr.settings import FieldError, Settings
 
 log = logging.getLogger(__name__)
 

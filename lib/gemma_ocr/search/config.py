@@ -29,7 +29,8 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.search.space import ParamSpec, parse_search_space
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.search.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_RETRY_S
-from gemma_ocr.settings import FieldError, Layer, Settings, read_config_file, unknown_key
+from gemma_ocr.config_files import read_config_file
+from gemma_ocr.settings import FieldError, Layer, Settings, unknown_key
 
 log = logging.getLogger(__name__)
 

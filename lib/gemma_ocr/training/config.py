@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.settings import FieldError, Layer, Settings, did_you_mean, load_config, resolve, setting
+from gemma_ocr.config_files import load_config
+from gemma_ocr.settings import FieldError, Layer, Settings, did_you_mean, resolve, setting
 
 __all__ = ["DEFAULT_INSTRUCTION", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
            "train_config_class"]
