@@ -14,7 +14,13 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+from transformers import (Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor,
+                          GenerationConfig)
+
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json
+from gemma_ocr.modeling.tiny import CHAT_TEMPLATE, END_OF_TURN, SPECIAL_TOKENS, build_tokenizer, save_atomically
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +56,6 @@ def gemma3_config(arch: str, token_ids: dict[str, int], layers: int | None = Non
     ``layers`` keeps only that many layers in each tower (every width, the 896 px images, the 256 image
     tokens and the vocabulary stay real): a shallow model that checks the real shapes quickly, on a CPU too.
     """
-    from transformers import Gemma3Config
-
     if arch not in GEMMA3_TEXT:
         raise GemmaOcrError(f"unknown Gemma 3 architecture {arch!r}; choose one of {', '.join(GEMMA3_TEXT)}")
     if layers is not None and layers < 1:
@@ -124,10 +128,6 @@ def parameter_stats(model) -> dict[str, Any]:
 
 
 def _processor(tokenizer, image_size: int, image_tokens: int):
-    from transformers import Gemma3ImageProcessor, Gemma3Processor
-
-    from gemma_ocr.modeling.tiny import CHAT_TEMPLATE
-
     image_processor = Gemma3ImageProcessor(
         size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
@@ -151,12 +151,6 @@ def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", devic
     The model is created on ``device`` (default: CUDA when visible) directly in bf16, so a 4B model takes
     seconds on a GPU; on a CPU it takes minutes and ~2 bytes per parameter of memory.
     """
-    import torch
-    from transformers import Gemma3ForConditionalGeneration, GenerationConfig
-
-    from gemma_ocr.io import atomic_write_json
-    from gemma_ocr.modeling.tiny import END_OF_TURN, SPECIAL_TOKENS, _save_atomically, build_tokenizer
-
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -176,7 +170,7 @@ def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", devic
     processor = _processor(tokenizer, SIGLIP_896["image_size"], MM_TOKENS_PER_IMAGE)
     out = Path(out_dir)
     stats = parameter_stats(model)
-    _save_atomically(out, model, processor, overwrite=True)
+    save_atomically(out, model, processor, overwrite=True)
     atomic_write_json(out / STATS_FILE, {"arch": arch, "layers": layers, **stats})
     log.info("random Gemma 3 %s (%d text, %d vision layers): %.2fB parameters -> %s", arch, stats["text_layers"],
              stats["vision_layers"], stats["total_params"] / 1e9, out)

@@ -14,9 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from safetensors import safe_open
+
+from gemma_ocr.data import synthetic
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +104,6 @@ BASE_CHARS = (
 
 def _synthetic_alphabet() -> str:
     """Every character the synthetic data generator can write, so none of it needs byte fallback."""
-    from gemma_ocr.data import synthetic
-
     return "".join(synthetic.CJK_PHRASES) + "".join(synthetic.WORDS) + synthetic.KHMER_DIGITS
 
 
@@ -128,7 +132,7 @@ def _newline_merges() -> list[tuple[str, str]]:
 
 def build_tokenizer(chars: str | None = None):
     """A character-level ``GemmaTokenizer`` with Gemma 3's special and newline-run tokens (byte fallback for the rest)."""
-    from transformers import GemmaTokenizer
+    from transformers import GemmaTokenizer  # the start-up time of `tiny-model --help`: loads only to build
 
     vocab = _vocabulary(chars)
     tok = GemmaTokenizer(
@@ -166,15 +170,23 @@ def build_tiny_gemma3(
     ``overwrite=False`` keeps a checkpoint another process finished first (parallel first runs).
     Loads back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained(out_dir)``.
     """
-    import torch
-    from transformers import (
-        Gemma3Config,
-        Gemma3ForConditionalGeneration,
-        Gemma3ImageProcessor,
-        Gemma3Processor,
-        GenerationConfig,
-    )
+    check_tiny_shape(image_size, patch_size, mm_tokens_per_image)
+    out = Path(out_dir)
+    tokenizer = build_tokenizer(chars)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    config = tiny_gemma3_config(ids, len(tokenizer), image_size, patch_size, mm_tokens_per_image, hidden_size,
+                                num_layers, vision_hidden_size, vision_layers)
+    model = random_gemma3(config, ids, seed)
+    processor = tiny_processor(tokenizer, image_size, mm_tokens_per_image)
+    save_atomically(out, model, processor, overwrite)
+    n_params = sum(p.numel() for p in model.parameters())
+    log.info("tiny Gemma 3: %d parameters, vocabulary %d -> %s", n_params, len(tokenizer), out)
+    return out
 
+
+def check_tiny_shape(image_size: int, patch_size: int, mm_tokens_per_image: int) -> None:
+    """One clear error for an image shape the towers cannot take: whole patches, a square of image tokens that
+    pools whole patches."""
     if image_size % patch_size:
         raise GemmaOcrError(f"tiny model: image_size {image_size} must be a multiple of patch_size {patch_size}")
     side = int(round(mm_tokens_per_image**0.5))
@@ -183,12 +195,17 @@ def build_tiny_gemma3(
             f"tiny model: mm_tokens_per_image {mm_tokens_per_image} must be a square whose side divides "
             f"{image_size // patch_size} patches per side"
         )
-    out = Path(out_dir)
-    tokenizer = build_tokenizer(chars)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+
+
+def tiny_gemma3_config(ids: dict[str, int], vocab_size: int, image_size: int, patch_size: int,
+                       mm_tokens_per_image: int, hidden_size: int, num_layers: int, vision_hidden_size: int,
+                       vision_layers: int):
+    """The ``Gemma3Config`` of a tiny model: 2 heads per tower, one key/value head, the last text layer global."""
+    from transformers import Gemma3Config  # the start-up time of `tiny-model --help`: transformers loads to build
+
     heads = 2
     text_config = {
-        "vocab_size": len(tokenizer),
+        "vocab_size": vocab_size,
         "hidden_size": hidden_size,
         "intermediate_size": hidden_size * 2,
         "num_hidden_layers": num_layers,
@@ -228,6 +245,15 @@ def build_tiny_gemma3(
         initializer_range=0.02,
     )
     config.architectures = ["Gemma3ForConditionalGeneration"]
+    return config
+
+
+def random_gemma3(config, ids: dict[str, int], seed: int):
+    """The fp32 model of ``config`` with random weights drawn from ``seed`` (the projector too), greedy by default."""
+    # the start-up time of `tiny-model --help`: torch and transformers load only to build
+    import torch
+    from transformers import Gemma3ForConditionalGeneration, GenerationConfig
+
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).to(torch.float32)
     # The projector weight starts at zero in the constructor; give it a random start like a real checkpoint.
@@ -240,6 +266,14 @@ def build_tiny_gemma3(
         pad_token_id=ids["<pad>"],
         do_sample=False,
     )
+    return model
+
+
+def tiny_processor(tokenizer, image_size: int, mm_tokens_per_image: int):
+    """A ``Gemma3Processor`` of ``image_size`` px images (no pan-and-scan) with Gemma 3's chat template."""
+    # the start-up time of `tiny-model --help`: transformers loads only to build
+    from transformers import Gemma3ImageProcessor, Gemma3Processor
+
     image_processor = Gemma3ImageProcessor(
         size={"height": image_size, "width": image_size},
         image_mean=[0.5, 0.5, 0.5],
@@ -249,16 +283,12 @@ def build_tiny_gemma3(
         do_convert_rgb=True,
         do_pan_and_scan=False,
     )
-    processor = Gemma3Processor(
+    return Gemma3Processor(
         image_processor=image_processor,
         tokenizer=tokenizer,
         chat_template=CHAT_TEMPLATE,
         image_seq_length=mm_tokens_per_image,
     )
-    _save_atomically(out, model, processor, overwrite)
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info("tiny Gemma 3: %d parameters, vocabulary %d -> %s", n_params, len(tokenizer), out)
-    return out
 
 
 def to_hub_layout(folder: str | os.PathLike[str]) -> int:
@@ -267,8 +297,7 @@ def to_hub_layout(folder: str | os.PathLike[str]) -> int:
     transformers 5 reads both layouts (and saves a model it loaded from the hub layout in that layout again),
     vLLM only the hub's. The file is replaced atomically; a checkpoint already in hub layout is left as it is.
     """
-    from safetensors import safe_open
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # it imports torch: the start-up time of `tiny-model --help`
 
     moved = 0
     for path in sorted(Path(folder).glob("*.safetensors")):
@@ -284,8 +313,6 @@ def to_hub_layout(folder: str | os.PathLike[str]) -> int:
             moved += changed
     index = Path(folder) / "model.safetensors.index.json"
     if index.is_file():
-        from gemma_ocr.io import atomic_write_json, read_json
-
         data = read_json(index)
         data["weight_map"] = {_hub_name(k): v for k, v in data.get("weight_map", {}).items()}
         atomic_write_json(index, data)
@@ -298,11 +325,8 @@ def _hub_name(key: str) -> str:
     return key
 
 
-def _save_atomically(out: Path, model, processor, overwrite: bool) -> None:
+def save_atomically(out: Path, model, processor, overwrite: bool) -> None:
     """Write into a temporary sibling folder, then rename: parallel builders (DDP ranks) never see half a checkpoint."""
-    import shutil
-    import tempfile
-
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
