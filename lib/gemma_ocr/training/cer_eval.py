@@ -28,6 +28,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_ocr.data.images import open_image
+from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_OK, score_samples
+from gemma_ocr.training.data import build_conversation
+
 log = logging.getLogger(__name__)
 
 #: The metric names the evaluation adds (each with the ``eval_`` prefix): micro averages over the slice.
@@ -57,9 +61,7 @@ def generate_answers(model: Any, processor: Any, images: Sequence[Any], instruct
     generation prompt, rows left-padded in batches of ``batch_size``; the KV cache is used even where
     training turned it off; each answer is decoded without special tokens (what the server returns).
     """
-    import torch
-
-    from gemma_ocr.training.data import build_conversation
+    import torch  # the start-up time of `tiny-model --help`: the reader imports this module
 
     tokenizer = processor.tokenizer
     side = tokenizer.padding_side
@@ -115,8 +117,6 @@ class CerEvaluation:
 
     def images(self) -> list[Any]:
         """The slice's images, decoded once by the project's rule."""
-        from gemma_ocr.data.images import open_image
-
         if not self._images:
             self._images = [open_image(path) for path in self.image_paths]
         return self._images
@@ -131,8 +131,6 @@ class CerEvaluation:
 
     def score(self, predictions: Sequence[tuple[int, str]], prefix: str = "eval") -> dict[str, float]:
         """The metrics of ``(index, answer)`` pairs covering the slice, scored as evaluate.py scores a results file."""
-        from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_OK, score_samples
-
         answers = dict(predictions)
         samples = [{"label": self.references[i], "prediction": answers[i],
                     "status": STATUS_OK if answers[i].strip() else STATUS_EMPTY} for i in sorted(answers)]
@@ -147,7 +145,7 @@ class CerEvaluation:
         rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
         predictions = self.predict(model, rank, world)
         if world > 1:
-            from accelerate.utils import gather_object
+            from accelerate.utils import gather_object  # it imports torch: the reader's start-up time, as above
 
             predictions = gather_object(predictions)
         metrics = self.score(predictions, prefix)

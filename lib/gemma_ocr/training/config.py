@@ -235,6 +235,7 @@ class TrainConfigMethods(Settings):
 
     def _validate_evaluation(self) -> None:
         """The CER evaluation, pan-and-scan, the best checkpoint and early stopping."""
+        # the start-up time of every light command that reads a setting: cer_eval brings the scoring (NumPy)
         from gemma_ocr.training.cer_eval import CER_METRICS, is_cer_metric
 
         c: Any = self
@@ -330,7 +331,7 @@ def _is_multiple(steps: int | float, every: int | float) -> bool:
 @functools.cache
 def sft_field_names() -> tuple[str, ...]:
     """The fields of the installed TRL ``SFTConfig`` (transformers' ``TrainingArguments`` included)."""
-    from trl import SFTConfig
+    from trl import SFTConfig  # the start-up time of light commands: TrainConfig is built on first use
 
     return tuple(f.name for f in dataclasses.fields(SFTConfig) if f.init)
 
@@ -338,7 +339,7 @@ def sft_field_names() -> tuple[str, ...]:
 @functools.cache
 def train_config_class() -> type:
     """``TrainConfig``: :class:`OcrArguments`, then every other ``SFTConfig`` field (defaults per TRAINER_DEFAULTS)."""
-    from trl import SFTConfig
+    from trl import SFTConfig  # the start-up time of light commands: TrainConfig is built on first use
 
     hints = typing.get_type_hints(SFTConfig)
     own = {f.name for f in dataclasses.fields(OcrArguments)}

@@ -17,6 +17,7 @@ from gemma_ocr.data.images import check_images, open_image
 from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.data.split import parse_split_spec
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling.tiny import END_OF_TURN
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
-END_OF_TURN = "<end_of_turn>"
 
 
 def build_conversation(image: Any, text: str | None, instruction: str) -> list[dict[str, Any]]:
@@ -58,6 +58,7 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
     Columns: ``image_path`` (absolute) and ``text``. Images are checked up front (one clear line for a
     missing or unreadable file) unless ``config.check_images`` is false. ``val_split`` empty -> no validation.
     """
+    # the start-up time of `tiny-model --help`: the reader imports this module (through cer_eval)
     from datasets import Dataset
 
     if not Path(config.input_data).is_file():
@@ -134,7 +135,7 @@ class OcrCollator:
         }
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
+        import torch  # the start-up time of `tiny-model --help`: the reader imports this module (through cer_eval)
 
         encoded = []
         for ex in examples:

@@ -3,15 +3,19 @@ training shown by a caller (the main job's stage line) instead of the trainer's 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+
+from transformers import TrainerCallback
 
 from gemma_ocr.errors import GemmaOcrError
 
@@ -71,8 +75,6 @@ def setup_tracking(config: TrainConfig) -> Tracking:
     Progress: inside :func:`reporting_progress`, a callback reporting steps and evaluations to it, and the
     trainer's per-step dicts logged instead of printed.
     """
-    import importlib.util
-
     reporters = config.reporters
     callbacks = []
     if "wandb" in reporters:
@@ -92,8 +94,6 @@ def setup_tracking(config: TrainConfig) -> Tracking:
 def progress_callback(progress: TrainingProgress) -> Any:
     """A ``transformers.TrainerCallback`` reporting steps and evaluations to ``progress`` and logging the trainer's
     log entries (the dicts its progress bar would print) at INFO."""
-    from transformers import TrainerCallback
-
     class ReportProgress(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             progress.training(state.global_step, state.max_steps, {})
@@ -135,8 +135,6 @@ def _wandb_keys(logs: dict[str, Any]) -> dict[str, Any]:
 
 def wandb_callback(config: TrainConfig) -> Any:
     """A ``transformers.TrainerCallback`` logging one training to a W&B run of its own."""
-    from transformers import TrainerCallback
-
     class WandbRun(TrainerCallback):
         """Opens the run at the start of training, logs every trainer log entry, closes on :meth:`finish`."""
 
@@ -146,7 +144,7 @@ def wandb_callback(config: TrainConfig) -> Any:
         def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
             if self.run is not None or not state.is_world_process_zero:
                 return
-            import wandb
+            import wandb  # an optional extra: only a run that reports to W&B needs it
 
             mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
             if mode == "offline":
@@ -186,10 +184,7 @@ def read_offline_wandb_history(run_file: str | os.PathLike[str]) -> list[dict]:
 
     The file is a LevelDB-style log (32 KiB blocks of checksummed records) of W&B protobuf records.
     """
-    import json
-    import struct
-
-    from wandb.proto import wandb_internal_pb2
+    from wandb.proto import wandb_internal_pb2  # an optional extra: only reading a W&B run file needs it
 
     data = Path(run_file).read_bytes()
     if not data.startswith(b":W&B"):
