@@ -152,7 +152,7 @@ def _plain_loop(spec: dict[str, Any], mode: str) -> dict[str, Any]:
     """transformers + PEFT (or unsloth) and a plain forward/backward/AdamW loop over pre-collated batches."""
     import torch
 
-    from gemma_ocr.modeling import fast_path
+    from gemma_ocr.training import speed as fast_path
     from gemma_ocr.modeling.loading import apply_lora, load_base_model, load_unsloth_model
     from gemma_ocr.training.data import OcrCollator
 
@@ -202,7 +202,7 @@ def _trainer_loop(spec: dict[str, Any], mode: str) -> dict[str, Any]:
     import torch
     from transformers import TrainerCallback
 
-    from gemma_ocr.modeling import fast_path
+    from gemma_ocr.training import speed as fast_path
     from gemma_ocr.training.data import OcrCollator, load_data
     from gemma_ocr.training.tune import build_trainer
 

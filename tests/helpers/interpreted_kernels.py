@@ -84,7 +84,7 @@ def plain_step(config, batch) -> tuple[float, dict]:
     import torch
     from train_throughput import seed_lora
 
-    from gemma_ocr.modeling import fast_path
+    from gemma_ocr.training import speed as fast_path
     from gemma_ocr.modeling.loading import load_model
 
     torch.manual_seed(0)
@@ -104,7 +104,7 @@ def trainer_step(config, batch) -> tuple[float, dict, dict]:
     import torch
     from train_throughput import seed_lora
 
-    from gemma_ocr.modeling import fast_path
+    from gemma_ocr.training import speed as fast_path
     from gemma_ocr.training.data import load_data
     from gemma_ocr.training.tune import build_trainer
 
@@ -147,7 +147,7 @@ def main() -> None:
     import torch
 
     from gemma_ocr.training.config import TrainConfig
-    from gemma_ocr.modeling import fast_path
+    from gemma_ocr.training import speed as fast_path
 
     if not fast_path.triton_interpreted():
         raise SystemExit("set TRITON_INTERPRET=1 before running this script")

@@ -18,7 +18,7 @@ import torch
 
 from gemma_ocr.training.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.modeling import fast_path
+from gemma_ocr.training import speed as fast_path
 from gemma_ocr.modeling.loading import load_model
 from gemma_ocr.training.data import OcrCollator
 from tests.helpers.sft_fixtures import ROOT, needs_4bit, ocr_data, tiny_model_dir, one_torch_thread  # noqa: F401

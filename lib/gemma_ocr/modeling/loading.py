@@ -10,15 +10,20 @@
 from __future__ import annotations
 
 import importlib.util
-import inspect
 import json
 import logging
 import os
+import re
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from packaging.version import Version
+
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.training import speed
+from gemma_ocr.training.config import PAN_AND_SCAN_FIELDS
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +31,10 @@ if TYPE_CHECKING:
     from gemma_ocr.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+# torch, transformers and peft are imported inside the functions below: unsloth (backend "unsloth") must be imported
+# before them (import_unsloth), and `gemma-ocr serve` imports this module (saved_image_settings) and starts without
+# them.
 
 GEMMA3_ARCHITECTURE = "Gemma3ForConditionalGeneration"
 LANGUAGE_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -37,7 +46,7 @@ PROJECTOR_MODULE = "multi_modal_projector"
 
 def compute_dtype() -> torch.dtype:
     """bf16 where CUDA supports it, fp32 elsewhere. fp16 is never used (Gemma 3 overflows in fp16)."""
-    import torch
+    import torch  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
@@ -62,7 +71,7 @@ def check_gemma3_vlm(model_name: str) -> dict[str, Any]:
         raise GemmaOcrError(f"--model-name {model_name} is a file, not a checkpoint folder or hub id")
     else:
         try:
-            from transformers import AutoConfig
+            from transformers import AutoConfig  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
             config = AutoConfig.from_pretrained(model_name).to_dict()
         except Exception as e:  # noqa: BLE001 - any failure here is "cannot find that model"
@@ -85,8 +94,6 @@ BNB_CPU_MIN_VERSION = "0.48"
 
 
 def _bitsandbytes_version() -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("bitsandbytes")
     except PackageNotFoundError:
@@ -95,8 +102,7 @@ def _bitsandbytes_version() -> str | None:
 
 def four_bit_unavailable_reason() -> str | None:
     """Why ``load_in_4bit`` cannot run here (one line naming the fix), or None when it can."""
-    import torch
-    from packaging.version import Version
+    import torch  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     bnb_version = _bitsandbytes_version()
     if bnb_version is None:
@@ -108,14 +114,14 @@ def four_bit_unavailable_reason() -> str | None:
 
 
 def _quantization_config(config: TrainConfig):
-    import torch
+    import torch  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     reason = four_bit_unavailable_reason()
     if reason:
         raise GemmaOcrError(reason)
     if not torch.cuda.is_available():
         log.warning("load_in_4bit on the CPU: bitsandbytes' CPU kernels are slow; use a GPU for real training")
-    from transformers import BitsAndBytesConfig
+    from transformers import BitsAndBytesConfig  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     return BitsAndBytesConfig(
         load_in_4bit=True,
@@ -147,19 +153,11 @@ def keep_4bit_layout_trainable(model) -> int:
 
 def _device_map() -> dict[str, int] | None:
     """One whole model per process: the local GPU under DDP, GPU 0 alone, nothing on the CPU."""
-    import torch
+    import torch  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     if not torch.cuda.is_available():
         return None
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
-
-
-def _attn_implementation(config: TrainConfig) -> str:
-    """SDPA by default: it takes the bidirectional image-span mask Gemma 3 trains with; flash-attention on request."""
-    if config.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
-        raise GemmaOcrError("attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn), "
-                            "or use the default sdpa")
-    return config.attn_implementation
 
 
 def load_processor(model_name: str, image_kwargs: dict[str, Any] | None = None):
@@ -170,7 +168,7 @@ def load_processor(model_name: str, image_kwargs: dict[str, Any] | None = None):
     reload (the merge, the embedded server) takes them from. Setting the image processor's attributes after
     loading is not enough: Gemma3Processor passes its own defaults (pan-and-scan off) to every call.
     """
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     try:
         processor = AutoProcessor.from_pretrained(model_name, **(image_kwargs or {}))
@@ -186,8 +184,6 @@ def load_processor(model_name: str, image_kwargs: dict[str, Any] | None = None):
 
 def saved_image_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The pan-and-scan settings a checkpoint folder's processor config holds (what vLLM needs to be told)."""
-    from gemma_ocr.training.config import PAN_AND_SCAN_FIELDS
-
     folder = Path(model_dir)
     for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
         path = folder / name
@@ -205,11 +201,12 @@ def saved_image_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_base_model(config: TrainConfig):
     """Load the Gemma 3 VLM (transformers backend) in the right dtype/quantisation; return ``(model, processor)``."""
+    # after unsloth (import_unsloth), and serve's start-up (see the top)
     import torch
     from transformers import AutoModelForImageTextToText
 
     check_gemma3_vlm(config.model_name)
-    kwargs: dict[str, Any] = {"attn_implementation": _attn_implementation(config)}
+    kwargs: dict[str, Any] = {"attn_implementation": speed.attn_implementation(config)}
     if config.load_in_4bit:
         kwargs["quantization_config"] = _quantization_config(config)
         kwargs["dtype"] = torch.bfloat16
@@ -238,8 +235,6 @@ def lora_target_regex(config: TrainConfig) -> str:
     Language layers live under ``language_model``, SigLIP layers under ``vision_tower``; the
     regex is matched against full module names, so it selects the same modules in any Gemma 3 size.
     """
-    import re
-
     if config.lora_target_modules:
         names = "|".join(re.escape(n) for n in config.lora_target_modules)
         return rf".*\.({names})"
@@ -261,7 +256,7 @@ def lora_target_regex(config: TrainConfig) -> str:
 
 def lora_config(config: TrainConfig):
     """The ``peft.LoraConfig`` for ``config`` (projector trained in full when finetune_multimodal_projector)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     return LoraConfig(
         r=config.lora_r,
@@ -278,27 +273,14 @@ def apply_lora(model, config: TrainConfig):
     """Wrap ``model`` with LoRA adapters (preparing a 4-bit model for k-bit training first).
 
     With ``config.fast_path`` a 4-bit model keeps its bf16 weights (no fp32 upcast) and a vision tower without
-    LoRA runs without gradients (:mod:`gemma_ocr.modeling.fast_path`).
+    LoRA runs without gradients (:mod:`gemma_ocr.training.speed`).
     """
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    from gemma_ocr.modeling import fast_path
+    from peft import get_peft_model  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     if config.load_in_4bit:
-        if config.fast_path:
-            fast_path.prepare_kbit_lean(model)
-        else:
-            # PEFT renamed gradient_checkpointing_kwargs to activation_checkpointing_kwargs (the old name goes in 1.2)
-            params = inspect.signature(prepare_model_for_kbit_training).parameters
-            name = "activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in params \
-                else "gradient_checkpointing_kwargs"
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
-                                                    **{name: {"use_reentrant": False}})
+        model = speed.prepare_kbit(model, config)
     peft_model = get_peft_model(model, lora_config(config))
-    if config.fast_path and fast_path.freeze_vision_tower(peft_model):
-        log.info("fast path: the frozen vision tower runs without gradients")
-    if fast_path.use_liger(config):
-        log.info("fast path: Liger kernels %s", ", ".join(fast_path.apply_liger(peft_model)))
+    speed.apply_after_lora(peft_model, config)
     trainable, total = peft_model.get_nb_trainable_parameters()
     if trainable == 0:
         raise GemmaOcrError("LoRA matched no module of the model: check the finetune_* switches / lora_target_modules")
@@ -313,7 +295,7 @@ def import_unsloth() -> None:
     Call it before transformers, peft and trl are imported: unsloth patches them on import, and code
     imported earlier runs unpatched (slower, more memory; unsloth warns).
     """
-    import torch
+    import torch  # serve's start-up (see the top); torch itself is no patch target of unsloth
 
     if importlib.util.find_spec("unsloth") is None:
         raise GemmaOcrError("backend 'unsloth' is not installed: pip install 'gemma-ocr[unsloth]' on a CUDA machine, "
@@ -375,16 +357,13 @@ def load_model(config: TrainConfig):
 
     ``lora``: the base with LoRA adapters attached (a PEFT model); ``full``: the base itself, every weight trainable.
     """
-    from gemma_ocr.modeling import fast_path
-
     if config.backend == "unsloth":
         return load_unsloth_model(config)
-    fast_path.check_liger(config)  # before loading gigabytes of weights
+    speed.check_liger(config)  # before loading gigabytes of weights
     model, processor = load_base_model(config)
     model.config.use_cache = False
     if config.train_mode == "full":
         train_every_weight(model)
-        if fast_path.use_liger(config):
-            log.info("fast path: Liger kernels %s", ", ".join(fast_path.apply_liger(model)))
+        speed.apply_liger_when_on(model, config)
         return model, processor
     return apply_lora(model, config), processor

@@ -1,1 +1,1 @@
-"""LoRA supervised fine-tuning of Gemma 3 for OCR: data, collator, tracking and ``tune()``."""
+"""LoRA supervised fine-tuning of Gemma 3 for OCR: data, collator, tracking, the speed and memory switches and ``tune()``."""

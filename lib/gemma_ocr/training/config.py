@@ -110,7 +110,7 @@ class OcrArguments:
     lora_target_modules: list[str] | None = arg(None, "explicit module names for LoRA (overrides the finetune_* "
                                                       "switches)")
     warmup_ratio: float = arg(0.03, "warm-up as a fraction of the run, in [0, 1) (warmup_steps > 0 replaces it)")
-    # speed and memory (gemma_ocr.modeling.fast_path documents each switch)
+    # speed and memory (gemma_ocr.training.speed documents each switch)
     fast_path: bool = arg(True, "vision tower without gradients, lean 4-bit preparation, auto Liger kernels and "
                                 "dataloader workers")
     use_liger_kernel: bool | Literal["auto"] = arg("auto", "Liger's Triton kernels for Gemma 3 (auto: on with CUDA, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import math
 import time
@@ -11,11 +12,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.training.config import TrainConfig
+import torch
+from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback, Trainer, set_seed
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from trl import SFTConfig, SFTTrainer
+from trl.trainer import utils as trl_utils
+
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, out_of_room
 from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
+from gemma_ocr.training import speed
 from gemma_ocr.training.cer_eval import CER_METRICS, RUNTIME_METRIC, CerEvaluation, lower_is_better
+from gemma_ocr.training.config import TrainConfig
 from gemma_ocr.training.data import OcrCollator, load_data
 from gemma_ocr.training.tracking import setup_tracking
 
@@ -39,8 +47,6 @@ def checkpoint_problem(folder: Path) -> str:
     if not state.is_file():
         return "no trainer_state.json: the run stopped while saving it"
     try:
-        import json
-
         if "global_step" not in json.loads(state.read_text(encoding="utf-8")):
             return "trainer_state.json has no global_step"
     except (ValueError, UnicodeDecodeError):
@@ -53,8 +59,6 @@ def checkpoint_problem(folder: Path) -> str:
 def newest_complete_checkpoint(output_dir: str | Path) -> tuple[Path | None, list[str]]:
     """The newest complete ``checkpoint-*`` in ``output_dir`` (None if none), and the newer incomplete ones skipped
     (a run killed while saving), each with its problem."""
-    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-
     out = Path(output_dir)
     steps = {}
     for folder in out.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if out.is_dir() else ():
@@ -106,14 +110,7 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
     kept by a metric and save_steps is not set; dataloader workers, pinned memory and the CPU switch follow the
     machine unless set.
     """
-    import torch
-    from trl import SFTConfig
-
-    from gemma_ocr.modeling import fast_path
-
     cuda = torch.cuda.is_available()
-    workers = fast_path.dataloader_workers(config)
-    checkpointing = config.gradient_checkpointing and config.backend != "unsloth"
 
     def auto(value, default):
         return default if value is None else value
@@ -135,14 +132,7 @@ def sft_arguments(config: TrainConfig, reporters: list[str], has_eval: bool, res
         eval_on_start=config.eval_on_start and has_eval and not resuming,
         report_to=reporters,
         resume_from_checkpoint=None,  # tune() resolves it (resolve_resume) and passes it to train()
-        **fast_path.checkpointing_arguments(config, checkpointing),
-        # offloading without checkpointing: TRL moves every saved activation to the host
-        activation_offloading=config.activation_offloading and not checkpointing,
-        use_liger_kernel=False,  # the loaded model already has Liger's kernels when asked (fast_path.apply_liger)
-        dataloader_num_workers=workers,
-        dataloader_persistent_workers=auto(config.dataloader_persistent_workers, workers > 0),
-        dataloader_prefetch_factor=auto(config.dataloader_prefetch_factor, 2 if workers > 0 else None),
-        dataloader_pin_memory=auto(config.dataloader_pin_memory, cuda),
+        **speed.trainer_arguments(config, cuda),  # checkpointing, offloading, Liger, dataloader workers
         # without CUDA, run on the CPU explicitly: that is also what makes a multi-process launch use gloo DDP
         use_cpu=auto(config.use_cpu, not cuda),
     )
@@ -159,13 +149,6 @@ def _make_trainer_class():
     interpreter); on a CPU the plain ``Trainer`` loss (the model's cross-entropy on the same labels) is used
     instead, and the token accuracy metric is computed from the logits.
     """
-    import torch
-    from transformers import Trainer
-    from trl import SFTTrainer
-    from trl.trainer import utils as trl_utils
-
-    from gemma_ocr.modeling.fast_path import triton_kernels_run_on
-
     class OcrSFTTrainer(SFTTrainer):
         #: Greedy answers on a fixed validation slice, scored at every evaluation (None: off).
         cer_evaluation: CerEvaluation | None = None
@@ -182,7 +165,7 @@ def _make_trainer_class():
 
         def _fused_head_usable(self, model) -> bool:
             device = next(model.parameters()).device
-            return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and triton_kernels_run_on(device.type)
+            return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and speed.triton_kernels_run_on(device.type)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self._fused_head_usable(model):
@@ -212,16 +195,12 @@ def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[st
     the progress, :func:`gemma_ocr.training.tracking.reporting_progress`).
     benchmarks/train_throughput.py times the project's training through this same function.
     """
-    from transformers import set_seed
-
     args = sft_arguments(config, reporters or [], has_eval=val_ds is not None, resuming=resuming)  # fail before loading
     set_seed(config.seed)  # the LoRA initialisation draws from the global generators: the same seed, the same run
     model, processor = load_model(config)
     collator = OcrCollator(processor, config.instruction, config.max_seq_length)
     callbacks = list(callbacks or [])
     if config.early_stopping_patience is not None and val_ds is not None:
-        from transformers import EarlyStoppingCallback
-
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
     trainer = _make_trainer_class()(
         model=model,
@@ -233,8 +212,6 @@ def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[st
         callbacks=callbacks,
     )
     if quiet:
-        from transformers import PrinterCallback, ProgressCallback
-
         trainer.remove_callback(ProgressCallback)  # the bar, and the dicts it writes
         trainer.remove_callback(PrinterCallback)  # the dicts printed instead with disable_tqdm
     trainer.cer_evaluation = CerEvaluation.from_config(config, processor, val_ds)
@@ -283,9 +260,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
     if config.backend == "transformers":
         check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
     tracking = setup_tracking(config)
-    from gemma_ocr.modeling.fast_path import describe
-
-    log.info("speed and memory switches: %s", describe(config))
+    log.info("speed and memory switches: %s", speed.describe(config))
     train_ds, val_ds = load_data(config)
     resume = resolve_resume(config)
     model = processor = trainer = None
@@ -372,8 +347,6 @@ def stopped_by_a_full_disk(config: TrainConfig, trainer: Any) -> Iterator[None]:
 @contextmanager
 def torch_threads(threads: int) -> Iterator[None]:
     """Run the block with ``threads`` torch CPU threads (0: leave torch's setting), then restore the previous count."""
-    import torch
-
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -398,10 +371,5 @@ def _saved_model_eval(trainer: Any, history: list[dict[str, Any]]) -> dict[str, 
 def release_memory() -> None:
     """Collect garbage and return cached CUDA memory (the search runs many tune() calls in one process)."""
     gc.collect()
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except ImportError:  # pragma: no cover
-        pass
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

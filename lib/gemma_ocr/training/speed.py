@@ -1,4 +1,10 @@
-"""The default fast training path (``TrainConfig.fast_path``) and how each of its switches resolves.
+"""The speed and memory switches of a training run in one place: what each is, how it resolves, how it is applied.
+
+The model loader (:mod:`gemma_ocr.modeling.loading`) and the trainer (:mod:`gemma_ocr.training.tune`) call
+these functions; :func:`describe` says which switches a run has on. The switches: the attention implementation
+(:func:`attn_implementation`), the default fast path (``TrainConfig.fast_path``, below), Liger kernels, TRL's
+fused LM head, 4-bit preparation (:func:`prepare_kbit`), gradient/activation checkpointing and activation
+offloading, dataloader workers (:func:`trainer_arguments`) and ``torch_compile``.
 
 What it changes against plain transformers + PEFT, each change keeping the loss of a batch the same
 (checked by tests/training/test_fast_path.py on a CPU and by benchmarks/train_throughput.py on a GPU):
@@ -31,6 +37,8 @@ What it changes against plain transformers + PEFT, each change keeping the loss 
 * ``activation_offloading``: the memory-saving option; the activations gradient checkpointing keeps go to
   pinned host memory (transformers' offloaded checkpointing), or, without checkpointing, every saved
   activation (TRL's activation offloading).
+* ``attn_implementation``: SDPA by default (it takes the bidirectional image-span mask Gemma 3 trains with);
+  ``flash_attention_2`` on request, where the flash-attn package is installed.
 * ``torch_compile``: compile the model (off by default; only worth it for long runs, the first steps
   pay the compile time). Batches vary in length, so it compiles twice (static shapes, then dynamic ones):
   on the tiny model on one CPU thread that took about 170 s, and 8 steps then ended within 0.3% of the
@@ -39,14 +47,22 @@ What it changes against plain transformers + PEFT, each change keeping the loss 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
+import inspect
 import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from gemma_ocr.errors import GemmaOcrError
+
 if TYPE_CHECKING:
     from gemma_ocr.training.config import TrainConfig
+
+# torch, transformers and peft are imported inside the functions below: the model loader imports this module, and
+# unsloth (backend "unsloth") must be imported before transformers and peft (modeling.loading.import_unsloth);
+# `gemma-ocr serve` imports the loader too (saved_image_settings) and starts without them.
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +71,7 @@ NO_GRAD_MARK = "_gemma_ocr_no_grad"
 
 
 def cuda_available() -> bool:
-    import torch
+    import torch  # after unsloth, and serve's start-up (see the top of this module)
 
     return torch.cuda.is_available()
 
@@ -63,7 +79,7 @@ def cuda_available() -> bool:
 def triton_interpreted() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``): slow, for checking them without a GPU."""
     try:
-        import triton
+        import triton  # an optional extra (gemma-ocr[gpu]): its CPU interpreter checks the kernels without a GPU
 
         return bool(triton.knobs.runtime.interpret)
     except (ImportError, AttributeError):
@@ -90,8 +106,6 @@ def use_liger(config: TrainConfig) -> bool:
 
 def check_liger(config: TrainConfig) -> None:
     """One clear error when Liger is asked for (``use_liger_kernel: true``) and cannot run here."""
-    from gemma_ocr.errors import GemmaOcrError
-
     if not use_liger(config):
         return
     if not liger_available():
@@ -108,7 +122,7 @@ def apply_liger(model) -> list[str]:
     Liger's fused linear cross-entropy stays off: TRL's fused LM head computes the loss (they exclude each
     other). Liger also patches transformers' Gemma 3 RoPE function for the whole process.
     """
-    from liger_kernel.transformers import apply_liger_kernel_to_gemma3
+    from liger_kernel.transformers import apply_liger_kernel_to_gemma3  # an optional extra (gemma-ocr[gpu])
 
     base = _base_model(model)
     apply_liger_kernel_to_gemma3(model=base, fused_linear_cross_entropy=False)
@@ -145,9 +159,7 @@ def gradient_checkpointing_kwargs(config: TrainConfig) -> dict[str, Any]:
 
 def _renamed_checkpointing() -> bool:
     """Whether transformers names it ``activation_checkpointing`` (5.2x; ``gradient_checkpointing`` is deprecated)."""
-    import dataclasses
-
-    from transformers import TrainingArguments
+    from transformers import TrainingArguments  # after unsloth, and serve's start-up (see the top of this module)
 
     return any(f.name == "activation_checkpointing" for f in dataclasses.fields(TrainingArguments))
 
@@ -177,7 +189,7 @@ def vision_tower_of(model):
 
 def freeze_vision_tower(model) -> bool:
     """Run the vision tower under ``torch.no_grad`` when none of its parameters trains; True when applied."""
-    import torch
+    import torch  # after unsloth, and serve's start-up (see the top of this module)
 
     tower = vision_tower_of(model)
     if tower is None:
@@ -218,3 +230,61 @@ def describe(config: TrainConfig) -> dict[str, Any]:
         "activation_offloading": config.activation_offloading,
         "torch_compile": config.torch_compile,
     }
+
+
+def attn_implementation(config: TrainConfig) -> str:
+    """SDPA by default: it takes the bidirectional image-span mask Gemma 3 trains with; flash-attention on request."""
+    if config.attn_implementation == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+        raise GemmaOcrError("attn_implementation flash_attention_2 needs the flash-attn package (pip install flash-attn), "
+                            "or use the default sdpa")
+    return config.attn_implementation
+
+
+def prepare_kbit(model, config: TrainConfig):
+    """Make a 4-bit model ready for LoRA: the lean way on the fast path (:func:`prepare_kbit_lean`), else PEFT's
+    ``prepare_model_for_kbit_training`` (fp32 upcast, checkpointing as configured); return the model."""
+    if config.fast_path:
+        prepare_kbit_lean(model)
+        return model
+    from peft import prepare_model_for_kbit_training  # after unsloth, and serve's start-up (see the top)
+
+    # PEFT renamed gradient_checkpointing_kwargs to activation_checkpointing_kwargs (the old name goes in 1.2)
+    params = inspect.signature(prepare_model_for_kbit_training).parameters
+    name = "activation_checkpointing_kwargs" if "activation_checkpointing_kwargs" in params \
+        else "gradient_checkpointing_kwargs"
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing,
+                                           **{name: {"use_reentrant": False}})
+
+
+def apply_after_lora(peft_model, config: TrainConfig) -> None:
+    """The switches applied once LoRA is attached: the frozen vision tower without gradients, Liger's kernels."""
+    if config.fast_path and freeze_vision_tower(peft_model):
+        log.info("fast path: the frozen vision tower runs without gradients")
+    apply_liger_when_on(peft_model, config)
+
+
+def apply_liger_when_on(model, config: TrainConfig) -> None:
+    """Swap Liger's kernels into ``model`` when ``use_liger_kernel`` resolves on (:func:`use_liger`)."""
+    if use_liger(config):
+        log.info("fast path: Liger kernels %s", ", ".join(apply_liger(model)))
+
+
+def trainer_arguments(config: TrainConfig, cuda: bool) -> dict[str, Any]:
+    """The trainer arguments of the switches: checkpointing (under the installed transformers' names), activation
+    offloading, Liger (already in the loaded model), the dataloader workers and their memory."""
+    workers = dataloader_workers(config)
+    checkpointing = config.gradient_checkpointing and config.backend != "unsloth"
+
+    def auto(value, default):
+        return default if value is None else value
+
+    return dict(
+        **checkpointing_arguments(config, checkpointing),
+        # offloading without checkpointing: TRL moves every saved activation to the host
+        activation_offloading=config.activation_offloading and not checkpointing,
+        use_liger_kernel=False,  # the loaded model already has Liger's kernels when asked (apply_liger)
+        dataloader_num_workers=workers,
+        dataloader_persistent_workers=auto(config.dataloader_persistent_workers, workers > 0),
+        dataloader_prefetch_factor=auto(config.dataloader_prefetch_factor, 2 if workers > 0 else None),
+        dataloader_pin_memory=auto(config.dataloader_pin_memory, cuda),
+    )
