@@ -81,8 +81,8 @@ def test_the_layout_is_the_documented_one_and_relative_to_its_root(tmp_path):
     ("gemma_ocr.evaluation.transcription:TranscribeConfig.output_file", LAYOUT.transcriptions),
     ("gemma_ocr.search.config:SearchArguments.base_output_dir", LAYOUT.search_trials),
     ("gemma_ocr.search.config:SearchArguments.studies_dir", LAYOUT.studies),
-    ("gemma_ocr.pipeline.job:PipelineConfig.base_model", LAYOUT.reader),
-    ("gemma_ocr.pipeline.job:PipelineConfig.train_config", LAYOUT.train_config),
+    ("gemma_ocr.pipeline.config:PipelineConfig.base_model", LAYOUT.reader),
+    ("gemma_ocr.pipeline.config:PipelineConfig.train_config", LAYOUT.train_config),
     ("gemma_ocr.khmer_digits.utils:TrainingConfig.metadata_path", LAYOUT.khmer_metadata),
     ("gemma_ocr.khmer_digits.utils:TrainingConfig.output_dir", LAYOUT.khmer_runs),
 ])

@@ -175,7 +175,10 @@ def test_missing_tesseract_language_data_names_the_package(line_data, tmp_path):
 def test_the_pipeline_puts_tesseract_beside_the_fine_tuned_model(line_data, tmp_path):
     """--compare-with tesseract: the engine reads the pipeline's test set, gets a row and a comparison line."""
     from gemma_ocr.data.records import load_records, write_records
-    from gemma_ocr.pipeline.job import PipelineConfig, StageRecord, compare_with_engines, evaluate_engine, format_table
+    from gemma_ocr.pipeline.config import PipelineConfig
+    from gemma_ocr.pipeline.stages import compare_with_engines, evaluate_engine
+    from gemma_ocr.pipeline.state import StageRecord
+    from gemma_ocr.pipeline.table import format_table
     from gemma_ocr.scoring.results import build_document
 
     cfg = PipelineConfig(root=tmp_path, compare_with=("tesseract",), eval_top_k=None, bootstrap_resamples=500)

@@ -105,7 +105,7 @@ def test_pipeline_fine_tunes_the_reader_and_shows_the_gain(tmp_path):
     proc = run_cli("pipeline.py", *args, timeout=900, env=ONE_THREAD)
     log = run_log_of(proc).read_text(encoding="utf-8")
     for stage in ("search", "train", "merge", "evaluate eval_base.json", "evaluate eval_finetuned.json"):
-        assert f"INFO gemma_ocr.pipeline.job: {stage}: " in log and "redoing" not in log, log
+        assert f"INFO gemma_ocr.pipeline.state: {stage}: " in log and "redoing" not in log, log
     assert log.count("(0 requested, 80 resumed)") == 2, log
     for stage in ("search", "train", "merge"):
         assert re.search(rf"^{stage}: kept ", proc.stderr, re.M), proc.stderr
@@ -119,7 +119,7 @@ def test_pipeline_fine_tunes_the_reader_and_shows_the_gain(tmp_path):
     proc = run_cli("pipeline.py", *args, timeout=900, env=ONE_THREAD)
     log = run_log_of(proc).read_text(encoding="utf-8")
     for stage in ("search", "train", "merge", "evaluate eval_base.json", "evaluate eval_finetuned.json"):
-        assert f"INFO gemma_ocr.pipeline.job: {stage}: " in log and "was made from other inputs" in log, log
+        assert f"INFO gemma_ocr.pipeline.state: {stage}: " in log and "was made from other inputs" in log, log
     assert log.count("(80 requested, 0 resumed)") == 2 and "Scored on the first 80 of 300 test samples" in proc.stdout
 
 
@@ -286,7 +286,8 @@ def test_every_flag_an_error_names_is_a_flag_of_the_pipeline(tmp_path):
 def test_force_re_renders_synthetic_data_but_never_replaces_your_own(tmp_path):
     from gemma_ocr.data.records import load_raw_records, write_records
     from gemma_ocr.data.synthetic import is_synthetic
-    from gemma_ocr.pipeline.job import PipelineConfig, make_data
+    from gemma_ocr.pipeline.config import PipelineConfig
+    from gemma_ocr.pipeline.stages import make_data
 
     cfg = PipelineConfig(root=tmp_path, n_samples=6)
     make_data(cfg)
@@ -315,7 +316,7 @@ def test_pipeline_settings_come_from_defaults_a_config_file_and_flags(tmp_path):
 
     from gemma_ocr.errors import GemmaOcrError
     from gemma_ocr.layout import LAYOUT
-    from gemma_ocr.pipeline.job import PipelineConfig
+    from gemma_ocr.pipeline.config import PipelineConfig
     from gemma_ocr.flags import ConfigParser
 
     def parse(*argv):
@@ -348,7 +349,7 @@ def test_pipeline_settings_come_from_defaults_a_config_file_and_flags(tmp_path):
 
 def test_the_table_shows_no_figure_for_a_model_that_scored_nothing():
     """A results document with nothing scored (every request failed) is n/a in the main job's table, not 0.0000."""
-    from gemma_ocr.pipeline.job import format_table
+    from gemma_ocr.pipeline.table import format_table
     from gemma_ocr.scoring.results import build_document
 
     failed = [{"image_path": f"/d/{i}.png", "label": "12", "prediction": None, "status": "error",

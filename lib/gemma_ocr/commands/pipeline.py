@@ -18,7 +18,9 @@ import sys
 import time
 
 from gemma_ocr.io import check_writable
-from gemma_ocr.pipeline.job import PipelineConfig, format_table, run_pipeline
+from gemma_ocr.pipeline.config import PipelineConfig
+from gemma_ocr.pipeline.run import run_pipeline
+from gemma_ocr.pipeline.table import format_table
 from gemma_ocr.progress import Stages, run_log
 from gemma_ocr.flags import ConfigParser
 
