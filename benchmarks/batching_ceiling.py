@@ -37,7 +37,7 @@ from evaluate_throughput import BATCHING, ONE_AT_A_TIME, READER_HELDOUT_SEED, se
 from gemma_ocr.training.config import DEFAULT_INSTRUCTION  # noqa: E402
 from gemma_ocr.data.records import write_records  # noqa: E402
 from gemma_ocr.data.synthetic import READER_PRETRAINING, generate_dataset  # noqa: E402
-from gemma_ocr.evaluation.run import encode_image  # noqa: E402
+from gemma_ocr.evaluation.client import encode_image  # noqa: E402
 from gemma_ocr.layout import LAYOUT  # noqa: E402
 
 BATCH = 8

@@ -62,7 +62,8 @@ def _khmer_accuracy(doc: dict) -> tuple[float, float]:
 def main() -> int:
     from gemma_ocr.evaluation.engines import RAPIDOCR, TESSERACT
     from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.evaluation.run import EvalConfig, evaluate
+    from gemma_ocr.evaluation.settings import EvalConfig
+    from gemma_ocr.evaluation.run import evaluate
 
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work-dir", default="experiments/engines_benchmark")

@@ -48,7 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from gemma_ocr.data.records import write_records  # noqa: E402
 from gemma_ocr.data.synthetic import READER_PRETRAINING, WORDS, SyntheticConfig, generate_dataset  # noqa: E402
-from gemma_ocr.evaluation.run import EvalConfig, build_request, encode_image, evaluate  # noqa: E402
+from gemma_ocr.evaluation.settings import EvalConfig  # noqa: E402
+from gemma_ocr.evaluation.client import build_request, encode_image  # noqa: E402
+from gemma_ocr.evaluation.run import evaluate  # noqa: E402
 from gemma_ocr.layout import LAYOUT  # noqa: E402
 from gemma_ocr.scoring.metrics import score_pairs  # noqa: E402
 

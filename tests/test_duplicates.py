@@ -19,7 +19,8 @@ from gemma_ocr.data.importing import dedupe, find_duplicates, import_records
 from gemma_ocr.data.records import OcrRecord, check_unique_images, load_raw_records, load_records
 from gemma_ocr.data.split import split_non_test
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.run import evaluate
 from gemma_ocr.scoring.results import ScoringConfig, build_document
 from gemma_ocr.evaluation.transcription import collect_images
 

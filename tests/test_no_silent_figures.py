@@ -17,7 +17,8 @@ from tests.helpers.programs import assert_one_line_error, run_cli
 from tests.helpers.eval_fixtures import ScriptedServer
 
 from gemma_ocr.data.records import load_records
-from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.run import evaluate
 from gemma_ocr.scoring.metrics import aggregate, score_pairs
 from gemma_ocr.scoring.results import build_document
 

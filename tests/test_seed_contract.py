@@ -109,7 +109,7 @@ def test_shipped_configs_every_key_reaches_its_field(path):
 
 @pytest.mark.parametrize("flag", EVALUATE_FLAGS)
 def test_evaluate_flags(flag):
-    from gemma_ocr.evaluation.run import EvalConfig
+    from gemma_ocr.evaluation.settings import EvalConfig
 
     given, name, expected = EVALUATE_FLAGS[flag]
     config, _ = ConfigParser(EvalConfig).parse_settings([flag, given])

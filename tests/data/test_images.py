@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from gemma_ocr.data.fonts import latin_font
 from gemma_ocr.data.images import open_image, orientation, to_rgb
-from gemma_ocr.evaluation.run import encode_image
+from gemma_ocr.evaluation.client import encode_image
 
 
 def _text_mask(size: tuple[int, int] = (160, 40)) -> np.ndarray:

@@ -15,7 +15,9 @@ from tests.helpers.eval_fixtures import ROOT, ScriptedServer, eval_env, write_da
 
 from gemma_ocr.data.records import load_records
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import EvalConfig, evaluate, parse_url
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.client import parse_url
+from gemma_ocr.evaluation.run import evaluate
 from gemma_ocr.scoring.metrics import aggregate, score_pairs
 from gemma_ocr.serving.process import free_port
 

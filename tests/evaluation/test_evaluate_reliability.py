@@ -19,7 +19,8 @@ from tests.helpers.output_locations import read_only_folder, small_tmpfs
 
 from gemma_ocr.data.records import load_records
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.run import evaluate
 
 
 def _cfg(url, data, out, flags=None, **kw) -> EvalConfig:

@@ -13,7 +13,8 @@ from tests.helpers.eval_fixtures import ScriptedServer, eval_env
 from gemma_ocr.data.importing import import_records
 from gemma_ocr.data.records import load_records
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.run import evaluate
 from gemma_ocr.evaluation.transcription import TranscribeConfig, collect_images, read_transcriptions, transcribe
 
 

@@ -13,7 +13,9 @@ from PIL import Image
 
 from gemma_ocr.scoring.degenerate import LOOP_MAX_UNIT, answer_status, find_loop
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import EvalConfig, build_request, encode_image, evaluate, parse_answer
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.client import build_request, encode_image, parse_answer
+from gemma_ocr.evaluation.run import evaluate
 from gemma_ocr.evaluation.transcription import TranscribeConfig, transcribe
 
 

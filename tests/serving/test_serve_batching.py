@@ -12,7 +12,7 @@ import requests
 from tests.helpers.eval_fixtures import eval_env
 
 from gemma_ocr.data.records import load_records
-from gemma_ocr.evaluation.run import build_request, encode_image
+from gemma_ocr.evaluation.client import build_request, encode_image
 from gemma_ocr.serving.process import start_server
 
 INSTRUCTIONS = ("OCR", "Read the text in this image")  # two prompt lengths: batches get left padding

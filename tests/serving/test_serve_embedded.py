@@ -17,7 +17,7 @@ from tests.helpers.programs import assert_one_line_error, run_cli
 from tests.helpers.eval_fixtures import ROOT, eval_env
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import build_request, encode_image
+from gemma_ocr.evaluation.client import build_request, encode_image
 from gemma_ocr.serving.process import ServerProcess, VllmInstall, check_port_free, find_vllm, free_port, group_alive, server_command, start_server, vllm_command
 
 

@@ -28,7 +28,8 @@ from tests.helpers.eval_fixtures import ROOT, eval_env, make_adapter
 
 from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 from gemma_ocr.data.records import load_records, write_records
-from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.run import evaluate
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.serving.process import check_port_free, find_vllm, free_port, group_alive, start_server
 

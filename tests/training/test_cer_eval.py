@@ -109,7 +109,8 @@ def test_the_cer_equals_evaluate_py_through_the_served_model(serif_digits, tmp_p
     """Full training (its output folder is the model itself): the last evaluation's figures are evaluate.py's on
     the same validation images through the embedded server, at the same --max-tokens."""
     from gemma_ocr.data.records import load_records, write_records
-    from gemma_ocr.evaluation.run import EvalConfig, evaluate
+    from gemma_ocr.evaluation.settings import EvalConfig
+    from gemma_ocr.evaluation.run import evaluate
     from gemma_ocr.serving.process import start_server
     from tests.helpers.eval_fixtures import eval_env
 

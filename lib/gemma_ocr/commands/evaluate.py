@@ -9,7 +9,8 @@ data with the same figures, into the same results file layout.
 from __future__ import annotations
 
 from gemma_ocr.cli import stop_on_sigterm
-from gemma_ocr.evaluation.run import EvalConfig, evaluate, evaluate_checkpoint
+from gemma_ocr.evaluation.settings import EvalConfig
+from gemma_ocr.evaluation.run import evaluate, evaluate_checkpoint
 from gemma_ocr.scoring.results import failure_text, figure_text, interval_text, method_text
 from gemma_ocr.flags import ConfigParser
 

@@ -12,19 +12,30 @@ so a server's own decoding never matters.
 The image files read everywhere (a folder's images in the importer and in transcription, the evaluator, training)
 are those ending in :data:`IMAGE_SUFFIXES`. An animated GIF (or a multi-page TIFF) is read by its first frame,
 everywhere: the evaluator sends that frame as PNG rather than the whole file.
+
+Every reader opens an image through :func:`opened_image` (:func:`open_image` for the decoded RGB picture): under a
+pixel limit (:class:`ImageTooLarge`, a guard against decompression bombs), fully decoded, and a missing, unreadable,
+undecodable or too large file is one line naming it.
 """
 
 from __future__ import annotations
 
+import io
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm import tqdm
 
 from gemma_ocr.errors import GemmaOcrError
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from gemma_ocr.data.records import OcrRecord
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".gif")
@@ -42,11 +53,7 @@ def has_alpha(image: Image.Image) -> bool:
 
 def to_rgb(image: Image.Image) -> Image.Image:
     """``image`` in RGB as the model sees it: transparency on white, high bit depths stretched to 0-255."""
-    from PIL import Image
-
     if image.mode in HIGH_BIT_DEPTH_MODES:
-        import numpy as np
-
         values = np.asarray(image, dtype=np.float64)
         finite = values[np.isfinite(values)]
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
@@ -72,8 +79,6 @@ def orientation(image: Image.Image) -> int:
 
 def upright_rgb(image: Image.Image) -> Image.Image:
     """``image`` as the model sees it: turned by its EXIF orientation, then :func:`to_rgb`."""
-    from PIL import ImageOps
-
     if orientation(image) != 1:
         image = ImageOps.exif_transpose(image)
     return to_rgb(image)
@@ -93,23 +98,70 @@ def server_ready(image: Image.Image) -> bool:
             and frames(image) == 1)
 
 
-def open_image(path: str) -> Image.Image:
-    """Open an image (its first frame) by :func:`upright_rgb`, with a clear error when it is missing or corrupt."""
-    from PIL import Image, UnidentifiedImageError
+class ImageTooLarge(GemmaOcrError):
+    """An image with more pixels than the limit (a guard against decompression bombs)."""
 
+
+def allow_image_pixels(max_pixels: int | None) -> None:
+    """Let Pillow open images of up to ``max_pixels`` pixels (None: any), raising its decompression-bomb guard
+    (``Image.MAX_IMAGE_PIXELS``, for this process) only when asked for more than it allows; never lowering it.
+
+    :func:`opened_image` enforces ``max_pixels`` itself, naming the file.
+    """
+    if max_pixels is None:
+        Image.MAX_IMAGE_PIXELS = None
+    elif Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
+def read_image_bytes(path: str) -> bytes:
+    """The bytes of the image file at ``path``; a missing or unreadable file is one line (GemmaOcrError)."""
     try:
-        with Image.open(path) as im:
-            return upright_rgb(im)
+        return Path(path).read_bytes()
     except FileNotFoundError:
-        raise GemmaOcrError(f"image not found: {path} (fix the path in the data file)") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError) as e:
-        raise GemmaOcrError(f"image cannot be read: {path} ({e})") from None
+        raise GemmaOcrError(f"image not found: {path}") from None
+    except OSError as e:
+        raise GemmaOcrError(f"image cannot be read: {path} ({e.strerror or e})") from None
+
+
+def _too_large(path: str, pixels: str, max_pixels: int | None) -> ImageTooLarge:
+    limit = f", over the limit of {max_pixels:,}" if max_pixels is not None else ""
+    return ImageTooLarge(f"image too large: {path} ({pixels}{limit} that guards against decompression bombs)")
+
+
+@contextmanager
+def opened_image(path: str, max_pixels: int | None = None, data: bytes | None = None) -> Iterator[Image.Image]:
+    """The image file at ``path`` (its bytes ``data`` when given), opened and fully decoded: its first frame.
+
+    An image of more than ``max_pixels`` pixels (None: no limit but Pillow's) is refused before it is decoded
+    (:class:`ImageTooLarge`); a missing, unreadable or undecodable file, or one that fails in the block, is one line
+    naming it (:class:`GemmaOcrError`).
+    """
+    if data is None:
+        data = read_image_bytes(path)
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            if max_pixels is not None and im.width * im.height > max_pixels:
+                raise _too_large(path, f"{im.width}x{im.height} = {im.width * im.height:,} pixels", max_pixels)
+            im.load()  # decode fully: a truncated file fails here
+            yield im
+    except UnidentifiedImageError:
+        raise GemmaOcrError(f"image cannot be decoded: {path} (not an image, or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as e:  # Pillow's own guard (twice MAX_IMAGE_PIXELS), hit while opening
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _too_large(path, f"{int(found.group(1)):,} pixels" if found else str(e), max_pixels) from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise GemmaOcrError(f"image cannot be decoded: {path} ({e})") from None
+
+
+def open_image(path: str, max_pixels: int | None = None) -> Image.Image:
+    """The image at ``path`` (its first frame) by :func:`upright_rgb`, opened by :func:`opened_image`."""
+    with opened_image(path, max_pixels) as im:
+        return upright_rgb(im)
 
 
 def image_problem(path: str) -> str | None:
     """Why the image at ``path`` cannot be used (missing, unreadable, truncated, not an image), or None."""
-    from PIL import Image, UnidentifiedImageError
-
     if not os.path.isfile(path):
         return f"image not found: {path} (fix the path; relative paths resolve against the JSON file's folder)"
     try:
@@ -125,8 +177,6 @@ def not_an_image(path: str) -> str | None:
 
     Only the header is read (cheap); :func:`image_problem` decodes the whole image.
     """
-    from PIL import Image, UnidentifiedImageError
-
     if not os.path.isfile(path):
         return "no such file" if not os.path.exists(path) else "not a file"
     try:
@@ -142,10 +192,6 @@ def not_an_image(path: str) -> str | None:
 
 def check_images(records: Sequence[OcrRecord], source: str | os.PathLike[str] = "", shown: int = 3) -> None:
     """Decode every image (in threads); fail with one line naming how many cannot be used and the first ``shown``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from tqdm import tqdm
-
     workers = min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
         found = pool.map(image_problem, [r.image_path for r in records], chunksize=64)

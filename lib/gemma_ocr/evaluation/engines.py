@@ -1,8 +1,9 @@
 """Classical OCR engines as backends of evaluation and transcription: Tesseract and RapidOCR.
 
 They read the same images into the same results documents as a served model (:mod:`gemma_ocr.evaluation.run`,
-:mod:`gemma_ocr.evaluation.transcription`): same samples and statuses, same metrics, resume, reports and comparisons,
-so the engine a user already runs can stand beside the fine-tuned model in one table.
+:mod:`gemma_ocr.evaluation.transcription`, through :func:`gemma_ocr.evaluation.pool.read_with_engine`): same samples
+and statuses, same metrics, resume, reports and comparisons, so the engine a user already runs can stand beside the
+fine-tuned model in one table.
 
 * **Tesseract** (``backend tesseract``): the ``tesseract`` program (Debian: ``apt-get install tesseract-ocr
   tesseract-ocr-eng tesseract-ocr-khm``), language data ``tesseract_lang`` (``eng``, ``khm``, ``eng+khm``),
@@ -36,9 +37,14 @@ import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+from PIL import Image
+
+from gemma_ocr.data.images import ImageTooLarge, open_image
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.settings import FieldError
 
@@ -50,6 +56,7 @@ BackendName = Literal["server", "khmer-cnn", "tesseract", "rapidocr"]
 TESSERACT_BATCH = 16  # images per tesseract process
 _GROUP = "reader (a server or an OCR engine)"  # the heading of these flags in --help
 _LANG = re.compile(r"[A-Za-z0-9_]+(\+[A-Za-z0-9_]+)*")
+TOO_LARGE_HINT = "; --max-image-pixels raises the limit"
 
 #: (index, image path) in; (index, text or None, error or None, seconds) out
 Item = tuple[int, str]
@@ -106,21 +113,13 @@ def open_engine(cfg: EngineConfig) -> Engine:
     raise GemmaOcrError(f"--backend {cfg.backend} is not an OCR engine of this module (use one of {', '.join(ENGINES)})")
 
 
-def load_image(path: str, max_pixels: int | None) -> Any:
-    """The image at ``path`` by the project's decoding rule; a missing, corrupt or too large one raises GemmaOcrError."""
-    from PIL import Image
-
-    from gemma_ocr.data.images import open_image
-
+def load_image(path: str, max_pixels: int | None) -> Image.Image:
+    """The image at ``path`` by the project's decoding rule (:func:`gemma_ocr.data.images.open_image`); a missing,
+    corrupt or too large one raises GemmaOcrError (a too large one naming the flag that raises the limit)."""
     try:
-        with Image.open(path) as im:
-            width, height = im.size
-    except (OSError, Image.DecompressionBombError, SyntaxError, ValueError):
-        width = height = 0  # open_image says what is wrong with it
-    if max_pixels is not None and width * height > max_pixels:
-        raise GemmaOcrError(f"image too large: {path} ({width}x{height} = {width * height:,} pixels, over the limit of "
-                            f"{max_pixels:,} that guards against decompression bombs; --max-image-pixels raises it)")
-    return open_image(path)
+        return open_image(path, max_pixels)
+    except ImageTooLarge as e:
+        raise ImageTooLarge(f"{e}{TOO_LARGE_HINT}") from None
 
 
 def tidy(text: str) -> str:
@@ -234,12 +233,10 @@ class RapidOcrEngine(Engine):
 
     def __init__(self, mode: str = "line"):
         try:
-            from rapidocr import RapidOCR
+            from rapidocr import RapidOCR  # an optional extra: pip install -e ".[engines]"
         except ImportError:
             raise GemmaOcrError("RapidOCR is not installed: pip install -e '.[engines]' (rapidocr and onnxruntime), "
                                 "or use another --backend") from None
-        from importlib.metadata import version
-
         line = mode == "line"
         params = {"Global.log_level": "error", "Global.use_det": not line, "Global.use_cls": not line,
                   "EngineConfig.onnxruntime.intra_op_num_threads": 1,
@@ -284,8 +281,6 @@ class RapidOcrEngine(Engine):
 def reading_order(boxes: Any, texts: Sequence[str]) -> str:
     """Detected text boxes joined as a reader goes: rows top to bottom (a box joins a row when its centre lies
     within half a box height of the row's), each row left to right with spaces, rows by newlines."""
-    import numpy as np
-
     quads = np.asarray(boxes, dtype=float).reshape(len(texts), -1, 2)
     centre_y, left = quads[:, :, 1].mean(axis=1), quads[:, :, 0].min(axis=1)
     height = quads[:, :, 1].max(axis=1) - quads[:, :, 1].min(axis=1)

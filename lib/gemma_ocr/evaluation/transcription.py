@@ -2,7 +2,7 @@
 
 The inputs are image files, folders (searched recursively for images) and OCR data files (the image
 paths of a ``.json``/``.tsv``/``.txt``/``.csv``/``.jsonl`` file; texts are not needed, and a missing
-image becomes a failed row). Requests go through the evaluation client (:mod:`gemma_ocr.evaluation.run`:
+image becomes a failed row). Requests go through the evaluation's worker pool (:mod:`gemma_ocr.evaluation.pool`:
 threads, retries, several servers, the same image encoding and instruction as evaluation).
 
 The output is a JSON Lines file, one object per image in input order::
@@ -40,7 +40,8 @@ from typing import Any
 from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, listed_images, other_files
 from gemma_ocr.data.records import OcrRecord, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import RequestConfig, check_settings, open_reader, server_gone_error
+from gemma_ocr.evaluation.settings import RequestConfig, check_settings
+from gemma_ocr.evaluation.pool import open_reader, server_gone_error
 from gemma_ocr.io import atomic_write_text, check_writable
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.scoring.results import (

@@ -17,7 +17,8 @@ from gemma_ocr.data.records import load_raw_records, load_records, write_records
 from gemma_ocr.data.split import split_non_test
 from gemma_ocr.data.synthetic import SHIFTED_DIGITS, generate_dataset, is_synthetic
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.run import EvalConfig, evaluate
+from gemma_ocr.evaluation.run import evaluate
+from gemma_ocr.evaluation.settings import EvalConfig
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.merge.adapter import merge_adapter
