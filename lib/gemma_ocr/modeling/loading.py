@@ -203,7 +203,7 @@ def load_base_model(config: TrainConfig):
     """Load the Gemma 3 VLM (transformers backend) in the right dtype/quantisation; return ``(model, processor)``."""
     # after unsloth (import_unsloth), and serve's start-up (see the top)
     import torch
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText  # (as torch above)
 
     check_gemma3_vlm(config.model_name)
     kwargs: dict[str, Any] = {"attn_implementation": speed.attn_implementation(config)}

@@ -252,7 +252,7 @@ def random_gemma3(config, ids: dict[str, int], seed: int):
     """The fp32 model of ``config`` with random weights drawn from ``seed`` (the projector too), greedy by default."""
     # the start-up time of `tiny-model --help`: torch and transformers load only to build
     import torch
-    from transformers import Gemma3ForConditionalGeneration, GenerationConfig
+    from transformers import Gemma3ForConditionalGeneration, GenerationConfig  # (as torch above)
 
     torch.manual_seed(seed)
     model = Gemma3ForConditionalGeneration(config).to(torch.float32)

@@ -24,6 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import requests
+from PIL import Image, UnidentifiedImageError
+
 from gemma_ocr.data.images import MAX_IMAGE_PIXELS  # a decoder asked for more would take the server's memory
 from gemma_ocr.serving.openai_api import ImagePart, RequestError
 
@@ -95,8 +98,6 @@ def checked_data_url(url: str, param: str) -> str:
 def check_image_header(data: bytes, param: str) -> None:
     """Refuse bytes that are no image Pillow knows, or an image of more than MAX_IMAGE_PIXELS pixels (only its
     header is read: the pixels are decoded by the processor)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -131,8 +132,6 @@ def local_file(url: str, param: str, policy: MediaPolicy) -> Path:
 
 def fetch(url: str, param: str, policy: MediaPolicy) -> bytes:
     """An image over HTTP(S) from a host of ``--allowed-media-domains``."""
-    import requests
-
     host = (urlsplit(url).hostname or "").lower()
     if host not in policy.domains:
         allowed = f" (allowed: {', '.join(sorted(policy.domains))})" if policy.domains else ""

@@ -19,6 +19,7 @@ manager does).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from typing import IO, Any
 import requests
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling.loading import saved_image_settings
 from gemma_ocr.serving.defaults import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT, ENGINES
 
 log = logging.getLogger(__name__)
@@ -84,7 +86,7 @@ def free_port(host: str = DEFAULT_HOST) -> int:
 def port_holders(port: int) -> list[tuple[int, str]]:
     """The processes listening on TCP ``port`` as (pid, command line); empty when none is visible here."""
     try:
-        import psutil
+        import psutil  # a machine without it still serves: the answer is then "none visible"
     except ImportError:
         return []
     try:
@@ -199,7 +201,7 @@ def cpu_kv_cache_bytes() -> int:
     """vLLM-CPU's KV cache: a quarter of the memory available now, between 0.5 and 4 GiB (vLLM's own default
     asks for most of the machine and refuses to start when other processes hold part of it)."""
     try:
-        import psutil
+        import psutil  # a machine without it still serves: the KV cache then takes its default
 
         available = psutil.virtual_memory().available
     except ImportError:
@@ -217,8 +219,6 @@ def vllm_command(install: VllmInstall, model_dir: str | os.PathLike[str], port: 
     command looks its own version up under the name ``vllm`` and fails. The CPU build gets an explicit
     KV cache size (``--kv-cache-memory-bytes``, unless given, or VLLM_CPU_KVCACHE_SPACE is set in ``env``).
     """
-    from gemma_ocr.modeling.loading import saved_image_settings
-
     image = saved_image_settings(model_dir)  # pan-and-scan as trained: vLLM is told, not left to its defaults
     cmd = [
         install.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
@@ -276,8 +276,6 @@ def die_with_parent(signum: int) -> None:
     """
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-
     pr_set_pdeathsig = 1
     if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, int(signum), 0, 0, 0) != 0:
         log.warning("could not ask to die with the parent process (prctl: %s)", os.strerror(ctypes.get_errno()))
