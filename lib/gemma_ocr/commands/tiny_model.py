@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemma_ocr.outputs import OutputFolder
+from gemma_ocr.data.records import load_records
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.modeling.reader import CARD_FILE, CHECKPOINT_FILES, READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
 from gemma_ocr.modeling.tiny import build_tiny_gemma3
@@ -62,8 +63,6 @@ def main() -> None:
         return
     chars = args.chars or ""
     if args.chars_from:
-        from gemma_ocr.data.records import load_records
-
         chars += "".join(sorted({c for rec in load_records(args.chars_from) for c in rec.text}))
     size = dict(READER_ARCHITECTURE, image_size=args.image_size)
     out = build_tiny_gemma3(out, chars=chars or None, seed=recipe.seed, **size)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from gemma_ocr.outputs import OutputFolder, check_outputs_not_inputs
 from gemma_ocr.flags import ConfigParser
+from gemma_ocr.training.config import TrainConfig
+from gemma_ocr.training.tune import CONFIG_FILE, METRICS_FILE, sft_arguments, tune
 
 # What training writes at the top of its folder besides its settings and figures (the adapter and its processor): a
 # folder holding one of them that training did not write is refused before any work (e.g. the repository's own
@@ -26,16 +28,11 @@ ADAPTER_FILES = ("README.md", "adapter_config.json", "adapter_model.safetensors"
 
 
 def main() -> None:
-    from gemma_ocr.training.config import TrainConfig
-
     p = ConfigParser(TrainConfig, ignore_keys=TrainConfig.ignored_keys, description=__doc__)
     p.add_argument("--print-config", action="store_true",
                    help="check the settings (the trainer's own checks too), print them and exit")
     config, args = p.parse_settings()
     _check_output_dir(config)
-
-    from gemma_ocr.training.tune import sft_arguments, tune
-
     if args.print_config:
         with contextlib.redirect_stdout(sys.stderr):  # transformers prints notes at import; stdout is the JSON's
             sft_arguments(config, config.reporters, has_eval=bool(config.val_split), resuming=False)
@@ -61,16 +58,12 @@ def _check_output_dir(config) -> None:
     training writes at its top may replace only an earlier run's (its train_config.json there, or the manifest)."""
     inputs = {"the base model (--model-name)": config.model_name if Path(config.model_name).exists() else None,
               "the training data (--input-data)": config.input_data}
-    from gemma_ocr.training.tune import CONFIG_FILE
-
     check_outputs_not_inputs(inputs, {"--lora-output-dir": config.output_dir}, holding=None)
     if not (Path(config.output_dir) / CONFIG_FILE).is_file():  # not the folder of an earlier run: nothing there is ours
         _output_folder(config).check_files(_top_level_files())
 
 
 def _top_level_files() -> tuple[str, ...]:
-    from gemma_ocr.training.tune import CONFIG_FILE, METRICS_FILE
-
     return (*ADAPTER_FILES, CONFIG_FILE, METRICS_FILE)
 
 

@@ -25,11 +25,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.training.config import DEFAULT_INSTRUCTION
+from safetensors import safe_open
+
+from gemma_ocr.data.images import open_image
+from gemma_ocr.data.records import write_records
+from gemma_ocr.data.synthetic import READER_PRETRAINING, generate_dataset
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.modeling.loading import load_processor
+from gemma_ocr.modeling.tiny import build_tiny_gemma3, to_hub_layout
+from gemma_ocr.scoring.metrics import aggregate, score_pairs
 from gemma_ocr.settings import FieldError, Settings, setting
+from gemma_ocr.training.cer_eval import generate_answers
+from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +127,11 @@ def read_lines(model, processor, images: Sequence[Any], instruction: str = DEFAU
                max_new_tokens: int = 16, batch_size: int = 32) -> list[str]:
     """Greedy transcriptions of ``images`` by ``model`` as the served model makes them
     (:func:`gemma_ocr.training.cer_eval.generate_answers`), stripped."""
-    from gemma_ocr.training.cer_eval import generate_answers
-
     return [t.strip() for t in generate_answers(model, processor, images, instruction, max_new_tokens, batch_size)]
 
 
 def heldout_cer(model, processor, records, recipe: ReaderRecipe) -> float:
     """Micro CER of greedy readings of ``records`` (raw text, as evaluate.py's ``overall_cer``)."""
-    from gemma_ocr.data.images import open_image
-    from gemma_ocr.scoring.metrics import aggregate, score_pairs
-
     predictions = read_lines(model, processor, [open_image(r.image_path) for r in records], recipe.instruction,
                              recipe.max_new_tokens)
     return aggregate(score_pairs(predictions, [r.text for r in records])).overall_cer
@@ -135,7 +139,7 @@ def heldout_cer(model, processor, records, recipe: ReaderRecipe) -> float:
 
 def _curve_callback(processor, records, recipe: ReaderRecipe, curve: list[dict[str, float]], first_step: int = 0):
     """A TrainerCallback that measures held-out CER every ``recipe.curve_every`` steps (CPU seconds beside it)."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # the start-up time of `tiny-model --help`, which imports this module
 
     class LearningCurve(TrainerCallback):
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -149,7 +153,7 @@ def _curve_callback(processor, records, recipe: ReaderRecipe, curve: list[dict[s
 
 
 def _phase_config(settings: dict[str, Any], model: Path, data: Path, output: Path):
-    from gemma_ocr.training.config import TrainConfig
+    from gemma_ocr.training.config import TrainConfig  # built from TRL's SFTConfig: tiny-model --help's start-up
 
     return TrainConfig.from_dict({**settings, "model_name": str(model), "input_data": str(data),
                                   "output_dir": str(output)}, source="reader recipe")
@@ -161,8 +165,7 @@ def train_reader(start: Path, data: Path, work: Path, recipe: ReaderRecipe, proc
 
     Returns the trained folder (hub layout), the last run's metrics and the runs' configs.
     """
-    from gemma_ocr.modeling.tiny import to_hub_layout
-    from gemma_ocr.training.tune import tune
+    from gemma_ocr.training.tune import tune  # torch, transformers, TRL: tiny-model --help's start-up
 
     def callbacks(first_step: int) -> list:
         if not (recipe.curve_every and processor is not None and curve is not None):
@@ -195,13 +198,10 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
     ``work_dir`` keeps the data, the random start and the training run (default: a temporary folder, removed
     after a successful build). Raises :class:`GemmaOcrError` when the held-out CER misses ``target_cer``.
     """
-    import torch
+    import torch  # the start-up time of `tiny-model --help`, which imports this module
+    from transformers import AutoModelForImageTextToText  # tiny-model --help's start-up
 
-    from gemma_ocr.data.records import write_records
-    from gemma_ocr.data.synthetic import READER_PRETRAINING, generate_dataset
-    from gemma_ocr.modeling.loading import load_processor
-    from gemma_ocr.modeling.tiny import build_tiny_gemma3
-    from gemma_ocr.training.tune import torch_threads
+    from gemma_ocr.training.tune import torch_threads  # torch, transformers, TRL: tiny-model --help's start-up
 
     recipe = recipe or ReaderRecipe()
     out = Path(output_dir)
@@ -219,8 +219,6 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
             curve: list[dict[str, float]] = []
             trained, result, configs = train_reader(start, work / "data" / "train.json", work, recipe, processor,
                                                     heldout[: recipe.curve_lines], curve)
-            from transformers import AutoModelForImageTextToText
-
             model = AutoModelForImageTextToText.from_pretrained(trained, dtype=torch.float32)
             cer = heldout_cer(model, load_processor(str(trained)), heldout, recipe)
             del model
@@ -247,8 +245,8 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
 def _install(trained: Path, out: Path, recipe: ReaderRecipe, configs, report: ReaderReport, heldout_data,
              train_data, command: str | None) -> None:
     """Copy the checkpoint files, the card and the model card into ``out`` (replaced as a whole)."""
-    import torch
-    import transformers
+    import torch  # the start-up time of `tiny-model --help`, which imports this module
+    import transformers  # the start-up time of `tiny-model --help`, which imports this module
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -289,8 +287,6 @@ def _install(trained: Path, out: Path, recipe: ReaderRecipe, configs, report: Re
 
 
 def _parameter_count(folder: Path) -> int:
-    from safetensors import safe_open
-
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
