@@ -32,13 +32,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.training.config import DEFAULT_INSTRUCTION
+from PIL import Image, ImageDraw
+from safetensors import SafetensorError, safe_open
+
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, nearest_existing, read_json, reporting_write_errors
-from gemma_ocr.outputs import NamedPaths, OutputFolder
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.outputs import NamedPaths, OutputFolder
+from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 
 log = logging.getLogger(__name__)
+
+# torch, transformers and peft are imported inside the functions below: `gemma-ocr merge --help` imports this
+# module and answers without them, and the unsloth backend imports unsloth before them (_require_unsloth).
 
 ARCHITECTURE = "Gemma3ForConditionalGeneration"
 PROCESSOR_CLASS = "Gemma3Processor"
@@ -101,8 +107,8 @@ def _local_config(base: str) -> dict[str, Any] | None:
 
 def count_parameters(base: str) -> int:
     """Parameters of the base model, counted on the meta device (no weights loaded)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText
+    import torch  # lazy: see the note at the top
+    from transformers import AutoConfig, AutoModelForImageTextToText  # lazy: see the note at the top
 
     try:
         config = AutoConfig.from_pretrained(base)
@@ -140,7 +146,7 @@ def _check_not_quantized(base: str) -> None:
 
 def _load_processor(lora_dir: str, base: str):
     """The processor saved beside the adapter (its chat template included), else the base's."""
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor  # lazy: see the note at the top
 
     for source in (lora_dir, base):
         try:
@@ -224,8 +230,6 @@ def _unchanged(out: Path) -> Iterator[None]:
 
     safetensors reports a failed write as ``SafetensorError: ... I/O error: ... (os error 28)``: it counts too.
     """
-    from safetensors import SafetensorError
-
     with reporting_write_errors(out, f"{out} is as it was"):
         try:
             yield
@@ -238,9 +242,9 @@ def _unchanged(out: Path) -> Iterator[None]:
 
 
 def _merge_peft(lora_dir: str, staging: Path, base: str, out: Path) -> None:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText
+    import torch  # lazy: see the note at the top
+    from peft import PeftModel  # lazy: see the note at the top
+    from transformers import AutoModelForImageTextToText  # lazy: see the note at the top
 
     device_map = "auto" if torch.cuda.is_available() else None
     log.info("loading base %s in bf16", base)
@@ -274,7 +278,7 @@ def _merge_unsloth(lora_dir: str, staging: Path, out: Path) -> None:
 
 def _finish_checkpoint(staging: Path, lora_dir: str, base: str, out: Path) -> None:
     """Processor, chat template, generation config and a plain Gemma 3 config in ``staging`` (bound for ``out``)."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # lazy: see the note at the top
 
     processor = _load_processor(lora_dir, base)
     try:
@@ -307,8 +311,6 @@ def _finish_checkpoint(staging: Path, lora_dir: str, base: str, out: Path) -> No
 
 def lora_keys(output_dir: str | os.PathLike[str]) -> list[str]:
     """Tensor names in the saved safetensors that belong to LoRA/PEFT wrappers (should be none)."""
-    from safetensors import safe_open
-
     files = sorted(Path(output_dir).glob("*.safetensors"))
     if not files:
         raise GemmaOcrError(f"{output_dir}: no .safetensors weights were written")
@@ -321,8 +323,6 @@ def lora_keys(output_dir: str | os.PathLike[str]) -> list[str]:
 
 def sample_inputs(processor, instruction: str = DEFAULT_INSTRUCTION, text: str = "Total: 1234"):
     """A rendered text line + instruction through the chat template: the inputs of the logit check."""
-    from PIL import Image, ImageDraw
-
     image = Image.new("RGB", (160, 40), "white")
     ImageDraw.Draw(image).text((6, 12), text, fill="black")
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]},
@@ -332,7 +332,7 @@ def sample_inputs(processor, instruction: str = DEFAULT_INSTRUCTION, text: str =
 
 
 def _logits(model, inputs) -> "torch.Tensor":  # noqa: F821
-    import torch
+    import torch  # lazy: see the note at the top
 
     with torch.no_grad():
         return model(**inputs).logits.float()
@@ -344,9 +344,9 @@ def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport 
 
     ``shown_as`` names the folder in messages (the output folder, while ``output_dir`` is its staging copy).
     """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    import torch  # lazy: see the note at the top
+    from peft import PeftModel  # lazy: see the note at the top
+    from transformers import AutoModelForImageTextToText, AutoProcessor  # lazy: see the note at the top
 
     shown = shown_as or output_dir
 
