@@ -41,7 +41,7 @@ def run_cli(script: str, *args: str, cwd: Path | None = None, timeout: float = 3
 
 def settings(tmp: Path, name: str = "s", space: dict[str, Any] | None = None, **kw: Any):
     """SearchSettings for the linear-regression objective with everything under ``tmp`` (trials in ``trials/{name}``)."""
-    from gemma_ocr.search.runner import SearchSettings
+    from gemma_ocr.search.config import SearchSettings
     from gemma_ocr.search.space import parse_search_space
 
     values: dict[str, Any] = dict(

@@ -51,7 +51,7 @@ def test_sampling_modes_run_trials_and_export_the_best(tmp_path, mode):
 def test_bayesian_search_states_its_tpe_settings_and_a_resumed_study_keeps_its_own(tmp_path):
     """Optuna 5 turned TPE's multivariate and constant_liar on by default (both off in 4.x): the search states its
     settings and stores them with the study, so a study samples the same way on either, and a resume keeps its own."""
-    from gemma_ocr.search.runner import SAMPLER_ATTR, TPE_SETTINGS, tpe_sampler
+    from gemma_ocr.search.study_setup import SAMPLER_ATTR, TPE_SETTINGS, tpe_sampler
 
     s = settings(tmp_path, "tpe", search_mode="bayesian", n_trials=2, sampler_seed=3)
     run_search(s)

@@ -13,7 +13,8 @@ from tests.helpers.programs import assert_one_line_error
 from gemma_ocr.commands.search import parser
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.search.config import SearchArguments
-from gemma_ocr.search.runner import CONFIG_ATTR, resolve_settings, run_search
+from gemma_ocr.search.runner import resolve_settings, run_search
+from gemma_ocr.search.study_setup import CONFIG_ATTR
 from tests.helpers.search_helpers import LINREG, LINREG_SPACE, run_cli, settings
 
 #: every search setting -> a value other than its default (the walk fails when a setting is added without one)
