@@ -123,7 +123,8 @@ def test_the_figures_name_each_trial_count_trials_whole_and_mark_what_learning_n
     import matplotlib
 
     matplotlib.use("Agg")
-    from gemma_ocr.search.analysis import _history_png, _intermediate_png, analyze_study
+    from gemma_ocr.search.analysis import analyze_study
+    from gemma_ocr.search.study_figures import history_png as _history_png, intermediate_png as _intermediate_png
 
     loss = _curves_study("eval_loss", [2.0, 3.0, 2.5, 4.0], chance=5.0)
     ax = _intermediate_png(loss, "eval_loss").axes[0]

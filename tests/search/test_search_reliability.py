@@ -160,7 +160,7 @@ def test_a_killed_workers_grid_point_is_run_on_a_journal_file(tmp_path):
     _check_killed_trial(tmp_path, name, trials, killed)
     done = sorted(t.params["learning_rate"] for t in trials if t.state == TrialState.COMPLETE)
     assert done == [0.01, 0.03, 0.1]
-    from gemma_ocr.search.analysis import summarize
+    from gemma_ocr.search.study_summary import summarize
 
     summary = summarize(optuna.load_study(study_name=name, storage=open_storage(url)), {}, 3)
     retry = next(t.number for t in trials if t.system_attrs.get("failed_trial") == killed)

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gemma_ocr.outputs import OutputFolder
-from gemma_ocr.search.analysis import analyze
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.flags import ConfigParser
 from gemma_ocr.settings import FieldError, Settings, setting
@@ -41,6 +40,9 @@ def main() -> None:
     out = Path(args.output_dir or LAYOUT.reports / args.study_name)
     # a rerun replaces the report it wrote; files it did not write are never replaced
     folder = OutputFolder(out, "--output-dir", "gemma-ocr analyze", overwrite_flag=None)
+    # the analysis loads matplotlib and plotly (start-up time): only once a report is asked for, not for --help
+    from gemma_ocr.search.analysis import analyze
+
     with folder.writing() as staged:
         report = analyze(args.study_name, staged, args.compare, args.storage, args.top_n, args.studies_dir)
     report.output_dir = out
