@@ -9,35 +9,19 @@ data with the same figures, into the same results file layout.
 from __future__ import annotations
 
 from gemma_ocr.cli import stop_on_sigterm
+from gemma_ocr.evaluation.run import evaluate
 from gemma_ocr.evaluation.settings import EvalConfig
-from gemma_ocr.evaluation.run import evaluate, evaluate_checkpoint
-from gemma_ocr.scoring.results import failure_text, figure_text, interval_text, method_text
 from gemma_ocr.flags import ConfigParser
+from gemma_ocr.scoring.results import failure_text, figure_text, interval_text, method_text
 
 
 def main() -> int:
     p = ConfigParser(EvalConfig, description=__doc__)
     cfg, _ = p.parse_settings()
     stop_on_sigterm()  # `kill PID` saves what finished and says so, as Ctrl-C does
-    if cfg.backend == "khmer-cnn":
-        return evaluate_khmer_cnn(cfg, cfg.checkpoint)
     out = evaluate(cfg)
     return print_summary(out.document, _limit(out), f"requested now {out.requested}, resumed {out.resumed}, {out.elapsed_s:.1f}s",
                          out.output_file)
-
-
-def evaluate_khmer_cnn(cfg: EvalConfig, checkpoint: str | None) -> int:
-    """Score a Khmer-digits CNN checkpoint on the data file (no server involved)."""
-    from pathlib import Path
-
-    from gemma_ocr.errors import GemmaOcrError
-
-    if not checkpoint:
-        raise GemmaOcrError("--backend khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
-    if not Path(checkpoint).is_file():
-        raise GemmaOcrError(f"--checkpoint {checkpoint}: file not found (train one with core/khmer_digits/phase3_hyperparameter_tuning.py)")
-    out = evaluate_checkpoint(checkpoint, cfg)
-    return print_summary(out.document, _limit(out), "", out.output_file)
 
 
 def _limit(out) -> str:

@@ -12,10 +12,10 @@ import os
 
 from gemma_ocr.cli import stop_on_sigterm
 from gemma_ocr.data.records import resolve_image_path
-from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.scoring.results import STATUS_ERROR, STATUSES
+from gemma_ocr.evaluation.transcription import TranscribeConfig, TranscribeOutcome, transcribe
 from gemma_ocr.flags import ConfigParser, flag_value
-from gemma_ocr.evaluation.transcription import TranscribeConfig, TranscribeOutcome, transcribe, transcribe_with_khmer_cnn
+from gemma_ocr.outputs import check_outputs_not_inputs
+from gemma_ocr.scoring.results import STATUS_ERROR, STATUSES
 
 
 def main() -> int:
@@ -23,22 +23,9 @@ def main() -> int:
     p.add_argument("--show", type=flag_value(int), default=5, help="print the first N transcriptions (0: none)")
     cfg, args = p.parse_settings()
     stop_on_sigterm()  # `kill PID` saves what finished and says so, as Ctrl-C does
-    from gemma_ocr.outputs import check_outputs_not_inputs
-
     check_outputs_not_inputs({"the input": cfg.inputs, "the checkpoint (--checkpoint)": cfg.checkpoint},
                              {"--output-file": cfg.output_file})
-    if cfg.backend == "khmer-cnn":
-        from pathlib import Path
-
-        if not cfg.checkpoint:
-            raise GemmaOcrError("--backend khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
-        if not Path(cfg.checkpoint).is_file():
-            raise GemmaOcrError(f"--checkpoint {cfg.checkpoint}: file not found")
-        out = transcribe_with_khmer_cnn(cfg.checkpoint, cfg.inputs, cfg.output_file, cfg.model_name,
-                                        resume=cfg.resume, image_key=cfg.image_key)
-    else:
-        out = transcribe(cfg)
-    return print_summary(out, args.show)
+    return print_summary(transcribe(cfg), args.show)
 
 
 def print_summary(out: TranscribeOutcome, show: int) -> int:

@@ -1,4 +1,4 @@
-"""Classical OCR engines as backends of evaluation and transcription: Tesseract and RapidOCR.
+"""OCR engines as backends of evaluation and transcription: Tesseract, RapidOCR and the Khmer-digits CNN.
 
 They read the same images into the same results documents as a served model (:mod:`gemma_ocr.evaluation.run`,
 :mod:`gemma_ocr.evaluation.transcription`, through :func:`gemma_ocr.evaluation.pool.read_with_engine`): same samples
@@ -16,6 +16,9 @@ fine-tuned model in one table.
   layout of OCR line data; text detection would cut a line into pieces); ``page`` detects text boxes first
   and joins them in reading order (boxes on one row with spaces, rows with newlines). One image at a time,
   in this process, on one thread.
+* **Khmer-digits CNN** (``backend khmer-cnn``, ``checkpoint PATH``): a CRNN trained by :mod:`gemma_ocr.khmer_digits`
+  (its ``best_model.pt``), reading batches of images in this process. Its results' model name is
+  ``khmer-digits:<checkpoint>``; a transcriptions row names it by the checkpoint's file name (``best_model``).
 
 Every image is decoded by the rule training and the served model use (:func:`gemma_ocr.data.images.open_image`:
 EXIF orientation, transparency on white, 16-bit scans stretched), so each engine sees the same pixels.
@@ -34,7 +37,7 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -80,6 +83,8 @@ class EngineConfig:
         "help": "with --backend rapidocr: line (the image is one text line) or page (detect text boxes first)"})
 
     def validate(self) -> None:
+        if self.backend == KHMER_CNN and not self.checkpoint:
+            raise FieldError("backend", "khmer-cnn needs --checkpoint PATH (e.g. .../checkpoints/best_model.pt)")
         if not 0 <= self.psm <= 13 or isinstance(self.psm, bool):
             raise FieldError("psm", f"must be one of tesseract's page segmentation modes 0-13, got {self.psm!r}")
         if not _LANG.fullmatch(self.tesseract_lang or ""):
@@ -90,6 +95,8 @@ class Engine:
     """An OCR engine: :attr:`name` (the results' model name), :meth:`describe`, :meth:`read`."""
 
     name: str
+    #: the model a transcriptions row names (None: :attr:`name`)
+    transcription_name: str | None = None
 
     def describe(self) -> dict[str, Any]:
         """The engine, its version and settings, as the results file's ``engine`` field."""
@@ -106,11 +113,11 @@ class Engine:
 def open_engine(cfg: EngineConfig) -> Engine:
     """The engine ``cfg.backend`` names, checked to be installed (else one line saying how to install it)."""
     cfg.validate()
-    if cfg.backend == TESSERACT:
-        return TesseractEngine(cfg.tesseract_lang, cfg.psm)
-    if cfg.backend == RAPIDOCR:
-        return RapidOcrEngine(cfg.rapidocr_mode)
-    raise GemmaOcrError(f"--backend {cfg.backend} is not an OCR engine of this module (use one of {', '.join(ENGINES)})")
+    make = OPENERS.get(cfg.backend)
+    if make is None:
+        raise GemmaOcrError(f"--backend {cfg.backend} is not an OCR engine of this module "
+                            f"(use one of {', '.join(OPENERS)})")
+    return make(cfg)
 
 
 def load_image(path: str, max_pixels: int | None) -> Image.Image:
@@ -291,3 +298,43 @@ def reading_order(boxes: Any, texts: Sequence[str]) -> str:
         else:
             rows.append([int(i)])
     return "\n".join(" ".join(texts[j] for j in sorted(row, key=lambda j: left[j])) for row in rows)
+
+
+# ------------------------------------------------------------------------------------------------ Khmer-digits CNN
+
+class KhmerCnnEngine(Engine):
+    """A Khmer-digits CNN checkpoint (:mod:`gemma_ocr.khmer_digits`), reading batches of images in this process."""
+
+    def __init__(self, checkpoint: str | os.PathLike[str], batch_size: int = 128, device: str = "cpu"):
+        if not Path(checkpoint).is_file():
+            raise GemmaOcrError(f"--checkpoint {checkpoint}: file not found (train one with "
+                                f"core/khmer_digits/phase3_hyperparameter_tuning.py)")
+        # torch: loaded only when this backend is asked for (the start-up time of evaluate.py and transcribe.py)
+        from gemma_ocr.khmer_digits.backend import load_model, predict_paths
+
+        self.predict_paths = predict_paths
+        self.model = load_model(checkpoint, device)
+        self.checkpoint, self.batch_size, self.device = str(checkpoint), batch_size, device
+        self.name = f"khmer-digits:{checkpoint}"
+        self.transcription_name = Path(checkpoint).stem
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": KHMER_CNN, "checkpoint": self.checkpoint}
+
+    def read(self, items: Sequence[Item], workers: int = 1, max_pixels: int | None = None) -> Iterator[Reading]:
+        for start in range(0, len(items), self.batch_size):
+            batch = items[start:start + self.batch_size]
+            t0 = time.perf_counter()
+            texts, errors = self.predict_paths(self.model, [path for _, path in batch], len(batch), self.device,
+                                               load=lambda path: load_image(path, max_pixels))
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for j, (index, _) in enumerate(batch):
+                yield (index, None, errors[j], seconds) if j in errors else (index, texts[j] or "", None, seconds)
+
+
+#: how each local engine opens from the settings (``backend`` -> engine)
+OPENERS: dict[str, Callable[[EngineConfig], Engine]] = {
+    KHMER_CNN: lambda cfg: KhmerCnnEngine(cfg.checkpoint or ""),
+    TESSERACT: lambda cfg: TesseractEngine(cfg.tesseract_lang, cfg.psm),
+    RAPIDOCR: lambda cfg: RapidOcrEngine(cfg.rapidocr_mode),
+}

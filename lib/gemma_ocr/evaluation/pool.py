@@ -111,6 +111,12 @@ class Reader:
     read: Callable[..., dict[str, Any]]  # (todo, results, save, output, on_sample, desc) -> stats, as request_all
     close: Callable[[], None]
     generation: bool  # whether instruction and max_tokens shape its answers (a resumed file must match them)
+    transcription_name: str = ""  # the model a transcriptions row names ("": model_name)
+
+    @property
+    def row_name(self) -> str:
+        """The model a transcriptions row names."""
+        return self.transcription_name or self.model_name
 
 
 def open_reader(cfg: RequestConfig) -> Reader:
@@ -133,7 +139,7 @@ def open_reader(cfg: RequestConfig) -> Reader:
         return read_with_engine(engine, cfg, *args, **kwargs)
 
     return Reader(cfg.model_name or engine.name, {"backend": cfg.backend, "engine": engine.describe()}, read,
-                  engine.close, generation=False)
+                  engine.close, generation=False, transcription_name=cfg.model_name or engine.transcription_name or "")
 
 
 def read_with_engine(engine: Engine, cfg: RequestConfig, todo: list[tuple[int, OcrRecord]],

@@ -27,7 +27,6 @@ The pieces: :mod:`~gemma_ocr.evaluation.settings` (the flags), :mod:`~gemma_ocr.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -117,22 +116,3 @@ def evaluate(cfg: EvalConfig, on_sample: Callable[[dict[str, Any]], None] | None
     finally:
         reader.close()
 
-
-def evaluate_checkpoint(checkpoint: str | os.PathLike[str], cfg: EvalConfig) -> EvalOutcome:
-    """Score a Khmer-digits CNN checkpoint on ``cfg.data_file`` (no server) into the same results file.
-
-    Every sample is predicted again (the CNN is fast and deterministic); an existing results file is
-    checked as :func:`evaluate` checks it, so a rerun never shrinks it or mixes in another model's results.
-    """
-    from gemma_ocr.khmer_digits.backend import evaluate_ocr_file
-
-    records, selected = _select(cfg)
-    output = Path(cfg.output_file)
-    name = cfg.model_name or f"khmer-digits:{checkpoint}"
-    resumable_samples(output, name, cfg, selected, len(records), generation=False)
-    t0 = time.perf_counter()
-    doc = evaluate_ocr_file(checkpoint, cfg.data_file, model_name=name, top_k=cfg.top_k, scoring=cfg)
-    atomic_write_json(output, doc)
-    return EvalOutcome(document=doc, output_file=output, requested=len(selected), resumed=0,
-                       elapsed_s=time.perf_counter() - t0, model_name=name, selected=len(selected),
-                       dataset_size=len(records))

@@ -1,4 +1,4 @@
-"""Transcribe images that have no transcription yet with a served model (or a Khmer-digits CNN).
+"""Transcribe images that have no transcription yet with a served model (or an OCR engine, :mod:`gemma_ocr.evaluation.engines`).
 
 The inputs are image files, folders (searched recursively for images) and OCR data files (the image
 paths of a ``.json``/``.tsv``/``.txt``/``.csv``/``.jsonl`` file; texts are not needed, and a missing
@@ -40,16 +40,14 @@ from typing import Any
 from gemma_ocr.data.importing import IMAGE_SUFFIXES, LABELS_FILE_SUFFIXES, find_images, listed_images, other_files
 from gemma_ocr.data.records import OcrRecord, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.evaluation.settings import RequestConfig, check_settings
 from gemma_ocr.evaluation.pool import open_reader, server_gone_error
+from gemma_ocr.evaluation.settings import RequestConfig, check_settings
 from gemma_ocr.io import atomic_write_text, check_writable
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.scoring.results import (
     ANSWERED,
     DEGENERATE,
-    STATUS_EMPTY,
     STATUS_ERROR,
-    STATUS_OK,
     STATUSES,
 )
 from gemma_ocr.settings import FieldError
@@ -233,7 +231,7 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
     images = collect_images(cfg.inputs, cfg.image_key)
     folder = output.parent.resolve()
     reader = open_reader(cfg)
-    model_name = reader.model_name
+    model_name = reader.row_name
     try:
         earlier = _earlier_rows(output, model_name, cfg.start_over_hint()) if cfg.resume else []
         wanted = set(images)
@@ -276,35 +274,3 @@ def transcribe(cfg: TranscribeConfig, on_row: Callable[[dict[str, Any]], None] |
     finally:
         reader.close()
 
-
-def transcribe_with_khmer_cnn(checkpoint: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]],
-                              output_file: str | os.PathLike[str] = LAYOUT.transcriptions,
-                              model_name: str | None = None, resume: bool = True,
-                              image_key: str | None = None) -> TranscribeOutcome:
-    """Transcribe with a Khmer-digits CNN checkpoint (no server) into the same file layout.
-
-    Every image is predicted again (the CNN is fast); rows of other images already in the file stay,
-    as :func:`transcribe` keeps them, unless ``resume`` is False.
-    """
-    from gemma_ocr.khmer_digits.backend import load_model, predict_paths
-
-    output = Path(output_file)
-    check_writable(output, "--output-file")
-    images = collect_images(inputs, image_key)
-    folder = output.parent.resolve()
-    name = model_name or Path(checkpoint).stem
-    earlier = _earlier_rows(output, name, "choose another --output-file or pass --no-resume") if resume else []
-    wanted = set(images)
-    others = [{**r, "image_path": os.path.relpath(r["image_path"], folder)} for r in earlier if r["image_path"] not in wanted]
-    t0 = time.perf_counter()
-    predictions, errors = predict_paths(load_model(checkpoint), images)
-    rows = []
-    for i, (image, text) in enumerate(zip(images, predictions)):
-        sample = {"image_path": image, "prediction": text}
-        if i in errors:
-            sample.update(status=STATUS_ERROR, error=errors[i])
-        else:
-            sample["status"] = STATUS_OK if (text or "").strip() else STATUS_EMPTY
-        rows.append(_row(sample, name, folder))
-    write_transcriptions(output, others + rows)
-    return TranscribeOutcome(rows, output, name, len(images), 0, time.perf_counter() - t0)

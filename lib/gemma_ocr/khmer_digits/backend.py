@@ -2,7 +2,9 @@
 
 * :func:`train_trial` trains with a dict of hyperparameters (what a search trial samples) and
   reports the validation character accuracy after each epoch to a callback that may prune.
-* :func:`predict` reads a checkpoint and turns image files into Khmer-digit strings.
+* :func:`predict` reads a checkpoint and turns image files into Khmer-digit strings (:func:`predict_paths` with a
+  loaded model: what :class:`gemma_ocr.evaluation.engines.KhmerCnnEngine`, the ``khmer-cnn`` backend of evaluate.py
+  and transcribe.py, reads images with).
 * :func:`evaluate_ocr_file` scores a checkpoint on an OCR input file (``[{image_path, ocr_text}]``)
   with the same CER/F1 document as the served Gemma model (:func:`gemma_ocr.scoring.results.build_document`).
 * :func:`export_ocr_json` writes a generated split as such an OCR input file.
@@ -14,17 +16,21 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
+from PIL import Image
 
-from gemma_ocr.errors import ConfigurationError
+from gemma_ocr.data.images import open_image
+from gemma_ocr.data.records import load_records
+from gemma_ocr.errors import ConfigurationError, DataLoaderError, GemmaOcrError
+from gemma_ocr.khmer_digits.dataset import get_val_transforms
 from gemma_ocr.khmer_digits.generator import export_ocr_json
-from gemma_ocr.khmer_digits.utils import TrainingConfig
+from gemma_ocr.khmer_digits.models import PRESETS, model_from_config
+from gemma_ocr.khmer_digits.trainer import train_from_config
+from gemma_ocr.khmer_digits.utils import CheckpointManager, TrainingConfig
+from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, ScoringConfig, build_document
 from gemma_ocr.settings import Layer, resolve, unknown_key
-
-if TYPE_CHECKING:
-    from gemma_ocr.scoring.results import ScoringConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +66,6 @@ def trial_config(params: dict[str, Any], output_dir: str | os.PathLike[str]) -> 
     for key in given:  # before the layer, so that an alias is a valid name to point to
         if key not in known:
             raise unknown_key("Khmer-digits trial", key, known + list(ALIASES), what="hyperparameter", error=ConfigurationError)
-    from gemma_ocr.khmer_digits.models import PRESETS
-
     out = Path(output_dir)
     defaults = {ALIASES.get(key, key): value for key, value in DEFAULT_TRIAL_PARAMS.items()}
     model = given.get("model_name", defaults["model_name"])
@@ -92,8 +96,6 @@ def train_trial(params: dict[str, Any], output_dir: str | os.PathLike[str],
         def callback(epoch: int, metrics: dict[str, float]) -> bool:
             return bool(report(epoch, metrics["val_char_accuracy"]))
 
-    from gemma_ocr.khmer_digits.trainer import train_from_config
-
     summary = train_from_config(config, epoch_callback=callback)
     best = summary["best_metrics"]
     return {
@@ -114,10 +116,6 @@ def train_trial(params: dict[str, Any], output_dir: str | os.PathLike[str],
 
 def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.device = "cpu") -> torch.nn.Module:
     """The model stored in a checkpoint, in eval mode."""
-    from gemma_ocr.errors import DataLoaderError
-    from gemma_ocr.khmer_digits.models import model_from_config
-    from gemma_ocr.khmer_digits.utils import CheckpointManager
-
     state = CheckpointManager.load(checkpoint_path, map_location=device)
     if not isinstance(state, dict) or "model_state" not in state or not state.get("model_config"):
         raise DataLoaderError(f"{checkpoint_path}: not a Khmer-digits checkpoint (no model_state/model_config)")
@@ -126,13 +124,10 @@ def load_model(checkpoint_path: str | os.PathLike[str], device: str | torch.devi
     return model.to(device).eval()
 
 
-def predict_paths(model: torch.nn.Module, image_paths: list[str], batch_size: int = 128,
-                  device: str = "cpu") -> tuple[list[str | None], dict[int, str]]:
-    """Read each image once and predict in batches: (prediction or None per path, {index: error} of unreadable ones)."""
-    from gemma_ocr.data.images import open_image
-    from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.khmer_digits.dataset import get_val_transforms
-
+def predict_paths(model: torch.nn.Module, image_paths: list[str], batch_size: int = 128, device: str = "cpu",
+                  load: Callable[[str], Image.Image] = open_image) -> tuple[list[str | None], dict[int, str]]:
+    """Read each image once (``load``: the project's opener by default) and predict in batches: (prediction or None
+    per path, {index: error} of unreadable ones)."""
     transform = get_val_transforms(model.config["image_height"], model.config["image_width"])
     out: list[str | None] = [None] * len(image_paths)
     errors: dict[int, str] = {}
@@ -140,7 +135,7 @@ def predict_paths(model: torch.nn.Module, image_paths: list[str], batch_size: in
         tensors, indices = [], []
         for i in range(start, min(start + batch_size, len(image_paths))):
             try:
-                tensors.append(transform(open_image(image_paths[i])))
+                tensors.append(transform(load(image_paths[i])))
                 indices.append(i)
             except GemmaOcrError as e:
                 errors[i] = str(e)
@@ -153,8 +148,6 @@ def predict_paths(model: torch.nn.Module, image_paths: list[str], batch_size: in
 def predict(checkpoint_path: str | os.PathLike[str], image_paths: list[str], batch_size: int = 128,
             device: str = "cpu") -> list[str]:
     """Khmer-digit strings for ``image_paths`` (any size; each is fitted to the model's input)."""
-    from gemma_ocr.errors import GemmaOcrError
-
     predictions, errors = predict_paths(load_model(checkpoint_path, device), image_paths, batch_size, device)
     if errors:
         raise GemmaOcrError(next(iter(errors.values())))
@@ -169,9 +162,6 @@ def evaluate_ocr_file(checkpoint_path: str | os.PathLike[str], data_file: str | 
     An image that is missing or unreadable becomes a sample with status ``error`` (and its message),
     never scored as a prediction.
     """
-    from gemma_ocr.data.records import load_records
-    from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, build_document
-
     all_records = load_records(data_file)
     records = all_records if top_k is None else all_records[:top_k]
     predictions, errors = predict_paths(load_model(checkpoint_path), [r.image_path for r in records])
