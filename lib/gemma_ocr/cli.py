@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.settings import did_you_mean
 
 #: command -> (module in gemma_ocr.commands, the core/ program, what it does)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -98,8 +99,6 @@ def main(argv: Sequence[str] | None = None) -> None:
     words = 2 if " ".join(args[:2]) in COMMANDS else 1
     name = " ".join(args[:words])
     if name not in COMMANDS:
-        from gemma_ocr.settings import did_you_mean
-
         group = [c for c in COMMANDS if c.startswith(name + " ")]
         if group:
             print(f"error: {name!r} needs a command: {', '.join(group)}", file=sys.stderr)

@@ -21,6 +21,10 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from tqdm import tqdm
+
+from gemma_ocr.errors import GemmaOcrError
+
 log = logging.getLogger(__name__)
 
 #: Seconds between two plain lines of a running stage when the output is not a terminal.
@@ -34,8 +38,6 @@ LIBRARY_LOGGERS = ("transformers", "optuna", "datasets", "huggingface_hub")
 
 def elapsed(seconds: float) -> str:
     """``mm:ss`` (``h:mm:ss`` from an hour), as tqdm shows it."""
-    from tqdm import tqdm
-
     return tqdm.format_interval(seconds)
 
 
@@ -55,8 +57,6 @@ class StageLine:
         self.lock = threading.Lock()  # evaluation workers report samples from their threads
         self.bar: Any = None
         if stream is not None and live:
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=name, file=stream, dynamic_ncols=True, leave=False,
                             bar_format=self._format(), mininterval=REDRAW_S)
 
@@ -160,8 +160,6 @@ class _Console(logging.StreamHandler):
     live stage line (tqdm's external write mode), never through it."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        from tqdm import tqdm
-
         with tqdm.external_write_mode(file=self.stream):
             super().emit(record)
 
@@ -209,8 +207,6 @@ def run_log(path: Path) -> Iterator[Path]:
         try:
             yield path
         except BaseException as e:
-            from gemma_ocr.errors import GemmaOcrError
-
             log.error("stopped: %s", f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
                       exc_info=not isinstance(e, (GemmaOcrError, KeyboardInterrupt)), extra={"console": False})
             raise
@@ -242,6 +238,7 @@ def _through_root(name: str) -> Iterator[None]:
 @contextmanager
 def _without_library_bars() -> Iterator[None]:
     """transformers' progress bars (loading weights) off; restored after."""
+    # here, not at the top: transformers takes a second to import, and only a run's log needs it
     from transformers.utils import logging as hf_logging
 
     was = hf_logging.is_progress_bar_enabled()

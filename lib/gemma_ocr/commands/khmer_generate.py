@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gemma_ocr.layout import LAYOUT
 from gemma_ocr.flags import ConfigParser
+from gemma_ocr.khmer_digits.generator import GeneratorConfig, export_ocr_json, generate_dataset
+from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import Settings, setting
 
 output = functools.partial(setting, group="where it goes")
@@ -25,8 +26,6 @@ class GenerateArguments(Settings):
 
 
 def main() -> None:
-    from gemma_ocr.khmer_digits.generator import GeneratorConfig, export_ocr_json, generate_dataset
-
     args, config, _ = ConfigParser([GenerateArguments, GeneratorConfig], config_file=False,
                                    description=__doc__).parse_settings()
     meta = generate_dataset(args.output_dir, config)

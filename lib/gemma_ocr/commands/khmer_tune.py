@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gemma_ocr.layout import LAYOUT
 from gemma_ocr.flags import ArgumentParser, GivenOnce, flag_value
+from gemma_ocr.layout import LAYOUT
 
 
 def main() -> int:
@@ -21,6 +21,7 @@ def main() -> int:
     args = p.parse_args()
 
     if args.list_presets:
+        # here, not at the top: the CNN's modules import torch (a second and more), which --help never needs
         from gemma_ocr.khmer_digits.models import DEFAULT_PRESET, describe_presets
 
         for row in describe_presets():
@@ -29,7 +30,7 @@ def main() -> int:
                   f"{row['parameters']:>12,} parameters{mark}")
         return 0
 
-    from gemma_ocr.khmer_digits.tuner import HyperparameterTuner
+    from gemma_ocr.khmer_digits.tuner import HyperparameterTuner  # torch too: not for --help
 
     tuner = HyperparameterTuner(args.config, output_dir=args.output_dir, results_file=args.results_file,
                                 num_threads=args.threads)

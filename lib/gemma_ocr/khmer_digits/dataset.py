@@ -74,6 +74,7 @@ class TrainTransform(ValTransform):
         self.strength = strength
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
+        # here, not at the top: torchvision takes seconds to import, and only the training augmentation needs it
         import torchvision.transforms.functional as TF
 
         rng = random.Random(int(torch.randint(0, 2**31 - 1, ()).item()))  # follows torch's seed

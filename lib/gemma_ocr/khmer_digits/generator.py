@@ -30,13 +30,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import yaml
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from tqdm import tqdm
 
 from gemma_ocr.data.fonts import khmer_font
 from gemma_ocr.data.records import OcrRecord, write_records
-from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.errors import ConfigurationError, DataLoaderError, GemmaOcrError
 from gemma_ocr.io import atomic_write_text
-from gemma_ocr.errors import ConfigurationError, DataLoaderError
 from gemma_ocr.khmer_digits.vocab import DIGITS, MAX_DIGITS, MAX_SEQUENCE_LENGTH
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.settings import Settings, setting
@@ -157,9 +158,6 @@ def generate_samples(n: int, config: GeneratorConfig, seed: int) -> list[tuple[s
 
 def generate_dataset(output_dir: str | Path = LAYOUT.khmer_data, config: GeneratorConfig | None = None) -> Path:
     """Render the train and val splits to ``output_dir`` and write ``metadata.yaml``; returns its path."""
-    import yaml
-    from tqdm import tqdm
-
     config = config or GeneratorConfig()
     config.validate()
     output_dir = Path(output_dir)
@@ -195,8 +193,6 @@ def generate_dataset(output_dir: str | Path = LAYOUT.khmer_data, config: Generat
 
 def load_metadata(metadata_path: str | Path) -> dict[str, Any]:
     """Read ``metadata.yaml`` (fast C loader when present) with one-line errors."""
-    import yaml
-
     path = Path(metadata_path)
     if not path.is_file():
         raise DataLoaderError(f"dataset metadata not found: {path} (generate it: python core/khmer_digits/generate_data.py --output-dir {path.parent})")

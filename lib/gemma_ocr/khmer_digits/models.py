@@ -64,6 +64,7 @@ def _lite_backbone(channels: tuple[int, int, int, int] = (16, 32, 64, 96)) -> tu
 
 
 def _resnet18_backbone() -> tuple[nn.Module, int]:
+    # here, not at the top: torchvision takes seconds to import, and only these two presets need it
     from torchvision.models import resnet18
 
     m = resnet18(weights=None)
@@ -75,7 +76,7 @@ def _resnet18_backbone() -> tuple[nn.Module, int]:
 
 
 def _efficientnet_b0_backbone() -> tuple[nn.Module, int]:
-    from torchvision.models import efficientnet_b0
+    from torchvision.models import efficientnet_b0  # torchvision: seconds to import, as above
 
     features = efficientnet_b0(weights=None).features
     features[0][0] = nn.Conv2d(1, 32, kernel_size=3, stride=2, padding=1, bias=False)

@@ -23,11 +23,16 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm import tqdm
 
+from gemma_ocr.config_files import read_config_file
 from gemma_ocr.errors import ConfigurationError
+from gemma_ocr.khmer_digits.dataset import create_data_loaders
+from gemma_ocr.khmer_digits.generator import GeneratorConfig, generate_dataset
 from gemma_ocr.khmer_digits.losses import OCRLoss
 from gemma_ocr.khmer_digits.metrics import OCRMetrics
-from gemma_ocr.khmer_digits.utils import CheckpointManager, EarlyStopping, TrainingConfig
+from gemma_ocr.khmer_digits.models import count_parameters, create_model
+from gemma_ocr.khmer_digits.utils import CheckpointManager, EarlyStopping, TrainingConfig, setup_training_environment
 from gemma_ocr.khmer_digits.vocab import IDX_TO_CHAR, greedy_decode
 
 log = logging.getLogger(__name__)
@@ -113,8 +118,6 @@ class BaseTrainer(ABC):
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.use_amp)
 
     def _train_epoch(self, epoch: int) -> dict[str, float]:
-        from tqdm import tqdm
-
         self.model.train()
         metrics = self._create_metrics_calculator()
         total, n = 0.0, 0
@@ -185,6 +188,7 @@ class BaseTrainer(ABC):
         if root.getEffectiveLevel() > logging.INFO:
             root.setLevel(logging.INFO)
         if self.config.use_tensorboard:
+            # an optional extra: tensorboard is installed only for use_tensorboard
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
@@ -322,9 +326,6 @@ class OCRTrainer(BaseTrainer):
 
 def create_model_from_config(config: TrainingConfig) -> nn.Module:
     """The model preset named by ``config.model_name``, with overrides from ``model_config_path`` if set."""
-    from gemma_ocr.config_files import read_config_file
-    from gemma_ocr.khmer_digits.models import create_model
-
     overrides: dict[str, Any] = {}
     if config.model_config_path:
         overrides = read_config_file(config.model_config_path, "model config", error=ConfigurationError) or {}
@@ -335,9 +336,6 @@ def create_model_from_config(config: TrainingConfig) -> nn.Module:
 
 def create_data_loaders_from_config(config: TrainingConfig, image_height: int = 32, image_width: int = 128) -> tuple[DataLoader, DataLoader]:
     """Loaders for ``config.metadata_path``; renders the default dataset first when it is missing and allowed."""
-    from gemma_ocr.khmer_digits.dataset import create_data_loaders
-    from gemma_ocr.khmer_digits.generator import GeneratorConfig, generate_dataset
-
     meta = Path(config.metadata_path)
     if not meta.is_file() and config.generate_if_missing:
         log.info("%s not found: rendering the default Khmer-digit dataset there", meta)
@@ -352,9 +350,6 @@ def create_data_loaders_from_config(config: TrainingConfig, image_height: int = 
 
 def train_from_config(config: TrainingConfig, epoch_callback: EpochCallback | None = None) -> dict[str, Any]:
     """Set up, build data and model, train; returns the trainer's summary plus model facts."""
-    from gemma_ocr.khmer_digits.models import count_parameters
-    from gemma_ocr.khmer_digits.utils import setup_training_environment
-
     device, use_amp = setup_training_environment(config)
     model = create_model_from_config(config)
     height, width = model.config["image_height"], model.config["image_width"]

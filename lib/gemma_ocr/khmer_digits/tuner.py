@@ -26,11 +26,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.io import atomic_write_json, atomic_write_text
+import yaml
+
+from gemma_ocr.config_files import read_config_file
 from gemma_ocr.errors import ConfigurationError, ExperimentFailedError
+from gemma_ocr.io import atomic_write_json, atomic_write_text
+from gemma_ocr.khmer_digits.models import PRESETS
+from gemma_ocr.khmer_digits.trainer import train_from_config
 from gemma_ocr.khmer_digits.utils import TrainingConfig, slug
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.config_files import read_config_file
 from gemma_ocr.settings import unknown_key
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,6 @@ def create_training_config(experiment_config: dict[str, Any], output_dir: str | 
     flat["experiment_name"] = str(experiment_config.get("experiment_name") or name or "experiment")
     if output_dir is not None:
         flat["output_dir"] = str(output_dir)
-    from gemma_ocr.khmer_digits.models import PRESETS
 
     preset = PRESETS.get(str(flat.get("model_name", TrainingConfig.model_name)))
     if preset is None:
@@ -182,8 +185,6 @@ class HyperparameterTuner:
 
     def run_single_experiment(self, experiment_name: str, experiment_config: dict[str, Any]) -> dict[str, Any]:
         """Train one experiment; failures become a ``failed`` record instead of an exception."""
-        from gemma_ocr.khmer_digits.trainer import train_from_config
-
         start = time.time()
         config: TrainingConfig | None = None
         record: dict[str, Any] = {"experiment_name": experiment_name, "status": "failed", "training_time": 0.0,
@@ -196,7 +197,6 @@ class HyperparameterTuner:
                 config.num_threads = self.num_threads
             exp_dir = config.experiment_dir
             (exp_dir / "configs").mkdir(parents=True, exist_ok=True)
-            import yaml
 
             atomic_write_text(exp_dir / "configs" / "experiment_config.yaml",
                               yaml.safe_dump({experiment_name: experiment_config}, sort_keys=False, allow_unicode=True))

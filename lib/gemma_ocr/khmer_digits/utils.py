@@ -14,12 +14,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
+from gemma_ocr.config_files import read_config_file
+from gemma_ocr.errors import ConfigurationError, DataLoaderError
 from gemma_ocr.io import atomic_write_json, atomic_write_text
-from gemma_ocr.errors import ConfigurationError
 from gemma_ocr.khmer_digits.losses import LOSS_TYPES
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.config_files import read_config_file
 from gemma_ocr.settings import FieldError, Settings
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,6 @@ class TrainingConfig(Settings):
         return cls.from_dict(data or {}, source=str(path))
 
     def save_yaml(self, path: str | os.PathLike[str]) -> Path:
-        import yaml
-
         return atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True))
 
     @property
@@ -198,8 +197,6 @@ class CheckpointManager:
 
     @staticmethod
     def load(path: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> dict[str, Any]:
-        from gemma_ocr.errors import DataLoaderError
-
         path = Path(path)
         if not path.is_file():
             raise DataLoaderError(f"checkpoint not found: {path} (check the path; training writes checkpoints/best_model.pt)")
