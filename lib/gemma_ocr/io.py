@@ -202,3 +202,26 @@ def current_umask() -> int:
 def umask_mode(mode: int) -> int:
     """``mode`` (0o666 for a file, 0o777 for a folder) less the user's umask: what ``open``/``mkdir`` would give."""
     return mode & ~current_umask()
+
+
+def read_json_lines(path: str | os.PathLike[str], fix: str, what: str = "") -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` of each line of a JSON Lines file, blank lines skipped (a UTF-8 byte-order mark is
+    read past).
+
+    A file that is not UTF-8 text, or a line that is not JSON, is one line naming the file (and the line) and ending
+    in ``fix``; ``what`` names what such a file is not (e.g. ``"a transcriptions file of transcribe.py"``).
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        kind = f", so not {what}" if what else ""
+        raise GemmaOcrError(f"{path}: not UTF-8 text (byte {e.start}){kind}; {fix}") from None
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise GemmaOcrError(f"{path}: line {number} is not JSON ({e.msg}); {fix}") from None
+        yield number, value

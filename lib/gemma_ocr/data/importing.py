@@ -17,8 +17,10 @@ Sources that :func:`import_records` reads:
     feature holds each image's bytes, which are saved as files under ``images_dir``, or its path);
   - ``.json``: either of the project's own layouts (:mod:`gemma_ocr.data.records`).
 
-Column and key names are recognised from :data:`IMAGE_KEYS` / :data:`TEXT_KEYS` (any case), or given.
-Transcriptions keep their inner line breaks; line breaks around them and a UTF-8 byte-order mark are dropped.
+The readers of each labels file format are :mod:`gemma_ocr.data.labels_files` (.tsv/.txt, .csv, .jsonl) and
+:mod:`gemma_ocr.data.parquet_files`. Column and key names are recognised from
+:data:`~gemma_ocr.data.labels_files.IMAGE_KEYS` / :data:`~gemma_ocr.data.labels_files.TEXT_KEYS` (any case), or
+given. Transcriptions keep their inner line breaks; line breaks around them and a UTF-8 byte-order mark are dropped.
 
 A listed file that lies outside the source's folder (or ``image_root``) once ``..`` and links are followed, or whose
 name does not end in an image suffix, must be an image file (its header is read), so a path such as
@@ -29,26 +31,21 @@ another text a conflicting label; :func:`dedupe` keeps each image's first row.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gemma_ocr.data.images import IMAGE_SUFFIXES, not_an_image
+from gemma_ocr.data.labels_files import clean_text, csv_rows, jsonl_rows, read_text, tsv_rows
+from gemma_ocr.data.parquet_files import parquet_records
 from gemma_ocr.data.records import LABELS_FILE_SUFFIXES, OcrRecord, image_key, load_records, resolve_image_path, shown_path
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import reporting_write_errors
 
 __all__ = ["IMAGE_SUFFIXES", "Duplicates", "ImportResult", "dedupe", "find_duplicates", "find_images", "import_records",
            "import_sources", "listed_images", "transcription_of"]
 TRANSCRIPTION_SUFFIXES = (".gt.txt", ".txt")  # tried in this order
-IMAGE_KEYS = ("image_path", "img_path", "image", "img", "file_name", "filename", "file", "path")
-TEXT_KEYS = ("ocr_text", "ocr_results", "text", "transcription", "label", "gt")
-FAILED_STATUS = "error"  # a transcriptions file's row whose request failed (gemma_ocr.scoring.results.STATUS_ERROR)
 
 
 @dataclass
@@ -99,16 +96,16 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
     if suffix == ".parquet":
         if images_dir is None:
             raise GemmaOcrError(f"{source}: give the folder to write its embedded images to (images_dir)")
-        records = _parquet_records(source, image_key, text_key, base, Path(images_dir))
+        records = parquet_records(source, image_key, text_key, base, Path(images_dir))
         origins = [f"{source} row {i}" for i in range(len(records))]
         _check_listed_images_exist(records, source, image_root)
         _check_outside(records, origins, base, _base_name(image_root), Path(images_dir))
         return ImportResult(records, "parquet", origins=origins)
     failed: list[str] = []
     if suffix == ".csv":
-        rows, kind = _csv_rows(source, image_key, text_key), "csv"
+        rows, kind = csv_rows(source, image_key, text_key), "csv"
     elif suffix == ".jsonl":
-        (rows, failed), kind = _jsonl_rows(source, image_key, text_key), "jsonl"
+        (rows, failed), kind = jsonl_rows(source, image_key, text_key), "jsonl"
         if failed and not skip_unlabeled:
             raise GemmaOcrError(f"{source}: {len(failed)} rows are failed transcriptions (status error), e.g. "
                                 f"{failed[0]} (rerun core/transcribe.py to retry them, or pass --skip-unlabeled)")
@@ -116,8 +113,8 @@ def import_records(source: str | os.PathLike[str], image_root: str | os.PathLike
         if image_key or text_key:
             raise GemmaOcrError(f"{source}: a tab-separated file has no keys; --image-key and --text-key go with "
                                 f".csv/.jsonl/.parquet")
-        rows, kind = _tsv_rows(source), "tsv"
-    records = [OcrRecord(resolve_image_path(image, base), _clean(text)) for image, text, _ in rows]
+        rows, kind = tsv_rows(source), "tsv"
+    records = [OcrRecord(resolve_image_path(image, base), clean_text(text)) for image, text, _ in rows]
     origins = [f"{source} {where}" for _, _, where in rows]
     _check_listed_images_exist(records, source, image_root)
     _check_outside(records, origins, base, _base_name(image_root))
@@ -135,11 +132,11 @@ def listed_images(source: str | os.PathLike[str], image_key: str | None = None) 
     if suffix == ".json":
         return [r.image_path for r in load_records(source)]
     if suffix == ".csv":
-        rows = _csv_rows(source, image_key, None, need_text=False)
+        rows = csv_rows(source, image_key, None, need_text=False)
     elif suffix == ".jsonl":
-        rows = _jsonl_rows(source, image_key, None, need_text=False)[0]
+        rows = jsonl_rows(source, image_key, None, need_text=False)[0]
     elif suffix in (".tsv", ".txt"):
-        rows = _tsv_rows(source, need_text=False)
+        rows = tsv_rows(source, need_text=False)
     else:
         raise GemmaOcrError(f"{source}: image paths are read from .json, .tsv, .txt, .csv or .jsonl files, not {suffix or 'this file'}")
     base = source.parent.resolve()
@@ -213,7 +210,7 @@ def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
         if text_file is None:
             unlabeled.append(str(image.relative_to(folder)))
             continue
-        records.append(OcrRecord(str(image.resolve()), _clean(_read_text(text_file))))
+        records.append(OcrRecord(str(image.resolve()), clean_text(read_text(text_file))))
         origins.append(str(image))
     named = {(image.parent, image.stem) for image in images}
     orphans = [str(t.relative_to(folder)) for t in _visible_files(folder, (".txt",))
@@ -229,234 +226,7 @@ def _from_folder(folder: Path, skip_unlabeled: bool) -> ImportResult:
     return ImportResult(records, "folder", unlabeled, orphans, origins, other_files(folder))
 
 
-def _clean(text: str) -> str:
-    return text.strip("\r\n")
-
-
-def _read_text(path: Path) -> str:
-    """A transcription or labels file as text (line breaks as ``\\n``, no byte-order mark), or one clear error."""
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise GemmaOcrError(f"{path}: not UTF-8 text (save it as UTF-8)") from None
-
-
-# ------------------------------------------------------------------------------------------------ labels files
-
-def _lines(path: Path) -> Iterator[tuple[int, str]]:
-    """``(line number, line)`` of a labels file."""
-    return enumerate(_read_text(path).split("\n"), start=1)
-
-
-Row = tuple[str, str, str]  # (image path as written, text, where: "line 3", "row 2")
-
-
-def _tsv_rows(path: Path, need_text: bool = True) -> list[Row]:
-    """The rows of a ``path<TAB>text`` file; a line with a second tab is refused when the texts are read."""
-    rows: list[Row] = []
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        if "\t" not in line and need_text:
-            raise GemmaOcrError(f"{path}: line {number} has no tab between the image path and the text "
-                                f"(write each line as path<TAB>text)")
-        image, _, text = line.partition("\t")
-        if not rows and image.strip().lower() in IMAGE_KEYS and (not text or text.strip().lower() in TEXT_KEYS):
-            continue  # a header line
-        if need_text and "\t" in text.strip("\r\n"):
-            raise GemmaOcrError(f"{path}: line {number} has {line.count(chr(9)) + 1} tab-separated fields, the format "
-                                f"has two (path<TAB>text); remove the extra tab, or put texts holding a tab in a "
-                                f".csv or .jsonl labels file")
-        rows.append((_image_field(image, path, f"line {number}"), text, f"line {number}"))
-    return _nonempty(rows, path)
-
-
-def _pick(names: Iterable[str], wanted: str | None, known: tuple[str, ...], what: str, path: Path) -> str:
-    names = list(names)
-    if wanted:
-        if wanted not in names:
-            raise GemmaOcrError(f"{path}: no {what} column/key {wanted!r} (found {', '.join(names) or 'none'})")
-        return wanted
-    by_lower = {n.strip().lower(): n for n in names}
-    for key in known:
-        if key in by_lower:
-            return by_lower[key]
-    flag = "--image-key" if what == "image" else "--text-key"
-    raise GemmaOcrError(f"{path}: no {what} column/key among {', '.join(names) or 'none'} "
-                        f"(name it one of {', '.join(known)}, or pass {flag} NAME)")
-
-
-def _csv_records(path: Path) -> Iterator[tuple[int, list[str]]]:
-    """``(line number where it starts, fields)`` of each CSV record, parsed strictly (RFC 4180 quoting).
-
-    A quote left open would swallow the lines after it into one field; it stops the import with the
-    line where the field starts instead.
-    """
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), strict=True)
-    while True:
-        start = reader.line_num + 1
-        try:
-            fields = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            if "unexpected end of data" in str(e):
-                raise GemmaOcrError(f"{path}: line {start}: a quoted field is never closed (it runs to the end of "
-                                    f"the file); close the quote, or double a quote inside a field (\"\")") from None
-            raise GemmaOcrError(f"{path}: line {start}: malformed CSV ({e}); fix the quoting (a quote inside a "
-                                f"quoted field is written \"\")") from None
-        yield start, fields
-
-
-def _csv_rows(path: Path, image_key: str | None, text_key: str | None, need_text: bool = True) -> list[Row]:
-    records = _csv_records(path)
-    header = next(records, None)
-    names = header[1] if header else []
-    image_col = names.index(_pick(names, image_key, IMAGE_KEYS, "image", path))
-    text_col = names.index(_pick(names, text_key, TEXT_KEYS, "text", path)) if need_text or text_key else None
-    rows: list[Row] = []
-    for number, fields in records:
-        if not any(f.strip() for f in fields):
-            continue
-        if len(fields) != len(names):
-            raise GemmaOcrError(f"{path}: line {number} has {len(fields)} fields, the header {len(names)} "
-                                f"({', '.join(names)}); quote a field that holds a comma")
-        text = fields[text_col] if text_col is not None else ""
-        rows.append((_image_field(fields[image_col], path, f"line {number}"), text, f"line {number}"))
-    return _nonempty(rows, path)
-
-
-def _jsonl_rows(path: Path, image_key: str | None, text_key: str | None,
-                need_text: bool = True) -> tuple[list[Row], list[str]]:
-    """The (image, text) rows, and the images of failed transcription rows (``"status": "error"``).
-
-    Without ``need_text`` every row's image is read (failed ones too) and texts are left empty.
-    """
-    rows: list[Row] = []
-    failed: list[str] = []
-    keys: tuple[str, str] | None = None
-    for number, line in _lines(path):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GemmaOcrError(f"{path}: line {number} is not JSON ({e.msg}; write one object per line)") from None
-        if not isinstance(item, dict):
-            raise GemmaOcrError(f"{path}: line {number} is {type(item).__name__}, not an object")
-        if keys is None:
-            keys = (_pick(item, image_key, IMAGE_KEYS, "image", path),
-                    _pick(item, text_key, TEXT_KEYS, "text", path) if need_text else "")
-        missing = [k for k in keys if k and k not in item]
-        if missing:
-            raise GemmaOcrError(f"{path}: line {number} lacks key {', '.join(repr(k) for k in missing)}")
-        image = _image_field(item[keys[0]], path, f"line {number}")
-        if not need_text:
-            rows.append((image, "", f"line {number}"))
-            continue
-        if item.get("status") == FAILED_STATUS:
-            failed.append(image)
-            continue
-        text = item[keys[1]]
-        if text is not None and not isinstance(text, str):
-            raise GemmaOcrError(f"{path}: line {number} key {keys[1]!r} must be a string, got {type(text).__name__}")
-        rows.append((image, text or "", f"line {number}"))
-    if not rows and failed:
-        raise GemmaOcrError(f"{path}: all {len(failed)} rows are failed transcriptions (status error); "
-                            f"rerun core/transcribe.py to retry them")
-    return _nonempty(rows, path), failed
-
-
-PARQUET_BATCH_ROWS = 256
-IMAGE_FORMAT_SUFFIXES = {"JPEG": ".jpg", "TIFF": ".tif", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif"}
-
-
-def _parquet_records(path: Path, image_key: str | None, text_key: str | None, base: Path,
-                     images_dir: Path) -> list[OcrRecord]:
-    """Records of a Parquet file, read in batches; embedded image bytes are written to ``images_dir``."""
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise GemmaOcrError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
-    from tqdm import tqdm
-
-    try:
-        table = pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
-        raise GemmaOcrError(f"{path}: not a readable Parquet file ({e})") from None
-    schema = table.schema_arrow
-    image_columns = _image_columns(schema)
-    image_col = image_columns[0] if image_key is None and len(image_columns) == 1 else \
-        _pick(schema.names, image_key, IMAGE_KEYS, "image", path)
-    text_col = _pick(schema.names, text_key, TEXT_KEYS, "text", path)
-    if not (pa.types.is_string(schema.field(text_col).type) or pa.types.is_large_string(schema.field(text_col).type)):
-        raise GemmaOcrError(f"{path}: text column {text_col!r} holds {schema.field(text_col).type}, not strings "
-                            f"(pass --text-key with the column of transcriptions)")
-    total = table.metadata.num_rows
-    if total == 0:
-        raise GemmaOcrError(f"{path}: no rows (the Parquet file is empty)")
-    records: list[OcrRecord] = []
-    with tqdm(total=total, desc=f"importing {path.name}", unit="row", disable=total < 2000, leave=False) as bar:
-        for batch in table.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[image_col, text_col]):
-            for image, text in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
-                row = len(records)
-                records.append(OcrRecord(_parquet_image(image, row, path, base, images_dir), _clean(text or "")))
-            bar.update(batch.num_rows)
-    return records
-
-
-def _image_columns(schema) -> list[str]:
-    """Columns holding images: a ``datasets`` Image feature (a struct of bytes and path) or raw bytes."""
-    import pyarrow as pa
-
-    def is_image(t) -> bool:
-        return (pa.types.is_struct(t) and {"bytes", "path"} <= {t.field(i).name for i in range(t.num_fields)}) \
-            or pa.types.is_binary(t) or pa.types.is_large_binary(t)
-
-    return [n for n in schema.names if is_image(schema.field(n).type)]
-
-
-def _parquet_image(value: object, row: int, path: Path, base: Path, images_dir: Path) -> str:
-    """The image file of one Parquet row: its embedded bytes saved under ``images_dir``, or its path resolved."""
-    data, name = (value.get("bytes"), value.get("path")) if isinstance(value, dict) else (value, None)
-    if isinstance(data, (bytes, bytearray)) and data:
-        return str(_save_image_bytes(bytes(data), row, name, path, images_dir))
-    if isinstance(data, str):
-        name = data
-    if isinstance(name, str) and name.strip():
-        return resolve_image_path(name.strip(), base)
-    raise GemmaOcrError(f"{path}: row {row} has no image (neither bytes nor a path; every row needs one)")
-
-
-def _save_image_bytes(data: bytes, row: int, name: str | None, path: Path, images_dir: Path) -> Path:
-    """Write one embedded image as ``<row>[_<original stem>].<format>`` (the bytes as they are)."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            fmt = im.format or ""
-    except (UnidentifiedImageError, OSError) as e:
-        raise GemmaOcrError(f"{path}: row {row}: the image bytes are not a readable image ({e})") from None
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).stem)[:80] if name else ""
-    target = images_dir / (f"{row:06d}" + (f"_{stem}" if stem else "") + IMAGE_FORMAT_SUFFIXES.get(fmt, f".{fmt.lower() or 'img'}"))
-    with reporting_write_errors(target, "the import stopped before writing its output file"):
-        images_dir.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-    return target.resolve()
-
-
-def _image_field(value: object, path: Path, where: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise GemmaOcrError(f"{path}: {where} has no image path (every entry needs one)")
-    return value.strip()
-
-
-def _nonempty(rows: list[Row], path: Path) -> list[Row]:
-    if not rows:
-        raise GemmaOcrError(f"{path}: no entries (the labels file is empty)")
-    return rows
-
+# ------------------------------------------------------------------------------------------------ listed images
 
 def _check_listed_images_exist(records: list[OcrRecord], source: Path, image_root: object) -> None:
     missing = [r.image_path for r in records if not os.path.isfile(r.image_path)]

@@ -42,7 +42,7 @@ from gemma_ocr.data.records import OcrRecord, resolve_image_path
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.evaluation.pool import open_reader, server_gone_error
 from gemma_ocr.evaluation.settings import RequestConfig, check_settings
-from gemma_ocr.io import atomic_write_text, check_writable
+from gemma_ocr.io import atomic_write_text, check_writable, read_json_lines
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.scoring.results import (
     ANSWERED,
@@ -175,18 +175,7 @@ def read_transcriptions(path: Path, fix: str = "choose another --output-file or 
     """The rows of a transcriptions file, image paths made absolute; a damaged file is one line ending in ``fix``."""
     rows = []
     folder = path.parent.resolve()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise GemmaOcrError(f"{path}: not UTF-8 text (byte {e.start}), so not a transcriptions file of transcribe.py; "
-                            f"{fix}") from None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise GemmaOcrError(f"{path}: line {number} is not JSON ({e.msg}); {fix}") from None
+    for number, row in read_json_lines(path, fix, "a transcriptions file of transcribe.py"):
         if not isinstance(row, dict) or not isinstance(row.get("image_path"), str) or row.get("status") not in STATUSES:
             raise GemmaOcrError(f"{path}: line {number} is not a transcription row (image_path, text, status); {fix}")
         for name in ("text", "model", "error"):
