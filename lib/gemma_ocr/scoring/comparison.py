@@ -35,10 +35,13 @@ from gemma_ocr.scoring.bootstrap import (DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, 
                                  ratio, resampled_sums)
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.scoring.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, check_profile, check_unit, score_pairs
+from gemma_ocr.io import read_json
+from gemma_ocr.scoring.metrics import (CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, check_profile, check_unit,
+                                       normalization_description, score_pairs)
 from gemma_ocr.scoring.results import (STATUS_ERROR, ProfileName, UnitName, check_results_document, check_unique_samples,
                                clusters_of, sample_status)
 from gemma_ocr.scoring.slices import sample_slices, slice_order
+from gemma_ocr.settings import FieldError
 
 PERMUTATION_METHOD = "paired permutation test: random sign flips of the per-sample edit differences (two-sided)"
 SIGN_TEST_METHOD = "exact two-sided sign test on the samples whose CER went down or up"
@@ -305,8 +308,6 @@ class ModelComparison:
     confidence: float
 
     def to_dict(self) -> dict[str, Any]:
-        from gemma_ocr.scoring.metrics import normalization_description
-
         return {
             "baseline": {"model_name": self.baseline_name, "results_file": self.baseline_source},
             "text": self.text, "normalization_profile": self.normalization_profile,
@@ -401,8 +402,6 @@ class CompareConfig:
     seed: int = field(default=DEFAULT_SEED, metadata={"help": "seed of the resampling and the permutations"})
 
     def validate(self) -> None:
-        from gemma_ocr.settings import FieldError
-
         if len(self.results) < 2:
             raise FieldError("results", "needs two or more results files: the baseline first, then the models to "
                                         "compare with it")
@@ -412,8 +411,6 @@ class CompareConfig:
 
 def compare_files(cfg: CompareConfig) -> ModelComparison:
     """Read ``cfg.results`` and compare them (:func:`compare_documents`)."""
-    from gemma_ocr.io import read_json
-
     cfg.validate()
     return compare_documents([(str(p), read_json(p, "results file")) for p in cfg.results], cfg.normalized,
                              cfg.normalization, cfg.char_unit, cfg.resamples, cfg.seed)

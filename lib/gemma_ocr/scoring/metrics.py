@@ -49,7 +49,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import regex
-from rapidfuzz.distance import Levenshtein
+from rapidfuzz.distance import Indel, Levenshtein
+from rapidfuzz.process import cpdist
 
 from gemma_ocr.errors import GemmaOcrError
 
@@ -220,9 +221,6 @@ def score_pairs(predictions: Sequence[str | None], references: Sequence[str | No
     strings: for sorted sequences the longest common subsequence is the multiset intersection,
     so ``overlap = (len(p) + len(r) - indel(sorted(p), sorted(r))) / 2``.
     """
-    from rapidfuzz.distance import Indel
-    from rapidfuzz.process import cpdist
-
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     check_unit(unit)
