@@ -24,20 +24,19 @@ import math
 import os
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rapidfuzz.distance import Levenshtein
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import read_json
+from gemma_ocr.scoring.answers import cut_at_max_tokens
+from gemma_ocr.scoring.comparison import PairedSamples
 from gemma_ocr.scoring.metrics import cer as sample_cer
 from gemma_ocr.scoring.metrics import (DEFAULT_PROFILE, DEFAULT_UNIT, as_units, normalization_description, normalize_text,
                                split_units)
 from gemma_ocr.scoring.results import STATUS_ERROR, STATUSES, check_results_document, clusters_of, sample_status
 from gemma_ocr.scoring.slices import LENGTH_BUCKETS, sample_slices, slice_order
-
-if TYPE_CHECKING:
-    from gemma_ocr.scoring.comparison import PairedSamples
 
 MISSING = "∅"  # the empty side of an insertion or a deletion, as shown
 _SHOWN = {"": MISSING, " ": "␣", "\n": "⏎", "\t": "⇥"}
@@ -195,8 +194,7 @@ def analyze_document(document: Any, source: str = "results file", normalized: bo
         analysed.append(sample)
     text = f"normalized ({profile}): {normalization_description(profile)}" if normalized else "raw"
     answered = [s for s in samples if sample_status(s) != STATUS_ERROR]
-    truncated = (sum(1 for s in answered if s.get("finish_reason") == "length")
-                 if any("finish_reason" in s for s in answered) else None)
+    truncated = cut_at_max_tokens(answered)
     return ErrorAnalysis(str(document.get("model_name") or "model"), source, text, analysed, failed, truncated, unit)
 
 
@@ -256,8 +254,6 @@ class Comparison:
     def paired_samples(self) -> PairedSamples:
         """The matched samples with a non-empty reference as :mod:`gemma_ocr.scoring.comparison` tests them (edits per
         sample, sources as clusters where there are several, slices by the label as the data has it)."""
-        from gemma_ocr.scoring.comparison import PairedSamples
-
         kept = [(m, b) for m, b in self.pairs if m.reference]
         records = [{"label": m.reference if m.label is None else m.label, "image_path": m.image_path,
                     "source": m.source} for m, _ in kept]

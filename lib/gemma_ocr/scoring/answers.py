@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from gemma_ocr.scoring.degenerate import FINISH_LENGTH
 from gemma_ocr.scoring.results import STATUS_ERROR, sample_status
 
 CONSTANT_SHARE = 0.5  # one answer for at least half of the samples (when no label is that common) is flagged
@@ -50,9 +51,15 @@ def answer_profile(predictions: Sequence[str], references: Sequence[str], trunca
                          empty_share=counts.get("", 0) / n if n else 0.0, truncated_share=truncated_share, flags=flags)
 
 
+def cut_at_max_tokens(answered: Sequence[dict[str, Any]]) -> int | None:
+    """How many of the answered samples were cut at max_tokens (``finish_reason`` length); None when the results
+    hold no finish_reason (written before it was recorded)."""
+    recorded = any("finish_reason" in s for s in answered)
+    return sum(1 for s in answered if s.get("finish_reason") == FINISH_LENGTH) if recorded else None
+
+
 def document_profile(document: dict[str, Any]) -> AnswerProfile:
     """:func:`answer_profile` of a results document's scored samples (failed requests left out)."""
     done = [s for s in document.get("samples") or [] if sample_status(s) != STATUS_ERROR]
-    recorded = any("finish_reason" in s for s in done)
-    truncated = sum(1 for s in done if s.get("finish_reason") == "length") if recorded else None
+    truncated = cut_at_max_tokens(done)
     return answer_profile([s.get("prediction") or "" for s in done], [s.get("label") or "" for s in done], truncated)
