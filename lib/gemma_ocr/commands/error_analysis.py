@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from gemma_ocr.reports.error_analysis import analyze_file, compare, shown_char
-from gemma_ocr.reports.error_report import write_report
 from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.scoring.metrics import CHARACTER_UNITS, DEFAULT_PROFILE, DEFAULT_UNIT, NORMALIZATION_PROFILES
@@ -42,6 +41,9 @@ def main() -> int:
     analysis = analyze_file(args.results, normalized=args.normalized, profile=profile, unit=args.char_unit)
     comparison = (compare(analysis, analyze_file(args.baseline, args.normalized, profile, args.char_unit))
                   if args.baseline else None)
+    # the report loads matplotlib (start-up time): only once a report is asked for, not for --help
+    from gemma_ocr.reports.error_report import write_report
+
     with folder.writing(inputs) as staged:
         report = write_report(analysis, staged, worst=args.worst, comparison=comparison)
     report.html = output_dir / report.html.name

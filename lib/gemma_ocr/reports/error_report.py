@@ -2,7 +2,8 @@
 
 Built from :mod:`gemma_ocr.reports.error_analysis`; see there for what each figure means. The page carries its own
 fonts for the scripts it shows (:mod:`gemma_ocr.reports.webfonts`: Khmer and CJK draw without a system font) and
-wraps long transcriptions inside the page.
+wraps long transcriptions inside the page. Loads matplotlib: :mod:`gemma_ocr.commands.error_analysis` imports
+this module only once a report is asked for.
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gemma_ocr.scoring.answers import AnswerProfile, answer_profile
-from gemma_ocr.scoring.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
-from gemma_ocr.reports.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors, shown_char
+import matplotlib
+import matplotlib.pyplot as plt
+from rapidfuzz.distance import Levenshtein
+
+from gemma_ocr.data.images import open_image
+from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, atomic_write_text
-from gemma_ocr.scoring.metrics import CHARACTER_UNITS
+from gemma_ocr.reports.error_analysis import MISSING, Comparison, ErrorAnalysis, SampleErrors, shown_char, slice_table
 from gemma_ocr.reports.plotting import save_png, use_font_for
 from gemma_ocr.reports.webfonts import font_faces
+from gemma_ocr.scoring.answers import AnswerProfile, answer_profile
+from gemma_ocr.scoring.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED
+from gemma_ocr.scoring.comparison import paired_result
+from gemma_ocr.scoring.metrics import CHARACTER_UNITS, as_units, split_units
+from gemma_ocr.scoring.slices import slice_order
 
 THUMBNAIL_SIZE = (720, 96)  # a text line's thumbnail fits in this box
 MODEL_COLOUR, BASELINE_COLOUR = "tab:blue", "tab:gray"
@@ -45,8 +54,6 @@ class ErrorReport:
 def write_report(analysis: ErrorAnalysis, output_dir: str | os.PathLike[str], worst: int = 30,
                  comparison: Comparison | None = None) -> ErrorReport:
     """Write the report of ``analysis`` (and its ``comparison`` with a baseline) into ``output_dir``."""
-    import matplotlib
-
     matplotlib.use("Agg")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -102,9 +109,6 @@ def paired_figures(comparison: Comparison, n_resamples: int = DEFAULT_RESAMPLES,
                    seed: int = DEFAULT_SEED) -> dict[str, Any] | None:
     """The CER difference on the matched samples with its paired bootstrap interval and significance tests,
     overall and per slice (:mod:`gemma_ocr.scoring.comparison`); None when no sample has a reference to compare."""
-    from gemma_ocr.scoring.comparison import paired_result
-    from gemma_ocr.scoring.slices import slice_order
-
     pairs = comparison.paired_samples()
     if not len(pairs):
         return None
@@ -123,8 +127,6 @@ def _sample_row(s: SampleErrors) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ plots
 
 def _cer_histogram(analysis: ErrorAnalysis, comparison: Comparison | None, path: Path) -> Path | None:
-    import matplotlib.pyplot as plt
-
     if not analysis.scored:
         return None
     bins = [i / 20 for i in range(21)]
@@ -143,8 +145,6 @@ def _cer_histogram(analysis: ErrorAnalysis, comparison: Comparison | None, path:
 
 
 def _cer_by_length(analysis: ErrorAnalysis, comparison: Comparison | None, path: Path) -> Path | None:
-    import matplotlib.pyplot as plt
-
     rows = [r for r in analysis.by_length() if r["samples"]]
     if not rows:
         return None
@@ -166,8 +166,6 @@ def _cer_by_length(analysis: ErrorAnalysis, comparison: Comparison | None, path:
 
 
 def _confusions_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
-    import matplotlib.pyplot as plt
-
     top = analysis.confusions(15)
     if not top:
         return None
@@ -186,8 +184,6 @@ STATUS_COLOURS = {"ok": MODEL_COLOUR, "empty": "tab:gray", "truncated": "tab:ora
 
 def _confidence_plot(analysis: ErrorAnalysis, path: Path) -> Path | None:
     """Per sample: CER against the probability of its least confident token (where the server gave them)."""
-    import matplotlib.pyplot as plt
-
     points = analysis.confidence()
     if not points:
         return None
@@ -211,8 +207,6 @@ def _scatter(comparison: Comparison, path: Path) -> Path | None:
 
 def scatter_figure(comparison: Comparison) -> Any:
     """Per-sample CER of the model against the baseline's; samples beyond :data:`SCATTER_LIMIT` on the edge, marked."""
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(4.8, 4.8))
     limit = SCATTER_LIMIT
     inside = [(b.cer, m.cer) for m, b in comparison.pairs if b.cer <= limit and m.cer <= limit]
@@ -251,10 +245,6 @@ img.line{max-width:min(720px,100%%);max-height:96px;border:1px solid #eee}.muted
 
 def _marked(reference: str, prediction: str, unit: str = "codepoint") -> tuple[str, str]:
     """HTML of both texts, the characters (in ``unit``) in an edit highlighted (misread/missed in red, extra in amber)."""
-    from rapidfuzz.distance import Levenshtein
-
-    from gemma_ocr.scoring.metrics import as_units, split_units
-
     ref_units, pred_units = split_units(reference, unit), split_units(prediction, unit)
     ref, pred = [], []
     for tag, i1, i2, j1, j2 in Levenshtein.opcodes(*as_units([reference, prediction], unit)):
@@ -274,9 +264,6 @@ def _marked(reference: str, prediction: str, unit: str = "codepoint") -> tuple[s
 
 def _thumbnail(path: str) -> str:
     """The image as an embedded PNG thumbnail, or a note when it cannot be read."""
-    from gemma_ocr.data.images import open_image
-    from gemma_ocr.errors import GemmaOcrError
-
     try:
         image = open_image(path)
     except GemmaOcrError as e:
@@ -389,8 +376,6 @@ def _cer(value: float | None) -> str:
 
 def _slices_html(slices: dict[str, list[dict[str, Any]]], comparison: Comparison | None) -> str:
     """The CER per script, line length and source (with the baseline's on the same samples when comparing)."""
-    from gemma_ocr.reports.error_analysis import slice_table
-
     base = slice_table([b for _, b in comparison.pairs]) if comparison is not None else {}
     titles = {"script": "script", "length": "reference length (characters)", "source": "source"}
     parts = ["<h2>CER by slice</h2><p class=muted>each sample in one slice of each table, by its reference as the "

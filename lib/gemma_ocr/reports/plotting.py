@@ -1,4 +1,7 @@
-"""Small matplotlib helpers shared by the reports: saving a figure, fonts that can draw the data's scripts."""
+"""Small matplotlib helpers shared by the reports: saving a figure, fonts that can draw the data's scripts.
+
+Loads matplotlib: a module that a light command or ``--help`` imports, imports this one only when it draws.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+from matplotlib import font_manager
+
+from gemma_ocr.data.fonts import cjk_font, khmer_font
+
 
 def save_png(fig: Any, path: Path) -> Path:
     """Write ``fig`` as a PNG (110 dpi, tight bounding box) and close it."""
-    import matplotlib.pyplot as plt
-
     with warnings.catch_warnings():  # a crowded figure cannot be tightened; bbox_inches="tight" still keeps all labels
         warnings.filterwarnings("ignore", message="Tight layout not applied")
         fig.tight_layout()
@@ -34,10 +40,6 @@ def use_font_for(text: str, artists: Iterable[Any]) -> None:
     Each script's font is tried in turn, then matplotlib's own DejaVu Sans, so Latin letters and symbols
     (arrows, ∅) that a script's font lacks still have glyphs.
     """
-    from matplotlib import font_manager
-
-    from gemma_ocr.data.fonts import cjk_font, khmer_font
-
     paths = [find() for wanted, find in ((_is_khmer, khmer_font), (_is_cjk, cjk_font)) if any(map(wanted, text))]
     families = []
     for path in filter(None, paths):

@@ -18,6 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+from fontTools import subset
+from fontTools.ttLib import TTFont
+from fontTools.varLib.instancer import instantiateVariableFont
+
+from gemma_ocr.data.fonts import cjk_font, khmer_font, missing_glyphs
 from gemma_ocr.errors import GemmaOcrError
 
 log = logging.getLogger(__name__)
@@ -46,30 +52,21 @@ def _is_cjk(ch: str) -> bool:  # CJK radicals, punctuation, kana, Hangul, ideogr
 
 def _fonts() -> list[tuple[str, Callable[[], Path | None], Callable[[str], bool]]]:
     """(family, where its font is, which characters it is for): a script's font draws only that script."""
-    from gemma_ocr.data.fonts import cjk_font, khmer_font
-
     return [(KHMER_FAMILY, khmer_font, _is_khmer), (CJK_FAMILY, cjk_font, _is_cjk),
             (FALLBACK_FAMILY, dejavu_sans, lambda ch: True)]
 
 
 def dejavu_sans() -> Path:
     """DejaVu Sans, which ships with matplotlib: Latin, Greek, Cyrillic, arrows and the symbols reports use (∅ ␣ ⏎)."""
-    import matplotlib
-
     return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
 
 
 @functools.lru_cache(maxsize=32)
 def _subset(path: str, chars: str) -> bytes:
     """The TrueType/OpenType bytes of ``path`` cut down to ``chars`` (and what their shaping needs), at regular weight."""
-    from fontTools import subset
-    from fontTools.ttLib import TTFont
-
     logging.getLogger("fontTools").setLevel(logging.WARNING)  # its subsetter reports every table at INFO
     font = TTFont(path, fontNumber=0)  # a .ttc collection: its first face, as the plots use
     if "fvar" in font:  # a variable font: the regular instance only
-        from fontTools.varLib.instancer import instantiateVariableFont
-
         axes = {a.axisTag: (400 if a.axisTag == "wght" else 100 if a.axisTag == "wdth" else a.defaultValue)
                 for a in font["fvar"].axes}
         axes = {tag: min(max(v, a.minValue), a.maxValue) for a in font["fvar"].axes for tag, v in axes.items()
@@ -92,8 +89,6 @@ def font_faces(text: str) -> FontFaces:
     """Embedded fonts covering the characters of ``text``: Khmer and CJK from the project's fonts first (each only
     for its script), then the viewer's own fonts, then Noto Sans. A font that is not installed is left out (its
     characters are ``missing``)."""
-    from gemma_ocr.data.fonts import missing_glyphs
-
     wanted = "".join(sorted({c for c in text if not c.isspace() and c.isprintable()}))
     left = wanted
     faces, used = [], []
