@@ -23,9 +23,11 @@ from typing import Any, Protocol, runtime_checkable
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.search.config import DEFAULT_SEARCH_SPACE
-from gemma_ocr.search.pruning import TrialReporter
+from gemma_ocr.search.pruning import TrialReporter, pruning_callback
 from gemma_ocr.search.space import ParamSpec, probe_points
 from gemma_ocr.settings import Layer, resolve
+from gemma_ocr.training import config as config_module
+from gemma_ocr.training.cer_eval import is_cer_metric
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,6 @@ class GemmaBackend:
     per_trial_fields = ("output_dir", "run_name", "wandb_group")
 
     def __init__(self) -> None:
-        try:
-            from gemma_ocr.training import config as config_module
-        except ImportError as e:  # pragma: no cover - the training stage is part of the package
-            raise GemmaOcrError(f"the gemma backend needs gemma_ocr.training.config / gemma_ocr.training ({e})") from None
         self._config = config_module
 
     def _build(self, fixed: dict[str, Any], params: dict[str, Any], source: str, where: str) -> Any:
@@ -96,8 +94,6 @@ class GemmaBackend:
         return resolve(self._config.TrainConfig, Layer(source, fixed), Layer(where, params))
 
     def validate(self, fixed: dict[str, Any], space: dict[str, ParamSpec], source: str) -> None:
-        from gemma_ocr.training.cer_eval import is_cer_metric
-
         for name in self.per_trial_fields:
             if name in space:
                 raise GemmaOcrError(f"{source}: {name} is set per trial by the search and cannot be searched")
@@ -118,7 +114,7 @@ class GemmaBackend:
             # models load through the meta device): trials that train at once get a process each
             result = _tune_in_child(config, ctx.reporter, self.metric)
         else:
-            from gemma_ocr.search.pruning import pruning_callback
+            # training.tune loads torch and transformers (start-up time of `gemma-ocr search`): only to train
             from gemma_ocr.training.tune import tune
 
             result = tune(config, callbacks=[pruning_callback(ctx.reporter, self.metric)])
@@ -253,10 +249,11 @@ def _child_main(config: dict[str, Any], metric: str, conn: Any, parent: int, lev
 
     threading.Thread(target=orphaned, daemon=True).start()
     try:
+        # the child process loads torch and transformers to train (start-up time of `gemma-ocr search`)
         from transformers import TrainerCallback
 
-        from gemma_ocr.training.config import TrainConfig
-        from gemma_ocr.training.tune import tune
+        from gemma_ocr.training.config import TrainConfig  # built from trl's SFTConfig on first use: trl and torch
+        from gemma_ocr.training.tune import tune  # torch and transformers, as above
 
         class ReportToParent(TrainerCallback):
             def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict | None = None, **kwargs: Any) -> Any:

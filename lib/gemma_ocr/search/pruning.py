@@ -65,6 +65,7 @@ class TrialReporter:
 
 def pruning_callback(reporter: TrialReporter, metric: str = "eval_loss") -> Any:
     """A ``transformers.TrainerCallback`` feeding each evaluation's ``metric`` to ``reporter``."""
+    # transformers is loaded by the training that asks for this callback, not by the search (start-up time)
     from transformers import TrainerCallback
 
     class OptunaPruningCallback(TrainerCallback):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import importlib.util
+import inspect
 import logging
 import re
 import threading
@@ -65,8 +67,6 @@ def normalize_url(url: str) -> str:
     ``postgres://`` becomes ``postgresql://``; SQLAlchemy 2.1 takes psycopg (3) for a bare
     ``postgresql://``, so when only psycopg2 is installed the URL names it (``postgresql+psycopg2://``).
     """
-    import importlib.util
-
     if url.startswith("postgres://"):
         url = "postgresql://" + url[len("postgres://"):]
     if url.startswith("postgresql://") and importlib.util.find_spec("psycopg") is None \
@@ -135,8 +135,6 @@ class Reconnect:
     """
 
     def __init__(self, url: str, timeout: float) -> None:
-        import sqlalchemy
-
         probe = sqlalchemy.create_engine(url)  # only for the dialect and its connection arguments
         self._dialect = probe.dialect
         self._args, self._kwargs = probe.dialect.create_connect_args(probe.url)
@@ -257,8 +255,6 @@ def open_storage(
 
 def _stale_callback_arg() -> str:
     """RDBStorage's argument for the stale-trial callback (renamed in Optuna 4.9)."""
-    import inspect
-
     params = inspect.signature(RDBStorage.__init__).parameters
     return "heartbeat_stale_trial_callback" if "heartbeat_stale_trial_callback" in params else "failed_trial_callback"
 
