@@ -6,6 +6,8 @@ import functools
 import glob
 from pathlib import Path
 
+from fontTools.ttLib import TTFont
+
 from gemma_ocr.errors import GemmaOcrError
 
 # Where a CJK font usually lies when the system has one (Debian's fonts-noto-cjk, fonts-wqy-*, macOS).
@@ -20,7 +22,7 @@ _CJK_GLOBS = (
 
 def _fontpkg_path(family: str) -> Path:
     try:
-        import fontpkg
+        import fontpkg  # here, not at the top: an install without it gets the line below, not an ImportError
     except ImportError:
         raise GemmaOcrError("the fontpkg package is missing: pip install -e . (it brings the project's fonts)") from None
     try:
@@ -59,8 +61,6 @@ def cjk_font() -> Path | None:
 
 @functools.cache
 def _codepoints(path: Path) -> frozenset[int]:
-    from fontTools.ttLib import TTFont
-
     try:
         font = TTFont(str(path), fontNumber=0, lazy=True)  # a .ttc collection: its first face, as PIL loads it
     except Exception as e:  # noqa: BLE001 - any unreadable font file is the same problem to the user

@@ -8,6 +8,7 @@ plain shuffle-and-cut of the seed.
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -79,8 +80,6 @@ def parse_ratio(text: str) -> float:
 
 def parse_split_spec(spec: str, n: int) -> slice:
     """Translate datasets-style split syntax (``train``, ``train[:90%]``, ``train[90%:]``, ``train[10:50]``) to a slice."""
-    import re
-
     m = re.fullmatch(r"\s*(\w+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*", spec)
     if not m:
         raise GemmaOcrError(f"split {spec!r}: write it as train, train[:90%] or train[90%:]")

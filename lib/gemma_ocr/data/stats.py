@@ -7,7 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+
 from gemma_ocr.data.records import OcrRecord
+from gemma_ocr.scoring.results import STATUS_ERROR, sample_status
 
 
 @dataclass
@@ -20,8 +24,6 @@ class SplitStats:
     unreadable: list[str]
 
     def summary(self) -> dict[str, Any]:
-        import numpy as np
-
         lengths = np.array(self.label_lengths or [0])
         widths = np.array([w for w, _ in self.image_sizes] or [0])
         heights = np.array([h for _, h in self.image_sizes] or [0])
@@ -41,8 +43,6 @@ class SplitStats:
 
 def split_stats(name: str, records: list[OcrRecord]) -> SplitStats:
     """Label lengths, character counts and image sizes (read from headers only) of one split."""
-    from PIL import Image
-
     sizes, unreadable = [], []
     for r in records:
         try:
@@ -56,12 +56,13 @@ def split_stats(name: str, records: list[OcrRecord]) -> SplitStats:
 
 def plot_splits(stats: list[SplitStats], out_dir: str | Path) -> list[Path]:
     """Save label-length, image-size and character-frequency plots as PNG; return their paths."""
+    # matplotlib is heavy: loaded only when plots are drawn (the data-stats command's start-up and --help)
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # after matplotlib.use("Agg"): no display needed
 
-    from gemma_ocr.reports.plotting import use_font_for
+    from gemma_ocr.reports.plotting import use_font_for  # loads matplotlib too: only when plots are drawn
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,7 +106,5 @@ def plot_splits(stats: list[SplitStats], out_dir: str | Path) -> list[Path]:
 
 def empty_predictions(document: dict[str, Any]) -> list[dict[str, Any]]:
     """Samples whose prediction is empty or whitespace (failed requests excluded)."""
-    from gemma_ocr.scoring.results import STATUS_ERROR, sample_status
-
     return [s for s in document.get("samples", [])
             if sample_status(s) != STATUS_ERROR and not (s.get("prediction") or "").strip()]

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
+from tqdm import tqdm
 
 from gemma_ocr.data.fonts import cjk_font, font_family, khmer_font, latin_font, missing_glyphs
 from gemma_ocr.data.records import OcrRecord, write_records
@@ -164,8 +165,6 @@ def generate_dataset(out_dir: str | Path, config: SyntheticConfig | None = None,
     """Render ``config.n_samples`` lines to ``out_dir/images/`` and write ``out_dir/<json_name>`` in the raw layout.
 
     ``progress(done, total)`` after each line, instead of a progress bar of its own."""
-    from tqdm import tqdm
-
     config = config or SyntheticConfig()
     out_dir = Path(out_dir)
     image_dir = out_dir / "images"
