@@ -15,7 +15,7 @@ merge and the bf16 rounding of the merged weights only.
 The merge is written into a hidden staging folder beside the output and moved into place only once it
 is complete and verified: a failed merge (full disk, wrong result) leaves the output folder as it was.
 An output folder that holds files already is replaced only when asked (``overwrite``), and only when every file
-in it was written by an earlier merge (its manifest lists them, see :class:`gemma_ocr.io.OutputFolder`): a folder
+in it was written by an earlier merge (its manifest lists them, see :class:`gemma_ocr.outputs.OutputFolder`): a folder
 of other files, or one that holds the base model or the adapter, is refused before any work.
 """
 
@@ -172,7 +172,7 @@ def merge_inputs(lora_dir: str | os.PathLike[str], base: str) -> NamedPaths:
 
 
 def output_folder(output_dir: str | os.PathLike[str], overwrite: bool = False) -> OutputFolder:
-    """The merged checkpoint's folder (:class:`~gemma_ocr.io.OutputFolder`, named ``--output_dir``)."""
+    """The merged checkpoint's folder (:class:`~gemma_ocr.outputs.OutputFolder`, named ``--output_dir``)."""
     return OutputFolder(output_dir, "--output_dir", "gemma-ocr merge", overwrite=overwrite)
 
 
