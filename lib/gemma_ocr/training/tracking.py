@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from transformers import TrainerCallback
-
 from gemma_ocr.errors import GemmaOcrError
 
 if TYPE_CHECKING:
@@ -94,6 +92,10 @@ def setup_tracking(config: TrainConfig) -> Tracking:
 def progress_callback(progress: TrainingProgress) -> Any:
     """A ``transformers.TrainerCallback`` reporting steps and evaluations to ``progress`` and logging the trainer's
     log entries (the dicts its progress bar would print) at INFO."""
+    # transformers.integrations, which TrainerCallback loads, prints a W&B line when WANDB_MODE is set: loaded when
+    # a training starts, so `sft_gemma.py --print-config` prints its JSON alone
+    from transformers import TrainerCallback
+
     class ReportProgress(TrainerCallback):
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             progress.training(state.global_step, state.max_steps, {})
@@ -135,6 +137,10 @@ def _wandb_keys(logs: dict[str, Any]) -> dict[str, Any]:
 
 def wandb_callback(config: TrainConfig) -> Any:
     """A ``transformers.TrainerCallback`` logging one training to a W&B run of its own."""
+    # transformers.integrations, which TrainerCallback loads, prints a W&B line when WANDB_MODE is set: loaded when
+    # a training starts, so `sft_gemma.py --print-config` prints its JSON alone
+    from transformers import TrainerCallback
+
     class WandbRun(TrainerCallback):
         """Opens the run at the start of training, logs every trainer log entry, closes on :meth:`finish`."""
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback, Trainer, set_seed
+from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from trl import SFTConfig, SFTTrainer
-from trl.trainer import utils as trl_utils
+from trl import SFTConfig
 
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, out_of_room
@@ -149,6 +148,12 @@ def _make_trainer_class():
     interpreter); on a CPU the plain ``Trainer`` loss (the model's cross-entropy on the same labels) is used
     instead, and the token accuracy metric is computed from the logits.
     """
+    # transformers' Trainer and TRL's SFTTrainer load transformers.integrations, which prints a W&B line when
+    # WANDB_MODE is set: loaded when a trainer is built, so `sft_gemma.py --print-config` prints its JSON alone
+    from transformers import Trainer
+    from trl import SFTTrainer
+    from trl.trainer import utils as trl_utils
+
     class OcrSFTTrainer(SFTTrainer):
         #: Greedy answers on a fixed validation slice, scored at every evaluation (None: off).
         cer_evaluation: CerEvaluation | None = None
