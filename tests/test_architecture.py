@@ -6,7 +6,8 @@ Read as text (nothing imported or run), so a failure names the file and line:
   ``if TYPE_CHECKING:``) has no cycle;
 - no function is longer than :data:`MAX_FUNCTION_LINES` lines, and no module longer than :data:`MAX_MODULE_LINES`
   unless a ``# size:`` comment near its top says why;
-- an import inside a function has a comment on its line or the line above saying why it is not at the top
+- an import inside a function has a comment on its line, or above it (over a block of imports), saying why it
+  is not at the top
   (an optional extra, an import order a library needs, the start-up time of a command);
 - a package's ``__init__.py`` holds its docstring only, so each name has one home and importing a package is cheap.
 """
@@ -158,6 +159,14 @@ def _has_comment(line: str) -> bool:
     return "#" in line and len(line.split("#", 1)[1].strip()) > 3
 
 
+def _comment_above(lines: list[str], index: int) -> bool:
+    """A comment ends the lines above ``lines[index]``, past any imports right above it (a block it explains)."""
+    index -= 1
+    while index >= 0 and lines[index].strip().startswith(("import ", "from ")):
+        index -= 1
+    return index >= 0 and lines[index].strip().startswith("#")
+
+
 def test_imports_inside_functions_say_why():
     unexplained = []
     for path in MODULES.values():
@@ -167,8 +176,7 @@ def test_imports_inside_functions_say_why():
                 continue
             for node in imports(fn):
                 here = lines[node.lineno - 1:node.end_lineno]
-                above = lines[node.lineno - 2].strip() if node.lineno > 1 else ""
-                if not any(_has_comment(line) for line in here) and not above.startswith("#"):
+                if not any(_has_comment(line) for line in here) and not _comment_above(lines, node.lineno - 1):
                     unexplained.append(f"{path.relative_to(LIB.parent)}:{node.lineno}: {here[0].strip()}")
     assert unexplained == [], "imports inside functions with no comment saying why they are not at the top:\n" + \
         "\n".join(unexplained)
