@@ -6,15 +6,15 @@ Read as text (nothing imported or run), so a failure names the file and line:
   ``if TYPE_CHECKING:``) has no cycle;
 - no function is longer than :data:`MAX_FUNCTION_LINES` lines, and no module longer than :data:`MAX_MODULE_LINES`
   unless a ``# size:`` comment near its top says why;
-- an import inside a function has a comment on its line, or above it (over a block of imports), saying why it
-  is not at the top
-  (an optional extra, an import order a library needs, the start-up time of a command);
+- an import inside a function has a comment on its line, or above it (over a block of imports), saying why it is not
+  at the top (an optional extra, an import order a library needs, the start-up time of a command);
 - a package's ``__init__.py`` holds its docstring only, so each name has one home and importing a package is cheap.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,3 +189,14 @@ def test_package_init_holds_its_docstring_only(init):
             and not (isinstance(n, ast.Assign) and [t.id for t in n.targets if isinstance(t, ast.Name)] == ["__version__"])]
     allowed = {"gemma_ocr/__init__.py"}  # the package root names its version and the one error type users catch
     assert rest == [] or str(init.relative_to(LIB)) in allowed, f"{init.relative_to(LIB)} holds more than a docstring"
+
+
+def test_the_architecture_page_names_every_package_and_only_those():
+    """docs/architecture.md's package table matches the tree: a package added or moved is described there."""
+    page = (LIB.parent / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"^\| `(\w+)/` \|", page, flags=re.M))
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")} - {"commands"}
+    assert named == packages, f"named on the page only: {sorted(named - packages)}; in lib only: {sorted(packages - named)}"
+    top = re.search(r"^\| top level \| (.+) \|$", page, flags=re.M)
+    modules = set(re.findall(r"`(\w+)`", top.group(1))) - {"commands"}
+    assert modules <= {p.stem for p in PACKAGE.glob("*.py")}, "the top-level row names a module that is not there"
