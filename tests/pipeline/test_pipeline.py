@@ -43,7 +43,7 @@ def manual_workflow_files(root):
     return {path: path.read_bytes() for path in files}
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_pipeline_fine_tunes_the_reader_and_shows_the_gain(tmp_path):
     manual = manual_workflow_files(tmp_path)
     args = ("--root", str(tmp_path), "--n-samples", "720", "--non-test-ratio", "1:1", "--eval-top-k", "80",

@@ -47,6 +47,7 @@ def assert_matches_plain(case: dict, plain: dict) -> None:
     assert diffs[worst] < GRAD_RTOL, (worst, diffs[worst])
 
 
+@pytest.mark.e2e
 def test_fused_lm_head_matches_the_model_loss(interpreted):
     case = interpreted["cases"]["fused-head"]
     assert case["fused_head_used"] is True and case["switches"]["fused_lm_head"] is True
@@ -54,6 +55,7 @@ def test_fused_lm_head_matches_the_model_loss(interpreted):
     assert_matches_plain(case, interpreted["cases"]["plain"])
 
 
+@pytest.mark.e2e
 def test_liger_kernels_match_the_model_loss(interpreted):
     case = interpreted["cases"]["fused-head+liger"]
     assert case["switches"]["liger_kernel"] is True and case["fused_head_used"] is True
@@ -62,6 +64,7 @@ def test_liger_kernels_match_the_model_loss(interpreted):
     assert_matches_plain(case, interpreted["cases"]["plain"])
 
 
+@pytest.mark.e2e
 def test_a_training_step_through_both_kernels_logs_a_finite_loss(interpreted):
     fused, liger = interpreted["cases"]["fused-head"], interpreted["cases"]["fused-head+liger"]
     assert math.isfinite(liger["train_step_loss"]) and liger["train_step_loss"] > 0
