@@ -43,7 +43,7 @@ READER = ROOT / LAYOUT.reader
 def _model(args, work: Path) -> Path:
     if args.arch == "reader":
         return READER
-    from gemma_ocr.modeling.architectures import STATS_FILE, build_random_gemma3
+    from architectures import STATS_FILE, build_random_gemma3
 
     folder = Path(args.model_dir) if args.model_dir else work / (f"gemma3-{args.arch}"
                                                                  + (f"-{args.layers}layers" if args.layers else ""))

@@ -324,7 +324,7 @@ def _prepare(args, work: Path) -> dict[str, Any]:
     from gemma_ocr.data.records import write_records
     from gemma_ocr.data.synthetic import SyntheticConfig, generate_dataset
     from gemma_ocr.io import atomic_write_json
-    from gemma_ocr.modeling.architectures import STATS_FILE, parameter_stats
+    from architectures import STATS_FILE, parameter_stats
 
     n = (args.warmup + args.steps) * args.batch_size
     records = generate_dataset(work / "data", SyntheticConfig(n_samples=max(n, args.batch_size), seed=args.seed))
@@ -495,7 +495,7 @@ def main() -> int:
         worker(args.worker, Path(args.spec), Path(args.result))
         return 0
     if args.build:
-        from gemma_ocr.modeling.architectures import build_random_gemma3
+        from architectures import build_random_gemma3
 
         build_random_gemma3(args.model_dir, args.build, seed=args.seed, layers=args.layers)
         return 0

@@ -73,7 +73,7 @@ def test_bad_arguments_are_one_clear_line(args, message):
 def test_real_architectures_have_the_public_sizes():
     from transformers import Gemma3ForConditionalGeneration
 
-    from gemma_ocr.modeling.architectures import gemma3_config, parameter_stats
+    from benchmarks.architectures import gemma3_config, parameter_stats
     from gemma_ocr.modeling.tiny import SPECIAL_TOKENS, build_tokenizer
 
     tok = build_tokenizer()
@@ -95,7 +95,7 @@ def test_real_architectures_have_the_public_sizes():
 
 def test_shallow_architecture_keeps_the_real_widths():
     from gemma_ocr.errors import GemmaOcrError
-    from gemma_ocr.modeling.architectures import gemma3_config
+    from benchmarks.architectures import gemma3_config
     from gemma_ocr.modeling.tiny import SPECIAL_TOKENS, build_tokenizer
 
     tok = build_tokenizer()
@@ -117,7 +117,7 @@ def meta_stats(config) -> dict:
     """parameter_stats of a model built on the meta device (no memory)."""
     from transformers import Gemma3ForConditionalGeneration
 
-    from gemma_ocr.modeling.architectures import parameter_stats
+    from benchmarks.architectures import parameter_stats
 
     with torch.device("meta"):
         return parameter_stats(Gemma3ForConditionalGeneration(config))
