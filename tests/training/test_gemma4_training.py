@@ -92,6 +92,7 @@ def test_full_fine_tuning_one_step(tiny_gemma4_dir, ocr_data, tmp_path):  # noqa
     assert result["global_step"] == 1 and result["train_loss"] > 0
     saved = json.loads((tmp_path / "full" / "config.json").read_text())
     assert saved["architectures"] == ["Gemma4ForConditionalGeneration"]
+    assert saved["text_config"]["global_head_dim"] == saved["text_config"]["head_dim"]  # vLLM reads it
 
 
 def test_budget_and_pan_and_scan_settings_the_family_lacks_are_one_line(tiny_model_dir, tiny_gemma4_dir, ocr_data,  # noqa: F811

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.merge.adapter import ATOL, RTOL, merge_adapter
+from gemma_ocr.merge.adapter import ATOL, merge_adapter
 from gemma_ocr.flags import ConfigParser
 from gemma_ocr.settings import Settings, setting
 
@@ -41,7 +41,7 @@ def main() -> None:
           f"({r.bytes_written / 1e9:.2f} GB, bf16 safetensors)")
     if r.verified:
         print(f"verified: no LoRA tensors, {r.architecture} + {r.processor_class}; logits vs base+adapter (fp32): "
-              f"max |diff| {r.max_abs_diff:.3g} <= tolerance {r.tolerance:.3g} ({ATOL:g} + {RTOL:g} x max|logit|); "
+              f"max |diff| {r.max_abs_diff:.3g} <= tolerance {r.tolerance:.3g} ({ATOL:g} + {r.relative_tolerance:g} x max|logit|); "
               f"adapter effect {r.adapter_effect:.3g}")
     else:
         print("not verified (--no-verify)")

@@ -39,7 +39,7 @@ from safetensors import SafetensorError, safe_open
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, nearest_existing, read_json, reporting_write_errors
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.modeling.families import ModelFamily, family_of
+from gemma_ocr.modeling.families import ModelFamily, family_of, keep_base_fields
 from gemma_ocr.outputs import NamedPaths, OutputFolder
 from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 
@@ -50,8 +50,9 @@ log = logging.getLogger(__name__)
 
 BYTES_PER_PARAM = 2  # bf16
 DISK_HEADROOM = 1.2
-# |merged - reference| <= ATOL + RTOL * max|reference| on the sample logits (bf16 rounding of merged weights).
-ATOL, RTOL = 1e-3, 2e-2
+# |merged - reference| <= ATOL + rtol * max|reference| on the sample logits (bf16 rounding of merged weights); rtol is
+# the family's (ModelFamily.merge_rtol: Gemma 3 2e-2, Gemma 4 1e-1).
+ATOL = 1e-3
 LORA_KEY_MARKERS = ("lora_", "base_layer", "modules_to_save", "original_module")
 
 
@@ -67,6 +68,7 @@ class MergeReport:
     verified: bool = False
     max_abs_diff: float | None = None
     tolerance: float | None = None
+    relative_tolerance: float | None = None  # the family's share of the largest logit in the tolerance
     adapter_effect: float | None = None  # max |base+adapter - base| on the sample: the adapter is not a no-op
     lora_keys: int | None = None
     architecture: str | None = None  # the family's, written to config.json
@@ -302,6 +304,7 @@ def _finish_checkpoint(staging: Path, lora_dir: str, base: str, out: Path, famil
     cfg.pop("quantization_config", None)
     cfg["dtype"] = "bfloat16"
     cfg.pop("torch_dtype", None)
+    keep_base_fields(cfg, _local_config(base) or {})
     atomic_write_json(cfg_path, cfg)
     for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
         p = staging / name
@@ -384,8 +387,8 @@ def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport 
     del merged
 
     diff = (merged_logits - ref_logits).abs().max().item()
-    tol = ATOL + RTOL * ref_logits.abs().max().item()
-    report.max_abs_diff, report.tolerance = diff, tol
+    tol = ATOL + family.merge_rtol * ref_logits.abs().max().item()
+    report.max_abs_diff, report.tolerance, report.relative_tolerance = diff, tol, family.merge_rtol
     report.adapter_effect = (ref_logits - base_logits).abs().max().item()
     log.info("verify: max |merged - (base+adapter)| = %.3g (tolerance %.3g); adapter effect %.3g",
              diff, tol, report.adapter_effect)

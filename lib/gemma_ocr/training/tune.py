@@ -18,8 +18,8 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, check_writable, out_of_room
-from gemma_ocr.modeling.families import family_of
+from gemma_ocr.io import atomic_write_json, check_writable, out_of_room, read_json
+from gemma_ocr.modeling.families import family_of, keep_base_fields
 from gemma_ocr.modeling.loading import compute_dtype, image_kwargs, import_unsloth, load_model
 from gemma_ocr.training import speed
 from gemma_ocr.training.cer_eval import CER_METRICS, RUNTIME_METRIC, CerEvaluation, lower_is_better
@@ -318,6 +318,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
             trainer.save_model(config.output_dir)
             if trainer.is_world_process_zero():
                 processor.save_pretrained(config.output_dir)
+                keep_base_config_fields(config)
                 atomic_write_json(Path(config.output_dir) / CONFIG_FILE, config.to_dict())
                 atomic_write_json(Path(config.output_dir) / METRICS_FILE, result)
             cer = result["eval_cer"]
@@ -331,6 +332,18 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
         del trainer, model, processor
         tracking.finish()
         release_memory()
+
+
+def keep_base_config_fields(config: TrainConfig) -> None:
+    """A whole saved model (``train_mode: full``) keeps the config fields of its base that transformers does not write
+    again (Gemma 4's ``global_head_dim``, :func:`gemma_ocr.modeling.families.keep_base_fields`)."""
+    saved = Path(config.output_dir) / "config.json"
+    base = Path(config.model_name) / "config.json"
+    if config.train_mode != "full" or not saved.is_file() or not base.is_file():
+        return
+    cfg = read_json(saved, "model config")
+    if keep_base_fields(cfg, read_json(base, "model config")):
+        atomic_write_json(saved, cfg)
 
 
 @contextmanager
