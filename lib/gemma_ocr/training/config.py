@@ -61,7 +61,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
 }
 #: Trainer fields the OCR training sets itself; another value is refused with the reason.
 FIXED: dict[str, tuple[Any, str]] = {
-    "fp16": (False, "is refused: Gemma 3 and Gemma 4 overflow to NaN in float16 (bf16 is used on a bf16 GPU, fp32 on a CPU)"),
+    "fp16": (False, "is refused: Gemma 3 overflows to NaN in float16 (bf16 is used on a bf16 GPU, fp32 on a CPU)"),
     "max_length": (None, "is not used: the OCR collator truncates answers to max_seq_length (set that instead)"),
     "remove_unused_columns": (False, "must stay false: the OCR collator reads the image and text columns"),
     "label_names": (["labels"], "is set by the OCR collator (['labels'])"),
