@@ -103,3 +103,15 @@ def test_budget_and_pan_and_scan_settings_the_family_lacks_are_one_line(tiny_mod
         with pytest.raises(GemmaOcrError, match=message) as err:
             tune(small_config(model, ocr_data, tmp_path / "x", **setting))
         assert "\n" not in str(err.value)
+
+
+def test_the_budget_reaches_the_collator_and_the_cer_evaluation(tiny_gemma4_dir, ocr_data, tmp_path):  # noqa: F811
+    from gemma_ocr.training.data import load_data
+    from gemma_ocr.training.tune import build_trainer
+
+    config = small_config(tiny_gemma4_dir, ocr_data, tmp_path / "b", image_token_budget=280)
+    train_ds, val_ds = load_data(config)
+    trainer, processor = build_trainer(config, train_ds, val_ds)
+    assert processor.image_processor.max_soft_tokens == 280
+    assert trainer.cer_evaluation.processor is processor and trainer.data_collator.processor is processor
+    assert trainer.data_collator.family.name == "gemma4"
