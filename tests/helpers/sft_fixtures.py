@@ -1,4 +1,5 @@
-"""Shared fixtures of the SFT tests: one tiny Gemma 3 checkpoint and one small synthetic dataset per session."""
+"""Shared fixtures of the SFT tests: one tiny Gemma 3 and one tiny Gemma 4 checkpoint and one small synthetic dataset
+per session."""
 
 from __future__ import annotations
 
@@ -32,6 +33,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     from gemma_ocr.modeling.tiny import build_tiny_gemma3
 
     return build_tiny_gemma3(tmp_path_factory.mktemp("tiny") / "tiny-gemma3")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma4_dir(tmp_path_factory) -> Path:
+    """A random-weight tiny Gemma 4 (hub layout, image-token budget 70): the "any Gemma 4" of tests."""
+    from gemma_ocr.modeling.tiny_gemma4 import build_tiny_gemma4
+
+    return build_tiny_gemma4(tmp_path_factory.mktemp("tiny4") / "tiny-gemma4")
 
 
 @pytest.fixture(scope="session")

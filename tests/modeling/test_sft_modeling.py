@@ -1,4 +1,4 @@
-"""Model loading: Gemma 3 check, dtype, 4-bit nf4, LoRA target selection, clear errors for 4-bit/unsloth."""
+"""Model loading: the family check, dtype, 4-bit nf4, LoRA target selection, clear errors for 4-bit/unsloth."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from gemma_ocr.training.config import TrainConfig
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.modeling import loading
-from gemma_ocr.modeling.loading import check_gemma3_vlm, load_base_model, load_model, lora_target_regex
+from gemma_ocr.modeling.families import family_of
+from gemma_ocr.modeling.loading import load_base_model, load_model, lora_target_regex
 from tests.helpers.sft_fixtures import needs_4bit, tiny_model_dir  # noqa: F401
 
 
@@ -42,28 +43,28 @@ def test_vision_attention_only_and_projector(tiny_model_dir):  # noqa: F811
     assert any("multi_modal_projector" in n and "lora_" not in n for n in trainable)
 
 
-def test_explicit_target_modules_regex():
-    regex = lora_target_regex(TrainConfig(lora_target_modules=["q_proj", "v_proj"]))
+def test_explicit_target_modules_regex(tiny_model_dir):  # noqa: F811
+    regex = lora_target_regex(TrainConfig(model_name=str(tiny_model_dir), lora_target_modules=["q_proj", "v_proj"]))
     import re
 
     assert re.fullmatch(regex, "model.language_model.layers.0.self_attn.q_proj")
     assert not re.fullmatch(regex, "model.language_model.layers.0.self_attn.o_proj")
 
 
-def test_not_a_gemma3_vlm_is_one_line(tmp_path):
+def test_not_a_supported_vlm_is_one_line(tmp_path):
     folder = tmp_path / "llama"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
-    with pytest.raises(GemmaOcrError, match="is not a Gemma 3 vision-language model") as err:
-        check_gemma3_vlm(str(folder))
+    with pytest.raises(GemmaOcrError, match="is not a supported vision-language model") as err:
+        family_of(str(folder))
     assert "\n" not in str(err.value)
     text_only = tmp_path / "gemma3-text"
     text_only.mkdir()
     (text_only / "config.json").write_text(json.dumps({"model_type": "gemma3_text"}))
-    with pytest.raises(GemmaOcrError, match="not a Gemma 3 vision-language model"):
-        check_gemma3_vlm(str(text_only))
+    with pytest.raises(GemmaOcrError, match="not a supported vision-language model"):
+        family_of(str(text_only))
     with pytest.raises(GemmaOcrError, match="has no config.json"):
-        check_gemma3_vlm(str(tmp_path))
+        family_of(str(tmp_path))
 
 
 def test_4bit_unavailable_is_one_clear_line(tiny_model_dir, monkeypatch):  # noqa: F811

@@ -226,7 +226,7 @@ def test_bad_inputs_are_one_clear_line(tiny_model_dir, ocr_data, tmp_path):  # n
     not_gemma = tmp_path / "llama"
     not_gemma.mkdir()
     (not_gemma / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    fails(small_config(not_gemma, ocr_data, tmp_path / "a"), "is not a Gemma 3 vision-language model")
+    fails(small_config(not_gemma, ocr_data, tmp_path / "a"), "is not a supported vision-language model")
 
 
 @pytest.mark.parametrize("model_name", ["models/tiny-gemma3-reader", "models/tiny-gemma3"])

@@ -1,4 +1,4 @@
-"""Merge a LoRA adapter into its Gemma 3 base as a 16-bit checkpoint that vLLM and transformers load, then verify it."""
+"""Merge a LoRA adapter into its Gemma 3 or Gemma 4 base as a 16-bit checkpoint that vLLM and transformers load, then verify it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 from gemma_ocr.layout import LAYOUT
-from gemma_ocr.merge.adapter import ATOL, RTOL, merge_adapter
+from gemma_ocr.merge.adapter import ATOL, merge_adapter
 from gemma_ocr.flags import ConfigParser
 from gemma_ocr.settings import Settings, setting
 
@@ -40,8 +40,8 @@ def main() -> None:
     print(f"merged {args.lora_dir} into {r.base_model} ({r.parameters / 1e6:.1f}M params, {r.backend}) -> {r.output_dir} "
           f"({r.bytes_written / 1e9:.2f} GB, bf16 safetensors)")
     if r.verified:
-        print(f"verified: no LoRA tensors, Gemma3ForConditionalGeneration + Gemma3Processor; logits vs base+adapter (fp32): "
-              f"max |diff| {r.max_abs_diff:.3g} <= tolerance {r.tolerance:.3g} ({ATOL:g} + {RTOL:g} x max|logit|); "
+        print(f"verified: no LoRA tensors, {r.architecture} + {r.processor_class}; logits vs base+adapter (fp32): "
+              f"max |diff| {r.max_abs_diff:.3g} <= tolerance {r.tolerance:.3g} ({ATOL:g} + {r.relative_tolerance:g} x max|logit|); "
               f"adapter effect {r.adapter_effect:.3g}")
     else:
         print("not verified (--no-verify)")

@@ -1,9 +1,10 @@
-"""Build a tiny Gemma 3 VLM checkpoint (real architecture, processor and chat template, hub weight layout).
+"""Build a tiny Gemma 3 or Gemma 4 VLM checkpoint (real architecture, processor and chat template, hub weight layout).
 
 --pretrain builds the shipped default model, the tiny reader, from random weights: it renders 10,000 lines
 of 4-10 digits in Noto Sans, trains every weight (1 torch thread, deterministic), reads 200 held-out lines
 rendered with another seed and writes the folder only if their CER is at most the target (about 8-15
-CPU-minutes). Without --pretrain it writes a random-weight model (a starting point, or "any Gemma 3").
+CPU-minutes). Without --pretrain it writes a random-weight model (a starting point, or "any Gemma 3"; with
+--family gemma4 a random-weight tiny Gemma 4).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from gemma_ocr.outputs import OutputFolder
 from gemma_ocr.data.records import load_records
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.modeling.reader import CARD_FILE, CHECKPOINT_FILES, READER_ARCHITECTURE, ReaderRecipe, pretrain_reader
 from gemma_ocr.modeling.tiny import build_tiny_gemma3
+from gemma_ocr.modeling.tiny_gemma4 import build_tiny_gemma4
 from gemma_ocr.flags import ConfigParser
 from gemma_ocr.settings import FieldError, Settings, setting
 
@@ -37,11 +40,15 @@ class TinyModelArguments(Settings):
                                         "temporary folder)")
     chars: str | None = random_weights(None, "extra characters to give their own tokens")
     chars_from: Path | None = random_weights(None, "an OCR data JSON file whose transcriptions add characters")
-    image_size: int = random_weights(64, "square input size of the vision tower")
+    image_size: int = random_weights(64, "square input size of the vision tower (gemma3)")
+    family: Literal["gemma3", "gemma4"] = random_weights("gemma3", "the model family of the random model (--pretrain "
+                                                                   "builds the Gemma 3 reader)")
 
     def validate(self) -> None:
         super().validate()
         self.at_least(8, "image_size")
+        if self.pretrain and self.family != "gemma3":
+            raise FieldError("family", f"{self.family!r}: --pretrain builds the Gemma 3 reader (drop --family)")
         if self.output_dir is not None and not self.pretrain and self.output_dir == LAYOUT.reader:
             raise FieldError("output_dir", f"{self.output_dir} holds the shipped reader: a random model goes "
                                            "elsewhere (or rebuild the reader with --pretrain)")
@@ -64,10 +71,15 @@ def main() -> None:
     chars = args.chars or ""
     if args.chars_from:
         chars += "".join(sorted({c for rec in load_records(args.chars_from) for c in rec.text}))
-    size = dict(READER_ARCHITECTURE, image_size=args.image_size)
-    out = build_tiny_gemma3(out, chars=chars or None, seed=recipe.seed, **size)
+    if args.family == "gemma4":
+        size = {k: READER_ARCHITECTURE[k] for k in ("patch_size", "hidden_size", "num_layers", "vision_hidden_size",
+                                                     "vision_layers")}
+        out = build_tiny_gemma4(out, chars=chars or None, seed=recipe.seed, **size)
+    else:
+        out = build_tiny_gemma3(out, chars=chars or None, seed=recipe.seed,
+                                **dict(READER_ARCHITECTURE, image_size=args.image_size))
     folder.record(p.name for p in out.iterdir())
-    print(f"Wrote a random-weight tiny Gemma 3 to {out}")
+    print(f"Wrote a random-weight tiny {'Gemma 4' if args.family == 'gemma4' else 'Gemma 3'} to {out}")
 
 
 def _output_folder(out: Path, args: TinyModelArguments) -> OutputFolder:

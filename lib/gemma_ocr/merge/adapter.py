@@ -1,10 +1,11 @@
-"""Merge a LoRA adapter into its Gemma 3 base and save a plain 16-bit checkpoint; verify the result.
+"""Merge a LoRA adapter into its Gemma 3 or Gemma 4 base and save a plain 16-bit checkpoint; verify the result.
 
 The base is always loaded fresh in bf16 (never a 4-bit one: merging into quantized weights
 loses the adapter's precision and writes an unloadable checkpoint). The output folder holds
-bf16 safetensors, config (architecture ``Gemma3ForConditionalGeneration``), generation config,
-processor, tokenizer and chat template (processor_class ``Gemma3Processor``): vLLM and
-transformers load it like any Gemma 3 checkpoint.
+bf16 safetensors, config (the family's architecture, ``Gemma3ForConditionalGeneration`` or
+``Gemma4ForConditionalGeneration``), generation config, processor, tokenizer and chat template (the family's
+processor_class, ``Gemma3Processor`` or ``Gemma4Processor``): vLLM and transformers load it like any checkpoint
+of the family. The family is read from the base's config (:mod:`gemma_ocr.modeling.families`).
 
 Verification (:func:`verify_merge`) reloads the saved folder with the Auto classes and checks:
 no LoRA tensors left, the architecture and processor class, and that on a sample image+prompt
@@ -38,6 +39,7 @@ from safetensors import SafetensorError, safe_open
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.io import atomic_write_json, check_writable, nearest_existing, read_json, reporting_write_errors
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.modeling.families import ModelFamily, family_of, keep_base_fields
 from gemma_ocr.outputs import NamedPaths, OutputFolder
 from gemma_ocr.training.config import DEFAULT_INSTRUCTION
 
@@ -46,12 +48,11 @@ log = logging.getLogger(__name__)
 # torch, transformers and peft are imported inside the functions below: `gemma-ocr merge --help` imports this
 # module and answers without them, and the unsloth backend imports unsloth before them (_require_unsloth).
 
-ARCHITECTURE = "Gemma3ForConditionalGeneration"
-PROCESSOR_CLASS = "Gemma3Processor"
 BYTES_PER_PARAM = 2  # bf16
 DISK_HEADROOM = 1.2
-# |merged - reference| <= ATOL + RTOL * max|reference| on the sample logits (bf16 rounding of merged weights).
-ATOL, RTOL = 1e-3, 2e-2
+# |merged - reference| <= ATOL + rtol * max|reference| on the sample logits (bf16 rounding of merged weights); rtol is
+# the family's (ModelFamily.merge_rtol: Gemma 3 2e-2, Gemma 4 1e-1).
+ATOL = 1e-3
 LORA_KEY_MARKERS = ("lora_", "base_layer", "modules_to_save", "original_module")
 
 
@@ -67,8 +68,11 @@ class MergeReport:
     verified: bool = False
     max_abs_diff: float | None = None
     tolerance: float | None = None
+    relative_tolerance: float | None = None  # the family's share of the largest logit in the tolerance
     adapter_effect: float | None = None  # max |base+adapter - base| on the sample: the adapter is not a no-op
     lora_keys: int | None = None
+    architecture: str | None = None  # the family's, written to config.json
+    processor_class: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,11 +144,11 @@ def _check_not_quantized(base: str) -> None:
         method = (cfg.get("quantization_config") or {}).get("quant_method", "quantized")
         raise GemmaOcrError(
             f"base model {base} is a {method} checkpoint; the merge needs the 16-bit base (pass --base-model "
-            f"with the original bf16 Gemma 3 folder or hub id)"
+            f"with the original bf16 folder or hub id)"
         )
 
 
-def _load_processor(lora_dir: str, base: str):
+def _load_processor(lora_dir: str, base: str, family: ModelFamily):
     """The processor saved beside the adapter (its chat template included), else the base's."""
     from transformers import AutoProcessor  # lazy: see the note at the top
 
@@ -153,11 +157,11 @@ def _load_processor(lora_dir: str, base: str):
             proc = AutoProcessor.from_pretrained(source)
         except (OSError, ValueError, TypeError):
             continue
-        if type(proc).__name__ == PROCESSOR_CLASS:
+        if type(proc).__name__ == family.processor_class:
             if not getattr(proc, "chat_template", None) and source != base:
                 continue
             return proc
-    raise GemmaOcrError(f"no {PROCESSOR_CLASS} with a chat template in {lora_dir} or {base} (save the processor beside the adapter)")
+    raise GemmaOcrError(f"no {family.processor_class} with a chat template in {lora_dir} or {base} (save the processor beside the adapter)")
 
 
 # ---------------------------------------------------------------- merge
@@ -204,6 +208,7 @@ def merge_adapter(lora_dir: str | os.PathLike[str] = LAYOUT.adapter, output_dir:
     if backend == "unsloth":
         _require_unsloth()
     _check_not_quantized(base)
+    family = family_of(base)
     params = count_parameters(base)
     if check_free_disk:
         check_disk(output_dir, params)
@@ -213,9 +218,11 @@ def merge_adapter(lora_dir: str | os.PathLike[str] = LAYOUT.adapter, output_dir:
             _merge_peft(lora_dir, staging, base, out)
         else:
             _merge_unsloth(lora_dir, staging, out)
-        _finish_checkpoint(staging, lora_dir, base, out)
+        _finish_checkpoint(staging, lora_dir, base, out, family)
         written = sum(f.stat().st_size for f in staging.glob("*") if f.is_file())
-        report = MergeReport(output_dir=output_dir, base_model=base, backend=backend, parameters=params, bytes_written=written)
+        report = MergeReport(output_dir=output_dir, base_model=base, backend=backend, parameters=params,
+                             bytes_written=written, architecture=family.architecture,
+                             processor_class=family.processor_class)
         if verify:
             verify_merge(str(staging), lora_dir, base, report, shown_as=output_dir)
         atomic_write_json(staging / "merge_report.json", report.to_dict())
@@ -276,11 +283,12 @@ def _merge_unsloth(lora_dir: str, staging: Path, out: Path) -> None:
         model.save_pretrained_merged(str(staging), processor, save_method="merged_16bit")
 
 
-def _finish_checkpoint(staging: Path, lora_dir: str, base: str, out: Path) -> None:
-    """Processor, chat template, generation config and a plain Gemma 3 config in ``staging`` (bound for ``out``)."""
+def _finish_checkpoint(staging: Path, lora_dir: str, base: str, out: Path, family: ModelFamily) -> None:
+    """Processor, chat template, generation config and a plain config of the ``family`` in ``staging`` (bound for
+    ``out``)."""
     from transformers import GenerationConfig  # lazy: see the note at the top
 
-    processor = _load_processor(lora_dir, base)
+    processor = _load_processor(lora_dir, base, family)
     try:
         generation = GenerationConfig.from_pretrained(base)
     except OSError:
@@ -292,17 +300,18 @@ def _finish_checkpoint(staging: Path, lora_dir: str, base: str, out: Path) -> No
             generation.save_pretrained(staging)
     cfg_path = staging / "config.json"
     cfg = read_json(cfg_path, "merged config")
-    cfg["architectures"] = [ARCHITECTURE]  # exports that write a patched class name are unloadable elsewhere
+    cfg["architectures"] = [family.architecture]  # exports that write a patched class name are unloadable elsewhere
     cfg.pop("quantization_config", None)
     cfg["dtype"] = "bfloat16"
     cfg.pop("torch_dtype", None)
+    keep_base_fields(cfg, _local_config(base) or {})
     atomic_write_json(cfg_path, cfg)
     for name in ("processor_config.json", "tokenizer_config.json", "preprocessor_config.json"):
         p = staging / name
         if p.is_file():
             data = read_json(p)
-            if isinstance(data, dict) and "processor_class" in data and data["processor_class"] != PROCESSOR_CLASS:
-                data["processor_class"] = PROCESSOR_CLASS
+            if isinstance(data, dict) and "processor_class" in data and data["processor_class"] != family.processor_class:
+                data["processor_class"] = family.processor_class
                 atomic_write_json(p, data)
 
 
@@ -349,18 +358,20 @@ def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport 
     from transformers import AutoModelForImageTextToText, AutoProcessor  # lazy: see the note at the top
 
     shown = shown_as or output_dir
-
+    family = family_of(base)
     report = report or MergeReport(output_dir=output_dir, base_model=base, backend="peft", parameters=0, bytes_written=0)
     bad = lora_keys(output_dir)
     report.lora_keys = len(bad)
     if bad:
         raise GemmaOcrError(f"{shown}: {len(bad)} LoRA tensors left in the merged weights (e.g. {bad[0]}); the merge failed")
     cfg = json.loads((Path(output_dir) / "config.json").read_text())
-    if cfg.get("architectures") != [ARCHITECTURE]:
-        raise GemmaOcrError(f"{shown}/config.json: architectures {cfg.get('architectures')}, expected [{ARCHITECTURE!r}]")
+    if cfg.get("architectures") != [family.architecture]:
+        raise GemmaOcrError(f"{shown}/config.json: architectures {cfg.get('architectures')}, expected "
+                            f"[{family.architecture!r}]")
     processor = AutoProcessor.from_pretrained(output_dir)
-    if type(processor).__name__ != PROCESSOR_CLASS or not processor.chat_template:
-        raise GemmaOcrError(f"{shown}: processor is {type(processor).__name__} (chat template: {bool(processor.chat_template)}), expected {PROCESSOR_CLASS} with one")
+    if type(processor).__name__ != family.processor_class or not processor.chat_template:
+        raise GemmaOcrError(f"{shown}: processor is {type(processor).__name__} (chat template: "
+                            f"{bool(processor.chat_template)}), expected {family.processor_class} with one")
     inputs = sample_inputs(processor)
 
     # Reference: the same bf16 base, the adapter applied unmerged, all in fp32 on the CPU.
@@ -370,14 +381,14 @@ def verify_merge(output_dir: str, lora_dir: str, base: str, report: MergeReport 
     ref_logits = _logits(ref_model, inputs)
     del ref_model
     merged = AutoModelForImageTextToText.from_pretrained(output_dir, dtype=torch.float32).eval()
-    if type(merged).__name__ != ARCHITECTURE:
-        raise GemmaOcrError(f"{shown} loads as {type(merged).__name__}, expected {ARCHITECTURE}")
+    if type(merged).__name__ != family.architecture:
+        raise GemmaOcrError(f"{shown} loads as {type(merged).__name__}, expected {family.architecture}")
     merged_logits = _logits(merged, inputs)
     del merged
 
     diff = (merged_logits - ref_logits).abs().max().item()
-    tol = ATOL + RTOL * ref_logits.abs().max().item()
-    report.max_abs_diff, report.tolerance = diff, tol
+    tol = ATOL + family.merge_rtol * ref_logits.abs().max().item()
+    report.max_abs_diff, report.tolerance, report.relative_tolerance = diff, tol, family.merge_rtol
     report.adapter_effect = (ref_logits - base_logits).abs().max().item()
     log.info("verify: max |merged - (base+adapter)| = %.3g (tolerance %.3g); adapter effect %.3g",
              diff, tol, report.adapter_effect)

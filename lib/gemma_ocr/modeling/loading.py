@@ -1,6 +1,9 @@
-"""Loading a Gemma 3 VLM and its processor for training, and attaching LoRA adapters.
+"""Loading a Gemma vision-language model and its processor for training, and attaching LoRA adapters.
 
-* dtype: bf16 on a GPU that supports it, fp32 otherwise (CPU); never fp16 (Gemma 3 overflows to NaN).
+The model family (Gemma 3 or Gemma 4, :mod:`gemma_ocr.modeling.families`) comes from the checkpoint's config; it
+decides the LoRA targets, the projector and the image settings the processor is loaded with.
+
+* dtype: bf16 on a GPU that supports it, fp32 otherwise (CPU); never fp16 (Gemma overflows to NaN).
 * ``load_in_4bit``: NF4 with double quantisation and bf16 compute (QLoRA) through bitsandbytes; on a GPU, or on a
   CPU with bitsandbytes >= 0.48 (slow there: meant for checks and tiny models).
 * ``backend="unsloth"``: unsloth's ``FastVisionModel`` loads the model and attaches LoRA (GPU only).
@@ -13,7 +16,6 @@ import importlib.util
 import json
 import logging
 import os
-import re
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,9 +23,8 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import Version
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.layout import LAYOUT
+from gemma_ocr.modeling.families import FAMILIES, ModelFamily, family_of
 from gemma_ocr.training import speed
-from gemma_ocr.training.config import PAN_AND_SCAN_FIELDS
 
 if TYPE_CHECKING:
     import torch
@@ -36,58 +37,17 @@ log = logging.getLogger(__name__)
 # before them (import_unsloth), and `gemma-ocr serve` imports this module (saved_image_settings) and starts without
 # them.
 
-GEMMA3_ARCHITECTURE = "Gemma3ForConditionalGeneration"
-LANGUAGE_ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-LANGUAGE_MLP = ("gate_proj", "up_proj", "down_proj")
-VISION_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")
-VISION_MLP = ("fc1", "fc2")
-PROJECTOR_MODULE = "multi_modal_projector"
+#: Every image processor setting a family saves with its processor (pan-and-scan, the image-token budget).
+IMAGE_SETTINGS = tuple(dict.fromkeys(name for family in FAMILIES for name in family.image_settings))
 
 
 def compute_dtype() -> torch.dtype:
-    """bf16 where CUDA supports it, fp32 elsewhere. fp16 is never used (Gemma 3 overflows in fp16)."""
+    """bf16 where CUDA supports it, fp32 elsewhere. fp16 is never used (Gemma overflows in fp16)."""
     import torch  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
-
-
-def check_gemma3_vlm(model_name: str) -> dict[str, Any]:
-    """Read the model's config and make sure it is a Gemma 3 vision-language model; return the config dict.
-
-    A local folder is read directly; anything else goes through ``AutoConfig`` (hub id or cache).
-    """
-    path = Path(model_name).expanduser()
-    if path.is_dir():
-        cfg_file = path / "config.json"
-        if not cfg_file.is_file():
-            raise GemmaOcrError(f"model folder {path} has no config.json (point --model-name at a Gemma 3 checkpoint folder)")
-        try:
-            config = json.loads(cfg_file.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise GemmaOcrError(f"{cfg_file}: unreadable config ({e}); the checkpoint is damaged") from None
-    elif path.exists():
-        raise GemmaOcrError(f"--model-name {model_name} is a file, not a checkpoint folder or hub id")
-    else:
-        try:
-            from transformers import AutoConfig  # after unsloth (import_unsloth), and serve's start-up (see the top)
-
-            config = AutoConfig.from_pretrained(model_name).to_dict()
-        except Exception as e:  # noqa: BLE001 - any failure here is "cannot find that model"
-            raise GemmaOcrError(
-                f"model {model_name!r} is neither a local folder nor a reachable hub id ({type(e).__name__}); "
-                f"check --model-name (the default, the tiny reader, ships in {LAYOUT.reader})"
-            ) from None
-    model_type = config.get("model_type")
-    archs = config.get("architectures") or []
-    if model_type != "gemma3" or ("vision_config" not in config):
-        what = f"model_type {model_type!r}" + (f", architectures {archs}" if archs else "")
-        raise GemmaOcrError(
-            f"{model_name} is not a Gemma 3 vision-language model ({what}); use a Gemma 3 *-it/-pt checkpoint "
-            "with a vision tower (model_type 'gemma3'), e.g. google/gemma-3-4b-it"
-        )
-    return config
 
 
 BNB_CPU_MIN_VERSION = "0.48"
@@ -113,7 +73,7 @@ def four_bit_unavailable_reason() -> str | None:
     return None
 
 
-def _quantization_config(config: TrainConfig):
+def _quantization_config(config: TrainConfig, family: ModelFamily):
     import torch  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
     reason = four_bit_unavailable_reason()
@@ -128,7 +88,7 @@ def _quantization_config(config: TrainConfig):
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
-        llm_int8_skip_modules=[PROJECTOR_MODULE, "lm_head"],
+        llm_int8_skip_modules=[family.projector_module, "lm_head"],
     )
 
 
@@ -160,10 +120,21 @@ def _device_map() -> dict[str, int] | None:
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
+def image_kwargs(config: TrainConfig, family: ModelFamily) -> dict[str, Any]:
+    """The image processor settings ``config`` gives for a ``family`` model (pan-and-scan for Gemma 3, the
+    image-token budget for Gemma 4); a setting the family lacks is one line."""
+    given = config.image_processor_kwargs()  # the pan-and-scan settings given
+    lacking = [name for name in given if name not in family.image_settings]
+    if lacking:
+        raise GemmaOcrError(f"{lacking[0]}: a {family.title} model has no pan-and-scan setting (leave it null"
+                            f"{'; set image_token_budget instead' if family.budget_setting else ''})")
+    return {**given, **family.budget_kwargs(config.image_token_budget)}
+
+
 def load_processor(model_name: str, image_kwargs: dict[str, Any] | None = None):
     """``AutoProcessor`` of the checkpoint, with a pad token set.
 
-    ``image_kwargs`` (pan-and-scan settings, :meth:`TrainConfig.image_processor_kwargs`) are given to
+    ``image_kwargs`` (pan-and-scan settings or the image-token budget, :func:`image_kwargs`) are given to
     ``from_pretrained``: then every call of the processor uses them, and ``save_pretrained`` writes them where a
     reload (the merge, the embedded server) takes them from. Setting the image processor's attributes after
     loading is not enough: Gemma3Processor passes its own defaults (pan-and-scan off) to every call.
@@ -176,14 +147,15 @@ def load_processor(model_name: str, image_kwargs: dict[str, Any] | None = None):
         raise GemmaOcrError(f"cannot load the processor of {model_name} ({type(e).__name__}: {e})") from None
     tok = getattr(processor, "tokenizer", None)
     if tok is None or getattr(tok, "image_token_id", None) is None:
-        raise GemmaOcrError(f"{model_name}: the processor is not a Gemma 3 image-text processor (no image token)")
+        raise GemmaOcrError(f"{model_name}: the processor is not a Gemma image-text processor (no image token)")
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return processor
 
 
 def saved_image_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """The pan-and-scan settings a checkpoint folder's processor config holds (what vLLM needs to be told)."""
+    """The image settings (pan-and-scan, image-token budget) a checkpoint folder's processor config holds (what
+    vLLM needs to be told)."""
     folder = Path(model_dir)
     for name, key in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
         path = folder / name
@@ -195,76 +167,76 @@ def saved_image_settings(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
             raise GemmaOcrError(f"{path}: unreadable processor config; the checkpoint is damaged") from None
         section = data.get(key) if key else data
         if isinstance(section, dict):
-            return {k: section[k] for k in PAN_AND_SCAN_FIELDS if section.get(k) is not None}
+            return {k: section[k] for k in IMAGE_SETTINGS if section.get(k) is not None}
     return {}
 
 
 def load_base_model(config: TrainConfig):
-    """Load the Gemma 3 VLM (transformers backend) in the right dtype/quantisation; return ``(model, processor)``."""
+    """Load the model (transformers backend) in the right dtype/quantisation; return ``(model, processor)``."""
     # after unsloth (import_unsloth), and serve's start-up (see the top)
     import torch
     from transformers import AutoModelForImageTextToText  # (as torch above)
 
-    check_gemma3_vlm(config.model_name)
+    family = family_of(config.model_name)
     kwargs: dict[str, Any] = {"attn_implementation": speed.attn_implementation(config)}
     if config.load_in_4bit:
-        kwargs["quantization_config"] = _quantization_config(config)
+        kwargs["quantization_config"] = _quantization_config(config, family)
         kwargs["dtype"] = torch.bfloat16
     else:
         kwargs["dtype"] = compute_dtype()
     device_map = _device_map()
     if device_map is not None:
         kwargs["device_map"] = device_map
-    processor = load_processor(config.model_name, config.image_processor_kwargs())
+    processor = load_processor(config.model_name, image_kwargs(config, family))
     try:
         model = AutoModelForImageTextToText.from_pretrained(config.model_name, **kwargs)
     except (OSError, ValueError) as e:
         raise GemmaOcrError(f"cannot load model {config.model_name} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
-    if type(model).__name__ != GEMMA3_ARCHITECTURE:
-        raise GemmaOcrError(f"{config.model_name} loaded as {type(model).__name__}, not {GEMMA3_ARCHITECTURE}")
+    if type(model).__name__ != family.architecture:
+        raise GemmaOcrError(f"{config.model_name} loaded as {type(model).__name__}, not {family.architecture}")
     if config.load_in_4bit:
         keep_4bit_layout_trainable(model)
-    log.info("loaded %s (%s%s)", config.model_name, str(kwargs["dtype"]).replace("torch.", ""),
+    log.info("loaded %s %s (%s%s)", family.title, config.model_name, str(kwargs["dtype"]).replace("torch.", ""),
              ", 4-bit nf4" if config.load_in_4bit else "")
     return model, processor
 
 
-def lora_target_regex(config: TrainConfig) -> str:
+def lora_target_regex(config: TrainConfig, family: ModelFamily | None = None) -> str:
     """A PEFT ``target_modules`` regex over the towers and projections the config selects.
 
-    Language layers live under ``language_model``, SigLIP layers under ``vision_tower``; the
-    regex is matched against full module names, so it selects the same modules in any Gemma 3 size.
+    Language layers live under ``language_model``, vision layers under ``vision_tower``, with the family's names
+    (Gemma 4's vision projections: their inner ``.linear``); the regex is matched against full module names, so it
+    selects the same modules in any size of the family. ``family``: read from ``config.model_name`` when not given.
     """
+    family = family or family_of(config.model_name)
     if config.lora_target_modules:
-        names = "|".join(re.escape(n) for n in config.lora_target_modules)
-        return rf".*\.({names})"
+        return family.explicit_lora_regex(list(config.lora_target_modules))
+    targets = family.lora_targets()
     parts = []
-    if config.finetune_language_layers:
-        names = (LANGUAGE_ATTENTION if config.finetune_attention_modules else ()) + (
-            LANGUAGE_MLP if config.finetune_mlp_modules else ())
+    for tower, switch in (("language", config.finetune_language_layers), ("vision", config.finetune_vision_layers)):
+        if not switch:
+            continue
+        attention, mlp = (targets[tower][:4], targets[tower][4:])
+        names = (attention if config.finetune_attention_modules else ()) + (mlp if config.finetune_mlp_modules else ())
         if names:
-            parts.append(rf".*language_model.*\.({'|'.join(names)})")
-    if config.finetune_vision_layers:
-        names = (VISION_ATTENTION if config.finetune_attention_modules else ()) + (
-            VISION_MLP if config.finetune_mlp_modules else ())
-        if names:
-            parts.append(rf".*vision_tower.*\.({'|'.join(names)})")
+            parts.append(family.language_regex(names) if tower == "language" else family.vision_regex(names))
     if not parts:
         raise GemmaOcrError("no LoRA target modules selected: enable finetune_language_layers or finetune_vision_layers")
     return "|".join(f"(?:{p})" for p in parts)
 
 
-def lora_config(config: TrainConfig):
+def lora_config(config: TrainConfig, family: ModelFamily | None = None):
     """The ``peft.LoraConfig`` for ``config`` (projector trained in full when finetune_multimodal_projector)."""
     from peft import LoraConfig  # after unsloth (import_unsloth), and serve's start-up (see the top)
 
+    family = family or family_of(config.model_name)
     return LoraConfig(
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         bias="none",
-        target_modules=lora_target_regex(config),
-        modules_to_save=[PROJECTOR_MODULE] if config.finetune_multimodal_projector else None,
+        target_modules=lora_target_regex(config, family),
+        modules_to_save=[family.projector_module] if config.finetune_multimodal_projector else None,
         task_type="CAUSAL_LM",
     )
 
@@ -279,7 +251,7 @@ def apply_lora(model, config: TrainConfig):
 
     if config.load_in_4bit:
         model = speed.prepare_kbit(model, config)
-    peft_model = get_peft_model(model, lora_config(config))
+    peft_model = get_peft_model(model, lora_config(config, family_of(model.config)))
     speed.apply_after_lora(peft_model, config)
     trainable, total = peft_model.get_nb_trainable_parameters()
     if trainable == 0:
@@ -310,7 +282,8 @@ def load_unsloth_model(config: TrainConfig):
     import_unsloth()
     if config.lora_target_modules:
         raise GemmaOcrError("lora_target_modules is not supported with backend 'unsloth'; use the finetune_* switches")
-    check_gemma3_vlm(config.model_name)
+    family = family_of(config.model_name)
+    settings = image_kwargs(config, family)  # a setting the family lacks fails before loading
     from unsloth import FastVisionModel  # noqa: PLC0415 - optional, heavy, GPU only
 
     model, processor = FastVisionModel.from_pretrained(
@@ -332,11 +305,11 @@ def load_unsloth_model(config: TrainConfig):
         bias="none",
         random_state=config.seed,
         use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
-        modules_to_save=[PROJECTOR_MODULE] if config.finetune_multimodal_projector else None,
+        modules_to_save=[family.projector_module] if config.finetune_multimodal_projector else None,
     )
     FastVisionModel.for_training(model)
-    if config.image_processor_kwargs():  # the pan-and-scan settings, given the way they last (load_processor)
-        return model, load_processor(config.model_name, config.image_processor_kwargs())
+    if settings:  # pan-and-scan or the image-token budget, given the way they last (load_processor)
+        return model, load_processor(config.model_name, settings)
     tok = getattr(processor, "tokenizer", processor)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from safetensors import safe_open
@@ -107,10 +108,10 @@ def _synthetic_alphabet() -> str:
     return "".join(synthetic.CJK_PHRASES) + "".join(synthetic.WORDS) + synthetic.KHMER_DIGITS
 
 
-def _vocabulary(chars: str | None) -> dict[str, int]:
-    """Specials, the 256 byte-fallback tokens, one token per character, then the newline runs."""
+def vocabulary(chars: str | None, specials: Sequence[str] = tuple(SPECIAL_TOKENS)) -> dict[str, int]:
+    """``specials``, the 256 byte-fallback tokens, one token per character, then the newline runs."""
     vocab: dict[str, int] = {}
-    for tok in SPECIAL_TOKENS:
+    for tok in specials:
         vocab[tok] = len(vocab)
     for b in range(256):
         vocab[f"<0x{b:02X}>"] = len(vocab)
@@ -125,7 +126,7 @@ def _vocabulary(chars: str | None) -> dict[str, int]:
     return vocab
 
 
-def _newline_merges() -> list[tuple[str, str]]:
+def newline_merges() -> list[tuple[str, str]]:
     """BPE merges that join newlines into the run tokens, shorter runs first (as Gemma's tokenizer splits them)."""
     return [("\n" * a, "\n" * (n - a)) for n in range(2, len(NEWLINE_RUNS) + 2) for a in range(1, n)]
 
@@ -134,10 +135,10 @@ def build_tokenizer(chars: str | None = None):
     """A character-level ``GemmaTokenizer`` with Gemma 3's special and newline-run tokens (byte fallback for the rest)."""
     from transformers import GemmaTokenizer  # the start-up time of `tiny-model --help`: loads only to build
 
-    vocab = _vocabulary(chars)
+    vocab = vocabulary(chars)
     tok = GemmaTokenizer(
         vocab=vocab,
-        merges=_newline_merges(),
+        merges=newline_merges(),
         extra_special_tokens={"boi_token": BOI_TOKEN, "eoi_token": EOI_TOKEN, "image_token": IMAGE_TOKEN},
         additional_special_tokens=None,
         add_bos_token=True,

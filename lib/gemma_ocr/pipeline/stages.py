@@ -22,7 +22,7 @@ from gemma_ocr.evaluation.settings import EvalConfig
 from gemma_ocr.io import atomic_write_json, read_json
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.merge.adapter import merge_adapter
-from gemma_ocr.modeling.loading import check_gemma3_vlm
+from gemma_ocr.modeling.families import family_of
 from gemma_ocr.pipeline.config import SEARCH_STUDY, PipelineConfig
 from gemma_ocr.pipeline.state import StageRecord, fingerprint
 from gemma_ocr.progress import StageLine, no_line
@@ -47,12 +47,13 @@ SCORE = "overall_cer"  # what a stage line says of a results document: its micro
 
 
 def check_base_model(cfg: PipelineConfig) -> None:
-    """One line naming the pipeline's own flag when the base model is not a Gemma 3 checkpoint folder or hub id."""
+    """One line naming the pipeline's own flag when the base model is not a supported (Gemma 3 or Gemma 4) checkpoint
+    folder or hub id."""
     if not cfg.base_model.exists() and cfg.base_model == LAYOUT.reader:
         raise GemmaOcrError(f"the default base model {cfg.base_model} is not here: run the pipeline from the "
                             "repository's root folder (it ships there), or pass --base-model")
     try:
-        check_gemma3_vlm(str(cfg.base_model))
+        family_of(str(cfg.base_model))
     except GemmaOcrError as e:
         raise GemmaOcrError(f"--base-model: {e}".replace("check --model-name", "check --base-model")) from None
 

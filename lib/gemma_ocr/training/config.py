@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.config_files import load_config
+from gemma_ocr.modeling.families import GEMMA4, PAN_AND_SCAN_FIELDS
 from gemma_ocr.settings import FieldError, Layer, Settings, did_you_mean, resolve, setting
 
 __all__ = ["DEFAULT_INSTRUCTION", "OcrArguments", "TrainConfig", "load_config", "resolve_config",
@@ -72,9 +73,6 @@ FIXED: dict[str, tuple[Any, str]] = {
 SECRET_FIELDS = ("hub_token",)
 #: What the trainer's evaluation reports (with the ``eval_`` prefix) besides the CER evaluation's metrics.
 TRAINER_EVAL_METRICS = ("loss", "mean_token_accuracy")
-#: Gemma 3 image processor settings training, the CER evaluation, merge and serving share (saved with the processor).
-PAN_AND_SCAN_FIELDS = ("do_pan_and_scan", "pan_and_scan_max_num_crops", "pan_and_scan_min_crop_size",
-                       "pan_and_scan_min_ratio_to_activate")
 
 
 #: A field of :class:`OcrArguments` (:func:`gemma_ocr.settings.setting` under the project's heading of ``--help``).
@@ -86,8 +84,8 @@ class OcrArguments:
     """The project's own training settings, and the trainer settings whose meaning it changes."""
 
     # data and model
-    model_name: str = arg(str(LAYOUT.reader), "base model: a Gemma 3 VLM folder or hub id (default: the shipped "
-                                              "tiny reader)")
+    model_name: str = arg(str(LAYOUT.reader), "base model: a Gemma 3 or Gemma 4 VLM folder or hub id (default: "
+                                              "the shipped tiny reader)")
     input_data: str = arg(str(LAYOUT.non_test_json), "OCR data JSON [{image_path, ocr_text}]")
     instruction: str = arg(DEFAULT_INSTRUCTION, "the OCR instruction sent with each image")
     train_split: str = arg("train[:90%]", "training slice of the data file, e.g. train[:90%]")
@@ -136,6 +134,10 @@ class OcrArguments:
                                                        "Gemma 3)")
     pan_and_scan_min_ratio_to_activate: float | None = arg(None, "crop only images whose aspect ratio is at least "
                                                                  "this (null: the checkpoint's, 1.2 in Gemma 3)")
+    # Gemma 4's image-token budget (its image processor's max_soft_tokens): an image of any shape is resized to at
+    # most this many image tokens. Saved with the processor like pan-and-scan.
+    image_token_budget: int | None = arg(None, "image tokens per image, Gemma 4 only: 70, 140, 280, 560 or 1120 "
+                                               "(null: the checkpoint's setting, 280 in Gemma 4)")
     # evaluation, checkpoints, logging
     eval_steps: int | float = arg(50, "evaluate every N steps (a number in (0, 1) is a fraction of the run)")
     cer_eval_samples: int = arg(64, "validation images read by greedy generation at every evaluation: eval_cer, "
@@ -245,6 +247,9 @@ class TrainConfigMethods(Settings):
         if c.pan_and_scan_min_ratio_to_activate is not None and c.pan_and_scan_min_ratio_to_activate <= 0:
             raise FieldError("pan_and_scan_min_ratio_to_activate",
                              f"must be > 0 (or null), got {c.pan_and_scan_min_ratio_to_activate}")
+        if c.image_token_budget is not None and c.image_token_budget not in GEMMA4.budget_values:
+            raise FieldError("image_token_budget", f"must be one of {', '.join(map(str, GEMMA4.budget_values))} (or "
+                                                   f"null for the checkpoint's), got {c.image_token_budget}")
         metric = c.metric_for_best_model
         known = [f"eval_{name}" for name in (*TRAINER_EVAL_METRICS, *CER_METRICS)]
         if metric is not None and f"eval_{metric.removeprefix('eval_')}" not in known:

@@ -3,7 +3,8 @@
 One sample is a two-turn conversation: the user sends the image and the instruction, the
 assistant answers with the transcription. The collator tokenises the prompt exactly as the model
 sees it at inference (chat template with the generation prompt) and the answer after it, so the
-loss covers the answer and its ``<end_of_turn>`` only; prompt, image tokens and padding are -100.
+loss covers the answer and the family's end-of-turn token (Gemma 3 ``<end_of_turn>``, Gemma 4 ``<turn|>``) only;
+prompt, image tokens and padding are -100.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from gemma_ocr.data.images import check_images, open_image
 from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.data.split import parse_split_spec
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.modeling.tiny import END_OF_TURN
+from gemma_ocr.modeling.families import ModelFamily, family_of_processor
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -87,17 +88,24 @@ def load_data(config: TrainConfig) -> tuple[Dataset, Dataset | None]:
 
 @dataclass
 class OcrCollator:
-    """Turn ``{"image_path", "text"}`` examples into a Gemma 3 training batch.
+    """Turn ``{"image_path", "text"}`` examples into a training batch of the model ``family``.
 
-    Output: ``input_ids``, ``attention_mask``, ``token_type_ids`` (1 on image tokens), ``pixel_values``
-    and ``labels`` (answer + ``<end_of_turn>``; everything else -100). Right padding.
+    Output: ``input_ids``, ``attention_mask``, ``pixel_values``, ``labels`` (answer + the family's end-of-turn
+    token; everything else -100) and the family's extra processor keys: Gemma 3 ``token_type_ids`` (1 on image
+    tokens), Gemma 4 ``mm_token_type_ids`` (1 on image tokens) and ``image_position_ids`` (per image, like
+    ``pixel_values``). Right padding. ``family``: the processor's when not given.
     """
 
     processor: Any
     instruction: str
     max_length: int | None = None
+    family: ModelFamily | None = None
     _prompt_cache: dict[str, str] = field(default_factory=dict, repr=False)
     _warned: bool = field(default=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.family is None:
+            self.family = family_of_processor(self.processor)
 
     def prompt_text(self) -> str:
         if "prompt" not in self._prompt_cache:
@@ -113,9 +121,9 @@ class OcrCollator:
         prompt = self.processor(
             text=[self.prompt_text()], images=[[image]], add_special_tokens=False, return_tensors="pt"
         )
+        family: Any = self.family
         prompt_ids = prompt["input_ids"][0].tolist()
-        token_type = prompt["token_type_ids"][0].tolist() if "token_type_ids" in prompt else [0] * len(prompt_ids)
-        answer_ids = tok(text.strip() + END_OF_TURN, add_special_tokens=False)["input_ids"]
+        answer_ids = tok(text.strip() + family.end_of_turn, add_special_tokens=False)["input_ids"]
         if self.max_length is not None and len(prompt_ids) + len(answer_ids) > self.max_length:
             room = self.max_length - len(prompt_ids)
             if room < 1:
@@ -127,11 +135,17 @@ class OcrCollator:
                 log.warning("an answer longer than max_seq_length %d was truncated", self.max_length)
                 self._warned = True
             answer_ids = answer_ids[:room]
+        per_token = {key: (prompt[key][0].tolist() if key in prompt else [0] * len(prompt_ids)) + [0] * len(answer_ids)
+                     for key in family.token_keys}
+        missing = [key for key in family.image_keys if key not in prompt]
+        if missing:
+            raise GemmaOcrError(f"the {family.title} processor gave no {', '.join(missing)}; the model needs them")
         return {
             "input_ids": prompt_ids + answer_ids,
             "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids,
-            "token_type_ids": token_type + [0] * len(answer_ids),
+            **per_token,
             "pixel_values": prompt["pixel_values"],
+            **{key: prompt[key] for key in family.image_keys},
         }
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -151,10 +165,12 @@ class OcrCollator:
         attention = torch.tensor(
             [[1] * len(e["input_ids"]) + [0] * (length - len(e["input_ids"])) for e in encoded], dtype=torch.long
         )
+        family: Any = self.family
         return {
             "input_ids": input_ids,
             "attention_mask": attention,
-            "token_type_ids": pad("token_type_ids", 0),
+            **{key: pad(key, 0) for key in family.token_keys},
             "pixel_values": torch.cat([e["pixel_values"] for e in encoded], dim=0),
+            **{key: torch.cat([e[key] for e in encoded], dim=0) for key in family.image_keys},
             "labels": pad("labels", IGNORE_INDEX),
         }

@@ -56,6 +56,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling.families import family_of
 
 if TYPE_CHECKING:
     from gemma_ocr.training.config import TrainConfig
@@ -264,9 +265,17 @@ def apply_after_lora(peft_model, config: TrainConfig) -> None:
 
 
 def apply_liger_when_on(model, config: TrainConfig) -> None:
-    """Swap Liger's kernels into ``model`` when ``use_liger_kernel`` resolves on (:func:`use_liger`)."""
-    if use_liger(config):
-        log.info("fast path: Liger kernels %s", ", ".join(apply_liger(model)))
+    """Swap Liger's kernels into ``model`` when ``use_liger_kernel`` resolves on (:func:`use_liger`) and Liger has
+    kernels for the model's family (Gemma 3; not Gemma 4: "auto" leaves them off, ``true`` is one line)."""
+    if not use_liger(config):
+        return
+    family = family_of(_base_model(model).config)
+    if not family.liger:
+        if config.use_liger_kernel == "auto":
+            log.info("fast path: Liger has no %s kernels; the model's own run", family.title)
+            return
+        raise GemmaOcrError(f"use_liger_kernel: Liger has no {family.title} kernels; set it to auto or false")
+    log.info("fast path: Liger kernels %s", ", ".join(apply_liger(model)))
 
 
 def trainer_arguments(config: TrainConfig, cuda: bool) -> dict[str, Any]:

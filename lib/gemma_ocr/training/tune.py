@@ -18,8 +18,9 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import SFTConfig
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.io import atomic_write_json, check_writable, out_of_room
-from gemma_ocr.modeling.loading import check_gemma3_vlm, compute_dtype, import_unsloth, load_model
+from gemma_ocr.io import atomic_write_json, check_writable, out_of_room, read_json
+from gemma_ocr.modeling.families import family_of, keep_base_fields
+from gemma_ocr.modeling.loading import compute_dtype, image_kwargs, import_unsloth, load_model
 from gemma_ocr.training import speed
 from gemma_ocr.training.cer_eval import CER_METRICS, RUNTIME_METRIC, CerEvaluation, lower_is_better
 from gemma_ocr.training.config import TrainConfig
@@ -203,7 +204,7 @@ def build_trainer(config: TrainConfig, train_ds, val_ds=None, reporters: list[st
     args = sft_arguments(config, reporters or [], has_eval=val_ds is not None, resuming=resuming)  # fail before loading
     set_seed(config.seed)  # the LoRA initialisation draws from the global generators: the same seed, the same run
     model, processor = load_model(config)
-    collator = OcrCollator(processor, config.instruction, config.max_seq_length)
+    collator = OcrCollator(processor, config.instruction, config.max_seq_length, family=family_of(model.config))
     callbacks = list(callbacks or [])
     if config.early_stopping_patience is not None and val_ds is not None:
         callbacks.append(EarlyStoppingCallback(config.early_stopping_patience, config.early_stopping_threshold))
@@ -262,8 +263,8 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
     started = time.time()
     if config.backend == "unsloth":
         import_unsloth()  # first: unsloth patches transformers, peft and trl when it is imported
-    if config.backend == "transformers":
-        check_gemma3_vlm(config.model_name)  # fail on a wrong folder before reading any data
+    if config.backend == "transformers":  # fail on a wrong folder or image setting before reading any data
+        image_kwargs(config, family_of(config.model_name))
     tracking = setup_tracking(config)
     log.info("speed and memory switches: %s", speed.describe(config))
     train_ds, val_ds = load_data(config)
@@ -317,6 +318,7 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
             trainer.save_model(config.output_dir)
             if trainer.is_world_process_zero():
                 processor.save_pretrained(config.output_dir)
+                keep_base_config_fields(config)
                 atomic_write_json(Path(config.output_dir) / CONFIG_FILE, config.to_dict())
                 atomic_write_json(Path(config.output_dir) / METRICS_FILE, result)
             cer = result["eval_cer"]
@@ -330,6 +332,18 @@ def _train(config: TrainConfig, callbacks: list | None) -> dict[str, Any]:
         del trainer, model, processor
         tracking.finish()
         release_memory()
+
+
+def keep_base_config_fields(config: TrainConfig) -> None:
+    """A whole saved model (``train_mode: full``) keeps the config fields of its base that transformers does not write
+    again (Gemma 4's ``global_head_dim``, :func:`gemma_ocr.modeling.families.keep_base_fields`)."""
+    saved = Path(config.output_dir) / "config.json"
+    base = Path(config.model_name) / "config.json"
+    if config.train_mode != "full" or not saved.is_file() or not base.is_file():
+        return
+    cfg = read_json(saved, "model config")
+    if keep_base_fields(cfg, read_json(base, "model config")):
+        atomic_write_json(saved, cfg)
 
 
 @contextmanager
