@@ -1,7 +1,9 @@
-"""The shipped tiny reader: a tiny Gemma 3 pretrained from random weights until it reads lines of digits.
+"""The shipped tiny readers: a tiny Gemma 3 (and a tiny Gemma 4) pretrained from random weights until it reads
+lines of digits.
 
-One deterministic recipe (:class:`ReaderRecipe`) builds it with the project's own code: a random
-:func:`~gemma_ocr.modeling.tiny.build_tiny_gemma3` of :data:`READER_ARCHITECTURE`, synthetic lines of
+One deterministic recipe (:class:`ReaderRecipe`) builds either with the project's own code: a random
+:func:`~gemma_ocr.modeling.tiny.build_tiny_gemma3` of :data:`READER_ARCHITECTURE` (or
+:func:`~gemma_ocr.modeling.tiny_gemma4.build_tiny_gemma4` of :data:`GEMMA4_READER_ARCHITECTURE`), synthetic lines of
 :data:`~gemma_ocr.data.synthetic.READER_PRETRAINING`, every weight trained through
 :func:`gemma_ocr.training.tune` (``train_mode: full``), then greedy reading of held-out lines rendered
 with another seed through the model's own processor and chat template. Below its CER target the build
@@ -35,6 +37,7 @@ from gemma_ocr.io import atomic_write_json, atomic_write_text
 from gemma_ocr.layout import LAYOUT
 from gemma_ocr.modeling.loading import load_processor
 from gemma_ocr.modeling.tiny import build_tiny_gemma3, to_hub_layout
+from gemma_ocr.modeling.tiny_gemma4 import build_tiny_gemma4
 from gemma_ocr.scoring.metrics import aggregate, score_pairs
 from gemma_ocr.settings import FieldError, Settings, setting
 from gemma_ocr.training.cer_eval import generate_answers
@@ -47,6 +50,17 @@ CARD_FILE = "reader.json"
 READER_ARCHITECTURE: dict[str, int] = {
     "image_size": 64, "patch_size": 8, "mm_tokens_per_image": 64,
     "hidden_size": 64, "num_layers": 2, "vision_hidden_size": 64, "vision_layers": 2,
+}
+#: The Gemma 4 reader's shape: lines kept at their aspect ratio in 8 px patches, pooled 2x2, 70 image tokens at
+#: most (the smallest budget); vision width 32, text width 64, two layers per tower (about 0.14 CPU-s a step).
+GEMMA4_READER_ARCHITECTURE: dict[str, int] = {
+    "patch_size": 8, "image_token_budget": 70,
+    "hidden_size": 64, "num_layers": 2, "vision_hidden_size": 32, "vision_layers": 2,
+}
+#: Per family: the builder of the random start, its architecture and the reader's default folder.
+READERS: dict[str, tuple[Any, dict[str, int], Path]] = {
+    "gemma3": (build_tiny_gemma3, READER_ARCHITECTURE, LAYOUT.reader),
+    "gemma4": (build_tiny_gemma4, GEMMA4_READER_ARCHITECTURE, LAYOUT.models / "tiny-gemma4-reader"),
 }
 #: Files of a trained output folder that make up the checkpoint (checkpoints, metrics and logs stay behind).
 CHECKPOINT_FILES = ("model.safetensors", "config.json", "generation_config.json", "processor_config.json",
@@ -190,10 +204,12 @@ def _weights_sha256(folder: Path) -> str:
 
 
 def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: ReaderRecipe | None = None,
-                    work_dir: str | os.PathLike[str] | None = None, command: str | None = None) -> ReaderReport:
+                    work_dir: str | os.PathLike[str] | None = None, command: str | None = None,
+                    family: str = "gemma3") -> ReaderReport:
     """Build the reader from random weights by ``recipe``; write it to ``output_dir`` only if it reaches its target.
 
-    Data -> random start (:data:`READER_ARCHITECTURE`) -> :func:`train_reader` -> greedy held-out CER.
+    Data -> random start (``family``'s architecture in :data:`READERS`) -> :func:`train_reader` -> greedy
+    held-out CER.
 
     ``work_dir`` keeps the data, the random start and the training run (default: a temporary folder, removed
     after a successful build). Raises :class:`GemmaOcrError` when the held-out CER misses ``target_cer``.
@@ -205,6 +221,7 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
 
     recipe = recipe or ReaderRecipe()
     out = Path(output_dir)
+    build, architecture, _ = READERS[family]
     with torch_threads(recipe.threads):
         cpu0, wall0 = time.process_time(), time.time()
         work = Path(work_dir) if work_dir else Path(tempfile.mkdtemp(prefix="tiny-reader-"))
@@ -214,7 +231,7 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
             train_records = generate_dataset(work / "data" / "train", train_data)
             write_records(train_records, work / "data" / "train.json")
             heldout = generate_dataset(work / "data" / "heldout", heldout_data)
-            start = build_tiny_gemma3(work / "random", seed=recipe.seed, **READER_ARCHITECTURE)
+            start = build(work / "random", seed=recipe.seed, **architecture)
             processor = load_processor(str(start))
             curve: list[dict[str, float]] = []
             trained, result, configs = train_reader(start, work / "data" / "train.json", work, recipe, processor,
@@ -233,7 +250,7 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
                                   cpu_seconds=round(cpu, 1), wall_seconds=round(wall, 1),
                                   train_loss=round(result["train_loss"], 4), curve=curve,
                                   weights_sha256=_weights_sha256(trained))
-            _install(trained, out, recipe, configs, report, heldout_data, train_data, command)
+            _install(trained, out, recipe, configs, report, (heldout_data, train_data), command, family)
         except BaseException:
             work_dir or log.warning("the pretraining run is kept in %s", work)
             raise
@@ -242,12 +259,13 @@ def pretrain_reader(output_dir: str | os.PathLike[str] = LAYOUT.reader, recipe: 
     return report
 
 
-def _install(trained: Path, out: Path, recipe: ReaderRecipe, configs, report: ReaderReport, heldout_data,
-             train_data, command: str | None) -> None:
+def _install(trained: Path, out: Path, recipe: ReaderRecipe, configs, report: ReaderReport, data,
+             command: str | None, family: str) -> None:
     """Copy the checkpoint files, the card and the model card into ``out`` (replaced as a whole)."""
     import torch  # the start-up time of `tiny-model --help`, which imports this module
     import transformers  # the start-up time of `tiny-model --help`, which imports this module
 
+    heldout_data, train_data = data
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -256,7 +274,8 @@ def _install(trained: Path, out: Path, recipe: ReaderRecipe, configs, report: Re
             (tmp / name).chmod(0o644)
         card = {
             "command": command or "python core/make_tiny_model.py --pretrain",
-            "architecture": READER_ARCHITECTURE,
+            "family": family,
+            "architecture": READERS[family][1],
             "parameters": _parameter_count(tmp),
             "pretraining_data": dataclasses.asdict(train_data),
             "heldout_data": dataclasses.asdict(heldout_data),
@@ -291,22 +310,35 @@ def _parameter_count(folder: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def model_card(card: dict[str, Any]) -> str:
-    """The folder's README: what the reader is, what it reads, how it was built and how well it reads."""
+def _architecture_text(card: dict[str, Any]) -> tuple[str, str]:
+    """The model card's class name and architecture paragraph of the card's family."""
     arch = card["architecture"]
-    data = card["pretraining_data"]
-    recipe = card["recipe"]
-    return f"""# {LAYOUT.reader.name}
-
-A tiny `Gemma3ForConditionalGeneration` ({card['parameters']:,} parameters, fp32) pretrained from random
-weights by gemma-ocr's own training code until it reads printed lines of digits. It is the suite's default
-model: the main job fine-tunes it on a distribution it was not pretrained on.
-
-- Architecture: {arch['image_size']} px images, {arch['patch_size']} px patches, {arch['mm_tokens_per_image']}
+    if card.get("family", "gemma3") == "gemma4":
+        return "Gemma4ForConditionalGeneration", f"""- Architecture: lines kept at their aspect ratio in {arch['patch_size']} px patches, pooled 2x2 into at
+  most {arch['image_token_budget']} image tokens (the processor's `max_soft_tokens`; the model takes every budget);
+  Gemma 4 vision width {arch['vision_hidden_size']}, {arch['vision_layers']} layers; text width
+  {arch['hidden_size']}, {arch['num_layers']} layers, 2 heads, 1 key/value head, no per-layer embeddings, no audio
+  tower; gemma-ocr's character tokenizer with Gemma 4's special tokens; gemma-ocr's Gemma 4 chat template.
+  Weights under the hub's names (`model.vision_tower.*`, `model.embed_vision.*`, `model.language_model.*`)."""
+    return "Gemma3ForConditionalGeneration", f"""- Architecture: {arch['image_size']} px images, {arch['patch_size']} px patches, {arch['mm_tokens_per_image']}
   image tokens; SigLIP width {arch['vision_hidden_size']}, {arch['vision_layers']} layers; text width
   {arch['hidden_size']}, {arch['num_layers']} layers, 2 heads, 1 key/value head; gemma-ocr's character tokenizer
   with Gemma 3's special and newline-run tokens; Gemma 3's chat template. Weights under the hub's names
-  (`vision_tower.vision_model.*`).
+  (`vision_tower.vision_model.*`)."""
+
+
+def model_card(card: dict[str, Any]) -> str:
+    """The folder's README: what the reader is, what it reads, how it was built and how well it reads."""
+    data = card["pretraining_data"]
+    recipe = card["recipe"]
+    architecture, shape = _architecture_text(card)
+    return f"""# {READERS[card.get("family", "gemma3")][2].name}
+
+A tiny `{architecture}` ({card['parameters']:,} parameters, fp32) pretrained from random
+weights by gemma-ocr's own training code until it reads printed lines of digits. It is the suite's default
+model: the main job fine-tunes it on a distribution it was not pretrained on.
+
+{shape}
 - Pretraining data: {data['n_samples']:,} synthetic lines of {data['digits_length'][0]}-{data['digits_length'][1]}
   digits in Noto Sans (seed {data['seed']}). It reads nothing else well: fine-tune it for other text.
 - Training: every weight, AdamW, learning rate {recipe['learning_rate']} (schedule {recipe['lr_scheduler_type']},
