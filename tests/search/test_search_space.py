@@ -173,3 +173,44 @@ def test_a_bad_later_choice_stops_the_cli_in_one_line_and_leaves_no_study(tmp_pa
                    str(tmp_path / "studies"), "--base-output-dir", str(tmp_path / "trials"), "--no-progress", check=False)
     assert_one_line_error(proc, "search_space.lora_r = 'sixteen'", "field 'lora_r'")
     assert not (tmp_path / "studies" / "bad-choice.db").exists() and not (tmp_path / "trials").exists()
+
+
+def test_the_image_token_budget_is_a_categorical_dimension_that_reaches_each_trial(tmp_path):
+    from gemma_ocr.search.backends import get_backend
+
+    budgets = [70, 140, 280, 560, 1120]
+    cfg = parse_search_config({"search_space": {"image_token_budget": {"type": "categorical", "choices": budgets}},
+                               "lora_r": 8}, "s.json")
+    backend = get_backend("gemma")
+    backend.validate(cfg.fixed, cfg.search_space, "s.json")  # every budget is a valid training config
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(5):
+        value = cfg.search_space["image_token_budget"].suggest(study.ask())
+        assert value in budgets
+        assert backend.export_config(cfg.fixed, {"image_token_budget": value})["image_token_budget"] == value
+    assert grid_points(build_grid(cfg.search_space)) == [{"image_token_budget": b} for b in budgets]
+
+
+@pytest.mark.parametrize("spec, fixed, message", [
+    ({"choices": [70, 100]}, {}, "s.json: search_space.image_token_budget: image_token_budget 100: a Gemma 4 model "
+                                 "takes one of 70, 140, 280, 560, 1120"),
+    ({"type": "int", "low": 70, "high": 280}, {}, 'search it as {"type": "categorical"'),
+    ({"choices": [70]}, {"model_name": str(ROOT / "models/tiny-gemma3-reader")}, "a Gemma 3 model has no image-token "
+                                                                                "budget"),
+])
+def test_a_budget_the_family_does_not_take_is_one_line(spec, fixed, message):
+    with pytest.raises(GemmaOcrError) as e:
+        parse_search_config({"search_space": {"image_token_budget": spec}, **fixed}, "s.json")
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_bad_budget_stops_the_cli_in_one_line_and_leaves_no_study(tmp_path):
+    from tests.helpers.programs import assert_one_line_error
+    from tests.helpers.search_helpers import run_cli
+
+    cfg = tmp_path / "s.json"
+    cfg.write_text(json.dumps({"search_space": {"image_token_budget": {"type": "categorical", "choices": [70, 300]}}}))
+    proc = run_cli("hyperparameter_search.py", "--study-name", "bad-budget", "--config", str(cfg), "--studies-dir",
+                   str(tmp_path / "studies"), "--base-output-dir", str(tmp_path / "trials"), "--no-progress", check=False)
+    assert_one_line_error(proc, "search_space.image_token_budget: image_token_budget 300")
+    assert not (tmp_path / "studies" / "bad-budget.db").exists() and not (tmp_path / "trials").exists()

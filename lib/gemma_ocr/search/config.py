@@ -26,8 +26,9 @@ from typing import Any, Literal
 
 from gemma_ocr.training.config import MAX_SEED, arg
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.search.space import ParamSpec, parse_search_space
+from gemma_ocr.search.space import CATEGORICAL, ParamSpec, parse_search_space
 from gemma_ocr.layout import LAYOUT
+from gemma_ocr.modeling.families import GEMMA4, family_of
 from gemma_ocr.search.storage import GRACE_PERIOD_S, HEARTBEAT_INTERVAL_S, STORAGE_RETRY_S
 from gemma_ocr.config_files import read_config_file
 from gemma_ocr.settings import FieldError, Layer, Settings, unknown_key
@@ -42,6 +43,8 @@ DEFAULT_SEARCH_SPACE: dict[str, Any] = {
     "learning_rate": {"type": "loguniform", "low": 1e-3, "high": 1e-2},
     "finetune_vision_layers": {"type": "categorical", "choices": [True, False]},
 }
+#: The image-token budget, searchable as a categorical dimension (Gemma 4: 70, 140, 280, 560, 1120).
+BUDGET = "image_token_budget"
 #: Where a built-in search space comes from, for messages (it is no file's search_space).
 BUILTIN_SPACE = "built-in default search_space"
 study = functools.partial(arg, group="search settings (also keys of the --config file)")
@@ -165,7 +168,25 @@ def parse_search_config(data: Any, source: str) -> SearchFile:
         raise GemmaOcrError(
             f"{source}: {', '.join(both)} is both a fixed parameter and in search_space; remove it from one of them"
         )
+    check_budget_dimension(space, data, space_source)
     return SearchFile(search_space=space, fixed=data, settings=settings, source=source, space_source=space_source)
+
+
+def check_budget_dimension(space: dict[str, ParamSpec], fixed: Mapping[str, Any], where: str) -> None:
+    """One line for a searched ``image_token_budget`` value the model's family does not take (the family of a
+    fixed ``model_name`` folder or hub id, else Gemma 4's 70, 140, 280, 560 and 1120)."""
+    spec = space.get(BUDGET)
+    if spec is None:
+        return
+    if spec.kind != CATEGORICAL:
+        raise GemmaOcrError(f"{where}.{BUDGET}: {spec.describe()} would try budgets no model takes; search it as "
+                            f'{{"type": "categorical", "choices": [{", ".join(map(str, GEMMA4.budget_values))}]}}')
+    family = family_of(str(fixed["model_name"])) if fixed.get("model_name") else GEMMA4
+    for value in spec.choices:
+        try:
+            family.budget_kwargs(value if isinstance(value, int) and not isinstance(value, bool) else repr(value))
+        except GemmaOcrError as e:
+            raise GemmaOcrError(f"{where}.{BUDGET}: {e}") from None
 
 
 def load_search_config(path: str | os.PathLike[str]) -> SearchFile:
