@@ -310,17 +310,21 @@ def _parameter_count(folder: Path) -> int:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
 
 
-def _architecture_text(card: dict[str, Any]) -> tuple[str, str]:
-    """The model card's class name and architecture paragraph of the card's family."""
+def _architecture_text(card: dict[str, Any]) -> tuple[str, str, str]:
+    """The model card's class name, role sentence and architecture paragraph of the card's family."""
     arch = card["architecture"]
     if card.get("family", "gemma3") == "gemma4":
-        return "Gemma4ForConditionalGeneration", f"""- Architecture: lines kept at their aspect ratio in {arch['patch_size']} px patches, pooled 2x2 into at
+        role = (f"It is the Gemma 4 twin of the suite's default model ({LAYOUT.reader.name}): pass it as\n"
+                "`--base-model` and the main job fine-tunes it on a distribution it was not pretrained on.")
+        return "Gemma4ForConditionalGeneration", role, f"""- Architecture: lines kept at their aspect ratio in {arch['patch_size']} px patches, pooled 2x2 into at
   most {arch['image_token_budget']} image tokens (the processor's `max_soft_tokens`; the model takes every budget);
   Gemma 4 vision width {arch['vision_hidden_size']}, {arch['vision_layers']} layers; text width
   {arch['hidden_size']}, {arch['num_layers']} layers, 2 heads, 1 key/value head, no per-layer embeddings, no audio
   tower; gemma-ocr's character tokenizer with Gemma 4's special tokens; gemma-ocr's Gemma 4 chat template.
   Weights under the hub's names (`model.vision_tower.*`, `model.embed_vision.*`, `model.language_model.*`)."""
-    return "Gemma3ForConditionalGeneration", f"""- Architecture: {arch['image_size']} px images, {arch['patch_size']} px patches, {arch['mm_tokens_per_image']}
+    role = ("It is the suite's default\n"
+            "model: the main job fine-tunes it on a distribution it was not pretrained on.")
+    return "Gemma3ForConditionalGeneration", role, f"""- Architecture: {arch['image_size']} px images, {arch['patch_size']} px patches, {arch['mm_tokens_per_image']}
   image tokens; SigLIP width {arch['vision_hidden_size']}, {arch['vision_layers']} layers; text width
   {arch['hidden_size']}, {arch['num_layers']} layers, 2 heads, 1 key/value head; gemma-ocr's character tokenizer
   with Gemma 3's special and newline-run tokens; Gemma 3's chat template. Weights under the hub's names
@@ -331,12 +335,11 @@ def model_card(card: dict[str, Any]) -> str:
     """The folder's README: what the reader is, what it reads, how it was built and how well it reads."""
     data = card["pretraining_data"]
     recipe = card["recipe"]
-    architecture, shape = _architecture_text(card)
+    architecture, role, shape = _architecture_text(card)
     return f"""# {READERS[card.get("family", "gemma3")][2].name}
 
 A tiny `{architecture}` ({card['parameters']:,} parameters, fp32) pretrained from random
-weights by gemma-ocr's own training code until it reads printed lines of digits. It is the suite's default
-model: the main job fine-tunes it on a distribution it was not pretrained on.
+weights by gemma-ocr's own training code until it reads printed lines of digits. {role}
 
 {shape}
 - Pretraining data: {data['n_samples']:,} synthetic lines of {data['digits_length'][0]}-{data['digits_length'][1]}
