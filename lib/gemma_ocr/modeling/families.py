@@ -62,6 +62,8 @@ class ModelFamily:
     projector_module: str  # between the towers; trained in full with finetune_multimodal_projector
     liger: bool  # whether Liger's kernels exist for the family (liger-kernel's apply_liger_kernel_to_gemma3)
     merge_rtol: float  # the merge check's tolerance on the logits, relative to the largest (bf16 rounding of weights)
+    thinking_switch: str | None = None  # the chat template's keyword that turns thinking on (OCR passes it False)
+    thinking_channel: tuple[str, str] | None = None  # the special tokens around thinking text; never part of an answer
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
@@ -120,7 +122,7 @@ GEMMA4 = ModelFamily(
     projector_module="embed_vision", liger=False,
     # unscaled attention over q/k-normed heads (scaling 1) turns the bf16 rounding of merged weights into logit
     # changes about 3x Gemma 3's (measured on the tiny model: 0.04-0.06 of a largest logit of 0.7)
-    merge_rtol=1e-1,
+    merge_rtol=1e-1, thinking_switch="enable_thinking", thinking_channel=("<|channel>", "<channel|>"),
 )
 FAMILIES: tuple[ModelFamily, ...] = (GEMMA3, GEMMA4)
 #: Model types refused with a reason of their own.

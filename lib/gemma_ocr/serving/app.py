@@ -58,6 +58,7 @@ from gemma_ocr.serving.openai_api import (
     parse_chat_request,
     usage,
 )
+from gemma_ocr.serving.thinking import ThinkingChannel, answer_ids, family_of_model, thinking_off
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,11 @@ class ChatCompletions:
         self.model, self.processor, self.manager = model, processor, manager
         self.served_name, self.model_dir = served_name, model_dir
         self.media = media or MediaPolicy()
-        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        family = family_of_model(model.config)
+        # thinking stays off unless the server's or a request's chat_template_kwargs turn it on
+        self.chat_template_kwargs = {**thinking_off(family), **(chat_template_kwargs or {})}
         self.tokenizer = tokenizer_of(processor)
+        self.channel = ThinkingChannel.of(family, self.tokenizer)
         self.limits = model_limits(model)
         self.configs: dict[tuple, tuple[Any, str]] = {}  # by ChatRequest.generation_key()
         self.token_texts: dict[int, str] = {}
@@ -188,7 +192,7 @@ class ChatCompletions:
         usage, ``data: [DONE]``. Text that could begin a stop string is held back until it cannot, so the
         stream ends before the stop string, as the whole answer does."""
         created, name = int(time.time()), self.served_name
-        delta = TextDelta(self.tokenizer, request.stop)
+        delta = TextDelta(self.tokenizer, request.stop, self.channel)
         pending: list[TokenLogprob] = []
         try:
             yield sse(chunk_body(request_id, name, created, {"role": "assistant", "content": ""}))
@@ -228,17 +232,17 @@ class ChatCompletions:
 
 class TextDelta:
     """A stream's text as tokens come: what is new since the last call, never a stop string nor what may begin
-    one (the last ``len(longest stop) - 1`` characters wait), nor an incomplete character."""
+    one (the last ``len(longest stop) - 1`` characters wait), nor an incomplete character, nor thinking."""
 
-    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = ()):
-        self.tokenizer, self.stop = tokenizer, stop
+    def __init__(self, tokenizer: Any, stop: tuple[str, ...] = (), channel: ThinkingChannel | None = None):
+        self.tokenizer, self.stop, self.channel = tokenizer, stop, channel
         self.hold = max((len(s) for s in stop), default=1) - 1
         self.tokens: list[int] = []
         self.sent = ""
 
     def add(self, token: int) -> str:
         self.tokens.append(token)
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        text = self.tokenizer.decode(answer_ids(self.channel, self.tokens), skip_special_tokens=True)
         end = min([len(text) - self.hold, *(i for i in map(text.find, self.stop) if i >= 0)])
         while end > len(self.sent) and text[end - 1] == "\ufffd":
             end -= 1

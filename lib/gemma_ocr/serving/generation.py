@@ -10,7 +10,9 @@ the chats by :func:`prepare_prompts`, those of one batch together in one process
 * with the log-probability of each generated token, and of the ``top_logprobs`` most likely ones,
   when the request asks for ``logprobs``: the log-softmax of the scores the token was chosen from
   (at temperature 0 without penalties: the model's own logits, what vLLM returns), the final
-  end-of-turn token included, as vLLM does.
+  end-of-turn token included, as vLLM does;
+* with its text free of thinking: a family's thinking channel (Gemma 4's ``<|channel>...<channel|>``) is
+  dropped from the tokens before they are decoded (:mod:`gemma_ocr.serving.thinking`).
 
 Padding is masked out, so a greedy answer is the one the request gets alone. A streaming request is a job like
 the others: its tokens also go, as they come, to its ``on_token``. A prompt that cannot be made (a broken image)
@@ -37,10 +39,15 @@ from transformers import (
     StoppingCriteriaList,
 )
 
+from gemma_ocr.modeling.families import FAMILIES
+from gemma_ocr.serving.thinking import ThinkingChannel, answer_ids, family_of_model
+
 log = logging.getLogger(__name__)
 
-# Per-token inputs, left-padded to the longest prompt of a batch (the value padding takes).
-_PADDED_INPUTS = {"input_ids": None, "attention_mask": 0, "token_type_ids": 0, "mm_token_type_ids": 0}
+# Per-token inputs, left-padded to the longest prompt of a batch (the value padding takes): every family's.
+_PADDED_INPUTS = {"input_ids": None, "attention_mask": 0, **{k: 0 for f in FAMILIES for k in f.token_keys}}
+# Per-image inputs, concatenated on dim 0 (each image's rows; Gemma 4 pads every image to the budget's patches).
+_IMAGE_INPUTS = ("pixel_values", *(k for f in FAMILIES for k in f.image_keys))
 _UNBATCHED_SETTINGS = ("max_new_tokens", "max_length", "stop_strings")  # settled per request
 
 
@@ -63,7 +70,7 @@ class Generation:
     """One request's answer."""
 
     token_ids: list[int]  # generated tokens, the final EOS/end-of-turn included (as ``generate`` returns them)
-    text: str  # decoded without special tokens, cut before a stop string
+    text: str  # decoded without special tokens nor thinking, cut before a stop string
     finish_reason: str  # "stop" (EOS or a stop string) or "length" (max_new_tokens reached)
     stop_string: str | None = None  # the stop string that ended it
     logprobs: list[TokenLogprob] | None = None  # None: not asked for
@@ -104,7 +111,8 @@ def prepare_prompts(processor: Any, prompts: Sequence[ChatPrompt]) -> list[dict[
                                           processor_kwargs={"padding": True, "padding_side": "left"},
                                           **prompts[0].options)
     batch = as_tensors(batch)
-    if set(batch) - set(_PADDED_INPUTS) - {"pixel_values"} or batch["pixel_values"].shape[0] != len(prompts):
+    if set(batch) - set(_PADDED_INPUTS) - set(_IMAGE_INPUTS) or \
+            any(batch[k].shape[0] != len(prompts) for k in _IMAGE_INPUTS if k in batch):
         return [alone(p) for p in prompts]  # a layout this split does not know
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     return [{name: value[row:row + 1, -n:] if name in _PADDED_INPUTS else value[row:row + 1]
@@ -202,9 +210,10 @@ def eos_token_ids(config: GenerationConfig) -> set[int]:
 class _Rows:
     """Per-request bookkeeping of one batch: tokens, log-probabilities, where each request ends."""
 
-    def __init__(self, jobs: Sequence[GenerationJob], tokenizer: Any):
+    def __init__(self, jobs: Sequence[GenerationJob], tokenizer: Any, channel: ThinkingChannel | None = None):
         self.jobs = list(jobs)
         self.tokenizer = tokenizer
+        self.channel = channel  # thinking, dropped from the text before it is decoded
         self.eos = [eos_token_ids(j.config) for j in jobs]
         self.limits = [j.config.max_new_tokens for j in jobs]
         self.tokens: list[list[int]] = [[] for _ in jobs]
@@ -267,7 +276,8 @@ class _Rows:
             self.finish[row] = "length"
 
     def _stop_string(self, row: int) -> bool:
-        tail = self.tokenizer.decode(self.tokens[row][-self.stop_window[row]:], skip_special_tokens=True)
+        tail = self.tokenizer.decode(answer_ids(self.channel, self.tokens[row])[-self.stop_window[row]:],
+                                     skip_special_tokens=True)
         found = [s for s in self.jobs[row].stop if s in tail]
         if found:
             self.stop_string[row] = found[0]
@@ -275,7 +285,7 @@ class _Rows:
 
     def result(self, row: int) -> Generation:
         tokens = self.tokens[row]
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        text = self.tokenizer.decode(answer_ids(self.channel, tokens), skip_special_tokens=True)
         if self.stop_string[row] is not None:
             cuts = [text.find(s) for s in self.jobs[row].stop if s in text]
             text = text[: min(cuts)] if cuts else text
@@ -323,7 +333,7 @@ def generate_batch(jobs: Sequence[GenerationJob]) -> list[Generation]:
         config.pad_token_id = pad
     inputs = collate([j.inputs for j in jobs], int(pad))
     inputs = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-    rows = _Rows(jobs, tokenizer)
+    rows = _Rows(jobs, tokenizer, ThinkingChannel.of(family_of_model(model.config), tokenizer))
     kwargs: dict[str, Any] = {}
     if hasattr(model, "has_talker"):
         kwargs["generation_mode"] = "text"
