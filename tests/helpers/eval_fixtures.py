@@ -1,4 +1,4 @@
-"""Shared fixtures of the merge/serve/evaluate tests: a tiny adapter, its merged checkpoint, one real server."""
+"""Shared fixtures of the merge/serve/evaluate tests: a tiny adapter, its merged checkpoint, a tiny Gemma 4, real servers."""
 
 from __future__ import annotations
 
@@ -74,6 +74,23 @@ def tiny_server(merged_model) -> Iterator[tuple[str, str]]:
     from gemma_ocr.serving.process import start_server
 
     with start_server(merged_model[0], env=eval_env(), startup_timeout=180) as served:
+        yield served
+
+
+@pytest.fixture(scope="session")
+def eval_gemma4(tmp_path_factory) -> Path:
+    """A random-weight tiny Gemma 4 (a full model: served as it is, image-token budget 70)."""
+    from gemma_ocr.modeling.tiny_gemma4 import build_tiny_gemma4
+
+    return build_tiny_gemma4(tmp_path_factory.mktemp("evalgemma4") / "tiny-gemma4")
+
+
+@pytest.fixture(scope="session")
+def gemma4_server(eval_gemma4) -> Iterator[tuple[str, str]]:
+    """The real embedded server on the tiny Gemma 4, started once: (base_url, model_name)."""
+    from gemma_ocr.serving.process import start_server
+
+    with start_server(eval_gemma4, env=eval_env(), startup_timeout=180) as served:
         yield served
 
 
