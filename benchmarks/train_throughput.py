@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""LoRA training speed and memory of Gemma 3 on synthetic OCR batches: plain transformers + PEFT vs the project's paths.
+"""LoRA training speed and memory of Gemma 3 / Gemma 4 on synthetic OCR batches: plain transformers + PEFT vs the project's paths.
 
-Builds a random-weight model with the real Gemma 3 architecture (--arch 4b / 12b: public shapes, 896 px
-SigLIP, 256 image tokens, 262k vocabulary; --arch tiny: the project's tiny model), saves it to a work
-folder, renders synthetic OCR lines (gemma_ocr.data.synthetic) and times LoRA training steps (r16 on the
+Builds a random-weight model with a real architecture (--arch 4b / 12b: Gemma 3's public shapes, 896 px
+SigLIP, 256 image tokens, 262k vocabulary; --arch gemma4-e2b / gemma4-e4b: Gemma 4's, 280 image tokens,
+per-layer embeddings, KV sharing, see benchmarks/architectures.py; --arch tiny: the project's tiny model),
+saves it to a work folder, renders synthetic OCR lines (gemma_ocr.data.synthetic) and times LoRA training steps (r16 on the
 language tower's attention and MLP, gradient checkpointing) in each mode, each mode in a fresh process
 so that peak memory is its own:
 
@@ -21,6 +22,7 @@ each mode's loss on one fixed batch (LoRA weights set to the same seeded values)
 
     python benchmarks/train_throughput.py --arch 4b                          # all modes, one table (GPU)
     python benchmarks/train_throughput.py --arch 4b --modes plain-nf4,default-nf4 --steps 20
+    python benchmarks/train_throughput.py --arch gemma4-e2b --modes plain-bf16,default   # Gemma 4 E2B (GPU)
     python benchmarks/train_throughput.py --arch tiny --batch-size 2 --steps 2 --warmup 1   # CPU smoke test
 """
 
@@ -330,7 +332,8 @@ def _prepare(args, work: Path) -> dict[str, Any]:
     records = generate_dataset(work / "data", SyntheticConfig(n_samples=max(n, args.batch_size), seed=args.seed))
     data_json = work / "data" / "input.json"
     write_records(records, data_json)
-    name = f"gemma3-{args.arch}" + (f"-{args.layers}layers" if args.layers else "")
+    name = (args.arch if args.arch.startswith("gemma") else f"gemma3-{args.arch}") + (
+        f"-{args.layers}layers" if args.layers else "")
     model_dir = Path(args.model_dir) if args.model_dir else work / name
     if not (model_dir / STATS_FILE).is_file():
         t0 = time.time()
@@ -464,7 +467,8 @@ def _targets(results: dict[str, dict[str, Any]]) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=("tiny", "4b", "12b"), default="4b")
+    p.add_argument("--arch", choices=("tiny", "4b", "12b", "gemma4-e2b", "gemma4-e4b"), default="4b",
+                   help="tiny: the project's tiny Gemma 3; 4b/12b: Gemma 3; gemma4-e2b/e4b: Gemma 4 (real widths)")
     p.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, among {', '.join(MODES)}")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="timed steps per mode")
@@ -473,7 +477,7 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads on a CPU")
     p.add_argument("--layers", type=int, default=None,
-                   help="4b/12b: keep only this many layers per tower (real widths, 896 px images, 262k vocabulary): "
+                   help="4b/12b/gemma4-*: keep only this many layers per tower (real widths, images and vocabulary): "
                         "a quick check of the real shapes, on a CPU too; its speed says nothing of the full model")
     p.add_argument("--no-liger", action="store_true", help="the project's modes without Liger kernels")
     p.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak of the card (default: detected)")
@@ -495,9 +499,9 @@ def main() -> int:
         worker(args.worker, Path(args.spec), Path(args.result))
         return 0
     if args.build:
-        from architectures import build_random_gemma3
+        from architectures import build_random
 
-        build_random_gemma3(args.model_dir, args.build, seed=args.seed, layers=args.layers)
+        build_random(args.model_dir, args.build, seed=args.seed, layers=args.layers)
         return 0
 
     from gemma_ocr.errors import GemmaOcrError
@@ -509,7 +513,8 @@ def main() -> int:
     if args.steps < 2 or args.warmup < 0 or args.batch_size < 1:
         raise GemmaOcrError("--steps must be >= 2, --warmup >= 0, --batch-size >= 1")
     if args.layers is not None and (args.arch == "tiny" or args.layers < 1):
-        raise GemmaOcrError("--layers takes a number >= 1 and goes with --arch 4b or 12b")
+        raise GemmaOcrError("--layers takes a number >= 1 and goes with --arch 4b or 12b (Gemma 3), gemma4-e2b or "
+                            "gemma4-e4b")
     work = Path(args.work_dir) if args.work_dir else Path(tempfile.mkdtemp(prefix="gemma-ocr-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -554,9 +559,10 @@ def main() -> int:
         stats = spec["stats"]
         arch = (f"{args.arch}, shallow: {stats['text_layers']} text and {stats['vision_layers']} vision layers"
                 if stats.get("layers") else args.arch)
-        header = (f"Gemma 3 {arch} ({size} params), LoRA r{args.lora_r} "
-                  f"attention+MLP of the language tower, batch {args.batch_size}, {spec['stats']['image_size']} px "
-                  f"images, {args.steps} timed steps after {args.warmup}; {device}; torch {torch.__version__}, "
+        images = stats.get("images") or f"{stats['image_size']} px images"
+        title = "Gemma 4" if args.arch.startswith("gemma4") else "Gemma 3"
+        header = (f"{title} {arch} ({size} params), LoRA r{args.lora_r} "
+                  f"attention+MLP of the language tower, batch {args.batch_size}, {images}, {args.steps} timed steps after {args.warmup}; {device}; torch {torch.__version__}, "
                   f"transformers {transformers.__version__}")
         print("\n" + header + "\n" + "\n".join(lines))
         if args.json_out:
