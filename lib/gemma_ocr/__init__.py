@@ -1,4 +1,4 @@
-"""gemma-ocr: LoRA fine-tuning, hyperparameter search, merging, serving and scoring of Gemma 3 OCR models."""
+"""gemma-ocr: LoRA fine-tuning, hyperparameter search, merging, serving and scoring of Gemma 3 and Gemma 4 OCR models."""
 
 from gemma_ocr.errors import GemmaOcrError
 
