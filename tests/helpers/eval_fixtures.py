@@ -94,6 +94,33 @@ def gemma4_server(eval_gemma4) -> Iterator[tuple[str, str]]:
         yield served
 
 
+def answering_gemma4(base_dir: Path, out_dir: Path, answer: list[str]) -> Path:
+    """A copy of a tiny Gemma 4 whose greedy answer to any prompt is the tokens ``answer`` (ending the answer).
+
+    Its layers add nothing (attention and MLP outputs zeroed), so each step's last hidden state depends on the
+    last token only; an untied ``lm_head`` then maps the prompt's last token ("\\n") to ``answer[0]`` and each
+    answer token to the next."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model = AutoModelForImageTextToText.from_pretrained(base_dir, dtype=torch.float32).eval()
+    processor = AutoProcessor.from_pretrained(base_dir)
+    chain = processor.tokenizer.convert_tokens_to_ids(["\n", *answer])
+    text = model.model.language_model
+    with torch.no_grad():
+        for layer in text.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.config.tie_word_embeddings = model.config.get_text_config().tie_word_embeddings = False
+        model.lm_head.weight = torch.nn.Parameter(text.embed_tokens.weight.detach().clone())
+        hidden = text(input_ids=torch.tensor([chain[:-1]])).last_hidden_state[0]
+        for h, following in zip(hidden, chain[1:]):
+            model.lm_head.weight[following] = h * (60.0 / h.dot(h))  # a logit of 60 before the soft cap
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    return out_dir
+
+
 @pytest.fixture(scope="session")
 def eval_data(tmp_path_factory) -> Path:
     """12 synthetic lines in the input layout."""
