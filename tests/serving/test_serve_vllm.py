@@ -1,4 +1,4 @@
-"""A real vLLM serves the merged tiny reader; evaluate.py scores it as it scores the embedded server.
+"""A real vLLM serves the merged tiny reader (evaluate.py scores it as it scores the embedded server) and a tiny Gemma 4.
 
 Opt-in (``pytest -m vllm``): it needs the vLLM venv (``scripts/build_vllm_env.sh``, or
 ``GEMMA_OCR_VLLM_PYTHON=/path/to/python``) and starts vLLM the way a user does, with
@@ -151,3 +151,14 @@ def test_vllm_scores_the_merged_reader_as_the_embedded_server_does(vllm_install,
         assert abs(gap) <= CPU_CER_TOLERANCE, (served["overall_cer"], embedded["overall_cer"])
     else:
         assert abs(gap) <= CUDA_CER_TOLERANCE, (served["overall_cer"], embedded["overall_cer"])
+
+
+def test_vllm_serves_a_tiny_gemma4_with_its_saved_budget(vllm_install, eval_gemma4, eval_data, tmp_path):
+    """vLLM's Gemma 4 loader takes the tiny Gemma 4 as saved (hub weight names, global_head_dim, the image-token
+    budget passed as --mm-processor-kwargs) and evaluate.py scores it."""
+    with start_server(eval_gemma4, engine="vllm", vllm_python=vllm_install.python, env=eval_env(), max_model_len=512,
+                      startup_timeout=900, extra_args=["--enforce-eager"]) as (url, name):
+        doc = _evaluate(url, eval_data, tmp_path / "vllm.json")
+    assert doc["model_name"] == name == "tiny-gemma4" and doc["status_counts"]["error"] == 0
+    for s in doc["samples"]:
+        assert s["finish_reason"] in ("stop", "length") and s["min_logprob"] <= s["mean_logprob"] <= 0
