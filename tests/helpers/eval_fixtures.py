@@ -1,4 +1,4 @@
-"""Shared fixtures of the merge/serve/evaluate tests: a tiny adapter, its merged checkpoint, a tiny Gemma 4, real servers."""
+"""Shared fixtures of the merge/serve/evaluate tests: a tiny adapter, its merged checkpoint, a tiny Gemma 4, servers."""
 
 from __future__ import annotations
 
