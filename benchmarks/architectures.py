@@ -14,8 +14,8 @@ MLP 4 x 2560, 18 KV-shared layers. Both: per-layer embeddings 256, global heads 
 (both): 768 hidden x 16 layers, 12 heads, MLP 3072, patch 16, pooling 3, clipped linears, 280 image tokens
 (``default_output_length``), position table 10240 (the ``Gemma4VisionConfig`` default). Audio: the installed
 ``Gemma4AudioConfig`` defaults, as the script uses; with it the totals are the published ~5.1B and ~8B
-(``audio=True``). The benchmark builds without it (OCR never runs it; 0.3B parameters of memory): the project's
-loader asks every tower for SDPA, which transformers' Gemma 4 audio model refuses.
+(``audio=True``). The benchmark builds it too, as the real checkpoints hold it (0.3B parameters of memory that OCR
+never runs); the project's loader gives it eager attention, the only kind transformers' Gemma 4 audio model takes.
 
 The tokenizer is the project's small character-level one (its ids are a subset of the vocabulary), so the saved
 folder loads through the same ``from_pretrained`` path as a hub checkpoint. Weights are made directly on the
@@ -311,7 +311,7 @@ def build_random_gemma4(out_dir: str | os.PathLike[str], arch: str = "e2b", devi
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = tiny_gemma4.build_gemma4_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tiny_gemma4.SPECIAL_TOKENS}
-    config = gemma4_config(arch, ids, layers)
+    config = gemma4_config(arch, ids, layers, audio=True)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)

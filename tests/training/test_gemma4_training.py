@@ -115,3 +115,23 @@ def test_the_budget_reaches_the_collator_and_the_cer_evaluation(tiny_gemma4_dir,
     assert processor.image_processor.max_soft_tokens == 280
     assert trainer.cer_evaluation.processor is processor and trainer.data_collator.processor is processor
     assert trainer.data_collator.family.name == "gemma4"
+
+
+def test_a_gemma4_with_an_audio_tower_loads_with_sdpa_for_its_image_and_text_towers(tiny_gemma4_dir, tmp_path):  # noqa: F811
+    """Real E2B/E4B checkpoints ship an audio tower that refuses SDPA; the training loader still loads them."""
+    import shutil
+
+    from transformers import AutoConfig, AutoModelForImageTextToText, Gemma4AudioConfig
+
+    from gemma_ocr.modeling.loading import load_base_model
+
+    folder = tmp_path / "with-audio"
+    shutil.copytree(tiny_gemma4_dir, folder)
+    config = AutoConfig.from_pretrained(folder)
+    config.audio_config = Gemma4AudioConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                            subsampling_conv_channels=(4, 4), output_proj_dims=16)
+    AutoModelForImageTextToText.from_config(config).save_pretrained(folder)
+    with pytest.raises(ValueError, match="scaled_dot_product_attention"):  # what a plain "sdpa" does
+        AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
+    model, _ = load_base_model(small_config(folder, tmp_path / "unused.json", tmp_path / "out"))
+    assert type(model).__name__ == "Gemma4ForConditionalGeneration" and model.model.audio_tower is not None

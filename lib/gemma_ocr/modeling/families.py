@@ -64,6 +64,7 @@ class ModelFamily:
     merge_rtol: float  # the merge check's tolerance on the logits, relative to the largest (bf16 rounding of weights)
     thinking_switch: str | None = None  # the chat template's keyword that turns thinking on (OCR passes it False)
     thinking_channel: tuple[str, str] | None = None  # the special tokens around thinking text; never part of an answer
+    eager_towers: tuple[str, ...] = ()  # sub-configs whose tower takes eager attention only (Gemma 4's audio)
 
     @property
     def batch_keys(self) -> tuple[str, ...]:
@@ -92,6 +93,18 @@ class ModelFamily:
         vision = tuple(n for n in names if n in targets["vision"])
         parts = ([self.language_regex(language)] if language else []) + ([self.vision_regex(vision)] if vision else [])
         return "|".join(f"(?:{p})" for p in parts)
+
+    def attention_implementation(self, implementation: str, model_config: Mapping[str, Any]) -> str | dict[str, str]:
+        """``implementation`` for every tower, or per sub-config where a tower of the checkpoint takes eager only.
+
+        A real Gemma 4 E2B/E4B ships an audio tower that refuses SDPA: its towers get ``implementation`` and the
+        audio tower eager (OCR never runs it), so the checkpoint loads with the setting the training asked for.
+        """
+        eager = [k for k in self.eager_towers if model_config.get(k)]
+        if not eager or implementation == "eager":
+            return implementation
+        towers = [k for k, v in model_config.items() if k.endswith("_config") and isinstance(v, Mapping)]
+        return {k: "eager" if k in eager else implementation for k in towers}
 
     def budget_kwargs(self, budget: int | None) -> dict[str, int]:
         """The processor keyword argument of an image-token budget (empty for None); one line for a wrong one."""
@@ -123,6 +136,7 @@ GEMMA4 = ModelFamily(
     # unscaled attention over q/k-normed heads (scaling 1) turns the bf16 rounding of merged weights into logit
     # changes about 3x Gemma 3's (measured on the tiny model: 0.04-0.06 of a largest logit of 0.7)
     merge_rtol=1e-1, thinking_switch="enable_thinking", thinking_channel=("<|channel>", "<channel|>"),
+    eager_towers=("audio_config",),
 )
 FAMILIES: tuple[ModelFamily, ...] = (GEMMA3, GEMMA4)
 #: Model types refused with a reason of their own.

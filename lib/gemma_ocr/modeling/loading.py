@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from packaging.version import Version
 
 from gemma_ocr.errors import GemmaOcrError
-from gemma_ocr.modeling.families import FAMILIES, ModelFamily, family_of
+from gemma_ocr.modeling.families import FAMILIES, ModelFamily, family_of, read_model_config
 from gemma_ocr.training import speed
 
 if TYPE_CHECKING:
@@ -177,8 +177,10 @@ def load_base_model(config: TrainConfig):
     import torch
     from transformers import AutoModelForImageTextToText  # (as torch above)
 
-    family = family_of(config.model_name)
-    kwargs: dict[str, Any] = {"attn_implementation": speed.attn_implementation(config)}
+    family = family_of(config.model_name)  # names the folder or hub id when the family is not supported
+    model_config = read_model_config(config.model_name)
+    kwargs: dict[str, Any] = {
+        "attn_implementation": family.attention_implementation(speed.attn_implementation(config), model_config)}
     if config.load_in_4bit:
         kwargs["quantization_config"] = _quantization_config(config, family)
         kwargs["dtype"] = torch.bfloat16
