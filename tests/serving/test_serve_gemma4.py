@@ -14,7 +14,7 @@ from gemma_ocr.modeling.families import GEMMA4
 from gemma_ocr.serving.app import TextDelta, load_model
 from gemma_ocr.serving.generation import ChatPrompt, GenerationJob, generate_batch, prepare_prompts
 from gemma_ocr.serving.process import VllmInstall, vllm_command
-from gemma_ocr.serving.thinking import ThinkingChannel, thinking_off
+from gemma_ocr.modeling.thinking import ThinkingChannel, thinking_off
 
 INSTRUCTIONS = ("OCR", "Read the text in this image")  # two prompt lengths: batches get left padding
 THINK_TURN = "<|turn>system\n<|think|>\n<turn|>\n"  # what enable_thinking adds to the prompt

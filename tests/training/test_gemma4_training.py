@@ -135,3 +135,19 @@ def test_a_gemma4_with_an_audio_tower_loads_with_sdpa_for_its_image_and_text_tow
         AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa")
     model, _ = load_base_model(small_config(folder, tmp_path / "unused.json", tmp_path / "out"))
     assert type(model).__name__ == "Gemma4ForConditionalGeneration" and model.model.audio_tower is not None
+
+
+def test_the_cer_evaluation_scores_the_answer_without_the_models_thinking(tiny_gemma4_dir, tmp_path):  # noqa: F811
+    """A model that thinks before it answers is scored on its answer alone, as the served model is."""
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from gemma_ocr.training.cer_eval import generate_answers
+    from tests.helpers.eval_fixtures import answering_gemma4
+
+    folder = answering_gemma4(tiny_gemma4_dir, tmp_path / "thinking",
+                              ["<|channel>", "a", "b", "<channel|>", "H", "I", "<turn|>"])
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
+    processor = AutoProcessor.from_pretrained(folder)
+    images = [Image.new("RGB", (64, 24), "white"), Image.new("RGB", (48, 24), "white")]
+    assert generate_answers(model, processor, images, INSTRUCTION, max_new_tokens=10) == ["HI", "HI"]

@@ -12,7 +12,7 @@ the chats by :func:`prepare_prompts`, those of one batch together in one process
   (at temperature 0 without penalties: the model's own logits, what vLLM returns), the final
   end-of-turn token included, as vLLM does;
 * with its text free of thinking: a family's thinking channel (Gemma 4's ``<|channel>...<channel|>``) is
-  dropped from the tokens before they are decoded (:mod:`gemma_ocr.serving.thinking`).
+  dropped from the tokens before they are decoded (:mod:`gemma_ocr.modeling.thinking`).
 
 Padding is masked out, so a greedy answer is the one the request gets alone. A streaming request is a job like
 the others: its tokens also go, as they come, to its ``on_token``. A prompt that cannot be made (a broken image)
@@ -40,7 +40,7 @@ from transformers import (
 )
 
 from gemma_ocr.modeling.families import FAMILIES
-from gemma_ocr.serving.thinking import ThinkingChannel, answer_ids, family_of_model
+from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids, family_of_model
 
 log = logging.getLogger(__name__)
 

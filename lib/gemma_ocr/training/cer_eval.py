@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_ocr.data.images import open_image
+from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids, family_of_model, thinking_off
 from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_OK, score_samples
 from gemma_ocr.training.data import build_conversation
 
@@ -59,11 +60,14 @@ def generate_answers(model: Any, processor: Any, images: Sequence[Any], instruct
 
     One user turn (the image, then the instruction) through ``processor.apply_chat_template`` with the
     generation prompt, rows left-padded in batches of ``batch_size``; the KV cache is used even where
-    training turned it off; each answer is decoded without special tokens (what the server returns).
+    training turned it off; thinking is off and any thinking channel dropped; each answer is decoded without special
+    tokens (what the server returns).
     """
     import torch  # the start-up time of `tiny-model --help`: the reader imports this module
 
     tokenizer = processor.tokenizer
+    family = family_of_model(model.config)
+    channel = ThinkingChannel.of(family, tokenizer)  # thinking never reaches an answer, as on the server
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
     was_training = model.training
@@ -74,10 +78,12 @@ def generate_answers(model: Any, processor: Any, images: Sequence[Any], instruct
             chunk = images[start:start + max(1, batch_size)]
             batch = processor.apply_chat_template([build_conversation(image, None, instruction) for image in chunk],
                                                   add_generation_prompt=True, tokenize=True, return_dict=True,
-                                                  return_tensors="pt", processor_kwargs={"padding": True}).to(model.device)
+                                                  return_tensors="pt", processor_kwargs={"padding": True},
+                                                  **thinking_off(family)).to(model.device)
             with torch.no_grad():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True)
-            answers += tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            rows = out[:, batch["input_ids"].shape[1]:].tolist()
+            answers += tokenizer.batch_decode([answer_ids(channel, row) for row in rows], skip_special_tokens=True)
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

@@ -19,6 +19,7 @@ from gemma_ocr.data.records import OcrRecord, load_records
 from gemma_ocr.data.split import parse_split_spec
 from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.modeling.families import ModelFamily, family_of_processor
+from gemma_ocr.modeling.thinking import thinking_off
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -111,7 +112,7 @@ class OcrCollator:
         if "prompt" not in self._prompt_cache:
             messages = build_conversation(None, None, self.instruction)
             self._prompt_cache["prompt"] = self.processor.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=True
+                messages, tokenize=False, add_generation_prompt=True, **thinking_off(self.family)
             )
         return self._prompt_cache["prompt"]
 
