@@ -141,14 +141,20 @@ def tiny_gemma4_config(ids: dict[str, int], vocab_size: int, patch_size: int, hi
     return config
 
 
-def random_gemma4(config, ids: dict[str, int], seed: int):
-    """The fp32 model of ``config`` with random weights drawn from ``seed``, greedy by default."""
+def random_gemma4(config, ids: dict[str, int], seed: int, position_std: float | None = None):
+    """The fp32 model of ``config`` with random weights drawn from ``seed``, greedy by default.
+
+    ``position_std``: draw the vision tower's position table from N(0, std) instead of transformers' all-ones start
+    (a constant 2 added to every patch that drowns the pixels of a tower trained from scratch)."""
     # the start-up time of `tiny-model --help`: torch and transformers load only to build
     import torch
     from transformers import Gemma4ForConditionalGeneration, GenerationConfig  # (as torch above)
 
     torch.manual_seed(seed)
     model = Gemma4ForConditionalGeneration(config).to(torch.float32)
+    if position_std is not None:
+        with torch.no_grad():
+            model.model.vision_tower.patch_embedder.position_embedding_table.normal_(0.0, position_std)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"], eos_token_id=[ids["<eos>"], ids[END_OF_TURN]], pad_token_id=ids["<pad>"],
         do_sample=False,
@@ -184,11 +190,12 @@ def build_tiny_gemma4(
     vision_hidden_size: int = 32,
     vision_layers: int = 2,
     overwrite: bool = True,
+    position_std: float | None = None,
 ) -> Path:
     """Write a tiny random Gemma 4 VLM (hub weight layout, config, processor, chat template) to ``out_dir``.
 
     ``chars``: extra characters to give their own tokens. ``image_token_budget``: the processor's
-    ``max_soft_tokens`` (70, 140, 280, 560 or 1120). ``overwrite=False`` keeps a checkpoint another process
+    ``max_soft_tokens`` (70, 140, 280, 560 or 1120). ``position_std``: see :func:`random_gemma4`. ``overwrite=False`` keeps a checkpoint another process
     finished first. Loads back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained(out_dir)``.
     """
     GEMMA4.budget_kwargs(image_token_budget)  # one line for a budget the processor would refuse
@@ -196,7 +203,7 @@ def build_tiny_gemma4(
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = tiny_gemma4_config(ids, len(tokenizer), patch_size, hidden_size, num_layers, vision_hidden_size,
                                 vision_layers, image_token_budget)
-    model = random_gemma4(config, ids, seed)
+    model = random_gemma4(config, ids, seed, position_std)
     processor = tiny_gemma4_processor(tokenizer, patch_size, image_token_budget)
     out = Path(out_dir)
     save_atomically(out, model, processor, overwrite)
