@@ -238,6 +238,9 @@ def vllm_command(install: VllmInstall, model_dir: str | os.PathLike[str], port: 
         "--generation-config", "vllm",  # the checkpoint's generation_config turns sampling on
         "--max-model-len", str(max_model_len),
         "--limit-mm-per-prompt", '{"image": 1}',
+        # requests carry OpenAI content lists and the checkpoint's template renders their image items; left to
+        # guess, vLLM takes a template it cannot read as one of strings and writes its own placeholder text instead
+        "--chat-template-content-format", "openai",
         *(["--mm-processor-kwargs", json.dumps(image)] if image else []),
         "--host", host, "--port", str(port),
         "--served-model-name", name,
