@@ -52,11 +52,11 @@ READER_ARCHITECTURE: dict[str, int] = {
     "hidden_size": 64, "num_layers": 2, "vision_hidden_size": 64, "vision_layers": 2,
 }
 #: The Gemma 4 reader's shape: lines kept at their aspect ratio in 8 px patches, pooled 2x2, 70 image tokens at
-#: most (the smallest budget); vision width 32, text width 64, two layers per tower (about 0.14 CPU-s a step); the
-#: vision position table drawn from N(0, 0.02), not transformers' all-ones start, which drowns the pixels.
+#: most (the smallest budget); vision width 32, text width 64, two layers per tower (about 0.14 CPU-s a step); a
+#: start made for training from scratch (random vision positions, unit attention logits: see random_gemma4).
 GEMMA4_READER_ARCHITECTURE: dict[str, Any] = {
     "patch_size": 8, "image_token_budget": 70,
-    "hidden_size": 64, "num_layers": 2, "vision_hidden_size": 32, "vision_layers": 2, "position_std": 0.02,
+    "hidden_size": 64, "num_layers": 2, "vision_hidden_size": 32, "vision_layers": 2, "from_scratch": True,
 }
 #: Per family: the builder of the random start, its architecture and the reader's default folder.
 READERS: dict[str, tuple[Any, dict[str, Any], Path]] = {

@@ -141,20 +141,25 @@ def tiny_gemma4_config(ids: dict[str, int], vocab_size: int, patch_size: int, hi
     return config
 
 
-def random_gemma4(config, ids: dict[str, int], seed: int, position_std: float | None = None):
+def random_gemma4(config, ids: dict[str, int], seed: int, from_scratch: bool = False):
     """The fp32 model of ``config`` with random weights drawn from ``seed``, greedy by default.
 
-    ``position_std``: draw the vision tower's position table from N(0, std) instead of transformers' all-ones start
-    (a constant 2 added to every patch that drowns the pixels of a tower trained from scratch)."""
+    ``from_scratch``: a start made to be trained from random weights. transformers starts the vision position
+    table at all ones (a constant 2 on every patch, which drowns the pixels) and the q/k norms at ones with an
+    attention scale of 1 (logits of standard deviation sqrt(head_dim): near one-hot attention that barely
+    learns); this draws the table from N(0, 0.02) and starts the q/k norms at head_dim ** -0.25 (unit logits)."""
     # the start-up time of `tiny-model --help`: torch and transformers load only to build
     import torch
     from transformers import Gemma4ForConditionalGeneration, GenerationConfig  # (as torch above)
 
     torch.manual_seed(seed)
     model = Gemma4ForConditionalGeneration(config).to(torch.float32)
-    if position_std is not None:
+    if from_scratch:
         with torch.no_grad():
-            model.model.vision_tower.patch_embedder.position_embedding_table.normal_(0.0, position_std)
+            model.model.vision_tower.patch_embedder.position_embedding_table.normal_(0.0, 0.02)
+            for name, module in model.named_modules():
+                if name.endswith(("q_norm", "k_norm")):
+                    module.weight.fill_(module.weight.numel() ** -0.25)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"], eos_token_id=[ids["<eos>"], ids[END_OF_TURN]], pad_token_id=ids["<pad>"],
         do_sample=False,
@@ -190,12 +195,12 @@ def build_tiny_gemma4(
     vision_hidden_size: int = 32,
     vision_layers: int = 2,
     overwrite: bool = True,
-    position_std: float | None = None,
+    from_scratch: bool = False,
 ) -> Path:
     """Write a tiny random Gemma 4 VLM (hub weight layout, config, processor, chat template) to ``out_dir``.
 
     ``chars``: extra characters to give their own tokens. ``image_token_budget``: the processor's
-    ``max_soft_tokens`` (70, 140, 280, 560 or 1120). ``position_std``: see :func:`random_gemma4`. ``overwrite=False`` keeps a checkpoint another process
+    ``max_soft_tokens`` (70, 140, 280, 560 or 1120). ``from_scratch``: see :func:`random_gemma4`. ``overwrite=False`` keeps a checkpoint another process
     finished first. Loads back with ``AutoModelForImageTextToText`` / ``AutoProcessor.from_pretrained(out_dir)``.
     """
     GEMMA4.budget_kwargs(image_token_budget)  # one line for a budget the processor would refuse
@@ -203,7 +208,7 @@ def build_tiny_gemma4(
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = tiny_gemma4_config(ids, len(tokenizer), patch_size, hidden_size, num_layers, vision_hidden_size,
                                 vision_layers, image_token_budget)
-    model = random_gemma4(config, ids, seed, position_std)
+    model = random_gemma4(config, ids, seed, from_scratch)
     processor = tiny_gemma4_processor(tokenizer, patch_size, image_token_budget)
     out = Path(out_dir)
     save_atomically(out, model, processor, overwrite)
