@@ -28,8 +28,7 @@ class PipelineConfig(Settings):
     root: Path = job(Path("."), f"folder that holds {LAYOUT.data}/, {LAYOUT.models}/ and {LAYOUT.results}/ "
                                 "(--base-model and --train-config are relative to the working folder)")
     base_model: Path = job(LAYOUT.reader, "Gemma 3 or Gemma 4 checkpoint (folder or hub id) to fine-tune; by "
-                                          "default the shipped tiny reader (models/tiny-gemma4-reader: its Gemma 4 "
-                                          "twin)")
+                                          "default the shipped tiny reader")
     n_samples: int = job(SHIFTED_DIGITS.n_samples, "synthetic lines to render when there is no data")
     non_test_ratio: float = job(DEFAULT_NON_TEST_RATIO, "share of the data for training and validation, e.g. 1:5 "
                                                         "(the default) or 0.2; the rest is the test set",
