@@ -182,7 +182,7 @@ def test_shallow_gemma4_keeps_the_real_widths_and_a_share_of_kv_sharing():
         gemma4_config("31b", ids)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # a 262k-token vocabulary: about a minute on one thread
 def test_benchmark_trains_a_one_layer_gemma4_e2b(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
