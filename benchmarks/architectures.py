@@ -162,6 +162,18 @@ def _processor(tokenizer, image_size: int, image_tokens: int):
                            image_seq_length=image_tokens)
 
 
+def random_bf16(model_class: type, config: Any, device: str, seed: int) -> Any:
+    """``model_class(config)`` with random weights made on ``device`` directly in bf16."""
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device):
+            return model_class(config)
+    finally:
+        torch.set_default_dtype(previous)
+
+
 def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", device: str | None = None,
                         seed: int = 0, layers: int | None = None) -> Path:
     """Write a random-weight Gemma 3 ``arch`` checkpoint (bf16 safetensors, processor, stats) to ``out_dir``.
@@ -175,14 +187,7 @@ def build_random_gemma3(out_dir: str | os.PathLike[str], arch: str = "4b", devic
     tokenizer = build_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     config = gemma3_config(arch, ids, layers)
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = Gemma3ForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_bf16(Gemma3ForConditionalGeneration, config, device, seed)
     with torch.no_grad():  # the constructor leaves the projector at zero; start it random like a real checkpoint
         model.model.multi_modal_projector.mm_input_projection_weight.normal_(0.0, 0.02)
     model.generation_config = GenerationConfig(bos_token_id=ids["<bos>"], pad_token_id=ids["<pad>"],
@@ -312,14 +317,7 @@ def build_random_gemma4(out_dir: str | os.PathLike[str], arch: str = "e2b", devi
     tokenizer = tiny_gemma4.build_gemma4_tokenizer()
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tiny_gemma4.SPECIAL_TOKENS}
     config = gemma4_config(arch, ids, layers, audio=True)
-    torch.manual_seed(seed)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(device):
-            model = Gemma4ForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
+    model = random_bf16(Gemma4ForConditionalGeneration, config, device, seed)
     model.generation_config = GenerationConfig(
         bos_token_id=ids["<bos>"], pad_token_id=ids["<pad>"], do_sample=False,
         eos_token_id=[ids["<eos>"], ids[tiny_gemma4.END_OF_TURN]])

@@ -31,7 +31,7 @@ from gemma_ocr.errors import GemmaOcrError
 from gemma_ocr.layout import LAYOUT
 
 __all__ = ["FAMILIES", "GEMMA3", "GEMMA4", "ModelFamily", "PAN_AND_SCAN_FIELDS", "family_named", "family_of",
-           "family_of_processor", "keep_base_fields", "read_model_config"]
+           "family_of_model", "family_of_processor", "keep_base_fields", "read_model_config"]
 
 #: Gemma 3 image processor settings training, the CER evaluation, merge and serving share (saved with the processor).
 PAN_AND_SCAN_FIELDS = ("do_pan_and_scan", "pan_and_scan_max_num_crops", "pan_and_scan_min_crop_size",
@@ -184,22 +184,28 @@ def read_model_config(model_name: str) -> dict[str, Any]:
         ) from None
 
 
-def family_of(config_or_path: Any) -> ModelFamily:
+def family_of_model(config: Any) -> ModelFamily | None:
+    """The registry's family of a loaded model's config (object or dict) by its ``model_type``; None when none."""
+    model_type = config.get("model_type") if isinstance(config, Mapping) else getattr(config, "model_type", None)
+    return next((f for f in FAMILIES if model_type in f.model_types), None)
+
+
+def family_of(config_or_path: Any, where: str | None = None) -> ModelFamily:
     """The family of a checkpoint: its folder or hub id, its config dict or a transformers config object.
 
     An unsupported ``model_type`` (or a vision-language type without a vision tower) is one line naming the type
-    found and the supported families.
+    found (in ``where``, default: the folder or hub id given, else "the model") and the supported families.
     """
     if isinstance(config_or_path, (str, Path)):
-        where, config = str(config_or_path), read_model_config(str(config_or_path))
+        where, config = where or str(config_or_path), read_model_config(str(config_or_path))
     elif isinstance(config_or_path, Mapping):
-        where, config = "the model", dict(config_or_path)
+        where, config = where or "the model", dict(config_or_path)
     else:
-        where, config = "the model", config_or_path.to_dict()
+        where, config = where or "the model", config_or_path.to_dict()
+    family = family_of_model(config)
+    if family is not None and config.get("vision_config") is not None:
+        return family
     model_type = config.get("model_type")
-    for family in FAMILIES:
-        if model_type in family.model_types and config.get("vision_config") is not None:
-            return family
     archs = config.get("architectures") or []
     found = f"model_type {model_type!r}" + (f", architectures {archs}" if archs else "")
     reason = UNSUPPORTED.get(model_type) or ("no vision tower" if model_type in {t for f in FAMILIES for t in

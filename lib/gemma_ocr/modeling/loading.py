@@ -177,8 +177,8 @@ def load_base_model(config: TrainConfig):
     import torch
     from transformers import AutoModelForImageTextToText  # (as torch above)
 
-    family = family_of(config.model_name)  # names the folder or hub id when the family is not supported
     model_config = read_model_config(config.model_name)
+    family = family_of(model_config, where=str(config.model_name))
     kwargs: dict[str, Any] = {
         "attn_implementation": family.attention_implementation(speed.attn_implementation(config), model_config)}
     if config.load_in_4bit:

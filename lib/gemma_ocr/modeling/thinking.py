@@ -15,13 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gemma_ocr.modeling.families import FAMILIES, ModelFamily
-
-
-def family_of_model(config: Any) -> ModelFamily | None:
-    """The family of a loaded model's config (None: not one of the registry's)."""
-    model_type = getattr(config, "model_type", None)
-    return next((f for f in FAMILIES if model_type in f.model_types), None)
+from gemma_ocr.modeling.families import ModelFamily
 
 
 def thinking_off(family: ModelFamily | None) -> dict[str, bool]:

@@ -58,7 +58,8 @@ from gemma_ocr.serving.openai_api import (
     parse_chat_request,
     usage,
 )
-from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids, family_of_model, thinking_off
+from gemma_ocr.modeling.families import family_of_model
+from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids, thinking_off
 
 log = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from transformers import (
     StoppingCriteriaList,
 )
 
-from gemma_ocr.modeling.families import FAMILIES
-from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids, family_of_model
+from gemma_ocr.modeling.families import FAMILIES, family_of_model
+from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gemma_ocr.data.images import open_image
-from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids, family_of_model, thinking_off
+from gemma_ocr.modeling.families import family_of_model
+from gemma_ocr.modeling.thinking import ThinkingChannel, answer_ids, thinking_off
 from gemma_ocr.scoring.results import STATUS_EMPTY, STATUS_OK, score_samples
 from gemma_ocr.training.data import build_conversation
 
